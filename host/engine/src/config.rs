@@ -1,0 +1,56 @@
+//! The deterministic wasmtime configuration and the per-message limits.
+
+use std::sync::Arc;
+
+use crate::memory::HostMemoryCreator;
+
+/// Limits that protect a node from a canister (and a canister from itself).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Instructions one update message may execute (the IC's 40 B).
+    pub update_instructions: u64,
+    /// Instructions one query may execute (the IC's 5 B).
+    pub query_instructions: u64,
+    /// Instructions instantiating a component may take (start functions).
+    pub instantiation_instructions: u64,
+    /// Largest component binary accepted at install.
+    pub max_component_bytes: usize,
+    /// Largest encoded argument accepted for a call.
+    pub max_argument_bytes: usize,
+    /// Largest stable memory, in bytes (64 GiB).
+    pub max_stable_bytes: u64,
+    /// Bytes of log (system API and stdout/stderr) one message may write.
+    pub max_log_bytes_per_message: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            update_instructions: 40_000_000_000,
+            query_instructions: 5_000_000_000,
+            instantiation_instructions: 5_000_000_000,
+            max_component_bytes: 64 << 20,
+            max_argument_bytes: 2 << 20,
+            max_stable_bytes: 64 << 30,
+            max_log_bytes_per_message: 64 << 10,
+        }
+    }
+}
+
+/// Builds the wasmtime engine every canister runs on: fuel metering,
+/// canonical NaNs, no threads, deterministic relaxed SIMD, no memory64, and
+/// host-owned linear memories (see `memory`).
+pub fn new_engine() -> anyhow::Result<wasmtime::Engine> {
+    let mut config = wasmtime::Config::new();
+    config
+        .wasm_component_model(true)
+        .consume_fuel(true)
+        .cranelift_nan_canonicalization(true)
+        .wasm_threads(false)
+        .wasm_memory64(false)
+        .relaxed_simd_deterministic(true)
+        // Host-owned memories are incompatible with copy-on-write images.
+        .memory_init_cow(false)
+        .with_host_memory(Arc::new(HostMemoryCreator));
+    wasmtime::Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))
+}

@@ -1,0 +1,38 @@
+//! Deterministic execution of canister components on wasmtime.
+//!
+//! The engine turns a component binary into [`CanisterCode`] (compiled once
+//! and shared by every canister running the same code, see [`CodeCache`]) and
+//! runs one message at a time against an immutable [`ExecutionState`]:
+//! [`execute`] instantiates the component afresh, maps the committed heap in,
+//! calls the export, and hands back a [`MessageOutcome`] whose state changes
+//! the caller commits (updates) or drops (queries, traps, rejects).
+//!
+//! Everything that could differ between replicas is pinned: fuel counts
+//! instructions, NaNs are canonicalized, there are no threads, WASI clocks
+//! give the round's time and WASI randomness comes from the round's tape.
+
+mod cache;
+mod config;
+mod exec;
+mod interface;
+mod memory;
+mod rng;
+mod stable;
+mod state;
+mod system_api;
+mod values;
+mod wasi;
+
+pub use cache::{CanisterCode, CodeCache, InstallError};
+pub use config::{Limits, new_engine};
+pub use exec::{
+    CallTarget, LogLevel, LogRecord, MessageContext, MessageKind, MessageOutcome, StateChanges,
+    execute,
+};
+pub use interface::{CanisterInterface, Hook, Method, MethodKind, render_type};
+pub use stable::{STABLE_PAGE_SIZE, StableMemory};
+pub use state::{ExecutionState, HeapSnapshot, Timer};
+pub use values::{
+    CallText, Encoding, decode_args, encode_results, json_to_val, parse_call_text, val_to_json,
+};
+pub use wasmtime::component::Val;

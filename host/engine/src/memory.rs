@@ -1,0 +1,212 @@
+//! Host-owned linear memories.
+//!
+//! Every linear memory a canister instance defines is created here, in a
+//! private `PROT_NONE` reservation of which only the accessible part is made
+//! readable and writable. Instantiation records the memories it creates (in
+//! creation order, which is deterministic for a given component) so that
+//! the executor can map the committed heap into them before the call and read
+//! the new heap out afterwards. A memory can be created already grown to the
+//! committed size, which keeps wasmtime's view of its length correct.
+
+use std::cell::RefCell;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
+use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
+
+/// Largest 32-bit linear memory.
+const MAX_WASM32_BYTES: usize = 4 << 30;
+
+/// Creates [`HostMemory`] objects for the engine.
+pub(crate) struct HostMemoryCreator;
+
+/// One accessible view of a memory created during an instantiation.
+#[derive(Clone)]
+pub(crate) struct MemoryView {
+    base: usize,
+    size: Arc<AtomicUsize>,
+}
+
+impl MemoryView {
+    /// Accessible length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// The accessible bytes.
+    ///
+    /// # Safety
+    /// The store owning the memory must be alive and no wasm may run.
+    pub(crate) unsafe fn bytes(&self) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(self.base as *const u8, self.len()) }
+    }
+
+    /// The accessible bytes, mutably.
+    ///
+    /// # Safety
+    /// As for [`MemoryView::bytes`], and no other view may be in use.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn bytes_mut(&self) -> &mut [u8] {
+        unsafe { std::slice::from_raw_parts_mut(self.base as *mut u8, self.len()) }
+    }
+}
+
+/// What the current thread's instantiation asks of the memories it creates.
+struct Plan {
+    /// Initial byte size of each memory, by creation order (the committed heap).
+    initial_sizes: Vec<usize>,
+    created: Vec<MemoryView>,
+}
+
+thread_local! {
+    static PLAN: RefCell<Option<Plan>> = const { RefCell::new(None) };
+}
+
+/// Runs `instantiate` on this thread, creating memory `i` with at least
+/// `initial_sizes[i]` bytes, and returns the views of the memories created.
+pub(crate) fn with_memory_plan<R>(
+    initial_sizes: Vec<usize>,
+    instantiate: impl FnOnce() -> R,
+) -> (R, Vec<MemoryView>) {
+    PLAN.with_borrow_mut(|plan| {
+        *plan = Some(Plan {
+            initial_sizes,
+            created: Vec::new(),
+        })
+    });
+    let result = instantiate();
+    let plan = PLAN.with_borrow_mut(|plan| plan.take()).expect("plan set above");
+    (result, plan.created)
+}
+
+/// A linear memory in a host-owned reservation.
+struct HostMemory {
+    base: NonNull<u8>,
+    /// Bytes mapped (reservation plus guard).
+    mapping_len: usize,
+    /// Bytes the memory may grow to without moving.
+    capacity: usize,
+    maximum: usize,
+    size: Arc<AtomicUsize>,
+}
+
+// SAFETY: the memory is a plain mapping owned by this object; wasmtime
+// serializes access to it through the store.
+unsafe impl Send for HostMemory {}
+unsafe impl Sync for HostMemory {}
+
+impl HostMemory {
+    fn new(
+        minimum: usize,
+        maximum: Option<usize>,
+        reserved: Option<usize>,
+        guard: usize,
+    ) -> Result<Self, String> {
+        let maximum = maximum.unwrap_or(MAX_WASM32_BYTES).min(MAX_WASM32_BYTES);
+        let capacity = reserved.unwrap_or(maximum).max(minimum);
+        let mapping_len = capacity
+            .checked_add(guard)
+            .ok_or("memory reservation overflows")?;
+        // SAFETY: a fresh anonymous mapping, owned by the new object.
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                mapping_len,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| format!("cannot reserve {mapping_len} bytes for a linear memory: {e}"))?;
+        let memory = HostMemory {
+            base: NonNull::new(base.cast()).ok_or("mmap returned null")?,
+            mapping_len,
+            capacity,
+            maximum,
+            size: Arc::new(AtomicUsize::new(0)),
+        };
+        memory.make_accessible(minimum).map_err(|e| e.to_string())?;
+        Ok(memory)
+    }
+
+    fn make_accessible(&self, new_size: usize) -> anyhow::Result<()> {
+        let old = self.size.load(Ordering::Acquire);
+        if new_size > self.capacity || new_size > self.maximum {
+            anyhow::bail!("linear memory cannot grow to {new_size} bytes");
+        }
+        if new_size > old {
+            // SAFETY: the range lies inside our own reservation.
+            unsafe {
+                rustix::mm::mprotect(
+                    self.base.as_ptr().add(old).cast(),
+                    new_size - old,
+                    MprotectFlags::READ | MprotectFlags::WRITE,
+                )
+            }?;
+            self.size.store(new_size, Ordering::Release);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for HostMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping, which nothing uses any more.
+        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.mapping_len) };
+    }
+}
+
+// SAFETY: the memory is page aligned, never moves, zero-filled when created
+// and followed by the guard region wasmtime asked for.
+unsafe impl LinearMemory for HostMemory {
+    fn byte_size(&self) -> usize {
+        self.size.load(Ordering::Acquire)
+    }
+
+    fn byte_capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn grow_to(&mut self, new_size: usize) -> wasmtime::Result<()> {
+        self.make_accessible(new_size)
+            .map_err(|e| wasmtime::format_err!("{e}"))
+    }
+
+    fn as_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+}
+
+// SAFETY: every memory returned honours the reservation and guard asked for.
+unsafe impl MemoryCreator for HostMemoryCreator {
+    fn new_memory(
+        &self,
+        _ty: MemoryType,
+        minimum: usize,
+        maximum: Option<usize>,
+        reserved_size_in_bytes: Option<usize>,
+        guard_size_in_bytes: usize,
+    ) -> Result<Box<dyn LinearMemory>, String> {
+        let initial = PLAN.with_borrow(|plan| {
+            plan.as_ref()
+                .and_then(|p| p.initial_sizes.get(p.created.len()).copied())
+                .unwrap_or(0)
+        });
+        let memory = HostMemory::new(
+            minimum.max(initial),
+            maximum,
+            reserved_size_in_bytes,
+            guard_size_in_bytes,
+        )?;
+        PLAN.with_borrow_mut(|plan| {
+            if let Some(plan) = plan {
+                plan.created.push(MemoryView {
+                    base: memory.base.as_ptr() as usize,
+                    size: memory.size.clone(),
+                });
+            }
+        });
+        Ok(Box::new(memory))
+    }
+}

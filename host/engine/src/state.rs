@@ -1,0 +1,77 @@
+//! The replicated execution state of one canister.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::stable::StableMemory;
+
+/// The committed contents of every linear memory of a canister instance, in
+/// the (deterministic) order the component creates them.
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
+pub struct HeapSnapshot {
+    /// One byte vector per linear memory.
+    pub memories: Vec<Arc<Vec<u8>>>,
+}
+
+impl HeapSnapshot {
+    /// Total bytes over all memories.
+    pub fn total_bytes(&self) -> u64 {
+        self.memories.iter().map(|m| m.len() as u64).sum()
+    }
+}
+
+/// A timer set by the canister (fired by the scheduler).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timer {
+    /// Round time, in nanoseconds, after which it fires.
+    pub at_nanos: u64,
+    /// Period for periodic timers.
+    pub interval_nanos: Option<u64>,
+}
+
+/// Everything a message can read and change, as committed.
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
+pub struct ExecutionState {
+    /// Linear memories (empty before the first instantiation).
+    pub heap: HeapSnapshot,
+    /// Stable memory.
+    pub stable: Arc<StableMemory>,
+    /// Certified data (at most 32 bytes).
+    pub certified_data: Vec<u8>,
+    /// Pending timers by id.
+    pub timers: BTreeMap<u64, Timer>,
+    /// Next timer id to hand out.
+    pub next_timer_id: u64,
+}
+
+/// The changes a successful message makes to [`ExecutionState`].
+#[derive(Clone, Debug)]
+pub struct StateChanges {
+    /// The new heap.
+    pub heap: HeapSnapshot,
+    /// The new stable memory, when it changed.
+    pub stable: Option<Arc<StableMemory>>,
+    /// The new certified data, when set.
+    pub certified_data: Option<Vec<u8>>,
+    /// The new timers and next timer id, when they changed.
+    pub timers: Option<(BTreeMap<u64, Timer>, u64)>,
+    /// Cycles the message accepted from the caller.
+    pub cycles_accepted: u64,
+}
+
+impl ExecutionState {
+    /// Applies a committed message's changes.
+    pub fn apply(&mut self, changes: StateChanges) {
+        self.heap = changes.heap;
+        if let Some(stable) = changes.stable {
+            self.stable = stable;
+        }
+        if let Some(data) = changes.certified_data {
+            self.certified_data = data;
+        }
+        if let Some((timers, next)) = changes.timers {
+            self.timers = timers;
+            self.next_timer_id = next;
+        }
+    }
+}
