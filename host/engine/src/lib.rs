@@ -26,13 +26,13 @@ mod wasi;
 pub use cache::{CanisterCode, CodeCache, InstallError};
 pub use config::{Limits, new_engine};
 pub use exec::{
-    CallTarget, LogLevel, LogRecord, MessageContext, MessageKind, MessageOutcome, StateChanges,
-    execute,
+    LogLevel, LogRecord, MessageContext, MessageKind, MessageOutcome, WarmInstance, execute,
 };
-pub use interface::{CanisterInterface, Hook, Method, MethodKind, render_type};
+pub use interface::{CanisterInterface, Hook, Method, MethodKind, MethodLookupError, render_type};
 pub use stable::{STABLE_PAGE_SIZE, StableMemory};
-pub use state::{ExecutionState, HeapSnapshot, Timer};
+pub use state::{ExecutionState, HeapSnapshot, StateChanges, Timer};
 pub use values::{
-    CallText, Encoding, decode_args, encode_results, json_to_val, parse_call_text, val_to_json,
+    CallArgs, CallText, Encoding, decode_args, encode_results, json_to_val, parse_call_text,
+    results_to_json, results_to_wave, val_to_json,
 };
 pub use wasmtime::component::Val;

@@ -74,6 +74,7 @@ pub(crate) struct HostState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) sys: SystemState,
+    pub(crate) limits: wasmtime::StoreLimits,
 }
 
 impl WasiView for HostState {
@@ -138,9 +139,9 @@ impl info::Host for HostState {
     }
 }
 
-impl info::HostWithStore for HasSelf<HostState> {
-    fn instruction_counter<T>(mut host: Access<'_, T, Self>) -> u64 {
-        let limit = host.get().sys.instruction_limit;
+impl info::HostWithStore<HostState> for HasSelf<HostState> {
+    fn instruction_counter(mut host: Access<'_, HostState, Self>) -> u64 {
+        let limit = host.data_mut().sys.instruction_limit;
         let left = host.as_context().get_fuel().unwrap_or(0);
         limit.saturating_sub(left)
     }

@@ -14,9 +14,8 @@ pub struct Example {
     pub description: &'static str,
     /// The WebAssembly component.
     pub wasm: &'static [u8],
-    /// The WAVE-encoded argument list (for example `(some(0))`) to pass to
-    /// the `lifecycle.init` hook on install; `None` when the canister has no
-    /// `init` hook.
+    /// The default argument list for the `lifecycle.init` hook, as WAVE
+    /// without the parentheses (for example `some(0)`); `None` for none.
     pub init_arg: Option<&'static str>,
 }
 
@@ -30,7 +29,7 @@ static EXAMPLES: [Example; 3] = [
         name: "counter",
         description: "A counter: update `api.increment`, `api.add(n)`, query `query.get`.",
         wasm: COUNTER,
-        init_arg: Some("(some(0))"),
+        init_arg: Some("some(0)"),
     },
     Example {
         name: "kv",
@@ -42,7 +41,7 @@ static EXAMPLES: [Example; 3] = [
         name: "ledger",
         description: "A token: `api.mint` (controllers), `api.transfer`, queries `query.balance`, `query.total-supply`.",
         wasm: LEDGER,
-        init_arg: Some("()"),
+        init_arg: None,
     },
 ];
 
@@ -50,7 +49,7 @@ static TESTBED_EXAMPLE: Example = Example {
     name: "testbed",
     description: "A fixture canister for host tests (traps, limits, rollback, stable memory, upgrades).",
     wasm: TESTBED,
-    init_arg: Some("(none)"),
+    init_arg: Some("none"),
 };
 
 /// The example canisters `cellar start` deploys on a fresh node: `counter`,

@@ -1,0 +1,405 @@
+//! Executing one message: a fresh instance, the committed heap mapped in,
+//! one call, and the outcome.
+//!
+//! A wasmtime trap poisons the instance it happened in, so every message
+//! gets a new instance (cheap through the cached `InstancePre`). The
+//! committed heap is copied into the new instance's memories after
+//! instantiation (which re-applied the data segments) and, when an update
+//! succeeds, copied out as the new committed heap. Nothing the message did
+//! reaches [`ExecutionState`] unless the caller applies the returned
+//! [`StateChanges`].
+
+use std::sync::Arc;
+
+use cellar_types::{Principal, Reject, RejectCode};
+use wasmtime::component::{ResourceTable, Val};
+use wasmtime::{Store, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use crate::cache::CanisterCode;
+use crate::config::Limits;
+use crate::interface::Method;
+use crate::memory::{MemoryView, with_memory_plan};
+use crate::rng::{TapeRng, derive_seed};
+use crate::stable::StableOverlay;
+use crate::state::{ExecutionState, HeapSnapshot};
+use crate::state::StateChanges;
+use crate::system_api::{HostState, SystemState};
+use crate::wasi::deterministic_wasi;
+
+/// What kind of message runs; decides the instruction limit and whether
+/// changes may persist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MessageKind {
+    /// An update call: changes persist.
+    Update,
+    /// A query call: changes are discarded.
+    Query,
+    /// The `init` hook at install.
+    Init,
+    /// The `pre-upgrade` hook on the old code.
+    PreUpgrade,
+    /// The `post-upgrade` hook on the new code.
+    PostUpgrade,
+}
+
+/// Severity of a log record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogLevel {
+    /// Detail for developers.
+    Debug,
+    /// Normal operation (also stdout).
+    Info,
+    /// Something unexpected.
+    Warn,
+    /// A failure (also stderr).
+    Error,
+}
+
+/// One line of a canister's log.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogRecord {
+    /// The round's time when it was written.
+    pub time_nanos: u64,
+    /// Severity.
+    pub level: LogLevel,
+    /// The text.
+    pub message: String,
+}
+
+/// Everything about a message that the canister can observe besides its
+/// arguments. Every replica must build the same context for a message.
+#[derive(Clone, Debug)]
+pub struct MessageContext {
+    /// The canister that runs.
+    pub canister_id: Principal,
+    /// Who sent the message.
+    pub caller: Principal,
+    /// The method name, as the canister sees it (`add`).
+    pub method: String,
+    /// Update, query or hook.
+    pub kind: MessageKind,
+    /// Cycles sent with the message.
+    pub cycles_attached: u64,
+    /// The canister's balance before the message.
+    pub cycle_balance: u64,
+    /// The round's time (nanoseconds since the Unix epoch).
+    pub time_nanos: u64,
+    /// The round number.
+    pub round: u64,
+    /// The canister's controllers.
+    pub controllers: Vec<Principal>,
+    /// The committed certified data.
+    pub certified_data: Vec<u8>,
+    /// Seed of the message's random tape (from the subnet's randomness).
+    pub random_seed: [u8; 32],
+}
+
+/// The result of one message.
+#[derive(Debug)]
+pub struct MessageOutcome {
+    /// The reply values, or the reject.
+    pub result: Result<Vec<Val>, Reject>,
+    /// State changes to commit; `None` when nothing may persist (queries,
+    /// traps, running out of instructions).
+    pub changes: Option<StateChanges>,
+    /// Log records written (system API, stdout, stderr), also on failure.
+    pub logs: Vec<LogRecord>,
+    /// Instructions the call executed (excluding instantiation).
+    pub instructions: u64,
+}
+
+impl MessageKind {
+    fn instruction_limit(self, limits: &Limits) -> u64 {
+        match self {
+            MessageKind::Query => limits.query_instructions,
+            _ => limits.update_instructions,
+        }
+    }
+
+    fn persists(self) -> bool {
+        self != MessageKind::Query
+    }
+}
+
+/// Runs `method` of `code` with `params` against `state`.
+///
+/// The call never panics on canister misbehaviour: traps, running out of
+/// instructions and host errors all become a reject with
+/// [`RejectCode::CanisterError`] and no state changes.
+pub fn execute(
+    code: &CanisterCode,
+    state: &ExecutionState,
+    method: &Method,
+    params: &[Val],
+    ctx: MessageContext,
+    limits: &Limits,
+) -> MessageOutcome {
+    let kind = ctx.kind;
+    let instruction_limit = kind.instruction_limit(limits);
+    let stdout = MemoryOutputPipe::new(limits.max_log_bytes_per_message);
+    let stderr = MemoryOutputPipe::new(limits.max_log_bytes_per_message);
+    let seed = ctx.random_seed;
+    let host = HostState {
+        wasi: deterministic_wasi(ctx.time_nanos, seed, stdout.clone(), stderr.clone()),
+        table: ResourceTable::new(),
+        sys: SystemState {
+            instruction_limit,
+            rejected: None,
+            cycles_accepted: 0,
+            stable: StableOverlay::new(state.stable.clone(), limits.max_stable_bytes),
+            certified_data: None,
+            timers: state.timers.clone(),
+            next_timer_id: state.next_timer_id,
+            timers_changed: false,
+            logs: Vec::new(),
+            log_budget: limits.max_log_bytes_per_message,
+            rand: TapeRng::new(derive_seed("raw-rand", &[&seed])),
+            ctx,
+        },
+        limits: StoreLimitsBuilder::new()
+            .memory_size(4 << 30)
+            .instances(64)
+            .tables(64)
+            .memories(64)
+            .table_elements(1 << 20)
+            .build(),
+    };
+    let mut store = Store::new(code.engine(), host);
+    store.limiter(|data| &mut data.limits);
+
+    let outcome = run(&mut store, code, state, method, params, instruction_limit, limits);
+    let mut sys_logs = std::mem::take(&mut store.data_mut().sys.logs);
+    let instructions = instruction_limit.saturating_sub(store.get_fuel().unwrap_or(0));
+    let (result, views) = match outcome {
+        Ok((values, views)) => (Ok(values), views),
+        Err(reject) => (Err(reject), Vec::new()),
+    };
+    let stderr_text = String::from_utf8_lossy(&stderr.contents()).into_owned();
+    let time = store.data().sys.ctx.time_nanos;
+    append_stream_logs(&mut sys_logs, &stdout.contents(), LogLevel::Info, time);
+    append_stream_logs(&mut sys_logs, stderr_text.as_bytes(), LogLevel::Error, time);
+
+    match result {
+        Err(mut reject) => {
+            if reject.code == RejectCode::CanisterError {
+                let tail = stderr_tail(&stderr_text);
+                if !tail.is_empty() {
+                    reject.message.push_str(&format!("; canister stderr: {tail}"));
+                }
+            }
+            MessageOutcome {
+                result: Err(reject),
+                changes: None,
+                logs: sys_logs,
+                instructions,
+            }
+        }
+        Ok(values) => {
+            let sys = &mut store.data_mut().sys;
+            let result = match sys.rejected.take() {
+                Some(message) => Err(Reject::new(RejectCode::CanisterReject, message)),
+                None => Ok(values),
+            };
+            let changes = kind.persists().then(|| {
+                let stable = std::mem::replace(
+                    &mut sys.stable,
+                    StableOverlay::new(Arc::default(), 0),
+                )
+                .into_committed();
+                StateChanges {
+                    // SAFETY: the store is alive and no wasm runs.
+                    heap: unsafe { snapshot(&views) },
+                    stable,
+                    certified_data: sys.certified_data.take(),
+                    timers: sys
+                        .timers_changed
+                        .then(|| (std::mem::take(&mut sys.timers), sys.next_timer_id)),
+                    cycles_accepted: sys.cycles_accepted,
+                }
+            });
+            MessageOutcome {
+                result,
+                changes,
+                logs: sys_logs,
+                instructions,
+            }
+        }
+    }
+}
+
+/// Instantiates, maps the heap in and calls; returns the results and the
+/// instance's memory views.
+fn run(
+    store: &mut Store<HostState>,
+    code: &CanisterCode,
+    state: &ExecutionState,
+    method: &Method,
+    params: &[Val],
+    instruction_limit: u64,
+    limits: &Limits,
+) -> Result<(Vec<Val>, Vec<MemoryView>), Reject> {
+    let sizes: Vec<usize> = state.heap.memories.iter().map(|m| m.len()).collect();
+    store
+        .set_fuel(limits.instantiation_instructions)
+        .map_err(host_error)?;
+    let (instance, views) = with_memory_plan(sizes, || code.pre.instantiate(&mut *store));
+    let instance = instance.map_err(|e| trap_reject(e, "instantiation", limits.instantiation_instructions))?;
+    if !state.heap.memories.is_empty() {
+        if views.len() != state.heap.memories.len() {
+            return Err(Reject::new(
+                RejectCode::CanisterError,
+                format!(
+                    "the canister's code defines {} memories but its state holds {}",
+                    views.len(),
+                    state.heap.memories.len()
+                ),
+            ));
+        }
+        for (view, committed) in views.iter().zip(&state.heap.memories) {
+            // SAFETY: the store is alive and no wasm runs; each view is used once.
+            let bytes = unsafe { view.bytes_mut() };
+            if bytes.len() < committed.len() {
+                return Err(Reject::new(
+                    RejectCode::CanisterError,
+                    "a linear memory is smaller than the committed heap",
+                ));
+            }
+            bytes[..committed.len()].copy_from_slice(committed);
+            bytes[committed.len()..].fill(0);
+        }
+    }
+    let func = instance
+        .get_func(&mut *store, &method.index)
+        .ok_or_else(|| {
+            Reject::new(
+                RejectCode::DestinationInvalid,
+                format!("the canister does not export {}", method.qualified_name()),
+            )
+        })?;
+    store.set_fuel(instruction_limit).map_err(host_error)?;
+    let mut results = vec![Val::Bool(false); method.results.len()];
+    func.call(&mut *store, params, &mut results)
+        .map_err(|e| trap_reject(e, "execution", instruction_limit))?;
+    Ok((results, views))
+}
+
+fn host_error(e: wasmtime::Error) -> Reject {
+    Reject::new(RejectCode::CanisterError, format!("host error: {e:#}"))
+}
+
+/// Describes a failed instantiation or call.
+fn trap_reject(error: wasmtime::Error, phase: &str, limit: u64) -> Reject {
+    if error.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
+        return Reject::new(
+            RejectCode::CanisterError,
+            format!("the canister ran out of instructions during {phase} (limit {limit})"),
+        );
+    }
+    let message = match error.downcast_ref::<Trap>() {
+        Some(trap) => format!("the canister trapped: {trap}"),
+        None => format!("the canister trapped: {}", first_line(&format!("{error:#}"))),
+    };
+    Reject::new(RejectCode::CanisterError, message)
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text)
+}
+
+/// The last lines of stderr (where a Rust panic message lands).
+fn stderr_tail(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(3);
+    let tail = lines[start..].join(" | ");
+    if tail.len() > 1000 {
+        let mut cut = tail.len() - 1000;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail[cut..].to_string()
+    } else {
+        tail
+    }
+}
+
+fn append_stream_logs(logs: &mut Vec<LogRecord>, bytes: &[u8], level: LogLevel, time: u64) {
+    let text = String::from_utf8_lossy(bytes);
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        logs.push(LogRecord {
+            time_nanos: time,
+            level,
+            message: line.to_string(),
+        });
+    }
+}
+
+/// Copies the instance's memories out as the new committed heap.
+///
+/// # Safety
+/// The store owning the views must be alive and no wasm may run.
+unsafe fn snapshot(views: &[MemoryView]) -> HeapSnapshot {
+    HeapSnapshot {
+        memories: views
+            .iter()
+            .map(|v| Arc::new(unsafe { v.bytes() }.to_vec()))
+            .collect(),
+    }
+}
+
+/// One instance kept alive across calls, without fresh instantiation,
+/// heap mapping or rollback: the baseline that benchmarks compare the
+/// per-message instance against. Not used to run canisters.
+pub struct WarmInstance {
+    store: Store<HostState>,
+    instance: wasmtime::component::Instance,
+}
+
+impl WarmInstance {
+    /// Instantiates `code` once with an empty state.
+    pub fn new(code: &CanisterCode, ctx: MessageContext, limits: &Limits) -> anyhow::Result<Self> {
+        let host = HostState {
+            wasi: deterministic_wasi(
+                ctx.time_nanos,
+                ctx.random_seed,
+                MemoryOutputPipe::new(4096),
+                MemoryOutputPipe::new(4096),
+            ),
+            table: ResourceTable::new(),
+            sys: SystemState {
+                instruction_limit: u64::MAX,
+                rejected: None,
+                cycles_accepted: 0,
+                stable: StableOverlay::new(Arc::default(), limits.max_stable_bytes),
+                certified_data: None,
+                timers: Default::default(),
+                next_timer_id: 0,
+                timers_changed: false,
+                logs: Vec::new(),
+                log_budget: 0,
+                rand: TapeRng::new(ctx.random_seed),
+                ctx,
+            },
+            limits: StoreLimitsBuilder::new().build(),
+        };
+        let mut store = Store::new(code.engine(), host);
+        store.set_fuel(u64::MAX).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let (instance, _) = with_memory_plan(Vec::new(), || code.pre.instantiate(&mut store));
+        let instance = instance.map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        Ok(WarmInstance { store, instance })
+    }
+
+    /// Calls `method` on the live instance.
+    pub fn call(&mut self, method: &Method, params: &[Val]) -> anyhow::Result<Vec<Val>> {
+        let func = self
+            .instance
+            .get_func(&mut self.store, &method.index)
+            .ok_or_else(|| anyhow::anyhow!("no such export"))?;
+        let mut results = vec![Val::Bool(false); method.results.len()];
+        func.call(&mut self.store, params, &mut results)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        Ok(results)
+    }
+}

@@ -1,0 +1,327 @@
+//! The engine's semantics on real components: persistence of updates,
+//! discarded queries, rollback on traps and instruction exhaustion,
+//! determinism, typed arguments and clear errors.
+
+use cellar_engine::{
+    CallArgs, CanisterCode, CodeCache, ExecutionState, InstallError, Limits, MessageContext,
+    MessageKind, MessageOutcome, Val, decode_args, execute, parse_call_text, results_to_wave,
+};
+use cellar_types::{Principal, RejectCode};
+use std::sync::Arc;
+
+/// One canister driven directly through the engine.
+struct Harness {
+    code: Arc<CanisterCode>,
+    state: ExecutionState,
+    limits: Limits,
+    round: u64,
+    caller: Principal,
+}
+
+impl Harness {
+    fn new(wasm: &[u8]) -> Self {
+        Self::with_limits(wasm, Limits::default())
+    }
+
+    fn with_limits(wasm: &[u8], limits: Limits) -> Self {
+        let cache = CodeCache::new(cellar_engine::new_engine().unwrap(), None, 64 << 20).unwrap();
+        Harness {
+            code: cache.load(wasm).unwrap(),
+            state: ExecutionState::default(),
+            limits,
+            round: 0,
+            caller: Principal::self_authenticating(&[1; 32]),
+        }
+    }
+
+    fn run(&mut self, call: &str, kind: MessageKind) -> MessageOutcome {
+        let call = parse_call_text(call).unwrap();
+        let method = self.code.interface.resolve(&call.method).unwrap().clone();
+        let params = decode_args(&CallArgs::Wave(call.args), &method).unwrap();
+        self.round += 1;
+        let ctx = MessageContext {
+            canister_id: Principal::canister(7),
+            caller: self.caller.clone(),
+            method: method.function.clone(),
+            kind,
+            cycles_attached: 0,
+            cycle_balance: 1_000,
+            time_nanos: 1_700_000_000_000_000_000 + self.round,
+            round: self.round,
+            controllers: vec![self.caller.clone()],
+            certified_data: self.state.certified_data.clone(),
+            random_seed: [self.round as u8; 32],
+        };
+        let outcome = execute(&self.code, &self.state, &method, &params, ctx, &self.limits);
+        if let Some(changes) = outcome.changes.clone() {
+            self.state.apply(changes);
+        }
+        outcome
+    }
+
+    fn update(&mut self, call: &str) -> MessageOutcome {
+        self.run(call, MessageKind::Update)
+    }
+
+    fn query(&mut self, call: &str) -> MessageOutcome {
+        self.run(call, MessageKind::Query)
+    }
+
+    /// The reply as WAVE text; panics on a reject.
+    fn reply(outcome: &MessageOutcome) -> String {
+        match &outcome.result {
+            Ok(values) => results_to_wave(values).unwrap(),
+            Err(reject) => panic!("unexpected reject: {reject}"),
+        }
+    }
+}
+
+fn testbed() -> Harness {
+    Harness::new(cellar_examples::testbed())
+}
+
+#[test]
+fn updates_persist_across_many_messages() {
+    let mut kv = Harness::new(cellar_examples::get("kv").unwrap().wasm);
+    for i in 0..10_000u64 {
+        let outcome = kv.update(&format!("add(\"k{}\", {i})", i % 500));
+        assert!(outcome.result.is_ok(), "message {i}: {:?}", outcome.result);
+    }
+    for k in [0u64, 123, 499] {
+        let expected = 9_500 + k;
+        assert_eq!(
+            Harness::reply(&kv.query(&format!("get(\"k{k}\")"))),
+            format!("some({expected})")
+        );
+    }
+    assert_eq!(Harness::reply(&kv.query("get(\"missing\")")), "none");
+}
+
+#[test]
+fn query_writes_are_discarded() {
+    let mut t = testbed();
+    t.update("set(\"a\", \"1\")");
+    let before = t.state.clone();
+    let inside = t.query("write-in-query(\"b\", \"2\")");
+    assert_eq!(Harness::reply(&inside), "2", "the query sees its own write");
+    assert!(inside.changes.is_none());
+    assert_eq!(t.state, before);
+    assert_eq!(Harness::reply(&t.query("count()")), "1");
+    assert_eq!(Harness::reply(&t.query("get(\"b\")")), "none");
+}
+
+#[test]
+fn trap_rolls_back_and_the_canister_stays_usable() {
+    let mut t = testbed();
+    t.update("set(\"a\", \"1\")");
+    let before = t.state.clone();
+    let trapped = t.update("set-then-trap(\"b\", \"2\")");
+    let reject = trapped.result.unwrap_err();
+    assert_eq!(reject.code, RejectCode::CanisterError);
+    assert!(reject.message.contains("trapped"), "{}", reject.message);
+    assert!(trapped.changes.is_none());
+    assert_eq!(t.state, before);
+    assert_eq!(Harness::reply(&t.query("get(\"b\")")), "none");
+    // The canister keeps working after the trap.
+    t.update("set(\"c\", \"3\")");
+    assert_eq!(Harness::reply(&t.query("count()")), "2");
+}
+
+#[test]
+fn a_panic_message_reaches_the_caller() {
+    let mut t = testbed();
+    let reject = t.update("trap(\"boom-42\")").result.unwrap_err();
+    assert_eq!(reject.code, RejectCode::CanisterError);
+    assert!(reject.message.contains("boom-42"), "{}", reject.message);
+}
+
+#[test]
+fn looping_canister_runs_out_of_instructions_and_recovers() {
+    let limits = Limits {
+        update_instructions: 20_000_000,
+        query_instructions: 10_000_000,
+        ..Limits::default()
+    };
+    let mut t = Harness::with_limits(cellar_examples::testbed(), limits);
+    t.update("set(\"a\", \"1\")");
+    let before = t.state.clone();
+    let outcome = t.update("spin(100000000000)");
+    let reject = outcome.result.unwrap_err();
+    assert_eq!(reject.code, RejectCode::CanisterError);
+    assert!(reject.message.contains("ran out of instructions"), "{}", reject.message);
+    assert_eq!(outcome.instructions, 20_000_000);
+    assert_eq!(t.state, before);
+    // A small loop within the limit still works.
+    assert!(t.update("spin(1000)").result.is_ok());
+    assert_eq!(Harness::reply(&t.query("get(\"a\")")), "some(\"1\")");
+}
+
+#[test]
+fn two_fresh_engines_agree_on_instructions_and_state() {
+    let script = [
+        "set(\"a\", \"1\")",
+        "spin(5000)",
+        "grow-heap(3)",
+        "stable-write(100, [1, 2, 3])",
+        "set-then-trap(\"x\", \"y\")",
+        "random-bytes()",
+        "wasi-random()",
+        "now()",
+        "set(\"b\", \"2\")",
+    ];
+    let run = || {
+        let mut t = testbed();
+        let counts: Vec<(u64, String)> = script
+            .iter()
+            .map(|call| {
+                let o = t.update(call);
+                let shown = match &o.result {
+                    Ok(v) => results_to_wave(v).unwrap(),
+                    Err(r) => format!("reject {:?}", r.code),
+                };
+                (o.instructions, shown)
+            })
+            .collect();
+        (counts, t.state)
+    };
+    let (first_counts, first_state) = run();
+    let (second_counts, second_state) = run();
+    assert_eq!(first_counts, second_counts);
+    assert!(first_state == second_state, "states differ");
+    assert!(first_counts.iter().all(|(n, _)| *n > 0));
+}
+
+#[test]
+fn randomness_and_time_come_from_the_round() {
+    let mut t = testbed();
+    let a = Harness::reply(&t.update("random-bytes()"));
+    let b = Harness::reply(&t.update("random-bytes()"));
+    assert_ne!(a, b, "each round has its own tape");
+    let now = Harness::reply(&t.update("now()"));
+    assert_eq!(now, format!("{}", 1_700_000_000_000_000_000u64 + t.round));
+    let info = Harness::reply(&t.query("time-info()"));
+    assert_eq!(
+        info,
+        format!("({}, {})", 1_700_000_000_000_000_000u64 + t.round, t.round)
+    );
+}
+
+#[test]
+fn stable_memory_and_heap_growth_persist() {
+    let mut t = testbed();
+    t.update("stable-write(65530, [9, 8, 7, 6, 5, 4, 3, 2])");
+    assert_eq!(Harness::reply(&t.query("stable-size()")), "2");
+    assert_eq!(
+        Harness::reply(&t.query("stable-read(65532, 4)")),
+        "[7, 6, 5, 4]"
+    );
+    let pages: u64 = Harness::reply(&t.update("grow-heap(8)")).parse().unwrap();
+    assert!(pages >= 128, "{pages}");
+    assert!(t.state.heap.total_bytes() >= 8 << 20);
+    t.update("set(\"after-growth\", \"ok\")");
+    assert_eq!(
+        Harness::reply(&t.query("get(\"after-growth\")")),
+        "some(\"ok\")"
+    );
+}
+
+#[test]
+fn reject_is_returned_and_logs_are_captured() {
+    let mut t = testbed();
+    let outcome = t.update("reject-me(\"not today\")");
+    let reject = outcome.result.unwrap_err();
+    assert_eq!(reject.code, RejectCode::CanisterReject);
+    assert_eq!(reject.message, "not today");
+    let logged = t.update("log-line(\"hello\")");
+    let lines: Vec<&str> = logged.logs.iter().map(|l| l.message.as_str()).collect();
+    assert_eq!(lines.iter().filter(|l| l.contains("hello")).count(), 2, "{lines:?}");
+    assert_eq!(
+        Harness::reply(&t.update("whoami()")),
+        format!("\"{}\"", t.caller.to_text())
+    );
+}
+
+#[test]
+fn certified_data_is_limited_and_refused_in_queries() {
+    let mut t = testbed();
+    assert_eq!(Harness::reply(&t.update("set-certified([1, 2, 3])")), "ok");
+    assert_eq!(t.state.certified_data, vec![1, 2, 3]);
+    let too_long = format!("set-certified([{}])", vec!["0"; 33].join(", "));
+    assert!(Harness::reply(&t.update(&too_long)).starts_with("err("));
+}
+
+#[test]
+fn arguments_are_checked_against_the_signature() {
+    let t = testbed();
+    let method = t.code.interface.resolve("set").unwrap();
+    let err = decode_args(&CallArgs::Wave("5, \"x\"".into()), method).unwrap_err();
+    assert!(err.contains("set: func(key: string, value: string)"), "{err}");
+    let err = decode_args(&CallArgs::Wave("\"x\"".into()), method).unwrap_err();
+    assert!(err.contains("expected"), "{err}");
+    let json = decode_args(&CallArgs::Json(serde_json::json!(["k", "v"])), method).unwrap();
+    assert_eq!(json, vec![Val::String("k".into()), Val::String("v".into())]);
+    let named = decode_args(
+        &CallArgs::Json(serde_json::json!({"key": "k", "value": "v"})),
+        method,
+    )
+    .unwrap();
+    assert_eq!(named, json);
+    assert!(decode_args(&CallArgs::Json(serde_json::json!([1, "v"])), method).is_err());
+}
+
+#[test]
+fn methods_resolve_with_clear_errors() {
+    let t = testbed();
+    let interface = &t.code.interface;
+    assert_eq!(interface.resolve("api.set").unwrap().function, "set");
+    let unknown = interface.resolve("nope").unwrap_err().to_string();
+    assert!(unknown.contains("nope") && unknown.contains("api.set"), "{unknown}");
+    assert!(interface.resolve("init").is_err(), "hooks are not callable");
+    let text = interface.describe();
+    assert!(text.contains("query"), "{text}");
+    assert!(text.contains("update"), "{text}");
+}
+
+#[test]
+fn malformed_components_get_clear_errors() {
+    let cache = CodeCache::new(cellar_engine::new_engine().unwrap(), None, 1 << 20).unwrap();
+    assert_eq!(cache.load(b"hello world").unwrap_err(), InstallError::NotWasm);
+    let core = b"\0asm\x01\0\0\0";
+    assert_eq!(cache.load(core).unwrap_err(), InstallError::CoreModule);
+    let mut broken = b"\0asm\x0d\0\x01\0".to_vec();
+    broken.extend_from_slice(&[0xff; 64]);
+    assert!(matches!(cache.load(&broken).unwrap_err(), InstallError::Invalid(_)));
+    let huge = vec![0u8; (1 << 20) + 1];
+    assert!(matches!(cache.load(&huge).unwrap_err(), InstallError::TooLarge { .. }));
+}
+
+#[test]
+fn compiled_code_is_shared_and_cached_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = cellar_examples::get("counter").unwrap().wasm;
+    let cache = CodeCache::new(cellar_engine::new_engine().unwrap(), Some(dir.path()), 64 << 20)
+        .unwrap();
+    let a = cache.load(wasm).unwrap();
+    let b = cache.load(wasm).unwrap();
+    assert!(Arc::ptr_eq(&a, &b));
+    assert_eq!(cache.len(), 1);
+    let cwasm = walk(dir.path()).into_iter().filter(|p| p.ends_with(".cwasm")).count();
+    assert_eq!(cwasm, 1);
+    // A second cache (a restarted node) loads the compiled file.
+    let again = CodeCache::new(cellar_engine::new_engine().unwrap(), Some(dir.path()), 64 << 20)
+        .unwrap();
+    assert_eq!(again.load(wasm).unwrap().hash, a.hash);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path.display().to_string());
+        }
+    }
+    out
+}

@@ -1,0 +1,250 @@
+//! The JSON bodies of the node's HTTP API, version 1 (`/api/v1`).
+//!
+//! | Method and path                          | Body                  | Answer               |
+//! |------------------------------------------|-----------------------|----------------------|
+//! | `GET  /api/v1/status`                    |                       | [`NodeStatus`]       |
+//! | `GET  /api/v1/canisters`                 |                       | `[CanisterStatus]`   |
+//! | `POST /api/v1/canisters`                 | [`CreateRequest`]     | [`CanisterStatus`]   |
+//! | `GET  /api/v1/canisters/{id}`            |                       | [`CanisterStatus`]   |
+//! | `DELETE /api/v1/canisters/{id}`          |                       | [`CanisterStatus`]   |
+//! | `POST /api/v1/canisters/{id}/install`    | [`InstallRequest`]    | [`CanisterStatus`]   |
+//! | `POST /api/v1/canisters/{id}/call`       | [`CallRequest`]       | [`CallResponse`]     |
+//! | `POST /api/v1/canisters/{id}/query`      | [`CallRequest`]       | [`CallResponse`]     |
+//! | `POST /api/v1/canisters/{id}/stop`       |                       | [`CanisterStatus`]   |
+//! | `POST /api/v1/canisters/{id}/start`      |                       | [`CanisterStatus`]   |
+//! | `PUT  /api/v1/canisters/{id}/controllers`| [`ControllersRequest`]| [`CanisterStatus`]   |
+//! | `GET  /api/v1/canisters/{id}/interface`  |                       | [`InterfaceInfo`]    |
+//! | `GET  /api/v1/canisters/{id}/logs`       |                       | `[LogEntry]`         |
+//!
+//! Errors of the request itself (bad JSON, unknown canister, a caller who is
+//! not a controller, a malformed component) are 4xx answers with an
+//! [`ApiError`] body. A message that reaches a canister always answers 200
+//! with a [`CallResponse`], replied or rejected.
+//!
+//! Requests that change anything are signed: see [`signing_payload`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Principal, Reject};
+
+/// Header carrying the caller's Ed25519 public key, hex encoded.
+pub const PUBLIC_KEY_HEADER: &str = "x-cellar-public-key";
+/// Header carrying the Ed25519 signature of [`signing_payload`], hex encoded.
+pub const SIGNATURE_HEADER: &str = "x-cellar-signature";
+/// The address `cellar start` listens on by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+
+/// The bytes a client signs for a request: a domain separator, the HTTP
+/// method, the path (with query string) and the body. A request without
+/// signature headers comes from the anonymous principal.
+pub fn signing_payload(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + path.len() + body.len());
+    out.extend_from_slice(b"cellar-request-v1\0");
+    out.extend_from_slice(method.as_bytes());
+    out.push(0);
+    out.extend_from_slice(path.as_bytes());
+    out.push(0);
+    out.extend_from_slice(body);
+    out
+}
+
+/// An error answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What went wrong.
+    pub error: String,
+}
+
+/// The node's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node's software version.
+    pub version: String,
+    /// Rounds executed so far.
+    pub round: u64,
+    /// Number of canisters.
+    pub canisters: u64,
+    /// Where the node keeps its state.
+    pub data_dir: String,
+}
+
+/// Where a module comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModuleSource {
+    /// One of the examples embedded in the node (`counter`, `kv`, `ledger`).
+    Example(String),
+    /// A component binary, base64 encoded.
+    Wasm(String),
+}
+
+/// Creates a canister and, when a module is given, installs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRequest {
+    /// The code to install.
+    #[serde(default)]
+    pub module: Option<ModuleSource>,
+    /// The init argument list as WAVE (`5, "x"`); for examples, `None` means
+    /// the example's default argument.
+    #[serde(default)]
+    pub arg: Option<String>,
+    /// Controllers; empty means the caller alone.
+    #[serde(default)]
+    pub controllers: Vec<Principal>,
+}
+
+/// How to install code on an existing canister.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstallMode {
+    /// First installation on an empty canister.
+    Install,
+    /// Fresh heap and stable memory, then `init`.
+    Reinstall,
+    /// `pre-upgrade` on the old code, new code, `post-upgrade`; the heap is
+    /// replaced and stable memory kept.
+    Upgrade,
+}
+
+/// Installs, reinstalls or upgrades a canister's code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallRequest {
+    /// Install, reinstall or upgrade.
+    pub mode: InstallMode,
+    /// The code.
+    pub module: ModuleSource,
+    /// The argument list for `init`/`post-upgrade`, as WAVE.
+    #[serde(default)]
+    pub arg: Option<String>,
+}
+
+/// Call arguments: WAVE text or JSON values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Args {
+    /// WAVE text of the argument list, without parentheses: `"apple", 5`.
+    Wave(String),
+    /// A JSON array of positional arguments or an object by name.
+    Json(serde_json::Value),
+}
+
+/// An update or query call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallRequest {
+    /// Method name: `add`, or qualified `api.add`.
+    pub method: String,
+    /// Arguments.
+    pub args: Args,
+    /// Encoding of the reply: `wave` (default) or `json`.
+    #[serde(default)]
+    pub reply_encoding: ReplyEncoding,
+    /// Cycles attached to the call.
+    #[serde(default)]
+    pub cycles: u64,
+}
+
+/// How the reply should be encoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplyEncoding {
+    /// WAVE text (a JSON string).
+    #[default]
+    Wave,
+    /// JSON values.
+    Json,
+}
+
+/// The answer to a call that reached a canister.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum CallResponse {
+    /// The canister replied.
+    Replied {
+        /// The reply, in the requested encoding (WAVE as a JSON string).
+        reply: serde_json::Value,
+        /// Instructions the message executed.
+        instructions: u64,
+    },
+    /// The message was rejected.
+    Rejected {
+        /// Code and message.
+        reject: Reject,
+        /// Instructions the message executed.
+        instructions: u64,
+    },
+}
+
+/// Replaces a canister's controllers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllersRequest {
+    /// The new controllers (at least one).
+    pub controllers: Vec<Principal>,
+}
+
+/// Whether a canister processes messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    /// Accepts calls.
+    Running,
+    /// Rejects calls until started.
+    Stopped,
+}
+
+/// A canister's status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanisterStatus {
+    /// The canister's id.
+    pub canister_id: Principal,
+    /// Running or stopped.
+    pub status: RunStatus,
+    /// SHA-256 of the installed module, hex; `None` when empty.
+    pub module_hash: Option<String>,
+    /// Bytes of linear memory.
+    pub heap_bytes: u64,
+    /// Bytes of stable memory.
+    pub stable_bytes: u64,
+    /// Cycle balance.
+    pub cycles: u64,
+    /// Controllers.
+    pub controllers: Vec<Principal>,
+    /// Certified data, hex.
+    pub certified_data: String,
+    /// Update messages executed (including hooks).
+    pub updates: u64,
+}
+
+/// One method as clients see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MethodInfo {
+    /// Qualified name (`api.add`).
+    pub name: String,
+    /// `update` or `query`.
+    pub kind: String,
+    /// WIT signature (`add: func(key: string, value: u64)`).
+    pub signature: String,
+}
+
+/// A canister's interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceInfo {
+    /// Callable methods.
+    pub methods: Vec<MethodInfo>,
+    /// Lifecycle hooks the canister exports, with signatures.
+    pub hooks: Vec<String>,
+    /// The interface as text, with update/query marks.
+    pub text: String,
+}
+
+/// One log line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Position in the canister's log.
+    pub index: u64,
+    /// Round time when written.
+    pub time_nanos: u64,
+    /// `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    /// The text.
+    pub message: String,
+}
