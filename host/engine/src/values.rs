@@ -108,6 +108,10 @@ pub fn decode_args(args: &CallArgs, method: &Method) -> Result<Vec<Val>, String>
 }
 
 fn decode_wave(text: &str, types: &[Type]) -> Result<Vec<Val>, String> {
+    // Trailing options may be left out, also all of them.
+    if text.trim().is_empty() && types.iter().all(|t| matches!(t, Type::Option(_))) {
+        return Ok(types.iter().map(|_| Val::Option(None)).collect());
+    }
     let source = format!("f({text})");
     let call = UntypedFuncCall::parse(&source).map_err(|e| e.to_string())?;
     call.to_wasm_params::<Val>(types.iter())

@@ -1,0 +1,144 @@
+//! A Cellar node: canisters, their lifecycle, message execution,
+//! durability (journal and checkpoints) and the HTTP API.
+//!
+//! * [`Node`] is the node itself, usable in-process (tests, benchmarks).
+//! * [`start`] opens a node, deploys the example canisters on a fresh data
+//!   directory and serves the HTTP API ([`http`]).
+
+mod auth;
+mod canister;
+mod checkpoint;
+pub mod http;
+mod journal;
+mod node;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use canister::{Canister, INITIAL_CYCLES, MAX_LOG_ENTRIES};
+pub use cellar_engine as engine;
+pub use journal::Durability;
+pub use node::{CallOutcome, Node, NodeError, NodeOptions};
+
+use cellar_types::Principal;
+use cellar_types::api::InstallMode;
+
+/// How `cellar start` runs a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Where state lives.
+    pub data_dir: PathBuf,
+    /// The HTTP API's address.
+    pub listen: SocketAddr,
+    /// Execution limits.
+    pub limits: cellar_engine::Limits,
+    /// Controllers of the example canisters deployed on a fresh data dir
+    /// (typically the principal of whoever starts the node); empty means
+    /// the anonymous principal.
+    pub example_controllers: Vec<Principal>,
+}
+
+impl NodeConfig {
+    /// A configuration with default limits.
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        NodeConfig {
+            data_dir: data_dir.into(),
+            listen,
+            limits: cellar_engine::Limits::default(),
+            example_controllers: Vec::new(),
+        }
+    }
+}
+
+/// A node serving its API.
+pub struct RunningNode {
+    /// The address the API listens on.
+    pub addr: SocketAddr,
+    /// Examples deployed at this start (name, canister id); empty when the
+    /// data directory already held state.
+    pub examples: Vec<(String, Principal)>,
+    /// The node.
+    pub node: Arc<Node>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl RunningNode {
+    /// Serves until Ctrl-C, then writes a checkpoint.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        tokio::signal::ctrl_c().await?;
+        tracing::info!("shutting down");
+        self.shutdown().await
+    }
+
+    /// Stops serving and writes a checkpoint.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(());
+        self.server.await??;
+        let node = self.node.clone();
+        tokio::task::spawn_blocking(move || node.checkpoint()).await??;
+        Ok(())
+    }
+}
+
+/// Opens the node in `config.data_dir`, deploys the examples when it is new,
+/// and serves the HTTP API on `config.listen`.
+pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+    let mut options = NodeOptions::new(&config.data_dir);
+    options.limits = config.limits.clone();
+    let max_body = config.limits.max_component_bytes * 4 / 3 + (1 << 20);
+    let node = tokio::task::spawn_blocking(move || Node::open(options)).await??;
+    let node = Arc::new(node);
+    let mut examples = Vec::new();
+    if node.is_fresh() {
+        let deployer = node.clone();
+        let controllers = config.example_controllers.clone();
+        examples = tokio::task::spawn_blocking(move || deploy_examples(&deployer, controllers))
+            .await??;
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
+    let app = http::router(node.clone(), max_body);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = signal.await;
+            })
+            .await
+    });
+    tracing::info!(%addr, "serving the HTTP API");
+    Ok(RunningNode {
+        addr,
+        examples,
+        node,
+        server,
+        shutdown,
+    })
+}
+
+fn deploy_examples(
+    node: &Node,
+    controllers: Vec<Principal>,
+) -> anyhow::Result<Vec<(String, Principal)>> {
+    let deployer = controllers.first().cloned().unwrap_or_else(Principal::anonymous);
+    let mut deployed = Vec::new();
+    for example in cellar_examples::examples() {
+        let id = node.create(&deployer, controllers.clone())?;
+        node.install(
+            &deployer,
+            &id,
+            InstallMode::Install,
+            example.wasm,
+            example.init_arg.map(str::to_string),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot install example {}: {e}", example.name))?;
+        tracing::info!(example = example.name, canister = %id.to_text(), "deployed example");
+        deployed.push((example.name.to_string(), id));
+    }
+    node.checkpoint()?;
+    Ok(deployed)
+}
