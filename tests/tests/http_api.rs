@@ -37,12 +37,17 @@ impl Client {
     }
 
     fn send(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let bytes = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
+        let bytes = body
+            .map(|b| serde_json::to_vec(&b).unwrap())
+            .unwrap_or_default();
         let url = format!("{}{path}", self.base);
         let mut headers = Vec::new();
         if let Some(key) = &self.key {
             let signature = key.sign(&signing_payload(method, path, &bytes));
-            headers.push((PUBLIC_KEY_HEADER, HEXLOWER.encode(key.verifying_key().as_bytes())));
+            headers.push((
+                PUBLIC_KEY_HEADER,
+                HEXLOWER.encode(key.verifying_key().as_bytes()),
+            ));
             headers.push((SIGNATURE_HEADER, HEXLOWER.encode(&signature.to_bytes())));
         }
         let response = match method {
@@ -70,7 +75,10 @@ impl Client {
         let mut response = response.unwrap();
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 }
 
@@ -100,13 +108,24 @@ fn signed_requests_over_loopback() {
     let call = json!({"method": "add", "args": {"wave": "\"apple\", 5"}});
     let (code, answer) = bob.send("POST", &format!("/api/v1/canisters/{kv}/call"), Some(call));
     assert_eq!(code, 200, "{answer}");
-    assert!(matches!(serde_json::from_value(answer).unwrap(), CallResponse::Replied { .. }));
+    assert!(matches!(
+        serde_json::from_value(answer).unwrap(),
+        CallResponse::Replied { .. }
+    ));
     let query = json!({"method": "get", "args": {"json": ["apple"]}, "reply_encoding": "json"});
-    let (_, answer) = anonymous.send("POST", &format!("/api/v1/canisters/{kv}/query"), Some(query));
+    let (_, answer) = anonymous.send(
+        "POST",
+        &format!("/api/v1/canisters/{kv}/query"),
+        Some(query),
+    );
     assert_eq!(answer["status"], "replied", "{answer}");
     assert_eq!(answer["reply"], json!(5));
     let query = json!({"method": "get", "args": {"wave": "\"apple\""}});
-    let (_, answer) = anonymous.send("POST", &format!("/api/v1/canisters/{kv}/query"), Some(query));
+    let (_, answer) = anonymous.send(
+        "POST",
+        &format!("/api/v1/canisters/{kv}/query"),
+        Some(query),
+    );
     assert_eq!(answer["reply"], json!("some(5)"));
 
     // A reject is a 200 with the reject inside.
@@ -119,7 +138,12 @@ fn signed_requests_over_loopback() {
     // Interface and node status.
     let (_, interface) = anonymous.send("GET", &format!("/api/v1/canisters/{kv}/interface"), None);
     let interface: InterfaceInfo = serde_json::from_value(interface).unwrap();
-    assert!(interface.methods.iter().any(|m| m.name == "query.get" && m.kind == "query"));
+    assert!(
+        interface
+            .methods
+            .iter()
+            .any(|m| m.name == "query.get" && m.kind == "query")
+    );
     let (_, node) = anonymous.send("GET", "/api/v1/status", None);
     let node: NodeStatus = serde_json::from_value(node).unwrap();
     assert_eq!(node.canisters, 3);
@@ -136,7 +160,10 @@ fn signed_requests_over_loopback() {
     bob.send("POST", &format!("/api/v1/canisters/{id}/call"), Some(log));
     let (_, logs) = anonymous.send("GET", &format!("/api/v1/canisters/{id}/logs"), None);
     let logs: Vec<LogEntry> = serde_json::from_value(logs).unwrap();
-    assert!(logs.iter().any(|l| l.message.contains("over http")), "{logs:?}");
+    assert!(
+        logs.iter().any(|l| l.message.contains("over http")),
+        "{logs:?}"
+    );
 
     // Refusals.
     let (code, _) = bob.send("POST", &format!("/api/v1/canisters/{kv}/stop"), None);
@@ -147,16 +174,30 @@ fn signed_requests_over_loopback() {
     assert_eq!(code, 200, "{answer}");
     let missing = Principal::canister(999).to_text();
     let call = json!({"method": "get", "args": {"wave": "\"a\""}});
-    let (code, _) = bob.send("POST", &format!("/api/v1/canisters/{missing}/query"), Some(call));
+    let (code, _) = bob.send(
+        "POST",
+        &format!("/api/v1/canisters/{missing}/query"),
+        Some(call),
+    );
     assert_eq!(code, 404);
     let (code, _) = bob.send("POST", "/api/v1/canisters/not-an-id/query", Some(json!({})));
     assert_eq!(code, 400);
-    let (code, _) = bob.send("POST", &format!("/api/v1/canisters/{kv}/call"), Some(json!({"nope": 1})));
+    let (code, _) = bob.send(
+        "POST",
+        &format!("/api/v1/canisters/{kv}/call"),
+        Some(json!({"nope": 1})),
+    );
     assert_eq!(code, 400);
     let junk = json!({"module": {"wasm": BASE64.encode(b"\0asm\x01\0\0\0")}});
     let (code, answer) = bob.send("POST", "/api/v1/canisters", Some(junk));
     assert_eq!(code, 400);
-    assert!(answer["error"].as_str().unwrap().contains("core WebAssembly module"), "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("core WebAssembly module"),
+        "{answer}"
+    );
 
     // A forged signature: bob's key, alice's signature.
     let body = serde_json::to_vec(&json!({"method": "get", "args": {"wave": "\"a\""}})).unwrap();
@@ -168,7 +209,10 @@ fn signed_requests_over_loopback() {
         .build()
         .new_agent()
         .post(format!("{base}{path}"))
-        .header(PUBLIC_KEY_HEADER, HEXLOWER.encode(key.verifying_key().as_bytes()))
+        .header(
+            PUBLIC_KEY_HEADER,
+            HEXLOWER.encode(key.verifying_key().as_bytes()),
+        )
         .header(SIGNATURE_HEADER, HEXLOWER.encode(&forged.to_bytes()))
         .send(&body[..])
         .unwrap();

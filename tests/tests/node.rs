@@ -55,23 +55,35 @@ fn ten_thousand_updates_survive_restarts() {
         kv = deploy(&node, "kv");
         for i in 0..5_000u64 {
             let args = wave(&format!("\"k{}\", {i}", i % 100));
-            node.update(&alice(), &kv, "add", args).unwrap().result.unwrap();
+            node.update(&alice(), &kv, "add", args)
+                .unwrap()
+                .result
+                .unwrap();
         }
         // Dropped without a checkpoint: the journal carries the tail.
     }
     {
         let node = Node::open(options(dir.path())).unwrap();
-        assert_eq!(reply(node.query(&bob(), &kv, "get", wave("\"k99\"")).unwrap()), "some(4999)");
+        assert_eq!(
+            reply(node.query(&bob(), &kv, "get", wave("\"k99\"")).unwrap()),
+            "some(4999)"
+        );
         for i in 5_000..10_000u64 {
             let args = wave(&format!("\"k{}\", {i}", i % 100));
-            node.update(&alice(), &kv, "add", args).unwrap().result.unwrap();
+            node.update(&alice(), &kv, "add", args)
+                .unwrap()
+                .result
+                .unwrap();
         }
         node.checkpoint().unwrap();
     }
     let node = Node::open(options(dir.path())).unwrap();
     for k in [0u64, 42, 99] {
         assert_eq!(
-            reply(node.query(&bob(), &kv, "get", wave(&format!("\"k{k}\""))).unwrap()),
+            reply(
+                node.query(&bob(), &kv, "get", wave(&format!("\"k{k}\"")))
+                    .unwrap()
+            ),
             format!("some({})", 9_900 + k)
         );
     }
@@ -96,9 +108,15 @@ fn a_torn_journal_tail_is_cut_off() {
     bytes.extend_from_slice(b"0badc0de {\"round\": 9");
     std::fs::write(&journal, bytes).unwrap();
     let node = Node::open(options(dir.path())).unwrap();
-    assert_eq!(reply(node.query(&bob(), &kv, "get", wave("\"a\"")).unwrap()), "some(1)");
+    assert_eq!(
+        reply(node.query(&bob(), &kv, "get", wave("\"a\"")).unwrap()),
+        "some(1)"
+    );
     node.update(&alice(), &kv, "add", wave("\"b\", 2")).unwrap();
-    assert_eq!(reply(node.query(&bob(), &kv, "get", wave("\"b\"")).unwrap()), "some(2)");
+    assert_eq!(
+        reply(node.query(&bob(), &kv, "get", wave("\"b\"")).unwrap()),
+        "some(2)"
+    );
 }
 
 #[test]
@@ -107,24 +125,52 @@ fn upgrade_keeps_stable_memory_and_runs_the_hooks() {
     let node = Node::open(options(dir.path())).unwrap();
     let id = node.create(&alice(), vec![]).unwrap();
     let testbed = cellar_examples::testbed();
-    node.install(&alice(), &id, InstallMode::Install, testbed, Some("some(\"first\")".into()))
+    node.install(
+        &alice(),
+        &id,
+        InstallMode::Install,
+        testbed,
+        Some("some(\"first\")".into()),
+    )
+    .unwrap();
+    node.update(&alice(), &id, "set", wave("\"k\", \"v\""))
+        .unwrap()
+        .result
         .unwrap();
-    node.update(&alice(), &id, "set", wave("\"k\", \"v\"")).unwrap().result.unwrap();
-    node.update(&alice(), &id, "stable-write", wave("0, [7, 7, 7]")).unwrap().result.unwrap();
-    node.install(&alice(), &id, InstallMode::Upgrade, testbed, Some("some(\"second\")".into()))
+    node.update(&alice(), &id, "stable-write", wave("0, [7, 7, 7]"))
+        .unwrap()
+        .result
         .unwrap();
+    node.install(
+        &alice(),
+        &id,
+        InstallMode::Upgrade,
+        testbed,
+        Some("some(\"second\")".into()),
+    )
+    .unwrap();
     assert_eq!(
         reply(node.query(&bob(), &id, "upgrade-log", wave("")).unwrap()),
         "[\"init:first\", \"post-upgrade:second\"]"
     );
     // pre-upgrade saved the map to stable memory, post-upgrade restored it.
-    assert_eq!(reply(node.query(&bob(), &id, "get", wave("\"k\"")).unwrap()), "some(\"v\")");
+    assert_eq!(
+        reply(node.query(&bob(), &id, "get", wave("\"k\"")).unwrap()),
+        "some(\"v\")"
+    );
     assert_eq!(node.status(&id).unwrap().module_hash.unwrap().len(), 64);
 
     // Reinstall wipes everything, stable memory included.
-    node.install(&alice(), &id, InstallMode::Reinstall, testbed, None).unwrap();
-    assert_eq!(reply(node.query(&bob(), &id, "get", wave("\"k\"")).unwrap()), "none");
-    assert_eq!(reply(node.query(&bob(), &id, "stable-size", wave("")).unwrap()), "0");
+    node.install(&alice(), &id, InstallMode::Reinstall, testbed, None)
+        .unwrap();
+    assert_eq!(
+        reply(node.query(&bob(), &id, "get", wave("\"k\"")).unwrap()),
+        "none"
+    );
+    assert_eq!(
+        reply(node.query(&bob(), &id, "stable-size", wave("")).unwrap()),
+        "0"
+    );
 }
 
 #[test]
@@ -134,13 +180,22 @@ fn only_controllers_change_a_canister() {
     let kv = deploy(&node, "kv");
     let wasm = cellar_examples::get("kv").unwrap().wasm;
     let refused = |r: Result<_, NodeError>| matches!(r, Err(NodeError::NotController { .. }));
-    assert!(refused(node.install(&bob(), &kv, InstallMode::Upgrade, wasm, None)));
+    assert!(refused(node.install(
+        &bob(),
+        &kv,
+        InstallMode::Upgrade,
+        wasm,
+        None
+    )));
     assert!(refused(node.stop(&bob(), &kv)));
     assert!(refused(node.delete(&bob(), &kv)));
     assert!(refused(node.set_controllers(&bob(), &kv, vec![bob()])));
     assert!(refused(node.stop(&Principal::anonymous(), &kv)));
     // Anyone may call.
-    node.update(&bob(), &kv, "add", wave("\"x\", 1")).unwrap().result.unwrap();
+    node.update(&bob(), &kv, "add", wave("\"x\", 1"))
+        .unwrap()
+        .result
+        .unwrap();
     // A controller hands over control.
     node.set_controllers(&alice(), &kv, vec![bob()]).unwrap();
     assert!(refused(node.stop(&alice(), &kv)));
@@ -171,24 +226,46 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
 
     let wrong = node.update(&alice(), &kv, "add", wave("1, \"a\"")).unwrap();
     let message = wrong.result.unwrap_err().message;
-    assert!(message.contains("add: func(key: string, value: u64)"), "{message}");
+    assert!(
+        message.contains("add: func(key: string, value: u64)"),
+        "{message}"
+    );
 
     let as_query = node.query(&alice(), &kv, "add", wave("\"a\", 2")).unwrap();
-    assert!(as_query.result.unwrap_err().message.contains("update method"));
+    assert!(
+        as_query
+            .result
+            .unwrap_err()
+            .message
+            .contains("update method")
+    );
 
-    for garbage in [&b"not wasm"[..], b"\0asm\x01\0\0\0", b"\0asm\x0d\0\x01\0junk"] {
+    for garbage in [
+        &b"not wasm"[..],
+        b"\0asm\x01\0\0\0",
+        b"\0asm\x0d\0\x01\0junk",
+    ] {
         let err = node.install(&alice(), &kv, InstallMode::Upgrade, garbage, None);
         assert!(matches!(err, Err(NodeError::Install(_))), "{err:?}");
     }
     // A bad init argument fails the install and leaves the canister empty.
     let empty = node.create(&alice(), vec![]).unwrap();
     let counter = cellar_examples::get("counter").unwrap().wasm;
-    let err = node.install(&alice(), &empty, InstallMode::Install, counter, Some("\"x\"".into()));
+    let err = node.install(
+        &alice(),
+        &empty,
+        InstallMode::Install,
+        counter,
+        Some("\"x\"".into()),
+    );
     assert!(matches!(err, Err(NodeError::BadRequest(_))), "{err:?}");
     assert!(node.status(&empty).unwrap().module_hash.is_none());
 
     assert_eq!(node.execution_state(&kv).unwrap(), before);
-    assert_eq!(reply(node.query(&bob(), &kv, "get", wave("\"a\"")).unwrap()), "some(1)");
+    assert_eq!(
+        reply(node.query(&bob(), &kv, "get", wave("\"a\"")).unwrap()),
+        "some(1)"
+    );
 }
 
 #[test]
@@ -198,7 +275,12 @@ fn json_arguments_and_replies() {
     let ledger = deploy(&node, "ledger");
     let to = bob().to_text();
     let minted = node
-        .update(&alice(), &ledger, "mint", Args::Json(serde_json::json!([to, 500])))
+        .update(
+            &alice(),
+            &ledger,
+            "mint",
+            Args::Json(serde_json::json!([to, 500])),
+        )
         .unwrap();
     let values = minted.result.unwrap();
     assert_eq!(
@@ -207,11 +289,24 @@ fn json_arguments_and_replies() {
     );
     // Bob is not a controller: minting is refused by the canister.
     let refused = node
-        .update(&bob(), &ledger, "mint", Args::Json(serde_json::json!([to, 1])))
+        .update(
+            &bob(),
+            &ledger,
+            "mint",
+            Args::Json(serde_json::json!([to, 1])),
+        )
         .unwrap();
-    assert!(matches!(refused.result.unwrap().as_slice(), [Val::Result(Err(_))]));
+    assert!(matches!(
+        refused.result.unwrap().as_slice(),
+        [Val::Result(Err(_))]
+    ));
     let overdraw = node
-        .update(&bob(), &ledger, "transfer", wave(&format!("\"{}\", 501", alice().to_text())))
+        .update(
+            &bob(),
+            &ledger,
+            "transfer",
+            wave(&format!("\"{}\", 501", alice().to_text())),
+        )
         .unwrap();
     assert!(reply(overdraw).starts_with("err(insufficient-funds"));
 }
@@ -225,10 +320,22 @@ fn two_fresh_nodes_fed_the_same_messages_agree() {
         let kv = deploy(&node, "kv");
         let mut instructions = Vec::new();
         for i in 0..50u64 {
-            instructions.push(node.update(&alice(), &counter, "add", wave(&format!("{i}"))).unwrap().instructions);
-            instructions.push(node.update(&alice(), &kv, "add", wave(&format!("\"k{i}\", {i}"))).unwrap().instructions);
+            instructions.push(
+                node.update(&alice(), &counter, "add", wave(&format!("{i}")))
+                    .unwrap()
+                    .instructions,
+            );
+            instructions.push(
+                node.update(&alice(), &kv, "add", wave(&format!("\"k{i}\", {i}")))
+                    .unwrap()
+                    .instructions,
+            );
         }
-        (instructions, node.execution_state(&counter).unwrap(), node.execution_state(&kv).unwrap())
+        (
+            instructions,
+            node.execution_state(&counter).unwrap(),
+            node.execution_state(&kv).unwrap(),
+        )
     };
     let first = run();
     let second = run();

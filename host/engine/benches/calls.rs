@@ -32,7 +32,9 @@ fn context(kind: MessageKind, round: u64) -> MessageContext {
 fn calls(c: &mut Criterion) {
     let limits = Limits::default();
     let cache = CodeCache::new(cellar_engine::new_engine().unwrap(), None, 64 << 20).unwrap();
-    let code = cache.load(cellar_examples::get("kv").unwrap().wasm).unwrap();
+    let code = cache
+        .load(cellar_examples::get("kv").unwrap().wasm)
+        .unwrap();
     let resolve = |text: &str| {
         let call = parse_call_text(text).unwrap();
         let method = code.interface.resolve(&call.method).unwrap().clone();
@@ -46,7 +48,14 @@ fn calls(c: &mut Criterion) {
     let mut state = ExecutionState::default();
     for i in 0..1_000u64 {
         let (m, p) = resolve(&format!("add(\"key-{i}\", {i})"));
-        let outcome = execute(&code, &state, &m, &p, context(MessageKind::Update, i), &limits);
+        let outcome = execute(
+            &code,
+            &state,
+            &m,
+            &p,
+            context(MessageKind::Update, i),
+            &limits,
+        );
         state.apply(outcome.changes.unwrap());
     }
 
@@ -55,13 +64,27 @@ fn calls(c: &mut Criterion) {
     group.bench_function("update/fresh-instance", |b| {
         b.iter(|| {
             round += 1;
-            let outcome = execute(&code, &state, &add, &add_params, context(MessageKind::Update, round), &limits);
+            let outcome = execute(
+                &code,
+                &state,
+                &add,
+                &add_params,
+                context(MessageKind::Update, round),
+                &limits,
+            );
             black_box(outcome.changes.unwrap());
         })
     });
     group.bench_function("query/fresh-instance", |b| {
         b.iter(|| {
-            let outcome = execute(&code, &state, &get, &get_params, context(MessageKind::Query, 1), &limits);
+            let outcome = execute(
+                &code,
+                &state,
+                &get,
+                &get_params,
+                context(MessageKind::Query, 1),
+                &limits,
+            );
             black_box(outcome.result.unwrap());
         })
     });

@@ -177,22 +177,26 @@ impl CodeCache {
             // into the node's own data directory.
             match unsafe { Component::deserialize_file(&self.engine, path) } {
                 Ok(component) => return Ok(component),
-                Err(e) => tracing::warn!(path = %path.display(), "ignoring unusable compiled code: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "ignoring unusable compiled code: {e:#}")
+                }
             }
         }
         let component = Component::new(&self.engine, wasm)
             .map_err(|e| InstallError::Invalid(format!("{e:#}")))?;
-        if let Some(path) = cached {
-            if let Err(e) = write_atomically(&path, &component) {
-                tracing::warn!(path = %path.display(), "cannot cache compiled code: {e:#}");
-            }
+        if let Some(path) = cached
+            && let Err(e) = write_atomically(&path, &component)
+        {
+            tracing::warn!(path = %path.display(), "cannot cache compiled code: {e:#}");
         }
         Ok(component)
     }
 }
 
 fn write_atomically(path: &Path, component: &Component) -> anyhow::Result<()> {
-    let bytes = component.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let bytes = component
+        .serialize()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let tmp = path.with_extension("cwasm.tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;

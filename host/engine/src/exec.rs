@@ -22,8 +22,8 @@ use crate::interface::Method;
 use crate::memory::{MemoryView, with_memory_plan};
 use crate::rng::{TapeRng, derive_seed};
 use crate::stable::StableOverlay;
-use crate::state::{ExecutionState, HeapSnapshot};
 use crate::state::StateChanges;
+use crate::state::{ExecutionState, HeapSnapshot};
 use crate::system_api::{HostState, SystemState};
 use crate::wasi::deterministic_wasi;
 
@@ -45,7 +45,9 @@ pub enum MessageKind {
 }
 
 /// Severity of a log record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogLevel {
     /// Detail for developers.
@@ -170,7 +172,15 @@ pub fn execute(
     let mut store = Store::new(code.engine(), host);
     store.limiter(|data| &mut data.limits);
 
-    let outcome = run(&mut store, code, state, method, params, instruction_limit, limits);
+    let outcome = run(
+        &mut store,
+        code,
+        state,
+        method,
+        params,
+        instruction_limit,
+        limits,
+    );
     let mut sys_logs = std::mem::take(&mut store.data_mut().sys.logs);
     let instructions = instruction_limit.saturating_sub(store.get_fuel().unwrap_or(0));
     let (result, views) = match outcome {
@@ -187,7 +197,9 @@ pub fn execute(
             if reject.code == RejectCode::CanisterError {
                 let tail = stderr_tail(&stderr_text);
                 if !tail.is_empty() {
-                    reject.message.push_str(&format!("; canister stderr: {tail}"));
+                    reject
+                        .message
+                        .push_str(&format!("; canister stderr: {tail}"));
                 }
             }
             MessageOutcome {
@@ -204,11 +216,9 @@ pub fn execute(
                 None => Ok(values),
             };
             let changes = kind.persists().then(|| {
-                let stable = std::mem::replace(
-                    &mut sys.stable,
-                    StableOverlay::new(Arc::default(), 0),
-                )
-                .into_committed();
+                let stable =
+                    std::mem::replace(&mut sys.stable, StableOverlay::new(Arc::default(), 0))
+                        .into_committed();
                 StateChanges {
                     // SAFETY: the store is alive and no wasm runs.
                     heap: unsafe { snapshot(&views) },
@@ -246,7 +256,8 @@ fn run(
         .set_fuel(limits.instantiation_instructions)
         .map_err(host_error)?;
     let (instance, views) = with_memory_plan(sizes, || code.pre.instantiate(&mut *store));
-    let instance = instance.map_err(|e| trap_reject(e, "instantiation", limits.instantiation_instructions))?;
+    let instance =
+        instance.map_err(|e| trap_reject(e, "instantiation", limits.instantiation_instructions))?;
     if !state.heap.memories.is_empty() {
         if views.len() != state.heap.memories.len() {
             return Err(Reject::new(
@@ -272,7 +283,7 @@ fn run(
         }
     }
     let func = instance
-        .get_func(&mut *store, &method.index)
+        .get_func(&mut *store, method.index)
         .ok_or_else(|| {
             Reject::new(
                 RejectCode::DestinationInvalid,
@@ -300,7 +311,10 @@ fn trap_reject(error: wasmtime::Error, phase: &str, limit: u64) -> Reject {
     }
     let message = match error.downcast_ref::<Trap>() {
         Some(trap) => format!("the canister trapped: {trap}"),
-        None => format!("the canister trapped: {}", first_line(&format!("{error:#}"))),
+        None => format!(
+            "the canister trapped: {}",
+            first_line(&format!("{error:#}"))
+        ),
     };
     Reject::new(RejectCode::CanisterError, message)
 }
@@ -385,7 +399,9 @@ impl WarmInstance {
             limits: StoreLimitsBuilder::new().build(),
         };
         let mut store = Store::new(code.engine(), host);
-        store.set_fuel(u64::MAX).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        store
+            .set_fuel(u64::MAX)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let (instance, _) = with_memory_plan(Vec::new(), || code.pre.instantiate(&mut store));
         let instance = instance.map_err(|e| anyhow::anyhow!("{e:#}"))?;
         Ok(WarmInstance { store, instance })
@@ -395,7 +411,7 @@ impl WarmInstance {
     pub fn call(&mut self, method: &Method, params: &[Val]) -> anyhow::Result<Vec<Val>> {
         let func = self
             .instance
-            .get_func(&mut self.store, &method.index)
+            .get_func(&mut self.store, method.index)
             .ok_or_else(|| anyhow::anyhow!("no such export"))?;
         let mut results = vec![Val::Bool(false); method.results.len()];
         func.call(&mut self.store, params, &mut results)

@@ -152,8 +152,7 @@ impl CanisterInterface {
                         interface.has_callbacks = true;
                         continue;
                     }
-                    let Some(instance_index) = component.get_export_index(None, export_name)
-                    else {
+                    let Some(instance_index) = component.get_export_index(None, export_name) else {
                         continue;
                     };
                     for (func_name, func_item) in instance.exports(engine) {
@@ -270,7 +269,10 @@ impl CanisterInterface {
             }
         }
         if self.has_callbacks {
-            let _ = writeln!(out, "exports cellar:canister/callbacks (replies and timers)");
+            let _ = writeln!(
+                out,
+                "exports cellar:canister/callbacks (replies and timers)"
+            );
         }
         out
     }
@@ -327,7 +329,11 @@ pub fn render_type(ty: &Type) -> String {
         Type::String => "string".into(),
         Type::List(l) => format!("list<{}>", render_type(&l.ty())),
         Type::FixedLengthList(l) => format!("list<{}, {}>", render_type(&l.ty()), l.len()),
-        Type::Map(m) => format!("map<{}, {}>", render_type(&m.key()), render_type(&m.value())),
+        Type::Map(m) => format!(
+            "map<{}, {}>",
+            render_type(&m.key()),
+            render_type(&m.value())
+        ),
         Type::Record(r) => {
             let fields: Vec<String> = r
                 .fields()

@@ -77,7 +77,9 @@ pub(crate) fn with_memory_plan<R>(
         })
     });
     let result = instantiate();
-    let plan = PLAN.with_borrow_mut(|plan| plan.take()).expect("plan set above");
+    let plan = PLAN
+        .with_borrow_mut(|plan| plan.take())
+        .expect("plan set above");
     (result, plan.created)
 }
 

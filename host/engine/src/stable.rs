@@ -137,10 +137,13 @@ impl StableOverlay {
             let (index, within) = (at / CHUNK, at % CHUNK);
             let n = (CHUNK - within).min(len - pos);
             let base = &self.base;
-            let chunk = self.dirty.entry(index).or_insert_with(|| match base.chunks.get(&index) {
-                Some(c) => c.to_vec().into_boxed_slice(),
-                None => vec![0u8; CHUNK as usize].into_boxed_slice(),
-            });
+            let chunk = self
+                .dirty
+                .entry(index)
+                .or_insert_with(|| match base.chunks.get(&index) {
+                    Some(c) => c.to_vec().into_boxed_slice(),
+                    None => vec![0u8; CHUNK as usize].into_boxed_slice(),
+                });
             chunk[within as usize..(within + n) as usize]
                 .copy_from_slice(&data[pos as usize..(pos + n) as usize]);
             pos += n;

@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use wasmtime::component::{Access, HasSelf, Linker, ResourceTable};
 use wasmtime::AsContext;
+use wasmtime::component::{Access, HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::exec::{LogLevel, LogRecord, MessageContext, MessageKind};
@@ -26,7 +26,9 @@ wasmtime::component::bindgen!({
     },
 });
 
-use cellar::canister::{calls, certified_data, info, log, message, randomness, stable_memory, timers};
+use cellar::canister::{
+    calls, certified_data, info, log, message, randomness, stable_memory, timers,
+};
 
 /// What one message did to the system, pending commit.
 pub(crate) struct SystemState {
@@ -135,7 +137,12 @@ impl info::Host for HostState {
     }
 
     fn controllers(&mut self) -> Vec<String> {
-        self.sys.ctx.controllers.iter().map(|c| c.to_text()).collect()
+        self.sys
+            .ctx
+            .controllers
+            .iter()
+            .map(|c| c.to_text())
+            .collect()
     }
 }
 

@@ -288,7 +288,9 @@ pub fn json_to_val(json: &Json, ty: &Type) -> Result<Val, String> {
             let mut pairs = Vec::with_capacity(items.len());
             for item in items {
                 match item.as_array().map(Vec::as_slice) {
-                    Some([key, value]) => pairs.push((json_to_val(key, &k)?, json_to_val(value, &v)?)),
+                    Some([key, value]) => {
+                        pairs.push((json_to_val(key, &k)?, json_to_val(value, &v)?))
+                    }
                     _ => return Err(format!("map entries are [key, value] arrays, got {item}")),
                 }
             }
@@ -352,12 +354,19 @@ pub fn json_to_val(json: &Json, ty: &Type) -> Result<Val, String> {
         Type::Result(result) => {
             let object = json.as_object().filter(|o| o.len() == 1);
             let Some((key, payload)) = object.and_then(|o| o.iter().next()) else {
-                return Err(format!("{}; write {{\"ok\": ...}} or {{\"err\": ...}}", expected(ty, json)));
+                return Err(format!(
+                    "{}; write {{\"ok\": ...}} or {{\"err\": ...}}",
+                    expected(ty, json)
+                ));
             };
             match key.as_str() {
                 "ok" => Val::Result(Ok(boxed(payload, result.ok())?)),
                 "err" => Val::Result(Err(boxed(payload, result.err())?)),
-                _ => return Err(format!("results are {{\"ok\": ...}} or {{\"err\": ...}}, got '{key}'")),
+                _ => {
+                    return Err(format!(
+                        "results are {{\"ok\": ...}} or {{\"err\": ...}}, got '{key}'"
+                    ));
+                }
             }
         }
         Type::Flags(flags) => {
@@ -373,7 +382,10 @@ pub fn json_to_val(json: &Json, ty: &Type) -> Result<Val, String> {
             Val::Flags(set)
         }
         Type::Own(_) | Type::Borrow(_) | Type::Future(_) | Type::Stream(_) | Type::ErrorContext => {
-            return Err(format!("{} values cannot be passed from outside", render_type(ty)));
+            return Err(format!(
+                "{} values cannot be passed from outside",
+                render_type(ty)
+            ));
         }
     })
 }

@@ -148,7 +148,11 @@ fn looping_canister_runs_out_of_instructions_and_recovers() {
     let outcome = t.update("spin(100000000000)");
     let reject = outcome.result.unwrap_err();
     assert_eq!(reject.code, RejectCode::CanisterError);
-    assert!(reject.message.contains("ran out of instructions"), "{}", reject.message);
+    assert!(
+        reject.message.contains("ran out of instructions"),
+        "{}",
+        reject.message
+    );
     assert_eq!(outcome.instructions, 20_000_000);
     assert_eq!(t.state, before);
     // A small loop within the limit still works.
@@ -234,7 +238,11 @@ fn reject_is_returned_and_logs_are_captured() {
     assert_eq!(reject.message, "not today");
     let logged = t.update("log-line(\"hello\")");
     let lines: Vec<&str> = logged.logs.iter().map(|l| l.message.as_str()).collect();
-    assert_eq!(lines.iter().filter(|l| l.contains("hello")).count(), 2, "{lines:?}");
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("hello")).count(),
+        2,
+        "{lines:?}"
+    );
     assert_eq!(
         Harness::reply(&t.update("whoami()")),
         format!("\"{}\"", t.caller.to_text())
@@ -255,7 +263,10 @@ fn arguments_are_checked_against_the_signature() {
     let t = testbed();
     let method = t.code.interface.resolve("set").unwrap();
     let err = decode_args(&CallArgs::Wave("5, \"x\"".into()), method).unwrap_err();
-    assert!(err.contains("set: func(key: string, value: string)"), "{err}");
+    assert!(
+        err.contains("set: func(key: string, value: string)"),
+        "{err}"
+    );
     let err = decode_args(&CallArgs::Wave("\"x\"".into()), method).unwrap_err();
     assert!(err.contains("expected"), "{err}");
     let json = decode_args(&CallArgs::Json(serde_json::json!(["k", "v"])), method).unwrap();
@@ -275,7 +286,10 @@ fn methods_resolve_with_clear_errors() {
     let interface = &t.code.interface;
     assert_eq!(interface.resolve("api.set").unwrap().function, "set");
     let unknown = interface.resolve("nope").unwrap_err().to_string();
-    assert!(unknown.contains("nope") && unknown.contains("api.set"), "{unknown}");
+    assert!(
+        unknown.contains("nope") && unknown.contains("api.set"),
+        "{unknown}"
+    );
     assert!(interface.resolve("init").is_err(), "hooks are not callable");
     let text = interface.describe();
     assert!(text.contains("query"), "{text}");
@@ -285,31 +299,51 @@ fn methods_resolve_with_clear_errors() {
 #[test]
 fn malformed_components_get_clear_errors() {
     let cache = CodeCache::new(cellar_engine::new_engine().unwrap(), None, 1 << 20).unwrap();
-    assert_eq!(cache.load(b"hello world").unwrap_err(), InstallError::NotWasm);
+    assert_eq!(
+        cache.load(b"hello world").unwrap_err(),
+        InstallError::NotWasm
+    );
     let core = b"\0asm\x01\0\0\0";
     assert_eq!(cache.load(core).unwrap_err(), InstallError::CoreModule);
     let mut broken = b"\0asm\x0d\0\x01\0".to_vec();
     broken.extend_from_slice(&[0xff; 64]);
-    assert!(matches!(cache.load(&broken).unwrap_err(), InstallError::Invalid(_)));
+    assert!(matches!(
+        cache.load(&broken).unwrap_err(),
+        InstallError::Invalid(_)
+    ));
     let huge = vec![0u8; (1 << 20) + 1];
-    assert!(matches!(cache.load(&huge).unwrap_err(), InstallError::TooLarge { .. }));
+    assert!(matches!(
+        cache.load(&huge).unwrap_err(),
+        InstallError::TooLarge { .. }
+    ));
 }
 
 #[test]
 fn compiled_code_is_shared_and_cached_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let wasm = cellar_examples::get("counter").unwrap().wasm;
-    let cache = CodeCache::new(cellar_engine::new_engine().unwrap(), Some(dir.path()), 64 << 20)
-        .unwrap();
+    let cache = CodeCache::new(
+        cellar_engine::new_engine().unwrap(),
+        Some(dir.path()),
+        64 << 20,
+    )
+    .unwrap();
     let a = cache.load(wasm).unwrap();
     let b = cache.load(wasm).unwrap();
     assert!(Arc::ptr_eq(&a, &b));
     assert_eq!(cache.len(), 1);
-    let cwasm = walk(dir.path()).into_iter().filter(|p| p.ends_with(".cwasm")).count();
+    let cwasm = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.ends_with(".cwasm"))
+        .count();
     assert_eq!(cwasm, 1);
     // A second cache (a restarted node) loads the compiled file.
-    let again = CodeCache::new(cellar_engine::new_engine().unwrap(), Some(dir.path()), 64 << 20)
-        .unwrap();
+    let again = CodeCache::new(
+        cellar_engine::new_engine().unwrap(),
+        Some(dir.path()),
+        64 << 20,
+    )
+    .unwrap();
     assert_eq!(again.load(wasm).unwrap().hash, a.hash);
 }
 

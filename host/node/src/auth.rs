@@ -20,7 +20,11 @@ pub fn authenticate(
     let (public_key, signature) = match (public_key, signature) {
         (None, None) => return Ok(Principal::anonymous()),
         (Some(k), Some(s)) => (k, s),
-        _ => return Err("a signed request needs both the public key and the signature header".into()),
+        _ => {
+            return Err(
+                "a signed request needs both the public key and the signature header".into(),
+            );
+        }
     };
     let key_bytes: [u8; 32] = HEXLOWER_PERMISSIVE
         .decode(public_key.as_bytes())
@@ -32,9 +36,13 @@ pub fn authenticate(
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or("the signature must be 64 bytes, hex encoded")?;
-    let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| "the public key is not a valid Ed25519 key")?;
-    key.verify(&signing_payload(method, path, body), &Signature::from_bytes(&sig_bytes))
-        .map_err(|_| "the signature does not match the request".to_string())?;
+    let key = VerifyingKey::from_bytes(&key_bytes)
+        .map_err(|_| "the public key is not a valid Ed25519 key")?;
+    key.verify(
+        &signing_payload(method, path, body),
+        &Signature::from_bytes(&sig_bytes),
+    )
+    .map_err(|_| "the signature does not match the request".to_string())?;
     Ok(Principal::self_authenticating(&key_bytes))
 }
 
@@ -50,8 +58,14 @@ mod tests {
         let public = HEXLOWER.encode(key.verifying_key().as_bytes());
         let sig = HEXLOWER.encode(&key.sign(&signing_payload("POST", "/p", b"body")).to_bytes());
         let caller = authenticate("POST", "/p", b"body", Some(&public), Some(&sig)).unwrap();
-        assert_eq!(caller, Principal::self_authenticating(key.verifying_key().as_bytes()));
-        assert_eq!(authenticate("GET", "/", b"", None, None).unwrap(), Principal::anonymous());
+        assert_eq!(
+            caller,
+            Principal::self_authenticating(key.verifying_key().as_bytes())
+        );
+        assert_eq!(
+            authenticate("GET", "/", b"", None, None).unwrap(),
+            Principal::anonymous()
+        );
         assert!(authenticate("POST", "/p", b"bodz", Some(&public), Some(&sig)).is_err());
         assert!(authenticate("POST", "/q", b"body", Some(&public), Some(&sig)).is_err());
         assert!(authenticate("POST", "/p", b"body", Some(&public), None).is_err());

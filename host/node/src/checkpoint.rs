@@ -152,7 +152,11 @@ pub fn load(dir: &Path) -> anyhow::Result<Option<Loaded>> {
     for m in meta.canisters {
         let file_id = m.id.to_text();
         let memories = (0..m.memories)
-            .map(|i| Ok(Arc::new(std::fs::read(root.join(format!("{file_id}.heap{i}")))?)))
+            .map(|i| {
+                Ok(Arc::new(std::fs::read(
+                    root.join(format!("{file_id}.heap{i}")),
+                )?))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let stable = read_stable(&root.join(format!("{file_id}.stable")), m.stable_pages)?;
         let state = ExecutionState {

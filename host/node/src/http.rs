@@ -103,13 +103,17 @@ type AppState = Arc<Node>;
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, HttpError> + Send + 'static,
 ) -> Result<T, HttpError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, format!("worker failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        HttpError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("worker failed: {e}"),
+        )
+    })?
 }
 
 fn canister_id(text: &str) -> Result<Principal, HttpError> {
-    Principal::from_text(text).map_err(|e| bad_request(format!("'{text}' is not a canister id: {e}")))
+    Principal::from_text(text)
+        .map_err(|e| bad_request(format!("'{text}' is not a canister id: {e}")))
 }
 
 fn module_bytes(source: &ModuleSource) -> Result<(Vec<u8>, Option<&'static str>), HttpError> {
@@ -171,7 +175,12 @@ pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
         .route("/api/v1/canisters/{id}/controllers", put(controllers))
         .route("/api/v1/canisters/{id}/interface", get(interface))
         .route("/api/v1/canisters/{id}/logs", get(logs))
-        .fallback(|| async { HttpError(StatusCode::NOT_FOUND, "no such endpoint; see /api/v1".into()) })
+        .fallback(|| async {
+            HttpError(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see /api/v1".into(),
+            )
+        })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(node)
 }
@@ -184,19 +193,31 @@ async fn list(State(node): State<AppState>) -> impl IntoResponse {
     Json(node.list())
 }
 
-async fn status(State(node): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, HttpError> {
+async fn status(
+    State(node): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, HttpError> {
     Ok(Json(node.status(&canister_id(&id)?)?))
 }
 
-async fn interface(State(node): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, HttpError> {
+async fn interface(
+    State(node): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, HttpError> {
     Ok(Json(node.interface(&canister_id(&id)?)?))
 }
 
-async fn logs(State(node): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, HttpError> {
+async fn logs(
+    State(node): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, HttpError> {
     Ok(Json(node.logs(&canister_id(&id)?)?))
 }
 
-async fn create(State(node): State<AppState>, signed: Signed) -> Result<impl IntoResponse, HttpError> {
+async fn create(
+    State(node): State<AppState>,
+    signed: Signed,
+) -> Result<impl IntoResponse, HttpError> {
     let request: CreateRequest = signed.json()?;
     let module = request.module.as_ref().map(module_bytes).transpose()?;
     blocking(move || {
@@ -225,7 +246,16 @@ async fn install(
         InstallMode::Upgrade => request.arg,
         _ => request.arg.or(default_arg.map(str::to_string)),
     };
-    blocking(move || Ok(Json(node.install(&signed.caller, &id, request.mode, &wasm, arg)?))).await
+    blocking(move || {
+        Ok(Json(node.install(
+            &signed.caller,
+            &id,
+            request.mode,
+            &wasm,
+            arg,
+        )?))
+    })
+    .await
 }
 
 async fn call(
@@ -244,7 +274,12 @@ async fn query(
     run_call(node, id, signed, true).await
 }
 
-async fn run_call(node: AppState, id: String, signed: Signed, is_query: bool) -> Result<Json<CallResponse>, HttpError> {
+async fn run_call(
+    node: AppState,
+    id: String,
+    signed: Signed,
+    is_query: bool,
+) -> Result<Json<CallResponse>, HttpError> {
     let id = canister_id(&id)?;
     let request: CallRequest = signed.json()?;
     if request.cycles > 0 {
@@ -261,17 +296,29 @@ async fn run_call(node: AppState, id: String, signed: Signed, is_query: bool) ->
     .await
 }
 
-async fn stop(State(node): State<AppState>, Path(id): Path<String>, signed: Signed) -> Result<impl IntoResponse, HttpError> {
+async fn stop(
+    State(node): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
     blocking(move || Ok(Json(node.stop(&signed.caller, &id)?))).await
 }
 
-async fn start(State(node): State<AppState>, Path(id): Path<String>, signed: Signed) -> Result<impl IntoResponse, HttpError> {
+async fn start(
+    State(node): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
     blocking(move || Ok(Json(node.start(&signed.caller, &id)?))).await
 }
 
-async fn delete(State(node): State<AppState>, Path(id): Path<String>, signed: Signed) -> Result<impl IntoResponse, HttpError> {
+async fn delete(
+    State(node): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
     blocking(move || Ok(Json(node.delete(&signed.caller, &id)?))).await
 }
@@ -283,5 +330,12 @@ async fn controllers(
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
     let request: ControllersRequest = signed.json()?;
-    blocking(move || Ok(Json(node.set_controllers(&signed.caller, &id, request.controllers)?))).await
+    blocking(move || {
+        Ok(Json(node.set_controllers(
+            &signed.caller,
+            &id,
+            request.controllers,
+        )?))
+    })
+    .await
 }

@@ -174,15 +174,16 @@ pub fn read_records(path: &Path) -> anyhow::Result<Vec<Record>> {
             path = %path.display(),
             "cutting off a torn journal record ({problem}); it was never acknowledged"
         );
-        OpenOptions::new().write(true).open(path)?.set_len(good_len)?;
+        OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .set_len(good_len)?;
     }
     Ok(records)
 }
 
 fn parse_line(line: &[u8]) -> Result<Record, String> {
-    let line = line
-        .strip_suffix(b"\n")
-        .ok_or("record without line end")?;
+    let line = line.strip_suffix(b"\n").ok_or("record without line end")?;
     if line.len() < 10 || line[8] != b' ' {
         return Err("record without checksum".into());
     }
@@ -227,7 +228,10 @@ mod tests {
         let mut torn = full.clone();
         torn.extend_from_slice(&frame(&record(4))[..20]);
         std::fs::write(&path, &torn).unwrap();
-        assert_eq!(read_records(&path).unwrap(), vec![record(1), record(2), record(3)]);
+        assert_eq!(
+            read_records(&path).unwrap(),
+            vec![record(1), record(2), record(3)]
+        );
         assert_eq!(std::fs::read(&path).unwrap(), full);
     }
 

@@ -88,19 +88,19 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let mut options = NodeOptions::new(&config.data_dir);
     options.limits = config.limits.clone();
     let max_body = config.limits.max_component_bytes * 4 / 3 + (1 << 20);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
     let node = tokio::task::spawn_blocking(move || Node::open(options)).await??;
     let node = Arc::new(node);
     let mut examples = Vec::new();
     if node.is_fresh() {
         let deployer = node.clone();
         let controllers = config.example_controllers.clone();
-        examples = tokio::task::spawn_blocking(move || deploy_examples(&deployer, controllers))
-            .await??;
+        examples =
+            tokio::task::spawn_blocking(move || deploy_examples(&deployer, controllers)).await??;
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let addr = listener.local_addr()?;
     let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
     let app = http::router(node.clone(), max_body);
     let server = tokio::spawn(async move {
@@ -124,7 +124,10 @@ fn deploy_examples(
     node: &Node,
     controllers: Vec<Principal>,
 ) -> anyhow::Result<Vec<(String, Principal)>> {
-    let deployer = controllers.first().cloned().unwrap_or_else(Principal::anonymous);
+    let deployer = controllers
+        .first()
+        .cloned()
+        .unwrap_or_else(Principal::anonymous);
     let mut deployed = Vec::new();
     for example in cellar_examples::examples() {
         let id = node.create(&deployer, controllers.clone())?;

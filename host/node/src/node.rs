@@ -435,17 +435,18 @@ impl Node {
             (canister.clone(), registry.round, registry.time_nanos)
         };
         let seed = random_seed("query", round, id);
-        Ok(self.run_method(
-            &canister,
-            caller,
-            method,
-            &to_call_args(&args),
-            MessageKind::Query,
-            round,
-            time_nanos,
-            seed,
-        )
-        .0)
+        Ok(self
+            .run_method(
+                &canister,
+                caller,
+                method,
+                &to_call_args(&args),
+                MessageKind::Query,
+                round,
+                time_nanos,
+                seed,
+            )
+            .0)
     }
 
     /// Stops a canister: calls are rejected until it is started.
@@ -551,10 +552,9 @@ impl Node {
             .canisters
             .get(id)
             .ok_or_else(|| NodeError::NotFound(id.to_text()))?;
-        canister
-            .code
-            .clone()
-            .ok_or_else(|| NodeError::BadRequest(format!("canister {} has no code installed", id.to_text())))
+        canister.code.clone().ok_or_else(|| {
+            NodeError::BadRequest(format!("canister {} has no code installed", id.to_text()))
+        })
     }
 
     /// A canister's recent log lines.
@@ -770,7 +770,14 @@ impl Node {
             certified_data: canister.state.certified_data.clone(),
             random_seed: seed,
         };
-        let outcome = execute(&code, &canister.state, method, &params, ctx, &self.options.limits);
+        let outcome = execute(
+            &code,
+            &canister.state,
+            method,
+            &params,
+            ctx,
+            &self.options.limits,
+        );
         let call = CallOutcome {
             result: outcome.result,
             instructions: outcome.instructions,

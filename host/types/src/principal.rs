@@ -169,8 +169,14 @@ mod tests {
     #[test]
     fn canister_ids_match_the_ic_text_form() {
         // The IC's management-adjacent canister 0 and a well-known ledger id.
-        assert_eq!(Principal::canister(0).to_text(), "rwlgt-iiaaa-aaaaa-aaaaa-cai");
-        assert_eq!(Principal::canister(2).to_text(), "ryjl3-tyaaa-aaaaa-aaaba-cai");
+        assert_eq!(
+            Principal::canister(0).to_text(),
+            "rwlgt-iiaaa-aaaaa-aaaaa-cai"
+        );
+        assert_eq!(
+            Principal::canister(2).to_text(),
+            "ryjl3-tyaaa-aaaaa-aaaba-cai"
+        );
     }
 
     #[test]

@@ -1,0 +1,284 @@
+//! The client commands: each talks to a node through an [`Agent`] and prints
+//! the outcome.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use cellar_types::Principal;
+use cellar_types::api::{
+    Args, CallRequest, CallResponse, CanisterStatus, CreateRequest, InstallMode, InstallRequest,
+    ModuleSource, ReplyEncoding,
+};
+use data_encoding::BASE64;
+
+use crate::agent::Agent;
+use crate::call_text;
+use crate::render;
+
+/// Update call or query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// `POST .../call`.
+    Update,
+    /// `POST .../query`.
+    Query,
+}
+
+/// `cellar deploy`: creates a canister with the module and prints its id.
+pub fn deploy(agent: &Agent, module: &str, arg: Option<String>) -> Result<()> {
+    let request = CreateRequest {
+        module: Some(module_source(module)?),
+        arg,
+        controllers: vec![],
+    };
+    let status = agent.create(&request)?;
+    println!("{}", status.canister_id);
+    Ok(())
+}
+
+/// `cellar upgrade`: upgrades the canister's code, keeping stable memory.
+pub fn upgrade(
+    agent: &Agent,
+    canister: &Principal,
+    module: &str,
+    arg: Option<String>,
+) -> Result<()> {
+    let request = InstallRequest {
+        mode: InstallMode::Upgrade,
+        module: module_source(module)?,
+        arg,
+    };
+    let status = agent.install(canister, &request)?;
+    println!(
+        "upgraded {} (module {})",
+        status.canister_id,
+        status.module_hash.as_deref().unwrap_or("none")
+    );
+    Ok(())
+}
+
+/// `cellar call` and `cellar query`: sends the message and prints the reply.
+/// `args_json`, when given, replaces the WAVE arguments of `text`; `json`
+/// asks for the reply as JSON.
+pub fn call(
+    agent: &Agent,
+    kind: CallKind,
+    canister: &Principal,
+    text: &str,
+    args_json: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let parsed = call_text::parse(text)?;
+    let args = match args_json {
+        None => Args::Wave(parsed.args),
+        Some(_) if !parsed.args.is_empty() => {
+            bail!("give the arguments either in `{text}` or with --args-json, not both")
+        }
+        Some(raw) => {
+            let value: serde_json::Value =
+                serde_json::from_str(raw).context("--args-json is not valid JSON")?;
+            if !(value.is_array() || value.is_object()) {
+                bail!("--args-json takes an array of arguments or an object by name");
+            }
+            Args::Json(value)
+        }
+    };
+    let request = CallRequest {
+        method: parsed.method,
+        args,
+        reply_encoding: if json {
+            ReplyEncoding::Json
+        } else {
+            ReplyEncoding::Wave
+        },
+        cycles: 0,
+    };
+    let response = match kind {
+        CallKind::Update => agent.call(canister, &request)?,
+        CallKind::Query => agent.query(canister, &request)?,
+    };
+    match response {
+        CallResponse::Replied { reply, .. } => {
+            let text = render_reply(&reply, json)?;
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            Ok(())
+        }
+        CallResponse::Rejected { reject, .. } => {
+            let code = serde_json::to_value(reject.code)?;
+            let code = code.as_str().unwrap_or("unknown");
+            bail!("rejected ({code}): {}", reject.message)
+        }
+    }
+}
+
+/// The reply as printed: WAVE text as is, JSON pretty-printed.
+fn render_reply(reply: &serde_json::Value, json: bool) -> Result<String> {
+    Ok(match reply {
+        serde_json::Value::String(wave) if !json => wave.clone(),
+        other => serde_json::to_string_pretty(other)?,
+    })
+}
+
+/// `cellar status`: the node and its canisters, or one canister.
+pub fn status(agent: &Agent, canister: Option<&Principal>) -> Result<()> {
+    if let Some(id) = canister {
+        print!("{}", canister_details(&agent.canister_status(id)?));
+        return Ok(());
+    }
+    let node = agent.status()?;
+    let canisters = agent.canisters()?;
+    println!("node       {}", agent.base_url());
+    println!("version    {}", node.version);
+    println!("round      {}", node.round);
+    println!("data dir   {}", node.data_dir);
+    println!("you        {}", agent.identity().principal());
+    println!();
+    if canisters.is_empty() {
+        println!("no canisters: deploy one with `cellar deploy kv`");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = canisters.iter().map(canister_row).collect();
+    print!(
+        "{}",
+        render::table(
+            &[
+                "CANISTER", "STATUS", "MODULE", "HEAP", "STABLE", "CYCLES", "UPDATES"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+/// One line of the canister table.
+fn canister_row(c: &CanisterStatus) -> Vec<String> {
+    vec![
+        c.canister_id.to_text(),
+        render::run_status(c.status).to_string(),
+        c.module_hash
+            .as_deref()
+            .map_or("-".to_string(), |h| h.chars().take(12).collect()),
+        render::bytes(c.heap_bytes),
+        render::bytes(c.stable_bytes),
+        render::grouped(c.cycles),
+        c.updates.to_string(),
+    ]
+}
+
+/// One canister's status, a field per line.
+fn canister_details(c: &CanisterStatus) -> String {
+    let controllers: Vec<String> = c.controllers.iter().map(Principal::to_text).collect();
+    let mut out = String::new();
+    let _ = writeln!(out, "canister     {}", c.canister_id);
+    let _ = writeln!(out, "status       {}", render::run_status(c.status));
+    let _ = writeln!(
+        out,
+        "module hash  {}",
+        c.module_hash.as_deref().unwrap_or("none (empty canister)")
+    );
+    let _ = writeln!(out, "heap         {}", render::bytes(c.heap_bytes));
+    let _ = writeln!(out, "stable       {}", render::bytes(c.stable_bytes));
+    let _ = writeln!(out, "cycles       {}", render::grouped(c.cycles));
+    let _ = writeln!(out, "updates      {}", c.updates);
+    let _ = writeln!(
+        out,
+        "controllers  {}",
+        if controllers.is_empty() {
+            "none".to_string()
+        } else {
+            controllers.join("\n             ")
+        }
+    );
+    if !c.certified_data.is_empty() {
+        let _ = writeln!(out, "certified    {}", c.certified_data);
+    }
+    out
+}
+
+/// `cellar describe`: the canister's interface.
+pub fn describe(agent: &Agent, canister: &Principal) -> Result<()> {
+    let info = agent.interface(canister)?;
+    print!("{}", info.text);
+    if !info.text.ends_with('\n') {
+        println!();
+    }
+    Ok(())
+}
+
+/// `cellar logs`: the canister's log, one entry per line.
+pub fn logs(agent: &Agent, canister: &Principal) -> Result<()> {
+    let entries = agent.logs(canister)?;
+    if entries.is_empty() {
+        eprintln!("no log entries");
+    }
+    for e in entries {
+        println!(
+            "[{}] {:<5} {}",
+            render::time(e.time_nanos),
+            e.level.to_uppercase(),
+            e.message.trim_end_matches('\n')
+        );
+    }
+    Ok(())
+}
+
+/// Resolves `deploy`/`upgrade`'s module argument: a component file or the
+/// name of an example.
+fn module_source(spec: &str) -> Result<ModuleSource> {
+    let path = Path::new(spec);
+    if path.is_file() {
+        let wasm =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if !wasm.starts_with(b"\0asm") {
+            bail!("{} is not a WebAssembly component", path.display());
+        }
+        return Ok(ModuleSource::Wasm(BASE64.encode(&wasm)));
+    }
+    if cellar_examples::get(spec).is_some() {
+        return Ok(ModuleSource::Example(spec.to_string()));
+    }
+    if spec.contains(std::path::MAIN_SEPARATOR) || spec.ends_with(".wasm") {
+        bail!("cannot read {spec}: no such file");
+    }
+    let mut message = format!("`{spec}` is neither a file nor an example; the examples are:");
+    for e in cellar_examples::examples() {
+        let _ = write!(message, "\n  {:<8} {}", e.name, e.description);
+    }
+    bail!(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_resolve_to_examples_or_files() {
+        assert_eq!(
+            module_source("kv").unwrap(),
+            ModuleSource::Example("kv".into())
+        );
+        let err = module_source("nope").unwrap_err().to_string();
+        assert!(err.contains("counter") && err.contains("ledger"), "{err}");
+        let err = module_source("missing.wasm").unwrap_err().to_string();
+        assert!(err.contains("no such file"), "{err}");
+
+        let path = std::env::temp_dir().join(format!("cellar-cli-{}.wasm", std::process::id()));
+        std::fs::write(&path, b"\0asm\x0d\0\x01\0").unwrap();
+        assert_eq!(
+            module_source(path.to_str().unwrap()).unwrap(),
+            ModuleSource::Wasm(BASE64.encode(b"\0asm\x0d\0\x01\0"))
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn replies_render_as_wave_or_json() {
+        let wave = serde_json::json!("some(5)");
+        assert_eq!(render_reply(&wave, false).unwrap(), "some(5)");
+        let json = serde_json::json!({"ok": 5});
+        assert_eq!(render_reply(&json, true).unwrap(), "{\n  \"ok\": 5\n}");
+    }
+}
