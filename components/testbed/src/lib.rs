@@ -25,6 +25,13 @@ static HEAP: State<Vec<Vec<u8>>> = State::new();
 
 struct Testbed;
 
+fn xorshift(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
 fn heap_pages() -> u64 {
     #[cfg(target_arch = "wasm32")]
     {
@@ -68,6 +75,44 @@ impl api::Guest for Testbed {
         black_box(&mut block);
         HEAP.with_mut(|h| h.push(block));
         heap_pages()
+    }
+
+    fn write_pages(count: u32, seed: u64) -> u64 {
+        HEAP.with_mut(|heap| {
+            let Some(block) = heap.last_mut() else {
+                return 0;
+            };
+            let pages = (block.len() / 4096) as u64;
+            let mut rng = seed | 1;
+            for _ in 0..count {
+                rng = xorshift(rng);
+                let page = (rng % pages) as usize;
+                block[page * 4096 + 7] = block[page * 4096 + 7].wrapping_add(1);
+            }
+            pages
+        })
+    }
+
+    fn read_pages(count: u32, seed: u64) -> u64 {
+        HEAP.with(|heap| {
+            let Some(block) = heap.last() else {
+                return 0;
+            };
+            let pages = (block.len() / 4096) as u64;
+            let mut rng = seed | 1;
+            let mut sum = 0u64;
+            for _ in 0..count {
+                rng = xorshift(rng);
+                let page = (rng % pages) as usize;
+                sum += u64::from(black_box(block[page * 4096 + 7]));
+            }
+            sum
+        })
+    }
+
+    fn peek(address: u32) -> u8 {
+        // SAFETY: deliberately unchecked; the host traps out-of-bounds reads.
+        unsafe { std::ptr::read_volatile(address as usize as *const u8) }
     }
 
     fn stable_write(offset: u64, data: Vec<u8>) {

@@ -52,5 +52,8 @@ pub fn new_engine() -> anyhow::Result<wasmtime::Engine> {
         // Host-owned memories are incompatible with copy-on-write images.
         .memory_init_cow(false)
         .with_host_memory(Arc::new(HostMemoryCreator));
-    wasmtime::Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))
+    let engine = wasmtime::Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    // After wasmtime's own handler, which ours chains to.
+    crate::tracker::install_handler();
+    Ok(engine)
 }

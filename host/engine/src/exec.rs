@@ -19,12 +19,14 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use crate::cache::CanisterCode;
 use crate::config::Limits;
 use crate::interface::Method;
-use crate::memory::{MemoryView, with_memory_plan};
+use crate::memory::with_memory_plan;
+use crate::paging::MemoryImage;
 use crate::rng::{TapeRng, derive_seed};
 use crate::stable::StableOverlay;
 use crate::state::StateChanges;
 use crate::state::{ExecutionState, HeapSnapshot};
 use crate::system_api::{HostState, SystemState};
+use crate::tracker::{self, ArmGuard, TrackedMemory, TrackingStats, scan};
 use crate::wasi::deterministic_wasi;
 
 /// What kind of message runs; decides the instruction limit and whether
@@ -111,6 +113,8 @@ pub struct MessageOutcome {
     pub logs: Vec<LogRecord>,
     /// Instructions the call executed (excluding instantiation).
     pub instructions: u64,
+    /// Page faults and dirty pages of the call.
+    pub tracking: TrackingStats,
 }
 
 impl MessageKind {
@@ -183,9 +187,9 @@ pub fn execute(
     );
     let mut sys_logs = std::mem::take(&mut store.data_mut().sys.logs);
     let instructions = instruction_limit.saturating_sub(store.get_fuel().unwrap_or(0));
-    let (result, views) = match outcome {
-        Ok((values, views)) => (Ok(values), views),
-        Err(reject) => (Err(reject), Vec::new()),
+    let (result, heap, tracking) = match outcome {
+        Ok((values, heap, stats)) => (Ok(values), Some(heap), stats),
+        Err(reject) => (Err(reject), None, TrackingStats::default()),
     };
     let stderr_text = String::from_utf8_lossy(&stderr.contents()).into_owned();
     let time = store.data().sys.ctx.time_nanos;
@@ -207,6 +211,7 @@ pub fn execute(
                 changes: None,
                 logs: sys_logs,
                 instructions,
+                tracking,
             }
         }
         Ok(values) => {
@@ -220,8 +225,7 @@ pub fn execute(
                     std::mem::replace(&mut sys.stable, StableOverlay::new(Arc::default(), 0))
                         .into_committed();
                 StateChanges {
-                    // SAFETY: the store is alive and no wasm runs.
-                    heap: unsafe { snapshot(&views) },
+                    heap: heap.expect("a successful message has a heap"),
                     stable,
                     certified_data: sys.certified_data.take(),
                     timers: sys
@@ -235,13 +239,14 @@ pub fn execute(
                 changes,
                 logs: sys_logs,
                 instructions,
+                tracking,
             }
         }
     }
 }
 
-/// Instantiates, maps the heap in and calls; returns the results and the
-/// instance's memory views.
+/// Instantiates, arms the memories with the committed heap and calls;
+/// returns the results and, for a commit, the new heap.
 fn run(
     store: &mut Store<HostState>,
     code: &CanisterCode,
@@ -250,37 +255,41 @@ fn run(
     params: &[Val],
     instruction_limit: u64,
     limits: &Limits,
-) -> Result<(Vec<Val>, Vec<MemoryView>), Reject> {
-    let sizes: Vec<usize> = state.heap.memories.iter().map(|m| m.len()).collect();
+) -> Result<(Vec<Val>, HeapSnapshot, TrackingStats), Reject> {
+    let sizes: Vec<usize> = state
+        .heap
+        .memories
+        .iter()
+        .map(|m| m.size as usize)
+        .collect();
     store
         .set_fuel(limits.instantiation_instructions)
         .map_err(host_error)?;
     let (instance, views) = with_memory_plan(sizes, || code.pre.instantiate(&mut *store));
     let instance =
         instance.map_err(|e| trap_reject(e, "instantiation", limits.instantiation_instructions))?;
-    if !state.heap.memories.is_empty() {
-        if views.len() != state.heap.memories.len() {
-            return Err(Reject::new(
-                RejectCode::CanisterError,
-                format!(
-                    "the canister's code defines {} memories but its state holds {}",
-                    views.len(),
-                    state.heap.memories.len()
-                ),
-            ));
-        }
-        for (view, committed) in views.iter().zip(&state.heap.memories) {
-            // SAFETY: the store is alive and no wasm runs; each view is used once.
-            let bytes = unsafe { view.bytes_mut() };
-            if bytes.len() < committed.len() {
-                return Err(Reject::new(
-                    RejectCode::CanisterError,
-                    "a linear memory is smaller than the committed heap",
-                ));
-            }
-            bytes[..committed.len()].copy_from_slice(committed);
-            bytes[committed.len()..].fill(0);
-        }
+    if !state.heap.memories.is_empty() && views.len() != state.heap.memories.len() {
+        return Err(Reject::new(
+            RejectCode::CanisterError,
+            format!(
+                "the canister's code defines {} memories but its state holds {}",
+                views.len(),
+                state.heap.memories.len()
+            ),
+        ));
+    }
+    let mut tracked = Vec::with_capacity(views.len());
+    for (i, view) in views.iter().enumerate() {
+        // SAFETY: the store is alive and no wasm runs.
+        let committed = match state.heap.memories.get(i) {
+            Some(image) => image.pages.clone(),
+            // First run of this code: its data segments are the base image.
+            None => unsafe { scan(view) },
+        };
+        // SAFETY: as above.
+        let memory = unsafe { TrackedMemory::arm(view, committed) }
+            .map_err(|e| host_error(wasmtime::format_err!("cannot arm a linear memory: {e}")))?;
+        tracked.push(memory);
     }
     let func = instance
         .get_func(&mut *store, method.index)
@@ -292,9 +301,24 @@ fn run(
         })?;
     store.set_fuel(instruction_limit).map_err(host_error)?;
     let mut results = vec![Val::Bool(false); method.results.len()];
-    func.call(&mut *store, params, &mut results)
-        .map_err(|e| trap_reject(e, "execution", instruction_limit))?;
-    Ok((results, views))
+    let called = {
+        let _armed = ArmGuard::new(&mut tracked);
+        func.call(&mut *store, params, &mut results)
+    };
+    let stats = tracker::stats(&tracked);
+    called.map_err(|e| trap_reject(e, "execution", instruction_limit))?;
+    let heap = HeapSnapshot {
+        memories: views
+            .iter()
+            .zip(&tracked)
+            // SAFETY: the store is alive, no wasm runs, the guard is gone.
+            .map(|(view, memory)| MemoryImage {
+                size: view.len() as u64,
+                pages: unsafe { memory.commit() },
+            })
+            .collect(),
+    };
+    Ok((results, heap, stats))
 }
 
 fn host_error(e: wasmtime::Error) -> Reject {
@@ -347,19 +371,6 @@ fn append_stream_logs(logs: &mut Vec<LogRecord>, bytes: &[u8], level: LogLevel, 
             level,
             message: line.to_string(),
         });
-    }
-}
-
-/// Copies the instance's memories out as the new committed heap.
-///
-/// # Safety
-/// The store owning the views must be alive and no wasm may run.
-unsafe fn snapshot(views: &[MemoryView]) -> HeapSnapshot {
-    HeapSnapshot {
-        memories: views
-            .iter()
-            .map(|v| Arc::new(unsafe { v.bytes() }.to_vec()))
-            .collect(),
     }
 }
 

@@ -16,10 +16,12 @@ mod config;
 mod exec;
 mod interface;
 mod memory;
+mod paging;
 mod rng;
 mod stable;
 mod state;
 mod system_api;
+mod tracker;
 mod values;
 mod wasi;
 
@@ -29,8 +31,10 @@ pub use exec::{
     LogLevel, LogRecord, MessageContext, MessageKind, MessageOutcome, WarmInstance, execute,
 };
 pub use interface::{CanisterInterface, Hook, Method, MethodKind, MethodLookupError, render_type};
+pub use paging::{MAX_PAGES, MemoryImage, PAGE_SIZE, Page, PageMap};
 pub use stable::{STABLE_PAGE_SIZE, StableMemory};
 pub use state::{ExecutionState, HeapSnapshot, StateChanges, Timer};
+pub use tracker::TrackingStats;
 pub use values::{
     CallArgs, CallText, Encoding, decode_args, encode_results, json_to_val, parse_call_text,
     results_to_json, results_to_wave, val_to_json,

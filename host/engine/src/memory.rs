@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
 use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
@@ -27,9 +27,26 @@ pub(crate) struct HostMemoryCreator;
 pub(crate) struct MemoryView {
     base: usize,
     size: Arc<AtomicUsize>,
+    tracked: Arc<AtomicBool>,
 }
 
 impl MemoryView {
+    /// Address of the first byte.
+    pub(crate) fn base(&self) -> usize {
+        self.base
+    }
+
+    /// The shared accessible size, which follows `memory.grow`.
+    pub(crate) fn size_handle(&self) -> Arc<AtomicUsize> {
+        self.size.clone()
+    }
+
+    /// While tracked, growth leaves new pages inaccessible: the fault
+    /// handler maps them on first use.
+    pub(crate) fn set_tracked(&self, tracked: bool) {
+        self.tracked.store(tracked, Ordering::Release);
+    }
+
     /// Accessible length in bytes.
     pub(crate) fn len(&self) -> usize {
         self.size.load(Ordering::Acquire)
@@ -41,15 +58,6 @@ impl MemoryView {
     /// The store owning the memory must be alive and no wasm may run.
     pub(crate) unsafe fn bytes(&self) -> &[u8] {
         unsafe { std::slice::from_raw_parts(self.base as *const u8, self.len()) }
-    }
-
-    /// The accessible bytes, mutably.
-    ///
-    /// # Safety
-    /// As for [`MemoryView::bytes`], and no other view may be in use.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn bytes_mut(&self) -> &mut [u8] {
-        unsafe { std::slice::from_raw_parts_mut(self.base as *mut u8, self.len()) }
     }
 }
 
@@ -92,6 +100,7 @@ struct HostMemory {
     capacity: usize,
     maximum: usize,
     size: Arc<AtomicUsize>,
+    tracked: Arc<AtomicBool>,
 }
 
 // SAFETY: the memory is a plain mapping owned by this object; wasmtime
@@ -127,6 +136,7 @@ impl HostMemory {
             capacity,
             maximum,
             size: Arc::new(AtomicUsize::new(0)),
+            tracked: Arc::new(AtomicBool::new(false)),
         };
         memory.make_accessible(minimum).map_err(|e| e.to_string())?;
         Ok(memory)
@@ -137,7 +147,9 @@ impl HostMemory {
         if new_size > self.capacity || new_size > self.maximum {
             anyhow::bail!("linear memory cannot grow to {new_size} bytes");
         }
-        if new_size > old {
+        if new_size > old && self.tracked.load(Ordering::Acquire) {
+            self.size.store(new_size, Ordering::Release);
+        } else if new_size > old {
             // SAFETY: the range lies inside our own reservation.
             unsafe {
                 rustix::mm::mprotect(
@@ -206,6 +218,7 @@ unsafe impl MemoryCreator for HostMemoryCreator {
                 plan.created.push(MemoryView {
                     base: memory.base.as_ptr() as usize,
                     size: memory.size.clone(),
+                    tracked: memory.tracked.clone(),
                 });
             }
         });

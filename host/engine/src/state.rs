@@ -3,20 +3,31 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::paging::MemoryImage;
 use crate::stable::StableMemory;
 
 /// The committed contents of every linear memory of a canister instance, in
-/// the (deterministic) order the component creates them.
+/// the (deterministic) order the component creates them. Empty before the
+/// first message (and after an upgrade): the next instance then starts from
+/// its data segments.
 #[derive(Clone, Default, Debug, PartialEq, Eq)]
 pub struct HeapSnapshot {
-    /// One byte vector per linear memory.
-    pub memories: Vec<Arc<Vec<u8>>>,
+    /// One image per linear memory.
+    pub memories: Vec<MemoryImage>,
 }
 
 impl HeapSnapshot {
-    /// Total bytes over all memories.
+    /// Total accessible bytes over all memories.
     pub fn total_bytes(&self) -> u64 {
-        self.memories.iter().map(|m| m.len() as u64).sum()
+        self.memories.iter().map(|m| m.size).sum()
+    }
+
+    /// Bytes held in non-zero pages over all memories.
+    pub fn resident_bytes(&self) -> u64 {
+        self.memories
+            .iter()
+            .map(|m| m.pages.len() * crate::paging::PAGE_SIZE as u64)
+            .sum()
     }
 }
 

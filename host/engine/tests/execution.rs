@@ -359,3 +359,52 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+#[test]
+fn a_message_costs_the_pages_it_touches_not_the_heap() {
+    let mut t = testbed();
+    let pages: u64 = Harness::reply(&t.update("grow-heap(64)")).parse().unwrap();
+    assert!(pages >= 1024, "{pages}");
+    let resident = t.state.heap.resident_bytes();
+    assert!(resident >= 64 << 20, "{resident}");
+    // Writing 10 scattered pages dirties about 10 pages (plus a few for the
+    // allocator and the stack), not the 16,384 pages of the heap.
+    let outcome = t.update("write-pages(10, 99)");
+    assert!(outcome.result.is_ok());
+    let dirty = outcome.tracking.dirty_pages;
+    assert!((10..40).contains(&dirty), "dirty pages: {dirty}");
+    // Reading dirties (almost) nothing.
+    let read = t.update("read-pages(100, 7)");
+    assert!(read.tracking.dirty_pages < 30, "{:?}", read.tracking);
+    assert!(read.tracking.faults >= 1);
+    // The written bytes are there in the next message.
+    let again = t.update("write-pages(10, 99)");
+    assert!(again.result.is_ok());
+    assert_eq!(
+        Harness::reply(&t.query("read-pages(10, 99)")),
+        "20",
+        "2 per page"
+    );
+}
+
+#[test]
+fn out_of_bounds_accesses_still_trap_and_memory_growth_is_tracked() {
+    let mut t = testbed();
+    t.update("set(\"a\", \"1\")");
+    let size = t.state.heap.total_bytes();
+    let reject = t
+        .update(&format!("peek({})", size + 70_000))
+        .result
+        .unwrap_err();
+    assert_eq!(reject.code, RejectCode::CanisterError);
+    assert!(
+        reject.message.contains("out of bounds"),
+        "{}",
+        reject.message
+    );
+    assert_eq!(Harness::reply(&t.update("peek(0)")), "0");
+    // Growth inside a message: new pages are mapped on first touch.
+    let pages: u64 = Harness::reply(&t.update("grow-heap(4)")).parse().unwrap();
+    assert_eq!(pages * 65536, t.state.heap.total_bytes());
+    assert_eq!(Harness::reply(&t.query("get(\"a\")")), "some(\"1\")");
+}

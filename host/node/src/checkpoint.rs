@@ -16,7 +16,9 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cellar_engine::{ExecutionState, HeapSnapshot, StableMemory, Timer};
+use cellar_engine::{
+    ExecutionState, HeapSnapshot, MemoryImage, PAGE_SIZE, Page, PageMap, StableMemory, Timer,
+};
 use cellar_types::Principal;
 use cellar_types::api::{LogEntry, RunStatus};
 use serde::{Deserialize, Serialize};
@@ -48,7 +50,7 @@ struct CanisterMeta {
     certified_data: Vec<u8>,
     timers: BTreeMap<u64, (u64, Option<u64>)>,
     next_timer_id: u64,
-    memories: usize,
+    memory_sizes: Vec<u64>,
     stable_pages: u64,
 }
 
@@ -84,7 +86,12 @@ pub fn write(
     for canister in canisters.values() {
         let file_id = canister.id.to_text();
         for (i, memory) in canister.state.heap.memories.iter().enumerate() {
-            write_synced(&tmp.join(format!("{file_id}.heap{i}")), memory)?;
+            let mut pages = Vec::with_capacity(memory.pages.len() as usize * (8 + PAGE_SIZE));
+            for (index, page) in memory.pages.iter() {
+                pages.extend_from_slice(&index.to_le_bytes());
+                pages.extend_from_slice(&page[..]);
+            }
+            write_synced(&tmp.join(format!("{file_id}.heap{i}")), &pages)?;
         }
         let mut stable = Vec::new();
         for (index, chunk) in canister.state.stable.chunks() {
@@ -109,7 +116,7 @@ pub fn write(
                 .map(|(id, t)| (*id, (t.at_nanos, t.interval_nanos)))
                 .collect(),
             next_timer_id: canister.state.next_timer_id,
-            memories: canister.state.heap.memories.len(),
+            memory_sizes: canister.state.heap.memories.iter().map(|m| m.size).collect(),
             stable_pages: canister.state.stable.size_pages(),
         });
     }
@@ -151,12 +158,11 @@ pub fn load(dir: &Path) -> anyhow::Result<Option<Loaded>> {
     let mut canisters = Vec::new();
     for m in meta.canisters {
         let file_id = m.id.to_text();
-        let memories = (0..m.memories)
-            .map(|i| {
-                Ok(Arc::new(std::fs::read(
-                    root.join(format!("{file_id}.heap{i}")),
-                )?))
-            })
+        let memories = m
+            .memory_sizes
+            .iter()
+            .enumerate()
+            .map(|(i, size)| read_memory(&root.join(format!("{file_id}.heap{i}")), *size))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let stable = read_stable(&root.join(format!("{file_id}.stable")), m.stable_pages)?;
         let state = ExecutionState {
@@ -197,6 +203,25 @@ pub fn load(dir: &Path) -> anyhow::Result<Option<Loaded>> {
         next_index: meta.next_index,
         canisters,
     }))
+}
+
+fn read_memory(path: &Path, size: u64) -> anyhow::Result<MemoryImage> {
+    let bytes = std::fs::read(path)?;
+    anyhow::ensure!(
+        bytes.len() % (8 + PAGE_SIZE) == 0,
+        "memory file {} is truncated",
+        path.display()
+    );
+    let pages = bytes.chunks(8 + PAGE_SIZE).map(|entry| {
+        let index = u64::from_le_bytes(entry[..8].try_into().expect("8 bytes"));
+        let mut page = Box::new([0u8; PAGE_SIZE]);
+        page.copy_from_slice(&entry[8..]);
+        (index, Some(Arc::<Page>::from(page)))
+    });
+    Ok(MemoryImage {
+        size,
+        pages: PageMap::default().with_updates(pages),
+    })
 }
 
 fn read_stable(path: &Path, pages: u64) -> anyhow::Result<StableMemory> {

@@ -1,0 +1,240 @@
+//! Immutable, versioned page maps: the committed contents of a linear memory.
+//!
+//! A [`PageMap`] maps 4 KiB page indices to page contents; absent pages are
+//! zero. It is a persistent radix tree (fan-out 32, four levels, enough for
+//! the 2^20 pages of a 4 GiB memory) whose nodes are shared by reference:
+//! a new version that changes `k` pages copies only the `O(k)` nodes on their
+//! paths, so committing a message costs in proportion to the pages it
+//! dirtied, not to the size of the heap, and every older version stays valid
+//! for whoever still holds it (queries running against it, a checkpoint
+//! being written).
+
+use std::sync::Arc;
+
+/// Bytes per page.
+pub const PAGE_SIZE: usize = 4096;
+
+const BITS: u32 = 5;
+const FANOUT: usize = 1 << BITS;
+const LEVELS: u32 = 4;
+/// Pages a map can address (2^20: 4 GiB).
+pub const MAX_PAGES: u64 = 1 << (BITS * LEVELS);
+
+/// The contents of one page.
+pub type Page = [u8; PAGE_SIZE];
+
+#[derive(Clone)]
+enum Node {
+    Inner([Option<Arc<Node>>; FANOUT]),
+    Leaf([Option<Arc<Page>>; FANOUT]),
+}
+
+impl Node {
+    fn empty(level: u32) -> Node {
+        if level == 1 {
+            Node::Leaf(std::array::from_fn(|_| None))
+        } else {
+            Node::Inner(std::array::from_fn(|_| None))
+        }
+    }
+}
+
+/// One version of a memory's pages.
+#[derive(Clone, Default)]
+pub struct PageMap {
+    root: Option<Arc<Node>>,
+    len: u64,
+}
+
+fn slot(index: u64, level: u32) -> usize {
+    ((index >> (BITS * (level - 1))) as usize) & (FANOUT - 1)
+}
+
+impl PageMap {
+    /// The page at `index`, or `None` when it is zero.
+    pub fn get(&self, index: u64) -> Option<&Arc<Page>> {
+        let mut node = self.root.as_deref()?;
+        let mut level = LEVELS;
+        loop {
+            match node {
+                Node::Inner(children) => node = children[slot(index, level)].as_deref()?,
+                Node::Leaf(pages) => return pages[slot(index, level)].as_ref(),
+            }
+            level -= 1;
+        }
+    }
+
+    /// Number of stored (non-absent) pages.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether no page is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A new version with `updates` applied (`None` makes a page zero again).
+    /// `self` is unchanged.
+    pub fn with_updates(
+        &self,
+        updates: impl IntoIterator<Item = (u64, Option<Arc<Page>>)>,
+    ) -> PageMap {
+        let mut next = self.clone();
+        for (index, page) in updates {
+            assert!(index < MAX_PAGES, "page index {index} beyond 4 GiB");
+            let root = next
+                .root
+                .get_or_insert_with(|| Arc::new(Node::empty(LEVELS)));
+            let (was, _) = set(root, index, LEVELS, page.clone());
+            match (was, page.is_some()) {
+                (false, true) => next.len += 1,
+                (true, false) => next.len -= 1,
+                _ => {}
+            }
+        }
+        next
+    }
+
+    /// Every stored page in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Arc<Page>)> {
+        let mut out = Vec::with_capacity(self.len as usize);
+        if let Some(root) = &self.root {
+            collect(root, 0, LEVELS, &mut out);
+        }
+        out.into_iter()
+    }
+
+    /// Whether both versions share the same root (cheap identity check).
+    pub fn same_version(&self, other: &PageMap) -> bool {
+        match (&self.root, &other.root) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Sets a page below `node`, copying shared nodes on the way (path copying).
+/// Returns whether a page was there before.
+fn set(node: &mut Arc<Node>, index: u64, level: u32, page: Option<Arc<Page>>) -> (bool, ()) {
+    let node = Arc::make_mut(node);
+    match node {
+        Node::Leaf(pages) => {
+            let slot = &mut pages[slot(index, level)];
+            let was = slot.is_some();
+            *slot = page;
+            (was, ())
+        }
+        Node::Inner(children) => {
+            let child = &mut children[slot(index, level)];
+            if child.is_none() {
+                if page.is_none() {
+                    return (false, ());
+                }
+                *child = Some(Arc::new(Node::empty(level - 1)));
+            }
+            set(child.as_mut().expect("set above"), index, level - 1, page)
+        }
+    }
+}
+
+fn collect<'a>(node: &'a Node, prefix: u64, level: u32, out: &mut Vec<(u64, &'a Arc<Page>)>) {
+    match node {
+        Node::Leaf(pages) => {
+            for (i, page) in pages.iter().enumerate() {
+                if let Some(page) = page {
+                    out.push(((prefix << BITS) | i as u64, page));
+                }
+            }
+        }
+        Node::Inner(children) => {
+            for (i, child) in children.iter().enumerate() {
+                if let Some(child) = child {
+                    collect(child, (prefix << BITS) | i as u64, level - 1, out);
+                }
+            }
+        }
+    }
+}
+
+impl PartialEq for PageMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.same_version(other)
+            || (self.len == other.len
+                && self
+                    .iter()
+                    .zip(other.iter())
+                    .all(|((i, a), (j, b))| i == j && (Arc::ptr_eq(a, b) || a[..] == b[..])))
+    }
+}
+
+impl Eq for PageMap {}
+
+impl std::fmt::Debug for PageMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageMap").field("pages", &self.len).finish()
+    }
+}
+
+/// The committed state of one linear memory: its size and its pages.
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
+pub struct MemoryImage {
+    /// Accessible size in bytes (a multiple of the wasm page size).
+    pub size: u64,
+    /// Non-zero pages.
+    pub pages: PageMap,
+}
+
+impl MemoryImage {
+    /// The memory's bytes, materialized (for tests and tools; costs the
+    /// whole size).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = vec![0u8; self.size as usize];
+        for (index, page) in self.pages.iter() {
+            let start = index as usize * PAGE_SIZE;
+            bytes[start..start + PAGE_SIZE].copy_from_slice(&page[..]);
+        }
+        bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(byte: u8) -> Option<Arc<Page>> {
+        Some(Arc::new([byte; PAGE_SIZE]))
+    }
+
+    #[test]
+    fn versions_are_independent() {
+        let v0 = PageMap::default();
+        let v1 = v0.with_updates([(0, page(1)), (5, page(2)), (MAX_PAGES - 1, page(3))]);
+        let v2 = v1.with_updates([(5, page(9)), (0, None), (77, page(4))]);
+        assert!(v0.get(0).is_none());
+        assert_eq!(v1.get(5).unwrap()[0], 2);
+        assert_eq!(v2.get(5).unwrap()[0], 9);
+        assert!(v2.get(0).is_none());
+        assert_eq!(v1.len(), 3);
+        assert_eq!(v2.len(), 3);
+        let indices: Vec<u64> = v2.iter().map(|(i, _)| i).collect();
+        assert_eq!(indices, vec![5, 77, MAX_PAGES - 1]);
+        assert_ne!(v1, v2);
+        assert_eq!(
+            v2,
+            v1.with_updates([(5, page(9)), (0, None), (77, page(4))])
+        );
+    }
+
+    #[test]
+    fn unchanged_subtrees_are_shared() {
+        let v1 = PageMap::default().with_updates((0..1000).map(|i| (i * 1000, page(1))));
+        let v2 = v1.with_updates([(3, page(2))]);
+        // Page 999000 lives in a subtree v2 did not touch.
+        assert!(Arc::ptr_eq(
+            v1.get(999_000).unwrap(),
+            v2.get(999_000).unwrap()
+        ));
+    }
+}

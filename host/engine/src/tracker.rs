@@ -1,0 +1,350 @@
+//! Lazy mapping and dirty-page tracking of linear memories with page
+//! protection and a SIGSEGV handler (the mechanism of the IC paper).
+//!
+//! While a message runs, each of its memories is *armed*: its accessible
+//! range is `PROT_NONE` and backed by the committed [`PageMap`]. The first
+//! read of a page maps it (and a few neighbours: prefetching) read-only with
+//! the committed contents; the first write maps it read-write and records it
+//! as dirty. On x86-64 the fault's error code tells writes from reads, so a
+//! plain write costs one fault. After the message, the dirty pages are the
+//! message's delta: the new version is the committed map with those pages
+//! replaced, and nothing else is copied.
+//!
+//! The handler is process-wide (installed once, after wasmtime's own) and
+//! only handles addresses inside memories armed *on the faulting thread*;
+//! everything else is passed on to the previous handler, so wasmtime's
+//! out-of-bounds traps keep working. Host-side accesses to guest memory
+//! (argument lowering, result lifting) fault and are handled the same way.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::memory::MemoryView;
+use crate::paging::{MAX_PAGES, PAGE_SIZE, Page, PageMap};
+
+/// Pages mapped together on a read fault.
+const READ_PREFETCH: usize = 8;
+/// Dirty pages recorded without allocating in the handler; beyond this the
+/// per-page state is scanned after the message.
+const DIRTY_LIST_CAPACITY: usize = 1 << 16;
+
+const UNMAPPED: u8 = 0;
+const READ_ONLY: u8 = 1;
+const DIRTY: u8 = 2;
+
+/// One armed memory.
+pub(crate) struct TrackedMemory {
+    base: usize,
+    size: Arc<AtomicUsize>,
+    committed: PageMap,
+    state: Vec<u8>,
+    dirty: Vec<u32>,
+    dirty_overflow: bool,
+    faults: u64,
+}
+
+thread_local! {
+    static ARMED: Cell<(*mut TrackedMemory, usize)> = const { Cell::new((std::ptr::null_mut(), 0)) };
+}
+
+static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
+
+/// Installs the fault handler once per process; call after the first
+/// `wasmtime::Engine::new` so that wasmtime's handler is the one chained to.
+pub(crate) fn install_handler() {
+    PREVIOUS.get_or_init(|| {
+        // SAFETY: plain sigaction calls with zero-initialized structs.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_fault as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
+            libc::sigemptyset(&mut action.sa_mask);
+            let mut previous: libc::sigaction = std::mem::zeroed();
+            let rc = libc::sigaction(libc::SIGSEGV, &action, &mut previous);
+            assert_eq!(rc, 0, "cannot install the SIGSEGV handler");
+            previous
+        }
+    });
+}
+
+unsafe extern "C" fn on_fault(
+    signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    context: *mut libc::c_void,
+) {
+    // SAFETY: the kernel passes a valid siginfo for SIGSEGV.
+    let address = unsafe { (*info).si_addr() } as usize;
+    if handle(address, is_write(context)) {
+        return;
+    }
+    let Some(previous) = PREVIOUS.get() else {
+        return;
+    };
+    // SAFETY: forwarding to the handler that was installed before ours,
+    // with the arguments we were given.
+    unsafe {
+        if previous.sa_flags & libc::SA_SIGINFO != 0 {
+            let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                std::mem::transmute(previous.sa_sigaction);
+            f(signal, info, context);
+        } else if previous.sa_sigaction == libc::SIG_DFL || previous.sa_sigaction == libc::SIG_IGN {
+            // Restore the default action; returning re-executes the access,
+            // which then terminates the process as it would have.
+            libc::sigaction(signal, previous, std::ptr::null_mut());
+        } else {
+            let f: extern "C" fn(libc::c_int) = std::mem::transmute(previous.sa_sigaction);
+            f(signal);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn is_write(context: *mut libc::c_void) -> Option<bool> {
+    if context.is_null() {
+        return None;
+    }
+    // SAFETY: for SA_SIGINFO handlers the third argument is a ucontext_t.
+    let context = unsafe { &*(context as *const libc::ucontext_t) };
+    // Bit 1 of the page-fault error code: the access was a write.
+    Some(context.uc_mcontext.gregs[libc::REG_ERR as usize] & 2 != 0)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn is_write(_context: *mut libc::c_void) -> Option<bool> {
+    None
+}
+
+fn handle(address: usize, write: Option<bool>) -> bool {
+    let Ok((ptr, len)) = ARMED.try_with(Cell::get) else {
+        return false;
+    };
+    if ptr.is_null() {
+        return false;
+    }
+    // SAFETY: `arm` keeps the slice alive and exclusively ours until
+    // `ArmGuard` is dropped, and only this thread touches it meanwhile.
+    let memories = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+    for memory in memories {
+        if address >= memory.base && address < memory.base + memory.size.load(Ordering::Acquire) {
+            return memory.fault((address - memory.base) / PAGE_SIZE, write);
+        }
+    }
+    false
+}
+
+fn protect(address: usize, len: usize, prot: libc::c_int) -> bool {
+    // SAFETY: the range lies in a reservation owned by an armed memory.
+    unsafe { libc::mprotect(address as *mut libc::c_void, len, prot) == 0 }
+}
+
+impl TrackedMemory {
+    /// Arms `view` with `committed` as its contents: the accessible range
+    /// loses its pages (whatever instantiation wrote there) and becomes
+    /// `PROT_NONE`, to be mapped on demand.
+    ///
+    /// # Safety
+    /// The store owning the memory must be alive and no wasm may run.
+    pub(crate) unsafe fn arm(view: &MemoryView, committed: PageMap) -> std::io::Result<Self> {
+        view.set_tracked(true);
+        let (base, size) = (view.base(), view.len());
+        if size > 0 {
+            // SAFETY: our own anonymous mapping; dropping its pages makes
+            // them read as zero again.
+            unsafe {
+                if libc::madvise(base as *mut libc::c_void, size, libc::MADV_DONTNEED) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if !protect(base, size, libc::PROT_NONE) {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(TrackedMemory {
+            base,
+            size: view.size_handle(),
+            committed,
+            state: vec![UNMAPPED; MAX_PAGES as usize],
+            dirty: Vec::with_capacity(DIRTY_LIST_CAPACITY),
+            dirty_overflow: false,
+            faults: 0,
+        })
+    }
+
+    fn load(&self, page: usize, count: usize) {
+        for p in page..page + count {
+            if let Some(content) = self.committed.get(p as u64) {
+                // SAFETY: the page was just made writable and lies in the reservation.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        content.as_ptr(),
+                        (self.base + p * PAGE_SIZE) as *mut u8,
+                        PAGE_SIZE,
+                    );
+                }
+            }
+        }
+    }
+
+    fn fault(&mut self, page: usize, write: Option<bool>) -> bool {
+        self.faults += 1;
+        let address = self.base + page * PAGE_SIZE;
+        match self.state[page] {
+            UNMAPPED if write == Some(true) => {
+                if !protect(address, PAGE_SIZE, libc::PROT_READ | libc::PROT_WRITE) {
+                    return false;
+                }
+                self.load(page, 1);
+                self.mark_dirty(page);
+                true
+            }
+            UNMAPPED => {
+                let size_pages = self.size.load(Ordering::Acquire) / PAGE_SIZE;
+                let mut count = 1;
+                while count < READ_PREFETCH
+                    && page + count < size_pages
+                    && self.state[page + count] == UNMAPPED
+                {
+                    count += 1;
+                }
+                let len = count * PAGE_SIZE;
+                if !protect(address, len, libc::PROT_READ | libc::PROT_WRITE) {
+                    return false;
+                }
+                self.load(page, count);
+                if !protect(address, len, libc::PROT_READ) {
+                    return false;
+                }
+                self.state[page..page + count].fill(READ_ONLY);
+                true
+            }
+            READ_ONLY => {
+                // A fault on a readable page is a write.
+                if !protect(address, PAGE_SIZE, libc::PROT_READ | libc::PROT_WRITE) {
+                    return false;
+                }
+                self.mark_dirty(page);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn mark_dirty(&mut self, page: usize) {
+        self.state[page] = DIRTY;
+        if self.dirty.len() < self.dirty.capacity() {
+            self.dirty.push(page as u32);
+        } else {
+            self.dirty_overflow = true;
+        }
+    }
+
+    /// Faults taken so far.
+    pub(crate) fn faults(&self) -> u64 {
+        self.faults
+    }
+
+    /// Pages written so far.
+    pub(crate) fn dirty_pages(&self) -> usize {
+        if self.dirty_overflow {
+            self.state.iter().filter(|s| **s == DIRTY).count()
+        } else {
+            self.dirty.len()
+        }
+    }
+
+    /// The committed map with this message's dirty pages applied; pages
+    /// written back to zero become absent again.
+    ///
+    /// # Safety
+    /// The store owning the memory must be alive, no wasm may run, and the
+    /// memory must no longer be armed.
+    pub(crate) unsafe fn commit(&self) -> PageMap {
+        let dirty: Box<dyn Iterator<Item = usize>> = if self.dirty_overflow {
+            Box::new(
+                self.state
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| **s == DIRTY)
+                    .map(|(i, _)| i),
+            )
+        } else {
+            Box::new(self.dirty.iter().map(|p| *p as usize))
+        };
+        let updates = dirty.map(|page| {
+            // SAFETY: dirty pages are mapped read-write.
+            let bytes = unsafe {
+                std::slice::from_raw_parts((self.base + page * PAGE_SIZE) as *const u8, PAGE_SIZE)
+            };
+            let content = if bytes.iter().all(|b| *b == 0) {
+                None
+            } else {
+                let mut page_box = Box::new([0u8; PAGE_SIZE]);
+                page_box.copy_from_slice(bytes);
+                Some(Arc::<Page>::from(page_box))
+            };
+            (page as u64, content)
+        });
+        self.committed.with_updates(updates)
+    }
+}
+
+/// Scans a freshly instantiated memory (data segments applied) into a page map.
+///
+/// # Safety
+/// The store owning the memory must be alive and no wasm may run.
+pub(crate) unsafe fn scan(view: &MemoryView) -> PageMap {
+    // SAFETY: guaranteed by the caller.
+    let bytes = unsafe { view.bytes() };
+    let updates = bytes
+        .chunks(PAGE_SIZE)
+        .enumerate()
+        .filter_map(|(i, chunk)| {
+            if chunk.iter().all(|b| *b == 0) {
+                return None;
+            }
+            let mut page = Box::new([0u8; PAGE_SIZE]);
+            page[..chunk.len()].copy_from_slice(chunk);
+            Some((i as u64, Some(Arc::<Page>::from(page))))
+        });
+    PageMap::default().with_updates(updates)
+}
+
+/// Makes `memories` the armed set of the current thread until dropped.
+pub(crate) struct ArmGuard<'a> {
+    _memories: &'a mut [TrackedMemory],
+}
+
+impl<'a> ArmGuard<'a> {
+    /// Arms the memories on this thread.
+    pub(crate) fn new(memories: &'a mut [TrackedMemory]) -> Self {
+        ARMED.with(|a| a.set((memories.as_mut_ptr(), memories.len())));
+        ArmGuard {
+            _memories: memories,
+        }
+    }
+}
+
+impl Drop for ArmGuard<'_> {
+    fn drop(&mut self) {
+        ARMED.with(|a| a.set((std::ptr::null_mut(), 0)));
+    }
+}
+
+/// Counts of the tracking work a message did (for benchmarks and limits).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrackingStats {
+    /// Page faults handled.
+    pub faults: u64,
+    /// Pages dirtied.
+    pub dirty_pages: u64,
+}
+
+/// Sums the stats of armed memories.
+pub(crate) fn stats(memories: &[TrackedMemory]) -> TrackingStats {
+    TrackingStats {
+        faults: memories.iter().map(TrackedMemory::faults).sum(),
+        dirty_pages: memories.iter().map(|m| m.dirty_pages() as u64).sum(),
+    }
+}
