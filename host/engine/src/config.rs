@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::memory::HostMemoryCreator;
+use crate::tracker::MemoryTracker;
 
 /// Limits that protect a node from a canister (and a canister from itself).
 #[derive(Clone, Debug)]
@@ -21,6 +22,8 @@ pub struct Limits {
     pub max_stable_bytes: u64,
     /// Bytes of log (system API and stdout/stderr) one message may write.
     pub max_log_bytes_per_message: usize,
+    /// How dirty pages are found (not a limit, but chosen at start with them).
+    pub memory_tracker: MemoryTracker,
 }
 
 impl Default for Limits {
@@ -33,6 +36,7 @@ impl Default for Limits {
             max_argument_bytes: 2 << 20,
             max_stable_bytes: 64 << 30,
             max_log_bytes_per_message: 64 << 10,
+            memory_tracker: MemoryTracker::best_available(),
         }
     }
 }

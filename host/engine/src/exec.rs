@@ -26,7 +26,7 @@ use crate::stable::StableOverlay;
 use crate::state::StateChanges;
 use crate::state::{ExecutionState, HeapSnapshot};
 use crate::system_api::{HostState, SystemState};
-use crate::tracker::{self, ArmGuard, TrackedMemory, TrackingStats, scan};
+use crate::tracker::{self, ArmGuard, Armed, TrackingStats, scan};
 use crate::wasi::deterministic_wasi;
 
 /// What kind of message runs; decides the instruction limit and whether
@@ -278,6 +278,7 @@ fn run(
             ),
         ));
     }
+    let mechanism = limits.memory_tracker;
     let mut tracked = Vec::with_capacity(views.len());
     for (i, view) in views.iter().enumerate() {
         // SAFETY: the store is alive and no wasm runs.
@@ -287,7 +288,7 @@ fn run(
             None => unsafe { scan(view) },
         };
         // SAFETY: as above.
-        let memory = unsafe { TrackedMemory::arm(view, committed) }
+        let memory = unsafe { Armed::arm(mechanism, view, committed) }
             .map_err(|e| host_error(wasmtime::format_err!("cannot arm a linear memory: {e}")))?;
         tracked.push(memory);
     }
@@ -305,7 +306,6 @@ fn run(
         let _armed = ArmGuard::new(&mut tracked);
         func.call(&mut *store, params, &mut results)
     };
-    let stats = tracker::stats(&tracked);
     called.map_err(|e| trap_reject(e, "execution", instruction_limit))?;
     let heap = HeapSnapshot {
         memories: views
@@ -318,7 +318,7 @@ fn run(
             })
             .collect(),
     };
-    Ok((results, heap, stats))
+    Ok((results, heap, tracker::stats(&tracked)))
 }
 
 fn host_error(e: wasmtime::Error) -> Reject {

@@ -22,6 +22,7 @@ mod stable;
 mod state;
 mod system_api;
 mod tracker;
+mod uffd;
 mod values;
 mod wasi;
 
@@ -34,7 +35,7 @@ pub use interface::{CanisterInterface, Hook, Method, MethodKind, MethodLookupErr
 pub use paging::{MAX_PAGES, MemoryImage, PAGE_SIZE, Page, PageMap};
 pub use stable::{STABLE_PAGE_SIZE, StableMemory};
 pub use state::{ExecutionState, HeapSnapshot, StateChanges, Timer};
-pub use tracker::TrackingStats;
+pub use tracker::{MemoryTracker, TrackingStats};
 pub use values::{
     CallArgs, CallText, Encoding, decode_args, encode_results, json_to_val, parse_call_text,
     results_to_json, results_to_wave, val_to_json,

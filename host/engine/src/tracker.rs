@@ -46,7 +46,21 @@ pub(crate) struct TrackedMemory {
 }
 
 thread_local! {
-    static ARMED: Cell<(*mut TrackedMemory, usize)> = const { Cell::new((std::ptr::null_mut(), 0)) };
+    static ARMED: Cell<(*mut Armed, usize)> = const { Cell::new((std::ptr::null_mut(), 0)) };
+}
+
+/// The memories armed on the current thread, for fault handlers.
+///
+/// # Safety
+/// Only for a fault handler running on this thread while an [`ArmGuard`]
+/// is alive; the slice must not outlive the handler invocation.
+pub(crate) unsafe fn armed_on_this_thread() -> Option<&'static mut [Armed]> {
+    let (ptr, len) = ARMED.try_with(Cell::get).ok()?;
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: per the contract above.
+    Some(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
 }
 
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
@@ -117,16 +131,14 @@ fn is_write(_context: *mut libc::c_void) -> Option<bool> {
 }
 
 fn handle(address: usize, write: Option<bool>) -> bool {
-    let Ok((ptr, len)) = ARMED.try_with(Cell::get) else {
+    // SAFETY: we are the fault handler on the faulting thread.
+    let Some(memories) = (unsafe { armed_on_this_thread() }) else {
         return false;
     };
-    if ptr.is_null() {
-        return false;
-    }
-    // SAFETY: `arm` keeps the slice alive and exclusively ours until
-    // `ArmGuard` is dropped, and only this thread touches it meanwhile.
-    let memories = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
     for memory in memories {
+        let Armed::Signal(memory) = memory else {
+            continue;
+        };
         if address >= memory.base && address < memory.base + memory.size.load(Ordering::Acquire) {
             return memory.fault((address - memory.base) / PAGE_SIZE, write);
         }
@@ -313,12 +325,12 @@ pub(crate) unsafe fn scan(view: &MemoryView) -> PageMap {
 
 /// Makes `memories` the armed set of the current thread until dropped.
 pub(crate) struct ArmGuard<'a> {
-    _memories: &'a mut [TrackedMemory],
+    _memories: &'a mut [Armed],
 }
 
 impl<'a> ArmGuard<'a> {
     /// Arms the memories on this thread.
-    pub(crate) fn new(memories: &'a mut [TrackedMemory]) -> Self {
+    pub(crate) fn new(memories: &'a mut [Armed]) -> Self {
         ARMED.with(|a| a.set((memories.as_mut_ptr(), memories.len())));
         ArmGuard {
             _memories: memories,
@@ -342,9 +354,190 @@ pub struct TrackingStats {
 }
 
 /// Sums the stats of armed memories.
-pub(crate) fn stats(memories: &[TrackedMemory]) -> TrackingStats {
+pub(crate) fn stats(memories: &[Armed]) -> TrackingStats {
     TrackingStats {
-        faults: memories.iter().map(TrackedMemory::faults).sum(),
+        faults: memories.iter().map(Armed::faults).sum(),
         dirty_pages: memories.iter().map(|m| m.dirty_pages() as u64).sum(),
+    }
+}
+
+/// How dirty pages are found while a message runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryTracker {
+    /// `mprotect` and a SIGSEGV handler (the IC paper's mechanism).
+    Signal,
+    /// userfaultfd write protection with `PAGEMAP_SCAN` (Linux 6.7+).
+    Userfaultfd,
+    /// The naive baseline: copy the whole heap in, compare it all after.
+    CopyAll,
+}
+
+impl std::str::FromStr for MemoryTracker {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "signal" => Ok(MemoryTracker::Signal),
+            "userfaultfd" | "uffd" => Ok(MemoryTracker::Userfaultfd),
+            "copy-all" => Ok(MemoryTracker::CopyAll),
+            other => Err(format!(
+                "unknown memory tracker '{other}': use signal, userfaultfd or copy-all"
+            )),
+        }
+    }
+}
+
+impl MemoryTracker {
+    /// Whether this kernel can provide the tracker.
+    pub fn check_available(self) -> Result<(), String> {
+        match self {
+            MemoryTracker::Userfaultfd => crate::uffd::check_supported(),
+            MemoryTracker::Signal | MemoryTracker::CopyAll => Ok(()),
+        }
+    }
+
+    /// The tracker to use by default: the faster of the two real ones
+    /// (`cellar bench memory`), falling back when the kernel lacks it.
+    pub fn best_available() -> MemoryTracker {
+        if MemoryTracker::Userfaultfd.check_available().is_ok() {
+            MemoryTracker::Userfaultfd
+        } else {
+            MemoryTracker::Signal
+        }
+    }
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            MemoryTracker::Signal => "signal",
+            MemoryTracker::Userfaultfd => "userfaultfd",
+            MemoryTracker::CopyAll => "copy-all",
+        }
+    }
+}
+
+/// One memory armed for a message, with whichever mechanism is selected.
+pub(crate) enum Armed {
+    /// Page protection and SIGSEGV.
+    Signal(TrackedMemory),
+    /// userfaultfd.
+    Userfaultfd(crate::uffd::UffdMemory),
+    /// Whole-heap copies.
+    CopyAll(CopyMemory),
+}
+
+impl Armed {
+    /// Arms `view` with `committed` using `tracker`.
+    ///
+    /// # Safety
+    /// The store owning the memory must be alive and no wasm may run.
+    pub(crate) unsafe fn arm(
+        tracker: MemoryTracker,
+        view: &MemoryView,
+        committed: PageMap,
+    ) -> std::io::Result<Self> {
+        // SAFETY: forwarded contract.
+        unsafe {
+            Ok(match tracker {
+                MemoryTracker::Signal => Armed::Signal(TrackedMemory::arm(view, committed)?),
+                MemoryTracker::Userfaultfd => {
+                    Armed::Userfaultfd(crate::uffd::UffdMemory::arm(view, committed)?)
+                }
+                MemoryTracker::CopyAll => Armed::CopyAll(CopyMemory::arm(view, committed)),
+            })
+        }
+    }
+
+    /// The committed map with this message's writes applied.
+    ///
+    /// # Safety
+    /// The store must be alive, no wasm may run, the guard must be gone.
+    pub(crate) unsafe fn commit(&self) -> PageMap {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match self {
+                Armed::Signal(m) => m.commit(),
+                Armed::Userfaultfd(m) => m.commit(),
+                Armed::CopyAll(m) => m.commit(),
+            }
+        }
+    }
+
+    fn faults(&self) -> u64 {
+        match self {
+            Armed::Signal(m) => m.faults(),
+            Armed::Userfaultfd(m) => m.faults(),
+            Armed::CopyAll(_) => 0,
+        }
+    }
+
+    fn dirty_pages(&self) -> usize {
+        match self {
+            Armed::Signal(m) => m.dirty_pages(),
+            Armed::Userfaultfd(m) => m.dirty_pages(),
+            Armed::CopyAll(m) => m.dirty.get(),
+        }
+    }
+}
+
+/// The naive baseline: the whole committed heap is written into the
+/// instance, and the whole heap is compared against it afterwards.
+pub(crate) struct CopyMemory {
+    base: usize,
+    size: Arc<AtomicUsize>,
+    committed: PageMap,
+    dirty: Cell<usize>,
+}
+
+impl CopyMemory {
+    /// # Safety
+    /// The store owning the memory must be alive and no wasm may run.
+    unsafe fn arm(view: &MemoryView, committed: PageMap) -> Self {
+        let (base, size) = (view.base(), view.len());
+        // SAFETY: our own mapping, accessible up to `size`.
+        unsafe {
+            std::ptr::write_bytes(base as *mut u8, 0, size);
+            for (index, page) in committed.iter() {
+                let at = index as usize * PAGE_SIZE;
+                if at + PAGE_SIZE <= size {
+                    std::ptr::copy_nonoverlapping(page.as_ptr(), (base + at) as *mut u8, PAGE_SIZE);
+                }
+            }
+        }
+        CopyMemory {
+            base,
+            size: view.size_handle(),
+            committed,
+            dirty: Cell::new(0),
+        }
+    }
+
+    /// # Safety
+    /// The store must be alive and no wasm may run.
+    unsafe fn commit(&self) -> PageMap {
+        let size = self.size.load(Ordering::Acquire);
+        // SAFETY: the memory is accessible up to its size.
+        let bytes = unsafe { std::slice::from_raw_parts(self.base as *const u8, size) };
+        let zero = [0u8; PAGE_SIZE];
+        let updates: Vec<(u64, Option<Arc<Page>>)> = bytes
+            .chunks(PAGE_SIZE)
+            .enumerate()
+            .filter_map(|(i, chunk)| {
+                let old = self.committed.get(i as u64).map_or(&zero[..], |p| &p[..]);
+                if chunk == old {
+                    return None;
+                }
+                let content = if chunk.iter().all(|b| *b == 0) {
+                    None
+                } else {
+                    let mut page = Box::new([0u8; PAGE_SIZE]);
+                    page.copy_from_slice(chunk);
+                    Some(Arc::<Page>::from(page))
+                };
+                Some((i as u64, content))
+            })
+            .collect();
+        self.dirty.set(updates.len());
+        self.committed.with_updates(updates)
     }
 }
