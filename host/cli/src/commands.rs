@@ -133,6 +133,7 @@ pub fn status(agent: &Agent, canister: Option<&Principal>) -> Result<()> {
     println!("node       {}", agent.base_url());
     println!("version    {}", node.version);
     println!("round      {}", node.round);
+    println!("state hash {}", node.state_hash);
     println!("data dir   {}", node.data_dir);
     println!("you        {}", agent.identity().principal());
     println!();

@@ -15,6 +15,7 @@
 //! (created on first use) and talk to the node at `--url` (`CELLAR_URL`).
 
 mod agent;
+mod bench;
 mod call_text;
 mod commands;
 mod identity;
@@ -26,6 +27,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use cellar_node::engine::MemoryTracker;
 use cellar_types::Principal;
 use cellar_types::api::DEFAULT_LISTEN;
 use clap::{Parser, Subcommand};
@@ -65,6 +67,13 @@ enum Command {
         /// The address to serve the HTTP API on.
         #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
+        /// How dirty pages are tracked: signal, userfaultfd or copy-all
+        /// [default: the fastest the kernel supports].
+        #[arg(long, value_name = "TRACKER")]
+        memory_tracker: Option<MemoryTracker>,
+        /// Rounds between checkpoints.
+        #[arg(long, value_name = "ROUNDS", default_value_t = 500)]
+        checkpoint_interval: u64,
     },
     /// Create a canister running an example or a component file; prints its id.
     Deploy {
@@ -103,6 +112,17 @@ enum Command {
         /// The canister id.
         canister: Principal,
     },
+    /// Run a benchmark in-process and print its figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// The benchmarks of `cellar bench`.
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Orthogonal persistence: message cost against pages touched for each
+    /// memory tracker, checkpoint and restart times.
+    Memory(bench::MemoryBenchArgs),
 }
 
 /// Arguments of `call` and `query`.
@@ -141,13 +161,33 @@ fn main() -> ExitCode {
 /// Runs one command.
 fn run(cli: Cli) -> Result<()> {
     let identity_path = cli.identity.unwrap_or_else(identity::default_path);
-    if let Command::Start { data_dir, listen } = cli.command {
+    if let Command::Start {
+        data_dir,
+        listen,
+        memory_tracker,
+        checkpoint_interval,
+    } = cli.command
+    {
         let data_dir = data_dir.unwrap_or_else(start::default_data_dir);
-        return start::run(data_dir, listen, &identity_path);
+        let mut limits = cellar_node::engine::Limits::default();
+        if let Some(tracker) = memory_tracker {
+            tracker.check_available().map_err(anyhow::Error::msg)?;
+            limits.memory_tracker = tracker;
+        }
+        let settings = start::Settings {
+            data_dir,
+            listen,
+            limits,
+            checkpoint_interval,
+        };
+        return start::run(settings, &identity_path);
+    }
+    if let Command::Bench(BenchCommand::Memory(args)) = &cli.command {
+        return bench::memory(args);
     }
     let agent = Agent::new(&cli.url, Identity::load_or_create(&identity_path)?);
     match cli.command {
-        Command::Start { .. } => unreachable!("handled above"),
+        Command::Start { .. } | Command::Bench(_) => unreachable!("handled above"),
         Command::Deploy { module, arg } => commands::deploy(&agent, &module, arg),
         Command::Call(a) => call(&agent, CallKind::Update, a),
         Command::Query(a) => call(&agent, CallKind::Query, a),

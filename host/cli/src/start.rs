@@ -18,15 +18,26 @@ pub fn default_data_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".cellar"))
 }
 
-/// Starts a node on `data_dir` listening on `listen`, prints how to reach it
-/// and serves until Ctrl-C.
-pub fn run(data_dir: PathBuf, listen: SocketAddr, identity_path: &Path) -> Result<()> {
+/// How `cellar start` runs the node.
+pub struct Settings {
+    /// Where state lives.
+    pub data_dir: PathBuf,
+    /// The API's address.
+    pub listen: SocketAddr,
+    /// Execution limits and the memory tracker.
+    pub limits: cellar_node::engine::Limits,
+    /// Rounds between checkpoints.
+    pub checkpoint_interval: u64,
+}
+
+/// Starts a node, prints how to reach it and serves until Ctrl-C.
+pub fn run(settings: Settings, identity_path: &Path) -> Result<()> {
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(data_dir, listen, identity_path))
+    runtime.block_on(serve(settings, identity_path))
 }
 
 /// Logs of the node to stderr, filtered by `RUST_LOG` (default `info`).
@@ -40,13 +51,21 @@ fn init_logging() {
 }
 
 /// The async part of [`run`].
-async fn serve(data_dir: PathBuf, listen: SocketAddr, identity_path: &Path) -> Result<()> {
+async fn serve(settings: Settings, identity_path: &Path) -> Result<()> {
+    let Settings {
+        data_dir,
+        listen,
+        limits,
+        checkpoint_interval,
+    } = settings;
     // The examples are controlled by whoever starts the node, so that for
     // example the ledger's `mint` works for them.
     let identity = Identity::load_or_create(identity_path)?;
     let me = identity.principal().clone();
     let mut config = cellar_node::NodeConfig::new(&data_dir, listen);
-    config.limits = cellar_node::engine::Limits::default();
+    tracing::info!(tracker = limits.memory_tracker.name(), "memory tracker");
+    config.limits = limits;
+    config.checkpoint_interval = checkpoint_interval;
     config.example_controllers = vec![me.clone()];
     let node = cellar_node::start(config)
         .await

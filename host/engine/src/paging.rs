@@ -9,7 +9,9 @@
 //! for whoever still holds it (queries running against it, a checkpoint
 //! being written).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use sha2::{Digest, Sha256};
 
 /// Bytes per page.
 pub const PAGE_SIZE: usize = 4096;
@@ -23,19 +25,83 @@ pub const MAX_PAGES: u64 = 1 << (BITS * LEVELS);
 /// The contents of one page.
 pub type Page = [u8; PAGE_SIZE];
 
-#[derive(Clone)]
-enum Node {
+enum Children {
     Inner([Option<Arc<Node>>; FANOUT]),
     Leaf([Option<Arc<Page>>; FANOUT]),
 }
 
+/// A tree node with its hash, computed once and kept while the node is
+/// shared: hashing a new version rehashes only the copied paths.
+struct Node {
+    children: Children,
+    hash: OnceLock<[u8; 32]>,
+}
+
+impl Clone for Node {
+    fn clone(&self) -> Self {
+        let children = match &self.children {
+            Children::Inner(c) => Children::Inner(c.clone()),
+            Children::Leaf(c) => Children::Leaf(c.clone()),
+        };
+        // A clone is about to be modified: its hash is computed afresh.
+        Node {
+            children,
+            hash: OnceLock::new(),
+        }
+    }
+}
+
 impl Node {
     fn empty(level: u32) -> Node {
-        if level == 1 {
-            Node::Leaf(std::array::from_fn(|_| None))
+        let children = if level == 1 {
+            Children::Leaf(std::array::from_fn(|_| None))
         } else {
-            Node::Inner(std::array::from_fn(|_| None))
+            Children::Inner(std::array::from_fn(|_| None))
+        };
+        Node {
+            children,
+            hash: OnceLock::new(),
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        match &self.children {
+            Children::Leaf(pages) => pages.iter().all(Option::is_none),
+            Children::Inner(children) => children.iter().all(Option::is_none),
+        }
+    }
+
+    fn hash(&self) -> [u8; 32] {
+        *self.hash.get_or_init(|| {
+            let mut hasher = Sha256::new();
+            match &self.children {
+                Children::Leaf(pages) => {
+                    hasher.update(b"L");
+                    for page in pages {
+                        match page {
+                            None => hasher.update([0u8]),
+                            Some(page) => {
+                                hasher.update([1u8]);
+                                hasher.update(Sha256::digest(&page[..]));
+                            }
+                        }
+                    }
+                }
+                Children::Inner(children) => {
+                    hasher.update(b"I");
+                    for child in children {
+                        match child {
+                            None => hasher.update([0u8]),
+                            Some(child) => {
+                                hasher.update([1u8]);
+                                hasher.update(child.hash());
+                            }
+                        }
+                    }
+                }
+            }
+            hasher.finalize().into()
+        })
     }
 }
 
@@ -56,9 +122,9 @@ impl PageMap {
         let mut node = self.root.as_deref()?;
         let mut level = LEVELS;
         loop {
-            match node {
-                Node::Inner(children) => node = children[slot(index, level)].as_deref()?,
-                Node::Leaf(pages) => return pages[slot(index, level)].as_ref(),
+            match &node.children {
+                Children::Inner(children) => node = children[slot(index, level)].as_deref()?,
+                Children::Leaf(pages) => return pages[slot(index, level)].as_ref(),
             }
             level -= 1;
         }
@@ -87,6 +153,9 @@ impl PageMap {
                 .root
                 .get_or_insert_with(|| Arc::new(Node::empty(LEVELS)));
             let (was, _) = set(root, index, LEVELS, page.clone());
+            if root.is_empty() {
+                next.root = None;
+            }
             match (was, page.is_some()) {
                 (false, true) => next.len += 1,
                 (true, false) => next.len -= 1,
@@ -105,6 +174,33 @@ impl PageMap {
         out.into_iter()
     }
 
+    /// The pages that differ from `older`: `(index, Some(page))` for pages
+    /// set or changed, `(index, None)` for pages that became zero. Subtrees
+    /// both versions share are skipped, so the cost follows the changes, not
+    /// the size of the memory.
+    pub fn diff<'a>(&'a self, older: &'a PageMap) -> Vec<(u64, Option<&'a Arc<Page>>)> {
+        let mut out = Vec::new();
+        diff_nodes(
+            self.root.as_deref(),
+            older.root.as_deref(),
+            0,
+            LEVELS,
+            &mut out,
+        );
+        out
+    }
+
+    /// A hash of the contents (a Merkle tree over the radix tree). Node
+    /// hashes are cached in the nodes, which versions share: after a
+    /// message that dirtied `k` pages, only those pages and their paths are
+    /// hashed again.
+    pub fn hash(&self) -> [u8; 32] {
+        match &self.root {
+            None => [0; 32],
+            Some(root) => root.hash(),
+        }
+    }
+
     /// Whether both versions share the same root (cheap identity check).
     pub fn same_version(&self, other: &PageMap) -> bool {
         match (&self.root, &other.root) {
@@ -115,18 +211,20 @@ impl PageMap {
     }
 }
 
-/// Sets a page below `node`, copying shared nodes on the way (path copying).
-/// Returns whether a page was there before.
+/// Sets a page below `node`, copying shared nodes on the way (path copying)
+/// and pruning nodes that become empty, so that equal contents always have
+/// the same shape (and hash). Returns whether a page was there before.
 fn set(node: &mut Arc<Node>, index: u64, level: u32, page: Option<Arc<Page>>) -> (bool, ()) {
     let node = Arc::make_mut(node);
-    match node {
-        Node::Leaf(pages) => {
+    node.hash = OnceLock::new();
+    match &mut node.children {
+        Children::Leaf(pages) => {
             let slot = &mut pages[slot(index, level)];
             let was = slot.is_some();
             *slot = page;
             (was, ())
         }
-        Node::Inner(children) => {
+        Children::Inner(children) => {
             let child = &mut children[slot(index, level)];
             if child.is_none() {
                 if page.is_none() {
@@ -134,25 +232,86 @@ fn set(node: &mut Arc<Node>, index: u64, level: u32, page: Option<Arc<Page>>) ->
                 }
                 *child = Some(Arc::new(Node::empty(level - 1)));
             }
-            set(child.as_mut().expect("set above"), index, level - 1, page)
+            let result = set(child.as_mut().expect("set above"), index, level - 1, page);
+            if child.as_deref().is_some_and(Node::is_empty) {
+                *child = None;
+            }
+            result
         }
     }
 }
 
 fn collect<'a>(node: &'a Node, prefix: u64, level: u32, out: &mut Vec<(u64, &'a Arc<Page>)>) {
-    match node {
-        Node::Leaf(pages) => {
+    match &node.children {
+        Children::Leaf(pages) => {
             for (i, page) in pages.iter().enumerate() {
                 if let Some(page) = page {
                     out.push(((prefix << BITS) | i as u64, page));
                 }
             }
         }
-        Node::Inner(children) => {
+        Children::Inner(children) => {
             for (i, child) in children.iter().enumerate() {
                 if let Some(child) = child {
                     collect(child, (prefix << BITS) | i as u64, level - 1, out);
                 }
+            }
+        }
+    }
+}
+
+fn diff_nodes<'a>(
+    new: Option<&'a Node>,
+    old: Option<&'a Node>,
+    prefix: u64,
+    level: u32,
+    out: &mut Vec<(u64, Option<&'a Arc<Page>>)>,
+) {
+    if let (Some(a), Some(b)) = (new, old)
+        && std::ptr::eq(a, b)
+    {
+        return;
+    }
+    let new_children = new.map(|n| &n.children);
+    let old_children = old.map(|n| &n.children);
+    match (new_children, old_children) {
+        (None, None) => {}
+        (Some(Children::Leaf(a)), old) => {
+            for (i, page) in a.iter().enumerate() {
+                let before = match old {
+                    Some(Children::Leaf(b)) => b[i].as_ref(),
+                    _ => None,
+                };
+                let same = match (page, before) {
+                    (Some(x), Some(y)) => Arc::ptr_eq(x, y) || x[..] == y[..],
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !same {
+                    out.push(((prefix << BITS) | i as u64, page.as_ref()));
+                }
+            }
+        }
+        (None, Some(Children::Leaf(b))) => {
+            for (i, page) in b.iter().enumerate() {
+                if page.is_some() {
+                    out.push(((prefix << BITS) | i as u64, None));
+                }
+            }
+        }
+        _ => {
+            let child = |node: Option<&'a Node>, i: usize| match node.map(|n| &n.children) {
+                Some(Children::Inner(children)) => children[i].as_deref(),
+                _ => None,
+            };
+            for i in 0..FANOUT {
+                diff_nodes(
+                    child(new, i),
+                    child(old, i),
+                    (prefix << BITS) | i as u64,
+                    level - 1,
+                    out,
+                );
             }
         }
     }
@@ -225,6 +384,33 @@ mod tests {
             v2,
             v1.with_updates([(5, page(9)), (0, None), (77, page(4))])
         );
+    }
+
+    #[test]
+    fn diff_lists_exactly_the_changes() {
+        let v1 = PageMap::default().with_updates((0..100).map(|i| (i * 997, page(1))));
+        let v2 = v1.with_updates([(997, page(2)), (0, None), (5, page(3))]);
+        let changes: Vec<(u64, Option<u8>)> = v2
+            .diff(&v1)
+            .into_iter()
+            .map(|(i, p)| (i, p.map(|p| p[0])))
+            .collect();
+        assert_eq!(changes, vec![(0, None), (5, Some(3)), (997, Some(2))]);
+        assert!(v2.diff(&v2).is_empty());
+        assert_eq!(v1.diff(&PageMap::default()).len(), 100);
+        assert_eq!(PageMap::default().diff(&v1).len(), 100);
+    }
+
+    #[test]
+    fn hashes_follow_contents_not_history() {
+        let a = PageMap::default().with_updates([(1, page(1)), (900_000, page(2))]);
+        let b = PageMap::default()
+            .with_updates([(900_000, page(2)), (5, page(7)), (70_000, page(9))])
+            .with_updates([(5, None), (1, page(1)), (70_000, None)]);
+        assert_eq!(a.hash(), b.hash());
+        let c = a.with_updates([(1, page(3))]);
+        assert_ne!(a.hash(), c.hash());
+        assert_eq!(a.hash(), a.with_updates([(1, page(1))]).hash());
     }
 
     #[test]

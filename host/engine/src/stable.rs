@@ -51,6 +51,26 @@ impl StableMemory {
     pub fn resident_bytes(&self) -> u64 {
         self.chunks.len() as u64 * CHUNK
     }
+
+    /// Chunks that differ from `older`: `(index, Some(bytes))` for written
+    /// or changed chunks, `(index, None)` for chunks `self` no longer has.
+    /// Chunks shared by both versions are compared by reference.
+    pub fn diff<'a>(&'a self, older: &'a StableMemory) -> Vec<(u64, Option<&'a [u8]>)> {
+        let mut out = Vec::new();
+        for (index, chunk) in &self.chunks {
+            match older.chunks.get(index) {
+                Some(old) if Arc::ptr_eq(old, chunk) || old[..] == chunk[..] => {}
+                _ => out.push((*index, Some(&chunk[..]))),
+            }
+        }
+        for index in older.chunks.keys() {
+            if !self.chunks.contains_key(index) {
+                out.push((*index, None));
+            }
+        }
+        out.sort_by_key(|(i, _)| *i);
+        out
+    }
 }
 
 /// A message's private view of stable memory.

@@ -81,6 +81,8 @@ pub(crate) fn install_handler() {
             previous
         }
     });
+    // The userfaultfd tracker resolves missing pages from SIGBUS.
+    crate::uffd::install_handler();
 }
 
 unsafe extern "C" fn on_fault(
@@ -96,6 +98,21 @@ unsafe extern "C" fn on_fault(
     let Some(previous) = PREVIOUS.get() else {
         return;
     };
+    // SAFETY: we are a signal handler and pass on what we were given.
+    unsafe { chain(previous, signal, info, context) }
+}
+
+/// Passes a signal that none of our memories claims to the handler that
+/// was installed before ours.
+///
+/// # Safety
+/// Only from a signal handler, with the arguments it received.
+pub(crate) unsafe fn chain(
+    previous: &libc::sigaction,
+    signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    context: *mut libc::c_void,
+) {
     // SAFETY: forwarding to the handler that was installed before ours,
     // with the arguments we were given.
     unsafe {
@@ -114,8 +131,9 @@ unsafe extern "C" fn on_fault(
     }
 }
 
+/// Whether the faulting access was a write, when the CPU tells.
 #[cfg(target_arch = "x86_64")]
-fn is_write(context: *mut libc::c_void) -> Option<bool> {
+pub(crate) fn is_write(context: *mut libc::c_void) -> Option<bool> {
     if context.is_null() {
         return None;
     }
@@ -126,7 +144,7 @@ fn is_write(context: *mut libc::c_void) -> Option<bool> {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn is_write(_context: *mut libc::c_void) -> Option<bool> {
+pub(crate) fn is_write(_context: *mut libc::c_void) -> Option<bool> {
     None
 }
 
@@ -136,11 +154,22 @@ fn handle(address: usize, write: Option<bool>) -> bool {
         return false;
     };
     for memory in memories {
-        let Armed::Signal(memory) = memory else {
-            continue;
-        };
-        if address >= memory.base && address < memory.base + memory.size.load(Ordering::Acquire) {
-            return memory.fault((address - memory.base) / PAGE_SIZE, write);
+        match memory {
+            Armed::Signal(memory) => {
+                if address >= memory.base
+                    && address < memory.base + memory.size.load(Ordering::Acquire)
+                {
+                    return memory.fault((address - memory.base) / PAGE_SIZE, write);
+                }
+            }
+            // Pages grown during the message are inaccessible until
+            // registered with userfaultfd.
+            Armed::Userfaultfd(memory) => {
+                if memory.covers_unregistered(address) {
+                    return memory.register_growth();
+                }
+            }
+            Armed::CopyAll(_) => {}
         }
     }
     false

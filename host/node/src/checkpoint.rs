@@ -1,32 +1,31 @@
-//! Checkpoints: the whole node state written to disk at a round boundary.
+//! Checkpoints: the node state at a round boundary, in an LSM page store
+//! (fjall).
 //!
-//! A checkpoint is a directory `checkpoint-<round>/` holding `meta.json`
-//! (every canister's metadata) and one binary file per linear memory and
-//! per stable memory. It is written completely, synced, and only then made
-//! current by atomically replacing the `CURRENT` file; older checkpoints are
-//! removed afterwards. A crash at any point leaves the previous checkpoint
-//! current, and the journal holds everything after it.
-//!
-//! (Whole heaps are written: the paged, incremental store is the subject of
-//! the persistence work that replaces this module.)
+//! Three keyspaces hold a checkpoint: `pages` (key: canister, memory, page
+//! index; value: the 4 KiB page), `stable` (key: canister, chunk index;
+//! value: the 4 KiB chunk) and `meta` (every canister's metadata and the
+//! round, as JSON). A checkpoint writes only what changed since the previous
+//! one: the page maps are persistent trees, so diffing the current version
+//! against the last checkpointed one visits only changed paths. Everything
+//! of a checkpoint goes into one write batch, committed atomically and
+//! synced; the LSM tree's compaction drops the overwritten versions.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use cellar_engine::{
     ExecutionState, HeapSnapshot, MemoryImage, PAGE_SIZE, Page, PageMap, StableMemory, Timer,
 };
 use cellar_types::Principal;
 use cellar_types::api::{LogEntry, RunStatus};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
 
 use crate::canister::Canister;
 
-const CURRENT: &str = "CURRENT";
-const CHUNK: usize = 4096;
+const META_KEY: &[u8] = b"checkpoint";
 
 /// The node-wide part of a checkpoint.
 #[derive(Serialize, Deserialize)]
@@ -67,188 +66,253 @@ pub struct Loaded {
     pub canisters: Vec<(Canister, Option<String>)>,
 }
 
-/// Writes a checkpoint of `canisters` at `round` into `dir` and makes it current.
-pub fn write(
-    dir: &Path,
-    round: u64,
-    time_nanos: u64,
-    next_index: u64,
-    canisters: &BTreeMap<Principal, Canister>,
-) -> anyhow::Result<()> {
-    let name = format!("checkpoint-{round:012}");
-    let target = dir.join(&name);
-    let tmp = dir.join(format!("{name}.tmp"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+/// What a checkpoint wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointStats {
+    /// Heap pages written or removed.
+    pub pages: u64,
+    /// Stable chunks written or removed.
+    pub chunks: u64,
+    /// Wall time taken, in microseconds.
+    pub micros: u64,
+}
+
+/// Writes and loads checkpoints, remembering the last one to write deltas.
+pub struct Checkpointer {
+    db: Database,
+    pages: Keyspace,
+    stable: Keyspace,
+    meta: Keyspace,
+    /// The states as of the last checkpoint written or loaded.
+    last: BTreeMap<Principal, ExecutionState>,
+}
+
+fn canister_prefix(id: &Principal) -> Vec<u8> {
+    let bytes = id.as_bytes();
+    let mut key = Vec::with_capacity(1 + bytes.len() + 12);
+    key.push(bytes.len() as u8);
+    key.extend_from_slice(bytes);
+    key
+}
+
+fn page_key(prefix: &[u8], memory: u32, page: u64) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(&memory.to_be_bytes());
+    key.extend_from_slice(&page.to_be_bytes());
+    key
+}
+
+fn chunk_key(prefix: &[u8], chunk: u64) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+fn storage(e: fjall::Error) -> anyhow::Error {
+    anyhow::anyhow!("page store: {e}")
+}
+
+impl Checkpointer {
+    /// Opens (creating) the page store in `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let db = Database::builder(dir).open().map_err(storage)?;
+        let pages = db
+            .keyspace("pages", KeyspaceCreateOptions::default)
+            .map_err(storage)?;
+        let stable = db
+            .keyspace("stable", KeyspaceCreateOptions::default)
+            .map_err(storage)?;
+        let meta = db
+            .keyspace("meta", KeyspaceCreateOptions::default)
+            .map_err(storage)?;
+        Ok(Checkpointer {
+            db,
+            pages,
+            stable,
+            meta,
+            last: BTreeMap::new(),
+        })
     }
-    std::fs::create_dir_all(&tmp)?;
-    let mut metas = Vec::new();
-    for canister in canisters.values() {
-        let file_id = canister.id.to_text();
-        for (i, memory) in canister.state.heap.memories.iter().enumerate() {
-            let mut pages = Vec::with_capacity(memory.pages.len() as usize * (8 + PAGE_SIZE));
-            for (index, page) in memory.pages.iter() {
-                pages.extend_from_slice(&index.to_le_bytes());
-                pages.extend_from_slice(&page[..]);
+
+    /// Writes the changes since the last checkpoint and makes the new one
+    /// current, atomically.
+    pub fn write(
+        &mut self,
+        round: u64,
+        time_nanos: u64,
+        next_index: u64,
+        canisters: &BTreeMap<Principal, Canister>,
+    ) -> anyhow::Result<CheckpointStats> {
+        let started = Instant::now();
+        let mut batch = self.db.batch();
+        let mut stats = CheckpointStats::default();
+        let empty_state = ExecutionState::default();
+        for canister in canisters.values() {
+            let prefix = canister_prefix(&canister.id);
+            let old = self.last.get(&canister.id).unwrap_or(&empty_state);
+            let new = &canister.state;
+            let memories = new.heap.memories.len().max(old.heap.memories.len());
+            for i in 0..memories {
+                let empty = PageMap::default();
+                let now = new.heap.memories.get(i).map_or(&empty, |m| &m.pages);
+                let before = old.heap.memories.get(i).map_or(&empty, |m| &m.pages);
+                for (page, content) in now.diff(before) {
+                    let key = page_key(&prefix, i as u32, page);
+                    match content {
+                        Some(content) => batch.insert(&self.pages, key, &content[..]),
+                        None => batch.remove(&self.pages, key),
+                    }
+                    stats.pages += 1;
+                }
             }
-            write_synced(&tmp.join(format!("{file_id}.heap{i}")), &pages)?;
+            for (chunk, content) in new.stable.diff(&old.stable) {
+                let key = chunk_key(&prefix, chunk);
+                match content {
+                    Some(content) => batch.insert(&self.stable, key, content),
+                    None => batch.remove(&self.stable, key),
+                }
+                stats.chunks += 1;
+            }
         }
-        let mut stable = Vec::new();
-        for (index, chunk) in canister.state.stable.chunks() {
-            stable.extend_from_slice(&index.to_le_bytes());
-            stable.extend_from_slice(chunk);
+        for id in self.last.keys().filter(|id| !canisters.contains_key(*id)) {
+            let prefix = canister_prefix(id);
+            for entry in self.pages.prefix(&prefix) {
+                batch.remove(&self.pages, entry.key().map_err(storage)?);
+            }
+            for entry in self.stable.prefix(&prefix) {
+                batch.remove(&self.stable, entry.key().map_err(storage)?);
+            }
         }
-        write_synced(&tmp.join(format!("{file_id}.stable")), &stable)?;
-        metas.push(CanisterMeta {
-            id: canister.id.clone(),
-            controllers: canister.controllers.clone(),
-            status: canister.status,
-            module_hash: canister.code.as_ref().map(|c| c.hash_hex()),
-            cycles: canister.cycles,
-            logs: canister.logs.clone(),
-            next_log_index: canister.next_log_index,
-            updates: canister.updates,
-            certified_data: canister.state.certified_data.clone(),
-            timers: canister
-                .state
-                .timers
-                .iter()
-                .map(|(id, t)| (*id, (t.at_nanos, t.interval_nanos)))
-                .collect(),
-            next_timer_id: canister.state.next_timer_id,
-            memory_sizes: canister.state.heap.memories.iter().map(|m| m.size).collect(),
-            stable_pages: canister.state.stable.size_pages(),
-        });
-    }
-    let meta = Meta {
-        round,
-        time_nanos,
-        next_index,
-        canisters: metas,
-    };
-    write_synced(&tmp.join("meta.json"), &serde_json::to_vec(&meta)?)?;
-    sync_dir(&tmp)?;
-    if target.exists() {
-        std::fs::remove_dir_all(&target)?;
-    }
-    std::fs::rename(&tmp, &target)?;
-    let current_tmp = dir.join("CURRENT.tmp");
-    write_synced(&current_tmp, name.as_bytes())?;
-    std::fs::rename(&current_tmp, dir.join(CURRENT))?;
-    sync_dir(dir)?;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let other = entry.file_name().to_string_lossy().into_owned();
-        if other.starts_with("checkpoint-") && other != name {
-            std::fs::remove_dir_all(entry.path())?;
-        }
-    }
-    Ok(())
-}
-
-/// Loads the current checkpoint, or `None` when there is none.
-pub fn load(dir: &Path) -> anyhow::Result<Option<Loaded>> {
-    let current = match std::fs::read_to_string(dir.join(CURRENT)) {
-        Ok(name) => name,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let root: PathBuf = dir.join(current.trim());
-    let meta: Meta = serde_json::from_slice(&std::fs::read(root.join("meta.json"))?)?;
-    let mut canisters = Vec::new();
-    for m in meta.canisters {
-        let file_id = m.id.to_text();
-        let memories = m
-            .memory_sizes
+        let meta = Meta {
+            round,
+            time_nanos,
+            next_index,
+            canisters: canisters.values().map(canister_meta).collect(),
+        };
+        batch.insert(&self.meta, META_KEY, serde_json::to_vec(&meta)?);
+        batch.commit().map_err(storage)?;
+        self.db.persist(PersistMode::SyncAll).map_err(storage)?;
+        self.last = canisters
             .iter()
-            .enumerate()
-            .map(|(i, size)| read_memory(&root.join(format!("{file_id}.heap{i}")), *size))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let stable = read_stable(&root.join(format!("{file_id}.stable")), m.stable_pages)?;
-        let state = ExecutionState {
-            heap: HeapSnapshot { memories },
-            stable: Arc::new(stable),
-            certified_data: m.certified_data,
-            timers: m
-                .timers
-                .into_iter()
-                .map(|(id, (at_nanos, interval_nanos))| {
-                    (
-                        id,
-                        Timer {
-                            at_nanos,
-                            interval_nanos,
-                        },
-                    )
+            .map(|(id, c)| (id.clone(), c.state.clone()))
+            .collect();
+        stats.micros = started.elapsed().as_micros() as u64;
+        Ok(stats)
+    }
+
+    /// Loads the current checkpoint, or `None` when there is none.
+    pub fn load(&mut self) -> anyhow::Result<Option<Loaded>> {
+        let Some(bytes) = self.meta.get(META_KEY).map_err(storage)? else {
+            return Ok(None);
+        };
+        let meta: Meta = serde_json::from_slice(&bytes)?;
+        let mut canisters = Vec::new();
+        for m in meta.canisters {
+            let prefix = canister_prefix(&m.id);
+            let mut pages: Vec<Vec<(u64, Option<Arc<Page>>)>> =
+                vec![Vec::new(); m.memory_sizes.len()];
+            for entry in self.pages.prefix(&prefix) {
+                let (key, value) = entry.into_inner().map_err(storage)?;
+                let rest = &key[prefix.len()..];
+                anyhow::ensure!(
+                    rest.len() == 12 && value.len() == PAGE_SIZE,
+                    "malformed page entry"
+                );
+                let memory = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+                let index = u64::from_be_bytes(rest[4..].try_into().expect("8 bytes"));
+                let mut page = Box::new([0u8; PAGE_SIZE]);
+                page.copy_from_slice(&value);
+                pages
+                    .get_mut(memory)
+                    .ok_or_else(|| anyhow::anyhow!("page of an unknown memory {memory}"))?
+                    .push((index, Some(Arc::<Page>::from(page))));
+            }
+            let memories = m
+                .memory_sizes
+                .iter()
+                .zip(pages)
+                .map(|(size, pages)| MemoryImage {
+                    size: *size,
+                    pages: PageMap::default().with_updates(pages),
                 })
-                .collect(),
-            next_timer_id: m.next_timer_id,
-        };
-        let canister = Canister {
-            id: m.id,
-            controllers: m.controllers,
-            status: m.status,
-            code: None,
-            state,
-            cycles: m.cycles,
-            logs: m.logs,
-            next_log_index: m.next_log_index,
-            updates: m.updates,
-        };
-        canisters.push((canister, m.module_hash));
-    }
-    Ok(Some(Loaded {
-        round: meta.round,
-        time_nanos: meta.time_nanos,
-        next_index: meta.next_index,
-        canisters,
-    }))
-}
-
-fn read_memory(path: &Path, size: u64) -> anyhow::Result<MemoryImage> {
-    let bytes = std::fs::read(path)?;
-    anyhow::ensure!(
-        bytes.len() % (8 + PAGE_SIZE) == 0,
-        "memory file {} is truncated",
-        path.display()
-    );
-    let pages = bytes.chunks(8 + PAGE_SIZE).map(|entry| {
-        let index = u64::from_le_bytes(entry[..8].try_into().expect("8 bytes"));
-        let mut page = Box::new([0u8; PAGE_SIZE]);
-        page.copy_from_slice(&entry[8..]);
-        (index, Some(Arc::<Page>::from(page)))
-    });
-    Ok(MemoryImage {
-        size,
-        pages: PageMap::default().with_updates(pages),
-    })
-}
-
-fn read_stable(path: &Path, pages: u64) -> anyhow::Result<StableMemory> {
-    let mut reader = BufReader::new(File::open(path)?);
-    let mut chunks = Vec::new();
-    loop {
-        let mut index = [0u8; 8];
-        match reader.read_exact(&mut index) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(e.into()),
+                .collect();
+            let mut chunks = Vec::new();
+            for entry in self.stable.prefix(&prefix) {
+                let (key, value) = entry.into_inner().map_err(storage)?;
+                let rest = &key[prefix.len()..];
+                anyhow::ensure!(rest.len() == 8, "malformed stable entry");
+                chunks.push((
+                    u64::from_be_bytes(rest.try_into().expect("8 bytes")),
+                    value.to_vec(),
+                ));
+            }
+            let state = ExecutionState {
+                heap: HeapSnapshot { memories },
+                stable: Arc::new(StableMemory::from_parts(m.stable_pages, chunks)),
+                certified_data: m.certified_data,
+                timers: m
+                    .timers
+                    .into_iter()
+                    .map(|(id, (at_nanos, interval_nanos))| {
+                        (
+                            id,
+                            Timer {
+                                at_nanos,
+                                interval_nanos,
+                            },
+                        )
+                    })
+                    .collect(),
+                next_timer_id: m.next_timer_id,
+            };
+            self.last.insert(m.id.clone(), state.clone());
+            let canister = Canister {
+                id: m.id,
+                controllers: m.controllers,
+                status: m.status,
+                code: None,
+                state,
+                cycles: m.cycles,
+                logs: m.logs,
+                next_log_index: m.next_log_index,
+                updates: m.updates,
+            };
+            canisters.push((canister, m.module_hash));
         }
-        let mut chunk = vec![0u8; CHUNK];
-        reader.read_exact(&mut chunk)?;
-        chunks.push((u64::from_le_bytes(index), chunk));
+        Ok(Some(Loaded {
+            round: meta.round,
+            time_nanos: meta.time_nanos,
+            next_index: meta.next_index,
+            canisters,
+        }))
     }
-    Ok(StableMemory::from_parts(pages, chunks))
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut file = BufWriter::new(File::create(path)?);
-    file.write_all(bytes)?;
-    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    File::open(dir)?.sync_all()?;
-    Ok(())
+fn canister_meta(canister: &Canister) -> CanisterMeta {
+    CanisterMeta {
+        id: canister.id.clone(),
+        controllers: canister.controllers.clone(),
+        status: canister.status,
+        module_hash: canister.code.as_ref().map(|c| c.hash_hex()),
+        cycles: canister.cycles,
+        logs: canister.logs.clone(),
+        next_log_index: canister.next_log_index,
+        updates: canister.updates,
+        certified_data: canister.state.certified_data.clone(),
+        timers: canister
+            .state
+            .timers
+            .iter()
+            .map(|(id, t)| (*id, (t.at_nanos, t.interval_nanos)))
+            .collect(),
+        next_timer_id: canister.state.next_timer_id,
+        memory_sizes: canister
+            .state
+            .heap
+            .memories
+            .iter()
+            .map(|m| m.size)
+            .collect(),
+        stable_pages: canister.state.stable.size_pages(),
+    }
 }

@@ -98,6 +98,12 @@ pub struct Journal {
     file: File,
     path: PathBuf,
     durability: Durability,
+    /// Bytes of whole records in the file.
+    len: u64,
+    /// Set when an append failed and its bytes could not be cut off, or
+    /// its sync failed: what the file ends with is unknown, so nothing may
+    /// follow it.
+    broken: bool,
 }
 
 /// Encodes a record as one framed line.
@@ -110,13 +116,23 @@ fn frame(record: &Record) -> Vec<u8> {
 }
 
 impl Journal {
-    /// Opens (creating) the journal at `path` for appending.
+    /// Opens (creating) the journal at `path` for appending. A new file's
+    /// directory entry is synced too (with [`Durability::Sync`]): records
+    /// synced into a file whose name is lost are lost.
     pub fn open(path: &Path, durability: Durability) -> anyhow::Result<Self> {
+        let created = !path.exists();
         let file = OpenOptions::new().create(true).append(true).open(path)?;
+        if created && durability == Durability::Sync {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            File::open(dir)?.sync_all()?;
+        }
+        let len = file.metadata()?.len();
         Ok(Journal {
             file,
             path: path.to_path_buf(),
             durability,
+            len,
+            broken: false,
         })
     }
 
@@ -126,11 +142,35 @@ impl Journal {
     }
 
     /// Appends a record durably.
+    ///
+    /// When this fails the record counts as not written, and its bytes are
+    /// cut off again: after half a record, the next one would read as
+    /// damage before the end of the journal; after a whole one, replay
+    /// would execute a round that never executed. When they cannot be cut
+    /// off, or the sync failed (the kernel may have dropped the pages it
+    /// could not write), the journal refuses every further append, and
+    /// restarting the node recovers from what reached the disk.
     pub fn append(&mut self, record: &Record) -> anyhow::Result<()> {
-        self.file.write_all(&frame(record))?;
-        if self.durability == Durability::Sync {
-            self.file.sync_data()?;
+        anyhow::ensure!(
+            !self.broken,
+            "the journal {} failed a write earlier; restart the node to recover",
+            self.path.display()
+        );
+        let line = frame(record);
+        let result = self.file.write_all(&line);
+        let result = match result {
+            Ok(()) if self.durability == Durability::Sync => {
+                self.file.sync_data().inspect_err(|_| self.broken = true)
+            }
+            other => other,
+        };
+        if let Err(e) = result {
+            if self.file.set_len(self.len).is_err() {
+                self.broken = true;
+            }
+            anyhow::bail!("cannot append to the journal {}: {e}", self.path.display());
         }
+        self.len += line.len() as u64;
         Ok(())
     }
 }
@@ -233,6 +273,17 @@ mod tests {
             vec![record(1), record(2), record(3)]
         );
         assert_eq!(std::fs::read(&path).unwrap(), full);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_failed_append_closes_the_journal_when_it_cannot_be_undone() {
+        // Every write to /dev/full fails (no space), and it cannot be truncated.
+        let mut journal = Journal::open(Path::new("/dev/full"), Durability::Sync).unwrap();
+        let first = journal.append(&record(1)).unwrap_err().to_string();
+        assert!(first.contains("cannot append"), "{first}");
+        let next = journal.append(&record(1)).unwrap_err().to_string();
+        assert!(next.contains("restart the node"), "{next}");
     }
 
     #[test]

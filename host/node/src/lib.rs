@@ -11,6 +11,7 @@ mod checkpoint;
 pub mod http;
 mod journal;
 mod node;
+mod state_hash;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 pub use canister::{Canister, INITIAL_CYCLES, MAX_LOG_ENTRIES};
 pub use cellar_engine as engine;
+pub use checkpoint::CheckpointStats;
 pub use journal::Durability;
 pub use node::{CallOutcome, Node, NodeError, NodeOptions};
 
@@ -37,6 +39,8 @@ pub struct NodeConfig {
     /// (typically the principal of whoever starts the node); empty means
     /// the anonymous principal.
     pub example_controllers: Vec<Principal>,
+    /// Rounds between checkpoints.
+    pub checkpoint_interval: u64,
 }
 
 impl NodeConfig {
@@ -47,6 +51,7 @@ impl NodeConfig {
             listen,
             limits: cellar_engine::Limits::default(),
             example_controllers: Vec::new(),
+            checkpoint_interval: 500,
         }
     }
 }
@@ -87,6 +92,7 @@ impl RunningNode {
 pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let mut options = NodeOptions::new(&config.data_dir);
     options.limits = config.limits.clone();
+    options.checkpoint_interval = config.checkpoint_interval.max(1);
     let max_body = config.limits.max_component_bytes * 4 / 3 + (1 << 20);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -20,11 +20,13 @@ use cellar_types::api::{
     Args, CanisterStatus, InstallMode, InterfaceInfo, LogEntry, MethodInfo, NodeStatus, RunStatus,
 };
 use cellar_types::{Principal, Reject, RejectCode};
+use data_encoding::HEXLOWER;
 use sha2::{Digest, Sha256};
 
 use crate::canister::Canister;
-use crate::checkpoint;
+use crate::checkpoint::{CheckpointStats, Checkpointer};
 use crate::journal::{Durability, Journal, Op, Record, read_records};
+use crate::state_hash;
 
 /// Why a request could not be carried out (as opposed to a message that ran
 /// and was rejected, which is a [`CallOutcome`]).
@@ -121,6 +123,8 @@ pub struct Node {
     state_dir: PathBuf,
     writer: Mutex<Option<Writer>>,
     registry: RwLock<Registry>,
+    checkpointer: Mutex<Checkpointer>,
+    last_checkpoint: Mutex<CheckpointStats>,
     fresh: bool,
 }
 
@@ -176,11 +180,14 @@ impl Node {
             Some(&options.data_dir.join("compiled")),
             options.limits.max_component_bytes,
         )?;
+        let checkpointer = Checkpointer::open(&state_dir.join("pages"))?;
         let mut node = Node {
             options,
             cache,
             modules_dir,
             state_dir,
+            checkpointer: Mutex::new(checkpointer),
+            last_checkpoint: Mutex::new(CheckpointStats::default()),
             writer: Mutex::new(None),
             registry: RwLock::new(Registry {
                 canisters: BTreeMap::new(),
@@ -200,7 +207,12 @@ impl Node {
     }
 
     fn recover(&mut self) -> anyhow::Result<()> {
-        if let Some(loaded) = checkpoint::load(&self.state_dir)? {
+        let loaded = self
+            .checkpointer
+            .lock()
+            .expect("checkpointer lock")
+            .load()?;
+        if let Some(loaded) = loaded {
             self.fresh = false;
             let mut registry = self.registry.write().expect("registry lock");
             registry.round = loaded.round;
@@ -236,8 +248,17 @@ impl Node {
                     path.display(),
                     record.round
                 );
-                // Request errors were already answered before the crash.
-                let _ = self.apply(&record);
+                // Request errors were answered before the crash and recur
+                // on replay; an internal error (a stored module that is
+                // missing or no longer loads) means replay cannot reproduce
+                // what was acknowledged, and going on would diverge.
+                if let Err(NodeError::Internal(e)) = self.apply(&record) {
+                    return Err(e.context(format!(
+                        "cannot replay round {} of journal {}",
+                        record.round,
+                        path.display()
+                    )));
+                }
                 replayed += 1;
             }
         }
@@ -262,13 +283,20 @@ impl Node {
 
     fn write_checkpoint(&self) -> anyhow::Result<()> {
         let registry = self.registry.read().expect("registry lock");
-        checkpoint::write(
-            &self.state_dir,
+        let stats = self.checkpointer.lock().expect("checkpointer lock").write(
             registry.round,
             registry.time_nanos,
             registry.next_index,
             &registry.canisters,
-        )
+        )?;
+        tracing::debug!(round = registry.round, ?stats, "checkpoint written");
+        *self.last_checkpoint.lock().expect("stats lock") = stats;
+        Ok(())
+    }
+
+    /// What the last checkpoint wrote.
+    pub fn last_checkpoint(&self) -> CheckpointStats {
+        *self.last_checkpoint.lock().expect("stats lock")
     }
 
     /// Writes a checkpoint now and starts a new journal.
@@ -376,6 +404,11 @@ impl Node {
                 .and_then(|f| f.sync_all())
                 .map_err(anyhow::Error::from)?;
             std::fs::rename(&tmp, &path).map_err(anyhow::Error::from)?;
+            // The journal record naming the module follows: the module's
+            // name must be as durable as the record.
+            std::fs::File::open(&self.modules_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(anyhow::Error::from)?;
         }
         let op = Op::Install {
             id: id.clone(),
@@ -512,15 +545,43 @@ impl Node {
         registry.canisters.values().map(Canister::status).collect()
     }
 
-    /// The node's status.
+    /// The node's status, with the [`state_hash`](Self::state_hash) of the
+    /// same round.
     pub fn node_status(&self) -> NodeStatus {
-        let registry = self.registry.read().expect("registry lock");
+        let (round, next_index, canisters) = self.snapshot();
         NodeStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            round: registry.round,
-            canisters: registry.canisters.len() as u64,
+            round,
+            canisters: canisters.len() as u64,
             data_dir: self.options.data_dir.display().to_string(),
+            state_hash: HEXLOWER.encode(&state_hash::hash(round, next_index, &canisters)),
         }
+    }
+
+    /// A SHA-256 of the replicated state after the last committed round:
+    /// the round, the next canister index and every canister's id,
+    /// controllers, run status, module hash, cycles, certified data, timers,
+    /// stable memory and linear memories, in a canonical order. Replicas
+    /// that executed the same rounds agree on it; logs and counters that are
+    /// not replicated state are left out.
+    ///
+    /// This first version rehashes all of the state, every memory byte, on
+    /// every call (outside the registry lock, on a snapshot that shares the
+    /// canisters' state). An incremental hash comes with the paged memory.
+    pub fn state_hash(&self) -> [u8; 32] {
+        let (round, next_index, canisters) = self.snapshot();
+        state_hash::hash(round, next_index, &canisters)
+    }
+
+    /// The committed round, next canister index and canisters, taken
+    /// together (canister state is behind `Arc`s, so this is cheap).
+    fn snapshot(&self) -> (u64, u64, BTreeMap<Principal, Canister>) {
+        let registry = self.registry.read().expect("registry lock");
+        (
+            registry.round,
+            registry.next_index,
+            registry.canisters.clone(),
+        )
     }
 
     /// A canister's interface.

@@ -66,6 +66,9 @@ pub struct NodeStatus {
     pub canisters: u64,
     /// Where the node keeps its state.
     pub data_dir: String,
+    /// SHA-256 of the replicated state at `round`, hex: replicas that
+    /// executed the same rounds report the same hash.
+    pub state_hash: String,
 }
 
 /// Where a module comes from.

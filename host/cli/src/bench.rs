@@ -1,0 +1,299 @@
+//! `cellar bench memory`: the cost of orthogonal persistence (the IC
+//! paper's Figure 4, redone side by side in one run).
+//!
+//! * Message time for messages that write, or only read, `k` random pages
+//!   of a large heap, for each memory tracker and for the naive baseline
+//!   that copies the whole heap (`copy-all`).
+//! * Checkpoint time against the number of pages dirtied since the last one.
+//! * Restart time (loading the last checkpoint) against state size.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use cellar_node::engine::{
+    CallArgs, CanisterCode, CodeCache, ExecutionState, Limits, MemoryTracker, MessageContext,
+    MessageKind, decode_args, execute, parse_call_text,
+};
+use cellar_node::{Durability, Node, NodeOptions};
+use cellar_types::Principal;
+use cellar_types::api::{Args, InstallMode};
+use serde::Serialize;
+
+/// Options of `cellar bench memory`.
+#[derive(clap::Args, Debug)]
+pub struct MemoryBenchArgs {
+    /// Heap sizes to test, in GiB (at most 3: the heap also holds the
+    /// canister's own data below a 4 GiB wasm32 limit).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub heap_gib: Vec<u32>,
+    /// Pages touched per message.
+    #[arg(long, value_delimiter = ',', default_value = "1,7,100,10000")]
+    pub pages: Vec<u32>,
+    /// Messages measured per data point (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One message-cost measurement.
+#[derive(Serialize, Debug)]
+struct MessageRow {
+    tracker: &'static str,
+    heap_gib: u32,
+    access: &'static str,
+    pages: u32,
+    micros_per_message: f64,
+    micros_per_page: f64,
+    faults: u64,
+    dirty_pages: u64,
+}
+
+/// One checkpoint measurement.
+#[derive(Serialize, Debug)]
+struct CheckpointRow {
+    dirty_pages: u64,
+    pages_written: u64,
+    millis: f64,
+}
+
+/// One restart measurement.
+#[derive(Serialize, Debug)]
+struct RestartRow {
+    state_mib: u64,
+    millis: f64,
+}
+
+#[derive(Serialize, Debug)]
+struct Report {
+    messages: Vec<MessageRow>,
+    checkpoints: Vec<CheckpointRow>,
+    restarts: Vec<RestartRow>,
+}
+
+/// A testbed canister driven directly through the engine.
+struct Subject {
+    code: std::sync::Arc<CanisterCode>,
+    state: ExecutionState,
+    limits: Limits,
+    round: u64,
+}
+
+impl Subject {
+    fn run(
+        &mut self,
+        call: &str,
+        kind: MessageKind,
+    ) -> Result<cellar_node::engine::MessageOutcome> {
+        let call = parse_call_text(call).map_err(anyhow::Error::msg)?;
+        let method = self.code.interface.resolve(&call.method)?.clone();
+        let params =
+            decode_args(&CallArgs::Wave(call.args.clone()), &method).map_err(anyhow::Error::msg)?;
+        self.round += 1;
+        let ctx = MessageContext {
+            canister_id: Principal::canister(0),
+            caller: Principal::anonymous(),
+            method: method.function.clone(),
+            kind,
+            cycles_attached: 0,
+            cycle_balance: 0,
+            time_nanos: self.round,
+            round: self.round,
+            controllers: Vec::new(),
+            certified_data: Vec::new(),
+            random_seed: [0; 32],
+        };
+        let outcome = execute(&self.code, &self.state, &method, &params, ctx, &self.limits);
+        if let Err(reject) = &outcome.result {
+            anyhow::bail!("{call:?} was rejected: {reject}");
+        }
+        if let Some(changes) = outcome.changes.clone() {
+            self.state.apply(changes);
+        }
+        Ok(outcome)
+    }
+
+    /// Grows the heap to about `gib` GiB, the last 1 GiB (or less) in the
+    /// block that `write-pages`/`read-pages` use.
+    fn grow(&mut self, gib: u32) -> Result<()> {
+        for _ in 1..gib {
+            self.run("grow-heap(1000)", MessageKind::Update)?;
+        }
+        self.run("grow-heap(1000)", MessageKind::Update)?;
+        Ok(())
+    }
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Runs the benchmark and prints its report.
+pub fn memory(args: &MemoryBenchArgs) -> Result<()> {
+    let mut trackers = vec![MemoryTracker::Signal];
+    match MemoryTracker::Userfaultfd.check_available() {
+        Ok(()) => trackers.push(MemoryTracker::Userfaultfd),
+        Err(why) => eprintln!("userfaultfd tracker skipped: {why}"),
+    }
+    trackers.push(MemoryTracker::CopyAll);
+    let engine = cellar_node::engine::new_engine()?;
+    let cache = CodeCache::new(engine, None, 64 << 20)?;
+    let code = cache.load(cellar_examples::testbed())?;
+
+    let mut report = Report {
+        messages: Vec::new(),
+        checkpoints: Vec::new(),
+        restarts: Vec::new(),
+    };
+    for &gib in &args.heap_gib {
+        anyhow::ensure!(
+            (1..=3).contains(&gib),
+            "--heap-gib takes values from 1 to 3"
+        );
+        for &tracker in &trackers {
+            eprintln!(
+                "heap {gib} GiB, tracker {}: growing the heap",
+                tracker.name()
+            );
+            let mut subject = Subject {
+                code: code.clone(),
+                state: ExecutionState::default(),
+                limits: Limits {
+                    memory_tracker: tracker,
+                    ..Limits::default()
+                },
+                round: 0,
+            };
+            subject.grow(gib)?;
+            for &k in &args.pages {
+                for (access, call, kind) in [
+                    ("write", "write-pages", MessageKind::Update),
+                    ("read", "read-pages", MessageKind::Update),
+                ] {
+                    let repeat = if tracker == MemoryTracker::CopyAll {
+                        args.repeat.min(3)
+                    } else {
+                        args.repeat
+                    };
+                    let mut samples = Vec::new();
+                    let mut last = None;
+                    for r in 0..repeat {
+                        let text = format!("{call}({k}, {})", 1000 + r);
+                        let started = Instant::now();
+                        let outcome = subject.run(&text, kind)?;
+                        samples.push(started.elapsed());
+                        last = Some(outcome.tracking);
+                    }
+                    let micros = median(samples).as_secs_f64() * 1e6;
+                    let tracking = last.unwrap_or_default();
+                    report.messages.push(MessageRow {
+                        tracker: tracker.name(),
+                        heap_gib: gib,
+                        access,
+                        pages: k,
+                        micros_per_message: micros,
+                        micros_per_page: micros / f64::from(k),
+                        faults: tracking.faults,
+                        dirty_pages: tracking.dirty_pages,
+                    });
+                }
+            }
+        }
+    }
+    checkpoints_and_restarts(args, &mut report)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn checkpoints_and_restarts(args: &MemoryBenchArgs, report: &mut Report) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = || {
+        let mut options = NodeOptions::new(dir.path());
+        options.durability = Durability::Process;
+        options.checkpoint_interval = u64::MAX;
+        options
+    };
+    let me = Principal::anonymous();
+    let id;
+    {
+        let node = Node::open(options())?;
+        id = node.create(&me, vec![])?;
+        node.install(
+            &me,
+            &id,
+            InstallMode::Install,
+            cellar_examples::testbed(),
+            None,
+        )?;
+        eprintln!("checkpoints: growing the heap");
+        node.update(&me, &id, "grow-heap", Args::Wave("1000".into()))?
+            .result
+            .map_err(|r| anyhow::anyhow!("{r}"))?;
+        node.checkpoint()?;
+        for &k in &args.pages {
+            node.update(&me, &id, "write-pages", Args::Wave(format!("{k}, {k}")))?
+                .result
+                .map_err(|r| anyhow::anyhow!("{r}"))?;
+            let started = Instant::now();
+            node.checkpoint()?;
+            let millis = started.elapsed().as_secs_f64() * 1e3;
+            report.checkpoints.push(CheckpointRow {
+                dirty_pages: u64::from(k),
+                pages_written: node.last_checkpoint().pages,
+                millis,
+            });
+        }
+    }
+    let state_mib = {
+        let node = Node::open(options())?;
+        node.execution_state(&id)?.heap.resident_bytes() >> 20
+    };
+    let started = Instant::now();
+    let node = Node::open(options()).context("restart")?;
+    report.restarts.push(RestartRow {
+        state_mib,
+        millis: started.elapsed().as_secs_f64() * 1e3,
+    });
+    drop(node);
+    Ok(())
+}
+
+fn print_table(report: &Report) {
+    println!("Message cost (median per message)");
+    println!(
+        "{:<12} {:>4} {:<6} {:>6} {:>14} {:>12} {:>8} {:>8}",
+        "tracker", "GiB", "access", "pages", "µs/message", "µs/page", "faults", "dirty"
+    );
+    for row in &report.messages {
+        println!(
+            "{:<12} {:>4} {:<6} {:>6} {:>14.1} {:>12.2} {:>8} {:>8}",
+            row.tracker,
+            row.heap_gib,
+            row.access,
+            row.pages,
+            row.micros_per_message,
+            row.micros_per_page,
+            row.faults,
+            row.dirty_pages
+        );
+    }
+    println!("\nCheckpoint (1 GiB heap)");
+    println!("{:>12} {:>14} {:>10}", "dirty pages", "pages written", "ms");
+    for row in &report.checkpoints {
+        println!(
+            "{:>12} {:>14} {:>10.1}",
+            row.dirty_pages, row.pages_written, row.millis
+        );
+    }
+    println!("\nRestart");
+    println!("{:>12} {:>10}", "state MiB", "ms");
+    for row in &report.restarts {
+        println!("{:>12} {:>10.1}", row.state_mib, row.millis);
+    }
+}

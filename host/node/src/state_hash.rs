@@ -1,0 +1,161 @@
+//! A deterministic hash of the replicated state.
+//!
+//! The hash covers what every replica that executed the same rounds must
+//! agree on, fed to SHA-256 in a canonical order with every variable-length
+//! field length-prefixed, so that no two different states hash the same
+//! input. Logs, the `updates` counter and the round's time are not part of
+//! it: they are bookkeeping, not state a canister computes with.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use cellar_engine::ExecutionState;
+use cellar_types::Principal;
+use cellar_types::api::RunStatus;
+use sha2::{Digest, Sha256};
+
+use crate::canister::Canister;
+
+/// Domain separation (and the version of the encoding below).
+const DOMAIN: &[u8] = b"cellar-state-hash-v1\0";
+
+/// The bytes of every linear memory of a canister, in order.
+///
+/// The only place that knows how the heap is stored: the memory model
+/// changes under it, and this helper changes with it.
+fn heap_memories(state: &ExecutionState) -> Vec<Cow<'_, [u8]>> {
+    state
+        .heap
+        .memories
+        .iter()
+        .map(|m| Cow::Owned(m.to_bytes()))
+        .collect()
+}
+
+/// Feeds SHA-256 with unambiguous fields.
+struct Encoder(Sha256);
+
+impl Encoder {
+    fn u64(&mut self, n: u64) {
+        self.0.update(n.to_le_bytes());
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.u64(bytes.len() as u64);
+        self.0.update(bytes);
+    }
+
+    fn principal(&mut self, p: &Principal) {
+        self.bytes(p.as_bytes());
+    }
+
+    fn option<T>(&mut self, value: Option<T>, some: impl FnOnce(&mut Self, T)) {
+        match value {
+            None => self.0.update([0u8]),
+            Some(v) => {
+                self.0.update([1u8]);
+                some(self, v);
+            }
+        }
+    }
+}
+
+/// Hashes the replicated state: the round, the next canister index and,
+/// for each canister in id order, its id, controllers, run status, module
+/// hash, cycles, certified data, timers, stable memory and linear memories.
+///
+/// Stable memory is hashed by contents: its size in pages and every chunk
+/// that holds a non-zero byte (a chunk of zeros reads the same as an absent
+/// one, so whether it is stored does not change the hash).
+pub(crate) fn hash(
+    round: u64,
+    next_index: u64,
+    canisters: &BTreeMap<Principal, Canister>,
+) -> [u8; 32] {
+    let mut e = Encoder(Sha256::new());
+    e.0.update(DOMAIN);
+    e.u64(round);
+    e.u64(next_index);
+    e.u64(canisters.len() as u64);
+    for canister in canisters.values() {
+        e.principal(&canister.id);
+        e.u64(canister.controllers.len() as u64);
+        for controller in &canister.controllers {
+            e.principal(controller);
+        }
+        e.0.update([match canister.status {
+            RunStatus::Running => 0u8,
+            RunStatus::Stopped => 1u8,
+        }]);
+        e.option(canister.code.as_ref(), |e, code| e.0.update(code.hash));
+        e.u64(canister.cycles);
+        let state = &canister.state;
+        e.bytes(&state.certified_data);
+        e.u64(state.timers.len() as u64);
+        for (id, timer) in &state.timers {
+            e.u64(*id);
+            e.u64(timer.at_nanos);
+            e.option(timer.interval_nanos, |e, n| e.u64(n));
+        }
+        e.u64(state.next_timer_id);
+        e.u64(state.stable.size_pages());
+        for (index, chunk) in state.stable.chunks() {
+            if chunk.iter().any(|b| *b != 0) {
+                e.0.update([1u8]);
+                e.u64(index);
+                e.bytes(chunk);
+            }
+        }
+        e.0.update([0u8]);
+        let memories = heap_memories(state);
+        e.u64(memories.len() as u64);
+        for memory in &memories {
+            e.bytes(memory);
+        }
+    }
+    e.0.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use cellar_engine::StableMemory;
+
+    fn with_state(state: ExecutionState) -> BTreeMap<Principal, Canister> {
+        let id = Principal::canister(0);
+        let mut canister = Canister::new(id.clone(), vec![Principal::anonymous()]);
+        canister.state = state;
+        BTreeMap::from([(id, canister)])
+    }
+
+    #[test]
+    fn contents_decide_and_zero_chunks_do_not() {
+        let stable = |chunks: Vec<(u64, Vec<u8>)>| {
+            with_state(ExecutionState {
+                stable: Arc::new(StableMemory::from_parts(1, chunks)),
+                ..ExecutionState::default()
+            })
+        };
+        let empty = hash(1, 1, &stable(vec![]));
+        assert_eq!(empty, hash(1, 1, &stable(vec![(3, vec![0; 4096])])));
+        assert_ne!(empty, hash(1, 1, &stable(vec![(3, vec![1; 4096])])));
+        assert_ne!(empty, hash(2, 1, &stable(vec![])));
+        assert_ne!(empty, hash(1, 2, &stable(vec![])));
+
+        // Certified data counts, and its length is part of it.
+        let mut canisters = stable(vec![]);
+        canisters.values_mut().next().unwrap().state.certified_data = vec![0];
+        assert_ne!(empty, hash(1, 1, &canisters));
+
+        // Logs and the update counter are not state.
+        let before = hash(1, 1, &canisters);
+        let canister = canisters.values_mut().next().unwrap();
+        canister.updates += 5;
+        canister.next_log_index += 3;
+        assert_eq!(before, hash(1, 1, &canisters));
+        canisters.values_mut().next().unwrap().cycles += 1;
+        assert_ne!(before, hash(1, 1, &canisters));
+    }
+}
