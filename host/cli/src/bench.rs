@@ -48,6 +48,9 @@ struct MessageRow {
     micros_per_page: f64,
     faults: u64,
     dirty_pages: u64,
+    setup_micros: f64,
+    call_micros: f64,
+    commit_micros: f64,
 }
 
 /// One checkpoint measurement.
@@ -197,6 +200,9 @@ pub fn memory(args: &MemoryBenchArgs) -> Result<()> {
                         micros_per_page: micros / f64::from(k),
                         faults: tracking.faults,
                         dirty_pages: tracking.dirty_pages,
+                        setup_micros: tracking.setup_nanos as f64 / 1e3,
+                        call_micros: tracking.call_nanos as f64 / 1e3,
+                        commit_micros: tracking.commit_nanos as f64 / 1e3,
                     });
                 }
             }
@@ -267,12 +273,22 @@ fn checkpoints_and_restarts(args: &MemoryBenchArgs, report: &mut Report) -> Resu
 fn print_table(report: &Report) {
     println!("Message cost (median per message)");
     println!(
-        "{:<12} {:>4} {:<6} {:>6} {:>14} {:>12} {:>8} {:>8}",
-        "tracker", "GiB", "access", "pages", "µs/message", "µs/page", "faults", "dirty"
+        "{:<12} {:>4} {:<6} {:>6} {:>12} {:>10} {:>7} {:>7} {:>10} {:>10} {:>10}",
+        "tracker",
+        "GiB",
+        "access",
+        "pages",
+        "µs/message",
+        "µs/page",
+        "faults",
+        "dirty",
+        "setup µs",
+        "call µs",
+        "commit µs"
     );
     for row in &report.messages {
         println!(
-            "{:<12} {:>4} {:<6} {:>6} {:>14.1} {:>12.2} {:>8} {:>8}",
+            "{:<12} {:>4} {:<6} {:>6} {:>12.1} {:>10.2} {:>7} {:>7} {:>10.1} {:>10.1} {:>10.1}",
             row.tracker,
             row.heap_gib,
             row.access,
@@ -280,7 +296,10 @@ fn print_table(report: &Report) {
             row.micros_per_message,
             row.micros_per_page,
             row.faults,
-            row.dirty_pages
+            row.dirty_pages,
+            row.setup_micros,
+            row.call_micros,
+            row.commit_micros
         );
     }
     println!("\nCheckpoint (1 GiB heap)");

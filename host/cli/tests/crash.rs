@@ -9,8 +9,13 @@
 //! hash is the same after replaying the journal, after loading the
 //! checkpoint that replay wrote, and after a clean shutdown.
 //!
+//! The node checkpoints every few rounds, so that kills land in live
+//! checkpoints too, not only in the ones recovery and shutdown write.
+//!
 //! `CELLAR_CRASH_KILLS` sets the number of kills (default 40, well under a
-//! minute); `CELLAR_CRASH_SEED` the seed of the kill schedule.
+//! minute); `CELLAR_CRASH_SEED` the seed of the kill schedule;
+//! `CELLAR_CRASH_CHECKPOINT_INTERVAL` the rounds between checkpoints
+//! (default 7).
 
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
@@ -83,6 +88,11 @@ impl NodeLog {
     }
 }
 
+/// Rounds between the node's checkpoints.
+fn checkpoint_interval() -> String {
+    env_u64("CELLAR_CRASH_CHECKPOINT_INTERVAL", 7).to_string()
+}
+
 /// A node process; killed (SIGKILL) when dropped.
 struct NodeProcess {
     child: Child,
@@ -102,6 +112,7 @@ impl NodeProcess {
             .args(["start", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--checkpoint-interval", &checkpoint_interval()])
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
             .spawn()

@@ -22,6 +22,10 @@ pub struct Limits {
     pub max_stable_bytes: u64,
     /// Bytes of log (system API and stdout/stderr) one message may write.
     pub max_log_bytes_per_message: usize,
+    /// Pages of linear memory one message may dirty (a larger delta is
+    /// rejected and rolled back): bounds what a message adds to commits
+    /// and checkpoints.
+    pub max_dirty_pages_per_message: u64,
     /// How dirty pages are found (not a limit, but chosen at start with them).
     pub memory_tracker: MemoryTracker,
 }
@@ -36,6 +40,7 @@ impl Default for Limits {
             max_argument_bytes: 2 << 20,
             max_stable_bytes: 64 << 30,
             max_log_bytes_per_message: 64 << 10,
+            max_dirty_pages_per_message: 1 << 18,
             memory_tracker: MemoryTracker::best_available(),
         }
     }

@@ -20,7 +20,7 @@ use crate::cache::CanisterCode;
 use crate::config::Limits;
 use crate::interface::Method;
 use crate::memory::with_memory_plan;
-use crate::paging::MemoryImage;
+use crate::paging::{MemoryImage, PAGE_SIZE};
 use crate::rng::{TapeRng, derive_seed};
 use crate::stable::StableOverlay;
 use crate::state::StateChanges;
@@ -256,6 +256,7 @@ fn run(
     instruction_limit: u64,
     limits: &Limits,
 ) -> Result<(Vec<Val>, HeapSnapshot, TrackingStats), Reject> {
+    let started = std::time::Instant::now();
     let sizes: Vec<usize> = state
         .heap
         .memories
@@ -302,10 +303,12 @@ fn run(
         })?;
     store.set_fuel(instruction_limit).map_err(host_error)?;
     let mut results = vec![Val::Bool(false); method.results.len()];
+    let setup_nanos = started.elapsed().as_nanos() as u64;
     let called = {
         let _armed = ArmGuard::new(&mut tracked);
         func.call(&mut *store, params, &mut results)
     };
+    let call_nanos = started.elapsed().as_nanos() as u64 - setup_nanos;
     called.map_err(|e| trap_reject(e, "execution", instruction_limit))?;
     let heap = HeapSnapshot {
         memories: views
@@ -318,7 +321,24 @@ fn run(
             })
             .collect(),
     };
-    Ok((results, heap, tracker::stats(&tracked)))
+    let stats = TrackingStats {
+        setup_nanos,
+        call_nanos,
+        commit_nanos: started.elapsed().as_nanos() as u64 - setup_nanos - call_nanos,
+        ..tracker::stats(&tracked)
+    };
+    if stats.dirty_pages > limits.max_dirty_pages_per_message {
+        return Err(Reject::new(
+            RejectCode::CanisterError,
+            format!(
+                "the message wrote {} pages of memory; the limit is {} pages ({} MiB) per message",
+                stats.dirty_pages,
+                limits.max_dirty_pages_per_message,
+                limits.max_dirty_pages_per_message * PAGE_SIZE as u64 >> 20
+            ),
+        ));
+    }
+    Ok((results, heap, stats))
 }
 
 fn host_error(e: wasmtime::Error) -> Reject {

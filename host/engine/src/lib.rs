@@ -32,7 +32,7 @@ pub use exec::{
     LogLevel, LogRecord, MessageContext, MessageKind, MessageOutcome, WarmInstance, execute,
 };
 pub use interface::{CanisterInterface, Hook, Method, MethodKind, MethodLookupError, render_type};
-pub use paging::{MAX_PAGES, MemoryImage, PAGE_SIZE, Page, PageMap};
+pub use paging::{MAX_PAGES, MemoryImage, PAGE_SIZE, Page, PageMap, page_from_slice};
 pub use stable::{STABLE_PAGE_SIZE, StableMemory};
 pub use state::{ExecutionState, HeapSnapshot, StateChanges, Timer};
 pub use tracker::{MemoryTracker, TrackingStats};

@@ -25,6 +25,22 @@ pub const MAX_PAGES: u64 = 1 << (BITS * LEVELS);
 /// The contents of one page.
 pub type Page = [u8; PAGE_SIZE];
 
+/// A shared page holding a copy of `bytes` (one allocation, one copy).
+///
+/// # Panics
+/// When `bytes` is not exactly one page long.
+pub fn page_from_slice(bytes: &[u8]) -> Arc<Page> {
+    assert_eq!(bytes.len(), PAGE_SIZE, "a page is {PAGE_SIZE} bytes");
+    let mut page = Arc::<Page>::new_uninit();
+    let slot = Arc::get_mut(&mut page).expect("a new Arc is unique");
+    // SAFETY: `slot` is PAGE_SIZE writable bytes and `bytes` PAGE_SIZE
+    // readable ones; after the copy every byte is initialized.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), slot.as_mut_ptr().cast::<u8>(), PAGE_SIZE);
+        page.assume_init()
+    }
+}
+
 enum Children {
     Inner([Option<Arc<Node>>; FANOUT]),
     Leaf([Option<Arc<Page>>; FANOUT]),
@@ -153,7 +169,7 @@ impl PageMap {
                 .root
                 .get_or_insert_with(|| Arc::new(Node::empty(LEVELS)));
             let (was, _) = set(root, index, LEVELS, page.clone());
-            if root.is_empty() {
+            if page.is_none() && root.is_empty() {
                 next.root = None;
             }
             match (was, page.is_some()) {
@@ -232,8 +248,9 @@ fn set(node: &mut Arc<Node>, index: u64, level: u32, page: Option<Arc<Page>>) ->
                 }
                 *child = Some(Arc::new(Node::empty(level - 1)));
             }
+            let removing = page.is_none();
             let result = set(child.as_mut().expect("set above"), index, level - 1, page);
-            if child.as_deref().is_some_and(Node::is_empty) {
+            if removing && child.as_deref().is_some_and(Node::is_empty) {
                 *child = None;
             }
             result

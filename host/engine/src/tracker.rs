@@ -380,6 +380,12 @@ pub struct TrackingStats {
     pub faults: u64,
     /// Pages dirtied.
     pub dirty_pages: u64,
+    /// Wall time spent instantiating and arming the memories (ns).
+    pub setup_nanos: u64,
+    /// Wall time of the call itself, faults included (ns).
+    pub call_nanos: u64,
+    /// Wall time spent building the new page maps (ns).
+    pub commit_nanos: u64,
 }
 
 /// Sums the stats of armed memories.
@@ -387,6 +393,7 @@ pub(crate) fn stats(memories: &[Armed]) -> TrackingStats {
     TrackingStats {
         faults: memories.iter().map(Armed::faults).sum(),
         dirty_pages: memories.iter().map(|m| m.dirty_pages() as u64).sum(),
+        ..TrackingStats::default()
     }
 }
 

@@ -420,3 +420,22 @@ fn out_of_bounds_accesses_still_trap_and_memory_growth_is_tracked() {
     assert_eq!(pages * 65536, t.state.heap.total_bytes());
     assert_eq!(Harness::reply(&t.query("get(\"a\")")), "some(\"1\")");
 }
+
+#[test]
+fn a_message_that_dirties_too_many_pages_is_rolled_back() {
+    let limits = Limits {
+        max_dirty_pages_per_message: 200,
+        ..Harness::limits()
+    };
+    let mut t = Harness::with_limits(cellar_examples::testbed(), limits);
+    t.update("set(\"a\", \"1\")");
+    let before = t.state.clone();
+    let reject = t.update("grow-heap(4)").result.unwrap_err();
+    assert!(
+        reject.message.contains("the limit is 200 pages"),
+        "{}",
+        reject.message
+    );
+    assert_eq!(t.state, before);
+    assert_eq!(Harness::reply(&t.query("get(\"a\")")), "some(\"1\")");
+}

@@ -17,9 +17,11 @@ use std::time::Instant;
 
 use cellar_engine::{
     ExecutionState, HeapSnapshot, MemoryImage, PAGE_SIZE, Page, PageMap, StableMemory, Timer,
+    page_from_slice,
 };
 use cellar_types::Principal;
 use cellar_types::api::{LogEntry, RunStatus};
+use fjall::config::CompressionPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
 
@@ -116,12 +118,14 @@ impl Checkpointer {
     /// Opens (creating) the page store in `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         let db = Database::builder(dir).open().map_err(storage)?;
-        let pages = db
-            .keyspace("pages", KeyspaceCreateOptions::default)
-            .map_err(storage)?;
-        let stable = db
-            .keyspace("stable", KeyspaceCreateOptions::default)
-            .map_err(storage)?;
+        // Pages are 4 KiB values that rarely compress well enough to pay
+        // for compressing every checkpoint and decompressing every restart.
+        let uncompressed = || {
+            KeyspaceCreateOptions::default()
+                .data_block_compression_policy(CompressionPolicy::disabled())
+        };
+        let pages = db.keyspace("pages", uncompressed).map_err(storage)?;
+        let stable = db.keyspace("stable", uncompressed).map_err(storage)?;
         let meta = db
             .keyspace("meta", KeyspaceCreateOptions::default)
             .map_err(storage)?;
@@ -220,12 +224,11 @@ impl Checkpointer {
                 );
                 let memory = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
                 let index = u64::from_be_bytes(rest[4..].try_into().expect("8 bytes"));
-                let mut page = Box::new([0u8; PAGE_SIZE]);
-                page.copy_from_slice(&value);
+
                 pages
                     .get_mut(memory)
                     .ok_or_else(|| anyhow::anyhow!("page of an unknown memory {memory}"))?
-                    .push((index, Some(Arc::<Page>::from(page))));
+                    .push((index, Some(page_from_slice(&value))));
             }
             let memories = m
                 .memory_sizes
