@@ -166,6 +166,11 @@ fn the_documented_commands_work_against_a_running_node() {
     assert!(status.contains("running"), "{status}");
     let node_status = ok(cellar(&url, &me, &["status"]));
     assert!(node_status.contains(&kv), "{node_status}");
+    let hash = node_status
+        .lines()
+        .find_map(|l| l.strip_prefix("state hash "))
+        .unwrap_or_else(|| panic!("no state hash in {node_status}"));
+    assert_eq!(hash.trim().len(), 64, "{node_status}");
     drop(node);
 
     // A stopped node gives a clear error.

@@ -334,7 +334,7 @@ fn run(
                 "the message wrote {} pages of memory; the limit is {} pages ({} MiB) per message",
                 stats.dirty_pages,
                 limits.max_dirty_pages_per_message,
-                limits.max_dirty_pages_per_message * PAGE_SIZE as u64 >> 20
+                (limits.max_dirty_pages_per_message * PAGE_SIZE as u64) >> 20
             ),
         ));
     }

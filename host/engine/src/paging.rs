@@ -185,7 +185,7 @@ impl PageMap {
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Arc<Page>)> {
         let mut out = Vec::with_capacity(self.len as usize);
         if let Some(root) = &self.root {
-            collect(root, 0, LEVELS, &mut out);
+            collect(root, 0, &mut out);
         }
         out.into_iter()
     }
@@ -196,13 +196,7 @@ impl PageMap {
     /// the size of the memory.
     pub fn diff<'a>(&'a self, older: &'a PageMap) -> Vec<(u64, Option<&'a Arc<Page>>)> {
         let mut out = Vec::new();
-        diff_nodes(
-            self.root.as_deref(),
-            older.root.as_deref(),
-            0,
-            LEVELS,
-            &mut out,
-        );
+        diff_nodes(self.root.as_deref(), older.root.as_deref(), 0, &mut out);
         out
     }
 
@@ -258,7 +252,7 @@ fn set(node: &mut Arc<Node>, index: u64, level: u32, page: Option<Arc<Page>>) ->
     }
 }
 
-fn collect<'a>(node: &'a Node, prefix: u64, level: u32, out: &mut Vec<(u64, &'a Arc<Page>)>) {
+fn collect<'a>(node: &'a Node, prefix: u64, out: &mut Vec<(u64, &'a Arc<Page>)>) {
     match &node.children {
         Children::Leaf(pages) => {
             for (i, page) in pages.iter().enumerate() {
@@ -270,7 +264,7 @@ fn collect<'a>(node: &'a Node, prefix: u64, level: u32, out: &mut Vec<(u64, &'a 
         Children::Inner(children) => {
             for (i, child) in children.iter().enumerate() {
                 if let Some(child) = child {
-                    collect(child, (prefix << BITS) | i as u64, level - 1, out);
+                    collect(child, (prefix << BITS) | i as u64, out);
                 }
             }
         }
@@ -281,7 +275,6 @@ fn diff_nodes<'a>(
     new: Option<&'a Node>,
     old: Option<&'a Node>,
     prefix: u64,
-    level: u32,
     out: &mut Vec<(u64, Option<&'a Arc<Page>>)>,
 ) {
     if let (Some(a), Some(b)) = (new, old)
@@ -326,7 +319,6 @@ fn diff_nodes<'a>(
                     child(new, i),
                     child(old, i),
                     (prefix << BITS) | i as u64,
-                    level - 1,
                     out,
                 );
             }

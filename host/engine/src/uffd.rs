@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::memory::MemoryView;
-use crate::paging::{PAGE_SIZE, Page, PageMap};
+use crate::paging::{PAGE_SIZE, PageMap};
 use crate::tracker::{self, Armed};
 
 // ---- Kernel interface -------------------------------------------------
@@ -756,9 +756,7 @@ impl UffdMemory {
             let content = if bytes.iter().all(|b| *b == 0) {
                 None
             } else {
-                let mut page_box = Box::new([0u8; PAGE_SIZE]);
-                page_box.copy_from_slice(bytes);
-                Some(Arc::<Page>::from(page_box))
+                Some(crate::paging::page_from_slice(bytes))
             };
             (page as u64, content)
         });
@@ -784,7 +782,7 @@ mod tests {
     use crate::tracker::ArmGuard;
     use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
 
-    fn page_of(byte: u8) -> Option<Arc<Page>> {
+    fn page_of(byte: u8) -> Option<Arc<crate::paging::Page>> {
         Some(Arc::new([byte; PAGE_SIZE]))
     }
 

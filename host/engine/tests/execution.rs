@@ -439,3 +439,31 @@ fn a_message_that_dirties_too_many_pages_is_rolled_back() {
     assert_eq!(t.state, before);
     assert_eq!(Harness::reply(&t.query("get(\"a\")")), "some(\"1\")");
 }
+
+/// Prints the cost of faults for each tracker (`--ignored --nocapture`).
+#[test]
+#[ignore]
+fn fault_cost_probe() {
+    for tracker in ["signal", "userfaultfd"] {
+        let mut limits = Harness::limits();
+        limits.memory_tracker = tracker.parse().unwrap();
+        if limits.memory_tracker.check_available().is_err() {
+            continue;
+        }
+        let mut t = Harness::with_limits(cellar_examples::testbed(), limits);
+        t.update("grow-heap(256)");
+        for call in ["read-pages(10000, 3)", "write-pages(10000, 3)"] {
+            let o = t.update(call);
+            let s = o.tracking;
+            println!(
+                "{tracker:<12} {call:<22} faults {:>6} dirty {:>6} setup {:>7.1} µs call {:>9.1} µs ({:.2} µs/fault) commit {:>8.1} µs",
+                s.faults,
+                s.dirty_pages,
+                s.setup_nanos as f64 / 1e3,
+                s.call_nanos as f64 / 1e3,
+                s.call_nanos as f64 / 1e3 / s.faults.max(1) as f64,
+                s.commit_nanos as f64 / 1e3
+            );
+        }
+    }
+}

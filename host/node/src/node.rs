@@ -565,9 +565,10 @@ impl Node {
     /// that executed the same rounds agree on it; logs and counters that are
     /// not replicated state are left out.
     ///
-    /// This first version rehashes all of the state, every memory byte, on
-    /// every call (outside the registry lock, on a snapshot that shares the
-    /// canisters' state). An incremental hash comes with the paged memory.
+    /// Linear memories enter through their page maps' Merkle hashes, cached
+    /// in the tree nodes versions share, so only pages dirtied since the
+    /// last call are hashed again; stable memory and metadata are still
+    /// rehashed on every call (outside the registry lock, on a snapshot).
     pub fn state_hash(&self) -> [u8; 32] {
         let (round, next_index, canisters) = self.snapshot();
         state_hash::hash(round, next_index, &canisters)

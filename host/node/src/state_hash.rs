@@ -6,7 +6,6 @@
 //! input. Logs, the `updates` counter and the round's time are not part of
 //! it: they are bookkeeping, not state a canister computes with.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use cellar_engine::ExecutionState;
@@ -19,16 +18,18 @@ use crate::canister::Canister;
 /// Domain separation (and the version of the encoding below).
 const DOMAIN: &[u8] = b"cellar-state-hash-v1\0";
 
-/// The bytes of every linear memory of a canister, in order.
+/// Size and content hash of every linear memory of a canister, in order.
 ///
-/// The only place that knows how the heap is stored: the memory model
-/// changes under it, and this helper changes with it.
-fn heap_memories(state: &ExecutionState) -> Vec<Cow<'_, [u8]>> {
+/// The content hash is the page map's Merkle hash, whose node hashes are
+/// cached in the tree that versions share: after a message that dirtied `k`
+/// pages only those pages and their paths are hashed again, so the heap
+/// part of the state hash is maintained incrementally.
+fn heap_memories(state: &ExecutionState) -> Vec<(u64, [u8; 32])> {
     state
         .heap
         .memories
         .iter()
-        .map(|m| Cow::Owned(m.to_bytes()))
+        .map(|m| (m.size, m.pages.hash()))
         .collect()
 }
 
@@ -109,8 +110,9 @@ pub(crate) fn hash(
         e.0.update([0u8]);
         let memories = heap_memories(state);
         e.u64(memories.len() as u64);
-        for memory in &memories {
-            e.bytes(memory);
+        for (size, hash) in &memories {
+            e.u64(*size);
+            e.0.update(hash);
         }
     }
     e.0.finalize().into()
