@@ -25,6 +25,7 @@ pub use node::{CallOutcome, Node, NodeError, NodeOptions};
 
 use cellar_types::Principal;
 use cellar_types::api::InstallMode;
+use sha2::Digest;
 
 /// How `cellar start` runs a node.
 #[derive(Clone, Debug)]
@@ -101,11 +102,15 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let node = tokio::task::spawn_blocking(move || Node::open(options)).await??;
     let node = Arc::new(node);
     let mut examples = Vec::new();
-    if node.is_fresh() {
+    // The marker is written once every example is deployed: a start that
+    // was killed half way finishes the job at the next start.
+    let marker = config.data_dir.join("examples-deployed");
+    if !marker.exists() {
         let deployer = node.clone();
         let controllers = config.example_controllers.clone();
         examples =
             tokio::task::spawn_blocking(move || deploy_examples(&deployer, controllers)).await??;
+        std::fs::write(&marker, b"")?;
     }
     let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
     let app = http::router(node.clone(), max_body);
@@ -135,7 +140,17 @@ fn deploy_examples(
         .cloned()
         .unwrap_or_else(Principal::anonymous);
     let mut deployed = Vec::new();
+    let existing = node.list();
     for example in cellar_examples::examples() {
+        let hash: [u8; 32] = sha2::Sha256::digest(example.wasm).into();
+        let hash: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        if let Some(found) = existing
+            .iter()
+            .find(|c| c.module_hash.as_deref() == Some(hash.as_str()))
+        {
+            deployed.push((example.name.to_string(), found.canister_id.clone()));
+            continue;
+        }
         let id = node.create(&deployer, controllers.clone())?;
         node.install(
             &deployer,
