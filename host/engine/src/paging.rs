@@ -181,6 +181,32 @@ impl PageMap {
         next
     }
 
+    /// Calls `f` for every stored page in index order, without allocating
+    /// (usable in a fault handler).
+    pub fn for_each(&self, mut f: impl FnMut(u64, &Arc<Page>)) {
+        fn walk(node: &Node, prefix: u64, f: &mut impl FnMut(u64, &Arc<Page>)) {
+            match &node.children {
+                Children::Leaf(pages) => {
+                    for (i, page) in pages.iter().enumerate() {
+                        if let Some(page) = page {
+                            f((prefix << BITS) | i as u64, page);
+                        }
+                    }
+                }
+                Children::Inner(children) => {
+                    for (i, child) in children.iter().enumerate() {
+                        if let Some(child) = child {
+                            walk(child, (prefix << BITS) | i as u64, f);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(root) = &self.root {
+            walk(root, 0, &mut f);
+        }
+    }
+
     /// Every stored page in index order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Arc<Page>)> {
         let mut out = Vec::with_capacity(self.len as usize);

@@ -45,7 +45,21 @@ pub(crate) struct TrackedMemory {
     dirty: Vec<u32>,
     dirty_overflow: bool,
     faults: u64,
+    /// Set after too many faults: the whole memory is mapped read-write and
+    /// the commit compares every page (bounded kernel mappings, see
+    /// [`MAX_FAULTS_BEFORE_WHOLE`]).
+    whole: bool,
+    whole_dirty: Cell<usize>,
 }
+
+/// Faults after which a memory stops being tracked page by page. Every page
+/// whose protection differs from its neighbours splits a kernel mapping,
+/// and `vm.max_map_count` (65,530 by default) bounds them per process:
+/// scattered writes to ~30,000 pages would make `mprotect` fail. Past this
+/// many faults the memory is made read-write as a whole (one mapping) and
+/// the commit compares all of it with the committed pages, which such a
+/// message has mostly touched anyway.
+const MAX_FAULTS_BEFORE_WHOLE: u64 = 12_000;
 
 thread_local! {
     static ARMED: Cell<(*mut Armed, usize)> = const { Cell::new((std::ptr::null_mut(), 0)) };
@@ -212,6 +226,8 @@ impl TrackedMemory {
             dirty: Vec::with_capacity(DIRTY_LIST_CAPACITY),
             dirty_overflow: false,
             faults: 0,
+            whole: false,
+            whole_dirty: Cell::new(0),
         })
     }
 
@@ -230,13 +246,46 @@ impl TrackedMemory {
         }
     }
 
+    /// Maps the whole accessible range read-write, loading the committed
+    /// contents of every page not mapped yet. Allocates nothing (it runs in
+    /// the fault handler).
+    fn go_whole(&mut self) -> bool {
+        let size = self.size.load(Ordering::Acquire);
+        if !protect(self.base, size, libc::PROT_READ | libc::PROT_WRITE) {
+            return false;
+        }
+        if !self.whole {
+            let size_pages = size / PAGE_SIZE;
+            let (base, state) = (self.base, &self.state);
+            self.committed.for_each(|index, content| {
+                let index = index as usize;
+                if index < size_pages && state[index] == UNMAPPED {
+                    // SAFETY: the page is in the accessible, now writable range.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            content.as_ptr(),
+                            (base + index * PAGE_SIZE) as *mut u8,
+                            PAGE_SIZE,
+                        );
+                    }
+                }
+            });
+            self.whole = true;
+        }
+        true
+    }
+
     fn fault(&mut self, page: usize, write: Option<bool>) -> bool {
         self.faults += 1;
+        // In whole mode the only faults left are pages added by growth.
+        if self.whole || self.faults > MAX_FAULTS_BEFORE_WHOLE {
+            return self.go_whole();
+        }
         let address = self.base + page * PAGE_SIZE;
         match self.state[page] {
             UNMAPPED if write == Some(true) => {
                 if !protect(address, PAGE_SIZE, libc::PROT_READ | libc::PROT_WRITE) {
-                    return false;
+                    return self.go_whole();
                 }
                 self.load(page, 1);
                 self.mark_dirty(page);
@@ -295,7 +344,9 @@ impl TrackedMemory {
 
     /// Pages written so far.
     pub(crate) fn dirty_pages(&self) -> usize {
-        if self.dirty_overflow {
+        if self.whole {
+            self.whole_dirty.get()
+        } else if self.dirty_overflow {
             self.state.iter().filter(|s| **s == DIRTY).count()
         } else {
             self.dirty.len()
@@ -309,6 +360,18 @@ impl TrackedMemory {
     /// The store owning the memory must be alive, no wasm may run, and the
     /// memory must no longer be armed.
     pub(crate) unsafe fn commit(&self) -> PageMap {
+        if self.whole {
+            // SAFETY: in whole mode the accessible range is read-write.
+            let (map, dirty) = unsafe {
+                compare_all(
+                    self.base,
+                    self.size.load(Ordering::Acquire),
+                    &self.committed,
+                )
+            };
+            self.whole_dirty.set(dirty);
+            return map;
+        }
         let dirty: Box<dyn Iterator<Item = usize>> = if self.dirty_overflow {
             Box::new(
                 self.state
@@ -334,6 +397,35 @@ impl TrackedMemory {
         });
         self.committed.with_updates(updates)
     }
+}
+
+/// Compares every page of `[base, base + size)` with `committed` and returns
+/// the new map and the number of pages that changed.
+///
+/// # Safety
+/// The range must be readable and no wasm may run.
+unsafe fn compare_all(base: usize, size: usize, committed: &PageMap) -> (PageMap, usize) {
+    // SAFETY: guaranteed by the caller.
+    let bytes = unsafe { std::slice::from_raw_parts(base as *const u8, size) };
+    let zero = [0u8; PAGE_SIZE];
+    let updates: Vec<(u64, Option<Arc<Page>>)> = bytes
+        .chunks(PAGE_SIZE)
+        .enumerate()
+        .filter_map(|(i, chunk)| {
+            let old = committed.get(i as u64).map_or(&zero[..], |p| &p[..]);
+            if chunk == old {
+                return None;
+            }
+            let content = if chunk.iter().all(|b| *b == 0) {
+                None
+            } else {
+                Some(crate::paging::page_from_slice(chunk))
+            };
+            Some((i as u64, content))
+        })
+        .collect();
+    let changed = updates.len();
+    (committed.with_updates(updates), changed)
 }
 
 /// Scans a freshly instantiated memory (data segments applied) into a page map.
@@ -556,27 +648,15 @@ impl CopyMemory {
     /// # Safety
     /// The store must be alive and no wasm may run.
     unsafe fn commit(&self) -> PageMap {
-        let size = self.size.load(Ordering::Acquire);
         // SAFETY: the memory is accessible up to its size.
-        let bytes = unsafe { std::slice::from_raw_parts(self.base as *const u8, size) };
-        let zero = [0u8; PAGE_SIZE];
-        let updates: Vec<(u64, Option<Arc<Page>>)> = bytes
-            .chunks(PAGE_SIZE)
-            .enumerate()
-            .filter_map(|(i, chunk)| {
-                let old = self.committed.get(i as u64).map_or(&zero[..], |p| &p[..]);
-                if chunk == old {
-                    return None;
-                }
-                let content = if chunk.iter().all(|b| *b == 0) {
-                    None
-                } else {
-                    Some(crate::paging::page_from_slice(chunk))
-                };
-                Some((i as u64, content))
-            })
-            .collect();
-        self.dirty.set(updates.len());
-        self.committed.with_updates(updates)
+        let (map, changed) = unsafe {
+            compare_all(
+                self.base,
+                self.size.load(Ordering::Acquire),
+                &self.committed,
+            )
+        };
+        self.dirty.set(changed);
+        map
     }
 }

@@ -845,7 +845,7 @@ mod tests {
         // Committed: pages 0..64 hold their index, plus 200.
         let committed = PageMap::default()
             .with_updates((0..64u64).map(|i| (i, page_of(i as u8 + 1))))
-            .with_updates([(200, page_of(77))]);
+            .with_updates([(120, page_of(9)), (200, page_of(77))]);
         // SAFETY: no wasm runs; the memory is alive.
         let armed = unsafe { UffdMemory::arm(&view, committed.clone()) }.unwrap();
         let mut armed = [Armed::Userfaultfd(armed)];
@@ -860,13 +860,13 @@ mod tests {
             for page in 1..64 {
                 assert_eq!(read(&view, page, 0), page as u8 + 1);
             }
-            // Writes: a loaded page, an unloaded committed page (after the
-            // others were loaded: page 10 was loaded by the scan), a zero
-            // page that was read, a never-touched page, and a page written
-            // back to all zeros.
+            // Writes: a loaded page (10), a zero page that was read (100),
+            // a never-touched page (150), a committed page not loaded yet
+            // (120), and a page written back to all zeros (200).
             write(&view, 10, 1, 0xAB);
             write(&view, 100, 3, 0xCD);
             write(&view, 150, 0, 0x11);
+            write(&view, 120, 2, 0x33);
             for offset in 0..PAGE_SIZE {
                 write(&view, 200, offset, 0);
             }
@@ -880,7 +880,7 @@ mod tests {
             unreachable!()
         };
         assert!(memory.faults() > 0);
-        assert_eq!(memory.written(), &[10, 100, 150, 200, 290]);
+        assert_eq!(memory.written(), &[10, 100, 120, 150, 200, 290]);
         // SAFETY: the guard is gone, the memory alive.
         let next = unsafe { armed[0].commit() };
         let expected = committed.with_updates([
@@ -892,6 +892,11 @@ mod tests {
             (100, {
                 let mut p = [0u8; PAGE_SIZE];
                 p[3] = 0xCD;
+                Some(Arc::new(p))
+            }),
+            (120, {
+                let mut p = [9u8; PAGE_SIZE];
+                p[2] = 0x33;
                 Some(Arc::new(p))
             }),
             (150, {
@@ -907,7 +912,7 @@ mod tests {
             }),
         ]);
         assert_eq!(next, expected);
-        assert_eq!(memory.dirty_pages(), 5);
+        assert_eq!(memory.dirty_pages(), 6);
         drop(armed);
         drop(linear);
     }

@@ -467,3 +467,29 @@ fn fault_cost_probe() {
         }
     }
 }
+
+#[test]
+fn scattered_writes_do_not_exhaust_kernel_mappings() {
+    // 40,000 random pages of a 1 GiB heap: ~37,000 distinct, mostly
+    // isolated pages, each a protection change that splits a kernel
+    // mapping; vm.max_map_count is 65,530 by default.
+    let mut t = testbed();
+    t.update("grow-heap(1000)");
+    let outcome = t.update("write-pages(60000, 5)");
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    assert!(
+        outcome.tracking.dirty_pages > 45_000,
+        "{:?}",
+        outcome.tracking
+    );
+    // Reading the same pages sums, per pick, how often that page was
+    // written: at least one per pick.
+    let sum: u64 = Harness::reply(&t.query("read-pages(60000, 5)"))
+        .parse()
+        .unwrap();
+    assert!(sum >= 60_000, "{sum}");
+    let again: u64 = Harness::reply(&t.query("read-pages(60000, 5)"))
+        .parse()
+        .unwrap();
+    assert_eq!(sum, again);
+}
