@@ -57,9 +57,11 @@ pub(crate) struct TrackedMemory {
 /// and `vm.max_map_count` (65,530 by default) bounds them per process:
 /// scattered writes to ~30,000 pages would make `mprotect` fail. Past this
 /// many faults the memory is made read-write as a whole (one mapping) and
-/// the commit compares all of it with the committed pages, which such a
-/// message has mostly touched anyway.
-const MAX_FAULTS_BEFORE_WHOLE: u64 = 12_000;
+/// the commit compares all of it with the committed pages. A page that is
+/// read and then written takes two faults, so 24,000 faults is ~12,000 or
+/// more pages and at most ~48,000 mappings; whole mode costs a copy of the
+/// heap (about 1 s for 1 GiB), so it is kept for the messages that need it.
+const MAX_FAULTS_BEFORE_WHOLE: u64 = 24_000;
 
 thread_local! {
     static ARMED: Cell<(*mut Armed, usize)> = const { Cell::new((std::ptr::null_mut(), 0)) };
