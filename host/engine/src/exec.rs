@@ -355,9 +355,11 @@ fn trap_reject(error: wasmtime::Error, phase: &str, limit: u64) -> Reject {
     }
     let message = match error.downcast_ref::<Trap>() {
         Some(trap) => format!("the canister trapped: {trap}"),
+        // The outermost context is "error while executing at wasm
+        // backtrace"; the root cause is what the caller needs.
         None => format!(
             "the canister trapped: {}",
-            first_line(&format!("{error:#}"))
+            first_line(&error.root_cause().to_string())
         ),
     };
     Reject::new(RejectCode::CanisterError, message)
