@@ -19,9 +19,10 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use cellar_node::{CallOutcome, Durability, Node, NodeOptions};
+use cellar_node::{Node, NodeOptions};
+use cellar_tests::{alice, bob, reply, wave};
 use cellar_types::Principal;
-use cellar_types::api::{Args, InstallMode};
+use cellar_types::api::InstallMode;
 
 /// Updates sent to each canister before the node is reopened.
 const UPDATES: u64 = 200;
@@ -67,32 +68,8 @@ fn component(file: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
-/// Node options for tests: no fsync, and checkpoints only when asked.
 fn options(dir: &Path) -> NodeOptions {
-    let mut options = NodeOptions::new(dir);
-    options.durability = Durability::Process;
-    options.checkpoint_interval = 100_000;
-    options
-}
-
-fn alice() -> Principal {
-    Principal::self_authenticating(&[0xa1; 32])
-}
-
-fn bob() -> Principal {
-    Principal::self_authenticating(&[0xb0; 32])
-}
-
-fn wave(text: &str) -> Args {
-    Args::Wave(text.to_string())
-}
-
-/// The reply of a successful call as WAVE; panics on a reject.
-fn reply(outcome: CallOutcome) -> String {
-    match outcome.result {
-        Ok(values) => cellar_engine::results_to_wave(&values).unwrap(),
-        Err(reject) => panic!("unexpected reject: {reject}"),
-    }
+    cellar_tests::options(dir, 100_000)
 }
 
 /// `get(key)` as a query.

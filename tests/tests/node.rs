@@ -2,34 +2,13 @@
 //! across restarts, upgrades and determinism.
 
 use cellar_engine::{MessageKind, Val};
-use cellar_node::{CallOutcome, Durability, Node, NodeError, NodeOptions};
+use cellar_node::{Node, NodeError, NodeOptions};
+use cellar_tests::{alice, bob, reply, wave};
 use cellar_types::api::{Args, InstallMode, RunStatus};
 use cellar_types::{Principal, RejectCode};
 
 fn options(dir: &std::path::Path) -> NodeOptions {
-    let mut options = NodeOptions::new(dir);
-    options.durability = Durability::Process;
-    options.checkpoint_interval = 1_000;
-    options
-}
-
-fn alice() -> Principal {
-    Principal::self_authenticating(&[0xa1; 32])
-}
-
-fn bob() -> Principal {
-    Principal::self_authenticating(&[0xb0; 32])
-}
-
-fn wave(text: &str) -> Args {
-    Args::Wave(text.to_string())
-}
-
-fn reply(outcome: CallOutcome) -> String {
-    match outcome.result {
-        Ok(values) => cellar_engine::results_to_wave(&values).unwrap(),
-        Err(reject) => panic!("unexpected reject: {reject}"),
-    }
+    cellar_tests::options(dir, 1_000)
 }
 
 fn deploy(node: &Node, example: &str) -> Principal {
