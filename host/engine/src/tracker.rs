@@ -83,22 +83,33 @@ pub(crate) unsafe fn armed_on_this_thread() -> Option<&'static mut [Armed]> {
 
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
 
+/// The signature of an `SA_SIGINFO` handler.
+pub(crate) type SigInfoHandler =
+    unsafe extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+
+/// Installs `handler` for `signal` (on the alternate stack, re-entrant) and
+/// returns the handler it replaces, to chain to.
+pub(crate) fn install_signal_handler(
+    signal: libc::c_int,
+    handler: SigInfoHandler,
+) -> libc::sigaction {
+    // SAFETY: plain sigaction calls with zero-initialized structs.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
+        libc::sigemptyset(&mut action.sa_mask);
+        let mut previous: libc::sigaction = std::mem::zeroed();
+        let rc = libc::sigaction(signal, &action, &mut previous);
+        assert_eq!(rc, 0, "cannot install the handler for signal {signal}");
+        previous
+    }
+}
+
 /// Installs the fault handler once per process; call after the first
 /// `wasmtime::Engine::new` so that wasmtime's handler is the one chained to.
 pub(crate) fn install_handler() {
-    PREVIOUS.get_or_init(|| {
-        // SAFETY: plain sigaction calls with zero-initialized structs.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_fault as *const () as usize;
-            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
-            libc::sigemptyset(&mut action.sa_mask);
-            let mut previous: libc::sigaction = std::mem::zeroed();
-            let rc = libc::sigaction(libc::SIGSEGV, &action, &mut previous);
-            assert_eq!(rc, 0, "cannot install the SIGSEGV handler");
-            previous
-        }
-    });
+    PREVIOUS.get_or_init(|| install_signal_handler(libc::SIGSEGV, on_fault));
     // The userfaultfd tracker resolves missing pages from SIGBUS.
     crate::uffd::install_handler();
 }

@@ -495,19 +495,7 @@ static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
 /// Installs the SIGBUS handler once per process (with the SIGSEGV one,
 /// after wasmtime's, which it chains to).
 pub(crate) fn install_handler() {
-    PREVIOUS.get_or_init(|| {
-        // SAFETY: plain sigaction calls with zero-initialized structs.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_sigbus as *const () as usize;
-            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
-            libc::sigemptyset(&mut action.sa_mask);
-            let mut previous: libc::sigaction = std::mem::zeroed();
-            let rc = libc::sigaction(libc::SIGBUS, &action, &mut previous);
-            assert_eq!(rc, 0, "cannot install the SIGBUS handler");
-            previous
-        }
-    });
+    PREVIOUS.get_or_init(|| crate::tracker::install_signal_handler(libc::SIGBUS, on_sigbus));
 }
 
 unsafe extern "C" fn on_sigbus(

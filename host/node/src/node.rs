@@ -159,6 +159,31 @@ fn decode_hook_arg(arg: &str, method: &cellar_engine::Method) -> Result<Vec<Val>
     })
 }
 
+/// The context of a message to `canister` in the round `(round, time,
+/// seed)`, seeing the certified data of `state`. Ingress carries no cycles.
+fn message_context(
+    canister: &Canister,
+    caller: &Principal,
+    method: &str,
+    kind: MessageKind,
+    (round, time_nanos, random_seed): (u64, u64, [u8; 32]),
+    state: &ExecutionState,
+) -> MessageContext {
+    MessageContext {
+        canister_id: canister.id.clone(),
+        caller: caller.clone(),
+        method: method.to_string(),
+        kind,
+        cycles_attached: 0,
+        cycle_balance: canister.cycles,
+        time_nanos,
+        round,
+        controllers: canister.controllers.clone(),
+        certified_data: state.certified_data.clone(),
+        random_seed,
+    }
+}
+
 fn to_call_args(args: &Args) -> CallArgs {
     match args {
         Args::Wave(text) => CallArgs::Wave(text.clone()),
@@ -819,19 +844,14 @@ impl Node {
             Ok(p) => p,
             Err(e) => return reject(RejectCode::DestinationInvalid, e),
         };
-        let ctx = MessageContext {
-            canister_id: canister.id.clone(),
-            caller: caller.clone(),
-            method: method.function.clone(),
+        let ctx = message_context(
+            canister,
+            caller,
+            &method.function,
             kind,
-            cycles_attached: 0,
-            cycle_balance: canister.cycles,
-            time_nanos,
-            round,
-            controllers: canister.controllers.clone(),
-            certified_data: canister.state.certified_data.clone(),
-            random_seed: seed,
-        };
+            (round, time_nanos, seed),
+            &canister.state,
+        );
         let outcome = execute(
             &code,
             &canister.state,
@@ -883,19 +903,15 @@ impl Node {
             Hook::PreUpgrade => MessageKind::PreUpgrade,
             Hook::PostUpgrade => MessageKind::PostUpgrade,
         };
-        let ctx = MessageContext {
-            canister_id: canister.id.clone(),
-            caller: record.caller.clone(),
-            method: method.function.clone(),
+        let seed = random_seed(hook.wit_name(), record.round, &canister.id);
+        let ctx = message_context(
+            canister,
+            &record.caller,
+            &method.function,
             kind,
-            cycles_attached: 0,
-            cycle_balance: canister.cycles,
-            time_nanos: record.time_nanos,
-            round: record.round,
-            controllers: canister.controllers.clone(),
-            certified_data: state.certified_data.clone(),
-            random_seed: random_seed(hook.wit_name(), record.round, &canister.id),
-        };
+            (record.round, record.time_nanos, seed),
+            &state,
+        );
         let outcome = execute(code, &state, method, &params, ctx, &self.options.limits);
         canister.append_logs(&outcome.logs);
         if let Err(reject) = outcome.result {
