@@ -106,6 +106,8 @@ impl Subject {
             controllers: Vec::new(),
             certified_data: Vec::new(),
             random_seed: [0; 32],
+            context_id: 0,
+            open_contexts: Vec::new(),
         };
         let outcome = execute(&self.code, &self.state, &method, &params, ctx, &self.limits);
         if let Err(reject) = &outcome.result {

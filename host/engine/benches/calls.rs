@@ -26,6 +26,8 @@ fn context(kind: MessageKind, round: u64) -> MessageContext {
         controllers: Vec::new(),
         certified_data: Vec::new(),
         random_seed: [0; 32],
+        context_id: 0,
+        open_contexts: Vec::new(),
     }
 }
 

@@ -99,6 +99,11 @@ pub struct MessageContext {
     pub certified_data: Vec<u8>,
     /// Seed of the message's random tape (from the subnet's randomness).
     pub random_seed: [u8; 32],
+    /// The reply token of this message, should it defer its reply.
+    pub context_id: u64,
+    /// Reply tokens of this canister's deferred messages still waiting
+    /// for an answer.
+    pub open_contexts: Vec<u64>,
 }
 
 /// The result of one message.
@@ -160,6 +165,11 @@ pub fn execute(
             timers: state.timers.clone(),
             next_timer_id: state.next_timer_id,
             timers_changed: false,
+            calls: Vec::new(),
+            next_call_id: state.next_call_id,
+            cycles_reserved: 0,
+            deferred: false,
+            late_replies: Vec::new(),
             logs: Vec::new(),
             log_budget: limits.max_log_bytes_per_message,
             rand: TapeRng::new(derive_seed("raw-rand", &[&seed])),
@@ -232,6 +242,10 @@ pub fn execute(
                         .timers_changed
                         .then(|| (std::mem::take(&mut sys.timers), sys.next_timer_id)),
                     cycles_accepted: sys.cycles_accepted,
+                    calls: std::mem::take(&mut sys.calls),
+                    next_call_id: sys.next_call_id,
+                    deferred: sys.deferred,
+                    late_replies: std::mem::take(&mut sys.late_replies),
                 }
             });
             MessageOutcome {
@@ -424,6 +438,11 @@ impl WarmInstance {
                 timers: Default::default(),
                 next_timer_id: 0,
                 timers_changed: false,
+                calls: Vec::new(),
+                next_call_id: 0,
+                cycles_reserved: 0,
+                deferred: false,
+                late_replies: Vec::new(),
                 logs: Vec::new(),
                 log_budget: 0,
                 rand: TapeRng::new(ctx.random_seed),

@@ -99,6 +99,10 @@ pub struct CanisterInterface {
     pub hooks: Vec<(Hook, Method)>,
     /// Whether the canister exports `cellar:canister/callbacks`.
     pub has_callbacks: bool,
+    /// `callbacks.on-reply`, when exported: receives call results.
+    pub on_reply: Option<Method>,
+    /// `callbacks.on-timer`, when exported: receives fired timers.
+    pub on_timer: Option<Method>,
 }
 
 /// Why a method name does not resolve.
@@ -148,10 +152,8 @@ impl CanisterInterface {
                 }
                 ComponentItem::ComponentInstance(instance) => {
                     let short = short_interface_name(export_name);
-                    if export_name.starts_with("cellar:canister/callbacks") {
-                        interface.has_callbacks = true;
-                        continue;
-                    }
+                    let is_callbacks = export_name.starts_with("cellar:canister/callbacks");
+                    interface.has_callbacks |= is_callbacks;
                     let Some(instance_index) = component.get_export_index(None, export_name) else {
                         continue;
                     };
@@ -177,7 +179,13 @@ impl CanisterInterface {
                             kind,
                             index,
                         );
-                        if short == "lifecycle" {
+                        if is_callbacks {
+                            match func_name {
+                                "on-reply" => interface.on_reply = Some(m),
+                                "on-timer" => interface.on_timer = Some(m),
+                                _ => {}
+                            }
+                        } else if short == "lifecycle" {
                             let hook = match func_name {
                                 "init" => Hook::Init,
                                 "pre-upgrade" => Hook::PreUpgrade,

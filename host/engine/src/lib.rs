@@ -34,10 +34,10 @@ pub use exec::{
 pub use interface::{CanisterInterface, Hook, Method, MethodKind, MethodLookupError, render_type};
 pub use paging::{MAX_PAGES, MemoryImage, PAGE_SIZE, Page, PageMap, page_from_slice};
 pub use stable::{STABLE_PAGE_SIZE, StableMemory};
-pub use state::{ExecutionState, HeapSnapshot, StateChanges, Timer};
+pub use state::{ExecutionState, HeapSnapshot, LateReply, OutgoingCall, StateChanges, Timer};
 pub use tracker::{MemoryTracker, TrackingStats};
 pub use values::{
-    CallArgs, CallText, Encoding, decode_args, encode_results, json_to_val, parse_call_text,
-    results_to_json, results_to_wave, val_to_json,
+    CallArgs, CallText, Encoding, decode_args, decode_results_wave, encode_results, json_to_val,
+    parse_call_text, results_to_json, results_to_wave, val_to_json,
 };
 pub use wasmtime::component::Val;

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use cellar_types::Principal;
+
 use crate::paging::MemoryImage;
 use crate::stable::StableMemory;
 
@@ -53,6 +55,32 @@ pub struct ExecutionState {
     pub timers: BTreeMap<u64, Timer>,
     /// Next timer id to hand out.
     pub next_timer_id: u64,
+    /// Next inter-canister call id to hand out.
+    pub next_call_id: u64,
+}
+
+/// A call to another canister, made by a message and sent when it commits.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutgoingCall {
+    /// The caller's id for the call (its callback receives it).
+    pub call_id: u64,
+    /// The canister called.
+    pub callee: Principal,
+    /// The method, as the caller wrote it.
+    pub method: String,
+    /// The WAVE-encoded argument list.
+    pub args: String,
+    /// Cycles moved from the caller's balance with the call.
+    pub cycles: u64,
+}
+
+/// The answer to a deferred message, given by a later message.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LateReply {
+    /// The deferred message's reply token.
+    pub token: u64,
+    /// A WAVE-encoded value of the method's result type, or a reject message.
+    pub answer: Result<String, String>,
 }
 
 /// The changes a successful message makes to [`ExecutionState`].
@@ -68,6 +96,14 @@ pub struct StateChanges {
     pub timers: Option<(BTreeMap<u64, Timer>, u64)>,
     /// Cycles the message accepted from the caller.
     pub cycles_accepted: u64,
+    /// Calls to send, in the order they were made.
+    pub calls: Vec<OutgoingCall>,
+    /// The next call id after this message's calls.
+    pub next_call_id: u64,
+    /// Whether the message deferred its own reply.
+    pub deferred: bool,
+    /// Answers to earlier deferred messages.
+    pub late_replies: Vec<LateReply>,
 }
 
 impl ExecutionState {
@@ -84,5 +120,6 @@ impl ExecutionState {
             self.timers = timers;
             self.next_timer_id = next;
         }
+        self.next_call_id = changes.next_call_id;
     }
 }

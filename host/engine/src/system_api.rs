@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use cellar_types::Principal;
 use wasmtime::AsContext;
 use wasmtime::component::{Access, HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -14,7 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::exec::{LogLevel, LogRecord, MessageContext, MessageKind};
 use crate::rng::TapeRng;
 use crate::stable::StableOverlay;
-use crate::state::Timer;
+use crate::state::{LateReply, OutgoingCall, Timer};
 
 wasmtime::component::bindgen!({
     path: "../../wit",
@@ -30,6 +31,12 @@ use cellar::canister::{
     calls, certified_data, info, log, message, randomness, stable_memory, timers,
 };
 
+/// Calls one message may make.
+pub const MAX_CALLS_PER_MESSAGE: usize = 500;
+
+/// Bytes of WAVE arguments one call may carry.
+pub const MAX_CALL_ARGUMENT_BYTES: usize = 2 << 20;
+
 /// What one message did to the system, pending commit.
 pub(crate) struct SystemState {
     pub(crate) ctx: MessageContext,
@@ -41,6 +48,11 @@ pub(crate) struct SystemState {
     pub(crate) timers: BTreeMap<u64, Timer>,
     pub(crate) next_timer_id: u64,
     pub(crate) timers_changed: bool,
+    pub(crate) calls: Vec<OutgoingCall>,
+    pub(crate) next_call_id: u64,
+    pub(crate) cycles_reserved: u64,
+    pub(crate) deferred: bool,
+    pub(crate) late_replies: Vec<LateReply>,
     pub(crate) logs: Vec<LogRecord>,
     pub(crate) log_budget: usize,
     pub(crate) rand: TapeRng,
@@ -117,6 +129,41 @@ impl message::Host for HostState {
     fn reject(&mut self, message: String) {
         self.sys.rejected.get_or_insert(message);
     }
+
+    fn defer_reply(&mut self) -> Result<u64, String> {
+        if self.sys.ctx.kind != MessageKind::Update {
+            return Err("only update messages can defer their reply".into());
+        }
+        self.sys.deferred = true;
+        Ok(self.sys.ctx.context_id)
+    }
+
+    fn reply_to(&mut self, token: u64, value: String) -> Result<(), String> {
+        self.answer(token, Ok(value))
+    }
+
+    fn reject_to(&mut self, token: u64, message: String) -> Result<(), String> {
+        self.answer(token, Err(message))
+    }
+}
+
+impl HostState {
+    /// Records the answer to a deferred message, once per token.
+    fn answer(&mut self, token: u64, answer: Result<String, String>) -> Result<(), String> {
+        if self.sys.ctx.kind == MessageKind::Query {
+            return Err("queries cannot answer deferred messages".into());
+        }
+        let open = self.sys.ctx.open_contexts.contains(&token)
+            || (self.sys.deferred && token == self.sys.ctx.context_id);
+        if !open {
+            return Err(format!("no deferred message waits for reply token {token}"));
+        }
+        if self.sys.late_replies.iter().any(|r| r.token == token) {
+            return Err(format!("deferred message {token} was already answered"));
+        }
+        self.sys.late_replies.push(LateReply { token, answer });
+        Ok(())
+    }
 }
 
 impl info::Host for HostState {
@@ -159,13 +206,47 @@ impl calls::Host for HostState {
         &mut self,
         callee: String,
         method: String,
-        _args: String,
-        _cycles: u64,
+        args: String,
+        cycles: u64,
     ) -> Result<u64, String> {
-        Err(format!(
-            "cannot call {method} on {callee}: inter-canister calls are not executed by this node \
-             version yet (they arrive with the round scheduler)"
-        ))
+        if self.sys.ctx.kind == MessageKind::Query {
+            return Err("queries cannot make calls".into());
+        }
+        let callee = Principal::from_text(&callee)
+            .map_err(|e| format!("cannot call {method}: bad callee {callee:?}: {e}"))?;
+        if self.sys.calls.len() >= MAX_CALLS_PER_MESSAGE {
+            return Err(format!(
+                "a message can make at most {MAX_CALLS_PER_MESSAGE} calls"
+            ));
+        }
+        if args.len() > MAX_CALL_ARGUMENT_BYTES {
+            return Err(format!(
+                "call arguments are {} bytes; the limit is {MAX_CALL_ARGUMENT_BYTES}",
+                args.len()
+            ));
+        }
+        let available = self
+            .sys
+            .ctx
+            .cycle_balance
+            .saturating_add(self.sys.cycles_accepted)
+            .saturating_sub(self.sys.cycles_reserved);
+        if cycles > available {
+            return Err(format!(
+                "cannot attach {cycles} cycles: the balance left is {available}"
+            ));
+        }
+        self.sys.cycles_reserved += cycles;
+        let call_id = self.sys.next_call_id;
+        self.sys.next_call_id += 1;
+        self.sys.calls.push(OutgoingCall {
+            call_id,
+            callee,
+            method,
+            args,
+            cycles,
+        });
+        Ok(call_id)
     }
 }
 

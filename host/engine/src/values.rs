@@ -161,6 +161,34 @@ fn decode_json_args(json: &Json, method: &Method, types: &[Type]) -> Result<Vec<
     }
 }
 
+/// Parses a WAVE-encoded result (as [`results_to_wave`] writes it) against
+/// the method's result types: the single result's value, or `()` (or
+/// nothing) for none.
+pub fn decode_results_wave(text: &str, method: &Method) -> Result<Vec<Val>, String> {
+    let text = text.trim();
+    let decoded = match method.results.as_slice() {
+        [] if text.is_empty() || text == "()" => Ok(Vec::new()),
+        [] => Err(format!("expected no value, got {text:?}")),
+        [ty] => wasm_wave::from_str::<Val>(ty, text)
+            .map(|v| vec![v])
+            .map_err(|e| e.to_string()),
+        many => {
+            let inner = text
+                .strip_prefix('(')
+                .and_then(|t| t.strip_suffix(')'))
+                .ok_or_else(|| format!("expected a tuple of {} values", many.len()))?;
+            decode_wave(inner, many)
+        }
+    };
+    decoded.map_err(|e| {
+        format!(
+            "bad reply for {}: {e}; expected {}",
+            method.qualified_name(),
+            method.signature()
+        )
+    })
+}
+
 /// Renders results as WAVE: the single result's value, or `()` for none.
 pub fn results_to_wave(results: &[Val]) -> Result<String, String> {
     match results {

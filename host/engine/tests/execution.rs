@@ -61,6 +61,8 @@ impl Harness {
             controllers: vec![self.caller.clone()],
             certified_data: self.state.certified_data.clone(),
             random_seed: [self.round as u8; 32],
+            context_id: 0,
+            open_contexts: Vec::new(),
         };
         let outcome = execute(&self.code, &self.state, &method, &params, ctx, &self.limits);
         if let Some(changes) = outcome.changes.clone() {

@@ -7,6 +7,8 @@ use cellar_engine::{CanisterCode, ExecutionState, LogRecord};
 use cellar_types::Principal;
 use cellar_types::api::{CanisterStatus, LogEntry, RunStatus};
 
+use crate::messages::Messaging;
+
 /// Log entries kept per canister (older ones are dropped).
 pub const MAX_LOG_ENTRIES: usize = 1000;
 
@@ -34,6 +36,8 @@ pub struct Canister {
     pub next_log_index: u64,
     /// Update messages (and hooks) executed.
     pub updates: u64,
+    /// Input queue, deferred replies, outstanding calls, scheduling state.
+    pub messaging: Messaging,
 }
 
 impl Canister {
@@ -49,6 +53,7 @@ impl Canister {
             logs: VecDeque::new(),
             next_log_index: 0,
             updates: 0,
+            messaging: Messaging::default(),
         }
     }
 

@@ -26,6 +26,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
 
 use crate::canister::Canister;
+use crate::messages::Messaging;
 
 const META_KEY: &[u8] = b"checkpoint";
 
@@ -53,6 +54,10 @@ struct CanisterMeta {
     next_timer_id: u64,
     memory_sizes: Vec<u64>,
     stable_pages: u64,
+    #[serde(default)]
+    next_call_id: u64,
+    #[serde(default)]
+    messaging: Messaging,
 }
 
 /// The node state as loaded from a checkpoint; code is attached by the
@@ -267,6 +272,7 @@ impl Checkpointer {
                     })
                     .collect(),
                 next_timer_id: m.next_timer_id,
+                next_call_id: m.next_call_id,
             };
             self.last.insert(m.id.clone(), state.clone());
             let canister = Canister {
@@ -279,6 +285,7 @@ impl Checkpointer {
                 logs: m.logs,
                 next_log_index: m.next_log_index,
                 updates: m.updates,
+                messaging: m.messaging,
             };
             canisters.push((canister, m.module_hash));
         }
@@ -317,5 +324,7 @@ fn canister_meta(canister: &Canister) -> CanisterMeta {
             .map(|m| m.size)
             .collect(),
         stable_pages: canister.state.stable.size_pages(),
+        next_call_id: canister.state.next_call_id,
+        messaging: canister.messaging.clone(),
     }
 }

@@ -68,19 +68,43 @@ pub enum Op {
         /// The new controllers.
         controllers: Vec<Principal>,
     },
+    /// Add cycles to a canister's balance (anyone may; on a local node
+    /// cycles are minted).
+    TopUp {
+        /// The canister.
+        id: Principal,
+        /// Cycles to add.
+        amount: u64,
+    },
+    /// Set the share of every round's instructions guaranteed to the
+    /// canister.
+    SetComputeAllocation {
+        /// The canister.
+        id: Principal,
+        /// Percent, 0 to 100; all canisters together at most 100.
+        percent: u8,
+    },
 }
 
-/// One journal record: a request, who sent it, and its round.
+/// A request as it arrived: who sent it and what it asks.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    /// Sequence number (the round it executes in).
-    pub round: u64,
-    /// The round's time.
-    pub time_nanos: u64,
+pub struct Ingress {
     /// The sender.
     pub caller: Principal,
     /// The request.
     pub op: Op,
+}
+
+/// One journal record: a round's input batch, in the order it executes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The round the batch executes in.
+    pub round: u64,
+    /// The round's time.
+    pub time_nanos: u64,
+    /// The requests inducted in this round (possibly none: a round may run
+    /// only queued messages and timers).
+    pub ingress: Vec<Ingress>,
 }
 
 /// How hard the journal tries to reach the disk before acknowledging.
@@ -246,10 +270,12 @@ mod tests {
         Record {
             round,
             time_nanos: round * 10,
-            caller: Principal::anonymous(),
-            op: Op::Stop {
-                id: Principal::canister(round),
-            },
+            ingress: vec![Ingress {
+                caller: Principal::anonymous(),
+                op: Op::Stop {
+                    id: Principal::canister(round),
+                },
+            }],
         }
     }
 

@@ -8,9 +8,13 @@
 mod auth;
 mod canister;
 mod checkpoint;
+mod cycles;
 pub mod http;
 mod journal;
+mod messages;
 mod node;
+mod round;
+mod scheduler;
 mod state_hash;
 
 use std::net::SocketAddr;
@@ -112,6 +116,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             tokio::task::spawn_blocking(move || deploy_examples(&deployer, controllers)).await??;
         std::fs::write(&marker, b"")?;
     }
+    spawn_round_ticker(&node);
     let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
     let app = http::router(node.clone(), max_body);
     let server = tokio::spawn(async move {
@@ -129,6 +134,34 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         server,
         shutdown,
     })
+}
+
+/// How often the ticker looks for work without new requests (timers due,
+/// queued inter-canister messages).
+const TICK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Runs rounds in the background whenever there is work and no request
+/// drives them, until the node is dropped.
+fn spawn_round_ticker(node: &Arc<Node>) {
+    let weak = Arc::downgrade(node);
+    std::thread::Builder::new()
+        .name("cellar-rounds".into())
+        .spawn(move || {
+            while let Some(node) = weak.upgrade() {
+                let ran = match node.tick() {
+                    Ok(ran) => ran,
+                    Err(e) => {
+                        tracing::error!("round failed: {e}");
+                        false
+                    }
+                };
+                drop(node);
+                if !ran {
+                    std::thread::sleep(TICK_INTERVAL);
+                }
+            }
+        })
+        .expect("spawn the round ticker");
 }
 
 fn deploy_examples(

@@ -1,16 +1,19 @@
-//! The node: canisters, their lifecycle, and message execution.
+//! The node: canisters, their lifecycle, and the requests that drive rounds.
 //!
-//! Every state-changing request becomes a journal [`Record`] in its own
-//! round: it is appended to the journal (durably) before it executes, so a
-//! crash loses nothing that was acknowledged, and restart replays the
-//! records after the last checkpoint. Updates are serialized (one round at a
-//! time); queries run concurrently against the last committed state and
-//! never block updates.
+//! Every state-changing request waits in the ingress pool until the next
+//! round takes it into its batch. The batch becomes a journal [`Record`],
+//! appended durably before the round executes (see `round.rs`), so a crash
+//! loses nothing that was acknowledged, and restart replays the records
+//! after the last checkpoint. Rounds run one at a time, driven by whichever
+//! caller holds the writer lock (requests that arrive together share a
+//! round) or by [`Node::tick`]; queries run concurrently against the last
+//! committed state and never block rounds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cellar_engine::{
     CallArgs, CanisterCode, CodeCache, ExecutionState, Hook, InstallError, Limits, MessageContext,
@@ -25,7 +28,8 @@ use sha2::{Digest, Sha256};
 
 use crate::canister::Canister;
 use crate::checkpoint::{CheckpointStats, Checkpointer};
-use crate::journal::{Durability, Journal, Op, Record, read_records};
+use crate::journal::{Durability, Ingress, Journal, Op, Record, read_records};
+use crate::messages::IngressId;
 use crate::state_hash;
 
 /// Why a request could not be carried out (as opposed to a message that ran
@@ -82,6 +86,19 @@ pub struct NodeOptions {
     pub checkpoint_interval: u64,
     /// Journal durability.
     pub durability: Durability,
+    /// Threads that execute canisters in parallel within a round. The
+    /// result never depends on it.
+    pub execution_threads: usize,
+    /// Instructions one round may spend over all canisters (the
+    /// scheduler divides them).
+    pub round_instructions: u64,
+    /// Requests one round takes from the ingress pool at most.
+    pub max_batch: usize,
+    /// Cycles a new canister starts with.
+    pub initial_cycles: u64,
+    /// How long [`Node::update`] waits for an answer before it gives up
+    /// waiting (the message still executes).
+    pub reply_timeout: Duration,
 }
 
 impl NodeOptions {
@@ -93,36 +110,97 @@ impl NodeOptions {
             limits: Limits::default(),
             checkpoint_interval: 500,
             durability: Durability::Sync,
+            execution_threads: std::env::var("CELLAR_EXECUTION_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2)
+                .max(1),
+            round_instructions: 100_000_000_000,
+            max_batch: 1_000,
+            initial_cycles: crate::canister::INITIAL_CYCLES,
+            reply_timeout: Duration::from_secs(120),
         }
     }
 }
 
-struct Registry {
-    canisters: BTreeMap<Principal, Canister>,
-    next_index: u64,
-    round: u64,
-    time_nanos: u64,
+pub(crate) struct Registry {
+    pub(crate) canisters: BTreeMap<Principal, Canister>,
+    pub(crate) next_index: u64,
+    pub(crate) round: u64,
+    pub(crate) time_nanos: u64,
+    /// Canisters with messages in their input queue.
+    pub(crate) active: BTreeSet<Principal>,
+    /// Canisters with timers set.
+    pub(crate) timed: BTreeSet<Principal>,
 }
 
-struct Writer {
+impl Registry {
+    /// Recomputes whether `id` is active or timed after it changed.
+    pub(crate) fn reindex(&mut self, id: &Principal) {
+        let (active, timed) = match self.canisters.get(id) {
+            Some(c) => (c.messaging.has_work(), !c.state.timers.is_empty()),
+            None => (false, false),
+        };
+        if active {
+            self.active.insert(id.clone());
+        } else {
+            self.active.remove(id);
+        }
+        if timed {
+            self.timed.insert(id.clone());
+        } else {
+            self.timed.remove(id);
+        }
+    }
+}
+
+pub(crate) struct Writer {
     journal: Journal,
     since_checkpoint: u64,
 }
 
-enum Applied {
+/// A request waiting for a round, with the channel its answer goes to.
+struct Pending {
+    ingress: Ingress,
+    reply: mpsc::Sender<Result<Applied, NodeError>>,
+}
+
+/// What a request answers with.
+pub(crate) enum Applied {
     Created(Principal),
     Status(CanisterStatus),
     Call(CallOutcome),
 }
 
+/// Where a management request executes: its round, the round's time, its
+/// sender and its position in the batch.
+pub(crate) struct Step<'a> {
+    pub(crate) round: u64,
+    pub(crate) time_nanos: u64,
+    pub(crate) caller: &'a Principal,
+    pub(crate) sequence: u64,
+}
+
+/// A method resolved for a message, with its decoded arguments.
+pub(crate) struct ResolvedCall {
+    pub(crate) code: Arc<CanisterCode>,
+    pub(crate) method: cellar_engine::Method,
+    pub(crate) params: Vec<Val>,
+    pub(crate) kind: MessageKind,
+}
+
 /// A single node with its canisters.
 pub struct Node {
-    options: NodeOptions,
+    pub(crate) options: NodeOptions,
     cache: CodeCache,
     modules_dir: PathBuf,
     state_dir: PathBuf,
     writer: Mutex<Option<Writer>>,
-    registry: RwLock<Registry>,
+    pub(crate) registry: RwLock<Registry>,
+    /// Requests waiting for the next round.
+    pending: Mutex<Vec<Pending>>,
+    /// Requests inducted into a round and not answered yet.
+    waiters: Mutex<BTreeMap<IngressId, mpsc::Sender<Result<Applied, NodeError>>>>,
     checkpointer: Mutex<Checkpointer>,
     last_checkpoint: Mutex<CheckpointStats>,
     fresh: bool,
@@ -139,12 +217,20 @@ fn journal_path(state_dir: &Path, first_round: u64) -> PathBuf {
     state_dir.join(format!("journal-{first_round:012}.log"))
 }
 
-fn random_seed(domain: &str, round: u64, canister: &Principal) -> [u8; 32] {
+/// The seed of a message's random tape: a function of the round, the
+/// canister and the message's sequence number in it.
+pub(crate) fn random_seed(
+    domain: &str,
+    round: u64,
+    canister: &Principal,
+    sequence: u64,
+) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(b"cellar-random-tape\0");
     hasher.update(domain.as_bytes());
     hasher.update(round.to_le_bytes());
     hasher.update(canister.as_bytes());
+    hasher.update(sequence.to_le_bytes());
     hasher.finalize().into()
 }
 
@@ -160,8 +246,10 @@ fn decode_hook_arg(arg: &str, method: &cellar_engine::Method) -> Result<Vec<Val>
 }
 
 /// The context of a message to `canister` in the round `(round, time,
-/// seed)`, seeing the certified data of `state`. Ingress carries no cycles.
-fn message_context(
+/// seed)`, seeing the certified data of `state`. Ingress carries no cycles;
+/// the caller of this sets `cycles_attached` and the reply token for
+/// messages that have them.
+pub(crate) fn message_context(
     canister: &Canister,
     caller: &Principal,
     method: &str,
@@ -181,10 +269,12 @@ fn message_context(
         controllers: canister.controllers.clone(),
         certified_data: state.certified_data.clone(),
         random_seed,
+        context_id: canister.messaging.next_context_id,
+        open_contexts: canister.messaging.open_contexts.keys().copied().collect(),
     }
 }
 
-fn to_call_args(args: &Args) -> CallArgs {
+pub(crate) fn to_call_args(args: &Args) -> CallArgs {
     match args {
         Args::Wave(text) => CallArgs::Wave(text.clone()),
         Args::Json(json) => CallArgs::Json(json.clone()),
@@ -219,7 +309,11 @@ impl Node {
                 next_index: 0,
                 round: 0,
                 time_nanos: 0,
+                active: BTreeSet::new(),
+                timed: BTreeSet::new(),
             }),
+            pending: Mutex::new(Vec::new()),
+            waiters: Mutex::new(BTreeMap::new()),
             fresh: true,
         };
         node.recover()?;
@@ -247,7 +341,9 @@ impl Node {
                 if let Some(hash) = hash {
                     canister.code = Some(self.load_module(&hash)?);
                 }
-                registry.canisters.insert(canister.id.clone(), canister);
+                let id = canister.id.clone();
+                registry.canisters.insert(id.clone(), canister);
+                registry.reindex(&id);
             }
         }
         let mut journals: Vec<PathBuf> = std::fs::read_dir(&self.state_dir)?
@@ -277,12 +373,14 @@ impl Node {
                 // on replay; an internal error (a stored module that is
                 // missing or no longer loads) means replay cannot reproduce
                 // what was acknowledged, and going on would diverge.
-                if let Err(NodeError::Internal(e)) = self.apply(&record) {
-                    return Err(e.context(format!(
-                        "cannot replay round {} of journal {}",
-                        record.round,
-                        path.display()
-                    )));
+                for (_, result) in self.execute_round(&record) {
+                    if let Err(NodeError::Internal(e)) = result {
+                        return Err(e.context(format!(
+                            "cannot replay round {} of journal {}",
+                            record.round,
+                            path.display()
+                        )));
+                    }
                 }
                 replayed += 1;
             }
@@ -354,26 +452,153 @@ impl Node {
             .map_err(|e| anyhow::anyhow!("stored module {hash} no longer loads: {e}"))
     }
 
-    /// Journals `op` in a new round and executes it.
+    /// Puts `op` into the ingress pool and waits for its answer, driving
+    /// rounds while there is work and nobody else drives them.
     fn submit(&self, caller: &Principal, op: Op) -> Result<Applied, NodeError> {
+        let (reply, answer) = mpsc::channel();
+        self.pending.lock().expect("pending lock").push(Pending {
+            ingress: Ingress {
+                caller: caller.clone(),
+                op,
+            },
+            reply,
+        });
+        let deadline = Instant::now() + self.options.reply_timeout;
+        loop {
+            if let Ok(result) = answer.try_recv() {
+                return result;
+            }
+            let ran = {
+                let mut writer = self.writer.lock().expect("writer lock");
+                if let Ok(result) = answer.try_recv() {
+                    return result;
+                }
+                if self.has_work() {
+                    self.run_round_locked(&mut writer)?;
+                    true
+                } else {
+                    false
+                }
+            };
+            if ran {
+                continue;
+            }
+            // Nothing to run here: the answer waits for something else (a
+            // timer, a deferred reply). Wait for a round that brings it.
+            match answer.recv_timeout(Duration::from_millis(20)) {
+                Ok(result) => return result,
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(NodeError::BadRequest(format!(
+                        "no answer within {:?}; the message is still waiting (for example \
+                         for a deferred reply)",
+                        self.options.reply_timeout
+                    )));
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(NodeError::Internal(anyhow::anyhow!(
+                        "the request was dropped without an answer"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Whether a round has something to do now: requests in the pool,
+    /// messages in input queues, or timers due.
+    fn has_work(&self) -> bool {
+        if !self.pending.lock().expect("pending lock").is_empty() {
+            return true;
+        }
+        let registry = self.registry.read().expect("registry lock");
+        if !registry.active.is_empty() {
+            return true;
+        }
+        let now = now_nanos().max(registry.time_nanos + 1);
+        registry.timed.iter().any(|id| {
+            registry
+                .canisters
+                .get(id)
+                .is_some_and(|c| c.state.timers.values().any(|t| t.at_nanos <= now))
+        })
+    }
+
+    /// Runs one round when there is work. Returns whether it ran one.
+    /// Nodes started with [`crate::start`] call this periodically so that
+    /// timers fire and queued messages drain without new requests.
+    pub fn tick(&self) -> Result<bool, NodeError> {
         let mut writer = self.writer.lock().expect("writer lock");
+        if !self.has_work() {
+            return Ok(false);
+        }
+        self.run_round_locked(&mut writer)?;
+        Ok(true)
+    }
+
+    /// Runs rounds until there is no work left or `max_rounds` ran; returns
+    /// how many ran.
+    pub fn run_until_idle(&self, max_rounds: u64) -> Result<u64, NodeError> {
+        let mut ran = 0;
+        while ran < max_rounds && self.tick()? {
+            ran += 1;
+        }
+        Ok(ran)
+    }
+
+    /// The number of the last executed round.
+    pub fn round(&self) -> u64 {
+        self.registry.read().expect("registry lock").round
+    }
+
+    /// Takes a batch from the pool, journals it and executes the round;
+    /// answers every request the round finished.
+    fn run_round_locked(&self, writer: &mut Option<Writer>) -> Result<(), NodeError> {
+        let taken: Vec<Pending> = {
+            let mut pending = self.pending.lock().expect("pending lock");
+            let n = pending.len().min(self.options.max_batch);
+            pending.drain(..n).collect()
+        };
         let record = {
             let registry = self.registry.read().expect("registry lock");
             Record {
                 round: registry.round + 1,
                 time_nanos: now_nanos().max(registry.time_nanos + 1),
-                caller: caller.clone(),
-                op,
+                ingress: taken.iter().map(|p| p.ingress.clone()).collect(),
             }
         };
         let w = writer.as_mut().expect("journal open");
-        w.journal.append(&record)?;
-        let result = self.apply(&record);
+        if let Err(e) = w.journal.append(&record) {
+            for p in taken {
+                let _ = p
+                    .reply
+                    .send(Err(NodeError::Internal(anyhow::anyhow!("{e:#}"))));
+            }
+            return Err(NodeError::Internal(e));
+        }
+        {
+            let mut waiters = self.waiters.lock().expect("waiters lock");
+            for (index, p) in taken.into_iter().enumerate() {
+                let id = IngressId {
+                    round: record.round,
+                    index: index as u32,
+                };
+                waiters.insert(id, p.reply);
+            }
+        }
+        let answered = self.execute_round(&record);
+        {
+            let mut waiters = self.waiters.lock().expect("waiters lock");
+            for (id, result) in answered {
+                if let Some(reply) = waiters.remove(&id) {
+                    let _ = reply.send(result);
+                }
+            }
+        }
         w.since_checkpoint += 1;
         if w.since_checkpoint >= self.options.checkpoint_interval {
-            self.checkpoint_locked(&mut writer)?;
+            self.checkpoint_locked(writer)?;
         }
-        result
+        Ok(())
     }
 
     fn check_controller(&self, caller: &Principal, id: &Principal) -> Result<(), NodeError> {
@@ -492,19 +717,37 @@ impl Node {
                 .ok_or_else(|| NodeError::NotFound(id.to_text()))?;
             (canister.clone(), registry.round, registry.time_nanos)
         };
-        let seed = random_seed("query", round, id);
-        Ok(self
-            .run_method(
-                &canister,
-                caller,
-                method,
-                &to_call_args(&args),
-                MessageKind::Query,
-                round,
-                time_nanos,
-                seed,
-            )
-            .0)
+        let seed = random_seed("query", round, id, 0);
+        let resolved =
+            match self.resolve_call(&canister, method, &to_call_args(&args), MessageKind::Query) {
+                Ok(r) => r,
+                Err(reject) => {
+                    return Ok(CallOutcome {
+                        result: Err(reject),
+                        instructions: 0,
+                    });
+                }
+            };
+        let ctx = message_context(
+            &canister,
+            caller,
+            &resolved.method.function,
+            MessageKind::Query,
+            (round, time_nanos, seed),
+            &canister.state,
+        );
+        let outcome = execute(
+            &resolved.code,
+            &canister.state,
+            &resolved.method,
+            &resolved.params,
+            ctx,
+            &self.options.limits,
+        );
+        Ok(CallOutcome {
+            result: outcome.result,
+            instructions: outcome.instructions,
+        })
     }
 
     /// Stops a canister: calls are rejected until it is started.
@@ -552,6 +795,43 @@ impl Node {
             Applied::Status(status) => Ok(status),
             _ => unreachable!("answers with a status"),
         }
+    }
+
+    /// Adds `amount` cycles to a canister's balance. Anyone may (cycles are
+    /// minted on a local node); a frozen canister runs again once its
+    /// balance is above the freezing threshold.
+    pub fn top_up(
+        &self,
+        caller: &Principal,
+        id: &Principal,
+        amount: u64,
+    ) -> Result<CanisterStatus, NodeError> {
+        self.status(id)?;
+        self.status_op(
+            caller,
+            Op::TopUp {
+                id: id.clone(),
+                amount,
+            },
+        )
+    }
+
+    /// Sets the percentage of every round's instructions guaranteed to the
+    /// canister. The allocations of all canisters add up to at most 100.
+    pub fn set_compute_allocation(
+        &self,
+        caller: &Principal,
+        id: &Principal,
+        percent: u8,
+    ) -> Result<CanisterStatus, NodeError> {
+        self.check_controller(caller, id)?;
+        self.status_op(
+            caller,
+            Op::SetComputeAllocation {
+                id: id.clone(),
+                percent,
+            },
+        )
     }
 
     /// A canister's status.
@@ -664,17 +944,10 @@ impl Node {
             .ok_or_else(|| NodeError::NotFound(id.to_text()))
     }
 
-    /// Executes one journal record (live or during replay).
-    fn apply(&self, record: &Record) -> Result<Applied, NodeError> {
-        let result = self.apply_op(record);
-        let mut registry = self.registry.write().expect("registry lock");
-        registry.round = record.round;
-        registry.time_nanos = record.time_nanos;
-        result
-    }
-
-    fn apply_op(&self, record: &Record) -> Result<Applied, NodeError> {
-        let caller = &record.caller;
+    /// Executes a management request (everything but calls, which go
+    /// through input queues) at its place in the round.
+    pub(crate) fn apply_management(&self, step: &Step<'_>, op: &Op) -> Result<Applied, NodeError> {
+        let caller = step.caller;
         let existing = |id: &Principal| -> Result<Canister, NodeError> {
             self.registry
                 .read()
@@ -694,7 +967,7 @@ impl Node {
             }
             Ok(canister)
         };
-        match &record.op {
+        match op {
             Op::Create { id, controllers } => {
                 let mut registry = self.registry.write().expect("registry lock");
                 if registry.canisters.contains_key(id) {
@@ -706,9 +979,9 @@ impl Node {
                 registry.next_index = registry
                     .next_index
                     .max(id.canister_index().map_or(0, |i| i + 1));
-                registry
-                    .canisters
-                    .insert(id.clone(), Canister::new(id.clone(), controllers.clone()));
+                let mut canister = Canister::new(id.clone(), controllers.clone());
+                canister.cycles = self.options.initial_cycles;
+                registry.canisters.insert(id.clone(), canister);
                 Ok(Applied::Created(id.clone()))
             }
             Op::Install {
@@ -719,29 +992,15 @@ impl Node {
             } => {
                 let canister = controlled(id)?;
                 let code = self.load_module(module_hash)?;
-                let updated = self.install_code(canister, code, *mode, arg.as_deref(), record)?;
+                let updated = self.install_code(canister, code, *mode, arg.as_deref(), step)?;
                 Ok(Applied::Status(self.commit(updated)))
             }
-            Op::Call { id, method, args } => {
-                let canister = existing(id)?;
-                let (outcome, updated) = self.run_method(
-                    &canister,
-                    caller,
-                    method,
-                    &to_call_args(args),
-                    MessageKind::Update,
-                    record.round,
-                    record.time_nanos,
-                    random_seed("update", record.round, id),
-                );
-                if let Some(updated) = updated {
-                    self.commit(updated);
-                }
-                Ok(Applied::Call(outcome))
-            }
+            Op::Call { .. } => Err(NodeError::Internal(anyhow::anyhow!(
+                "calls go through input queues"
+            ))),
             Op::Stop { id } | Op::Start { id } => {
                 let mut canister = controlled(id)?;
-                canister.status = if matches!(record.op, Op::Stop { .. }) {
+                canister.status = if matches!(op, Op::Stop { .. }) {
                     RunStatus::Stopped
                 } else {
                     RunStatus::Running
@@ -751,11 +1010,9 @@ impl Node {
             Op::Delete { id } => {
                 let canister = controlled(id)?;
                 let status = canister.status();
-                self.registry
-                    .write()
-                    .expect("registry lock")
-                    .canisters
-                    .remove(id);
+                let mut registry = self.registry.write().expect("registry lock");
+                registry.canisters.remove(id);
+                registry.reindex(id);
                 Ok(Applied::Status(status))
             }
             Op::SetControllers { id, controllers } => {
@@ -763,118 +1020,105 @@ impl Node {
                 canister.controllers = controllers.clone();
                 Ok(Applied::Status(self.commit(canister)))
             }
+            Op::TopUp { id, amount } => {
+                let mut canister = existing(id)?;
+                canister.cycles = canister.cycles.saturating_add(*amount);
+                Ok(Applied::Status(self.commit(canister)))
+            }
+            Op::SetComputeAllocation { id, percent } => {
+                let mut canister = controlled(id)?;
+                if *percent > 100 {
+                    return Err(NodeError::BadRequest(format!(
+                        "a compute allocation is a percentage (0 to 100), got {percent}"
+                    )));
+                }
+                let others: u64 = self
+                    .registry
+                    .read()
+                    .expect("registry lock")
+                    .canisters
+                    .values()
+                    .filter(|c| c.id != *id)
+                    .map(|c| u64::from(c.messaging.compute_allocation))
+                    .sum();
+                if others + u64::from(*percent) > 100 {
+                    return Err(NodeError::BadRequest(format!(
+                        "other canisters hold {others}% of compute; {percent}% more would exceed 100%"
+                    )));
+                }
+                canister.messaging.compute_allocation = *percent;
+                Ok(Applied::Status(self.commit(canister)))
+            }
         }
     }
 
-    fn commit(&self, canister: Canister) -> CanisterStatus {
+    pub(crate) fn commit(&self, canister: Canister) -> CanisterStatus {
         let status = canister.status();
-        self.registry
-            .write()
-            .expect("registry lock")
-            .canisters
-            .insert(canister.id.clone(), canister);
+        let id = canister.id.clone();
+        let mut registry = self.registry.write().expect("registry lock");
+        registry.canisters.insert(id.clone(), canister);
+        registry.reindex(&id);
         status
     }
 
-    /// Resolves, decodes and executes a client-called method. Returns the
-    /// outcome and, for an update that may commit, the updated canister.
-    #[allow(clippy::too_many_arguments)]
-    fn run_method(
+    /// Resolves a method for a message of `kind` and decodes its arguments;
+    /// a query method called as an update runs as a query (its changes are
+    /// discarded).
+    pub(crate) fn resolve_call(
         &self,
         canister: &Canister,
-        caller: &Principal,
         method_name: &str,
         args: &CallArgs,
         kind: MessageKind,
-        round: u64,
-        time_nanos: u64,
-        seed: [u8; 32],
-    ) -> (CallOutcome, Option<Canister>) {
-        let reject = |code, message: String| {
-            (
-                CallOutcome {
-                    result: Err(Reject::new(code, message)),
-                    instructions: 0,
-                },
-                None,
-            )
-        };
+    ) -> Result<ResolvedCall, Reject> {
         if canister.status == RunStatus::Stopped {
-            return reject(
+            return Err(Reject::new(
                 RejectCode::CanisterError,
                 format!("canister {} is stopped", canister.id.to_text()),
-            );
+            ));
         }
         let Some(code) = canister.code.clone() else {
-            return reject(
+            return Err(Reject::new(
                 RejectCode::DestinationInvalid,
                 format!("canister {} has no code installed", canister.id.to_text()),
-            );
+            ));
         };
-        let method = match code.interface.resolve(method_name) {
-            Ok(m) => m,
-            Err(e) => return reject(RejectCode::DestinationInvalid, e.to_string()),
-        };
-        // A query method called as an update runs replicated, and its
-        // changes are discarded like any query's.
+        let method = code
+            .interface
+            .resolve(method_name)
+            .map_err(|e| Reject::new(RejectCode::DestinationInvalid, e.to_string()))?
+            .clone();
         let kind = match (kind, method.kind) {
             (MessageKind::Query, MethodKind::Update) => {
-                return reject(
+                return Err(Reject::new(
                     RejectCode::DestinationInvalid,
                     format!(
                         "{} is an update method; send it as a call, not a query",
                         method.qualified_name()
                     ),
-                );
+                ));
             }
             (_, MethodKind::Query) => MessageKind::Query,
             (kind, MethodKind::Update) => kind,
         };
         if args.encoded_len() > self.options.limits.max_argument_bytes {
-            return reject(
+            return Err(Reject::new(
                 RejectCode::DestinationInvalid,
                 format!(
                     "the argument is {} bytes; the limit is {} bytes",
                     args.encoded_len(),
                     self.options.limits.max_argument_bytes
                 ),
-            );
+            ));
         }
-        let params = match decode_args(args, method) {
-            Ok(p) => p,
-            Err(e) => return reject(RejectCode::DestinationInvalid, e),
-        };
-        let ctx = message_context(
-            canister,
-            caller,
-            &method.function,
-            kind,
-            (round, time_nanos, seed),
-            &canister.state,
-        );
-        let outcome = execute(
-            &code,
-            &canister.state,
+        let params = decode_args(args, &method)
+            .map_err(|e| Reject::new(RejectCode::DestinationInvalid, e))?;
+        Ok(ResolvedCall {
+            code,
             method,
-            &params,
-            ctx,
-            &self.options.limits,
-        );
-        let call = CallOutcome {
-            result: outcome.result,
-            instructions: outcome.instructions,
-        };
-        if kind == MessageKind::Query {
-            return (call, None);
-        }
-        let mut updated = canister.clone();
-        updated.append_logs(&outcome.logs);
-        updated.updates += 1;
-        if let Some(changes) = outcome.changes {
-            updated.cycles = updated.cycles.saturating_add(changes.cycles_accepted);
-            updated.state.apply(changes);
-        }
-        (call, Some(updated))
+            params,
+            kind,
+        })
     }
 
     /// Runs a lifecycle hook (when exported) and returns the state after it.
@@ -886,7 +1130,7 @@ impl Node {
         state: ExecutionState,
         hook: Hook,
         arg: Option<&str>,
-        record: &Record,
+        step: &Step<'_>,
     ) -> Result<ExecutionState, NodeError> {
         let Some(method) = code.interface.hook(hook) else {
             if arg.is_some_and(|a| !a.trim().is_empty()) {
@@ -903,13 +1147,13 @@ impl Node {
             Hook::PreUpgrade => MessageKind::PreUpgrade,
             Hook::PostUpgrade => MessageKind::PostUpgrade,
         };
-        let seed = random_seed(hook.wit_name(), record.round, &canister.id);
+        let seed = random_seed(hook.wit_name(), step.round, &canister.id, step.sequence);
         let ctx = message_context(
             canister,
-            &record.caller,
+            step.caller,
             &method.function,
             kind,
-            (record.round, record.time_nanos, seed),
+            (step.round, step.time_nanos, seed),
             &state,
         );
         let outcome = execute(code, &state, method, &params, ctx, &self.options.limits);
@@ -933,7 +1177,7 @@ impl Node {
         code: Arc<CanisterCode>,
         mode: InstallMode,
         arg: Option<&str>,
-        record: &Record,
+        step: &Step<'_>,
     ) -> Result<Canister, NodeError> {
         let mut updated = canister.clone();
         let result = match mode {
@@ -950,7 +1194,7 @@ impl Node {
                     ExecutionState::default(),
                     Hook::Init,
                     arg,
-                    record,
+                    step,
                 )
             }
             InstallMode::Upgrade => {
@@ -966,7 +1210,7 @@ impl Node {
                     canister.state.clone(),
                     Hook::PreUpgrade,
                     None,
-                    record,
+                    step,
                 ) {
                     Ok(state) => state,
                     Err(e) => return Err(self.keep_logs_only(canister, updated, e)),
@@ -976,9 +1220,10 @@ impl Node {
                     stable: after_pre.stable,
                     certified_data: after_pre.certified_data,
                     next_timer_id: after_pre.next_timer_id,
+                    next_call_id: after_pre.next_call_id,
                     ..ExecutionState::default()
                 };
-                self.run_hook(&mut updated, &code, carried, Hook::PostUpgrade, arg, record)
+                self.run_hook(&mut updated, &code, carried, Hook::PostUpgrade, arg, step)
             }
         };
         match result {

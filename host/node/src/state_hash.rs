@@ -99,6 +99,10 @@ pub(crate) fn hash(
             e.option(timer.interval_nanos, |e, n| e.u64(n));
         }
         e.u64(state.next_timer_id);
+        e.u64(state.next_call_id);
+        // Queues, deferred replies and outstanding calls: their canonical
+        // JSON (struct fields in declaration order, maps sorted by key).
+        e.bytes(&serde_json::to_vec(&canister.messaging).expect("messaging serializes"));
         e.u64(state.stable.size_pages());
         for (index, chunk) in state.stable.chunks() {
             if chunk.iter().any(|b| *b != 0) {

@@ -1,0 +1,747 @@
+//! One deterministic round: induct the batch, fire due timers, schedule,
+//! execute canisters in parallel, route the messages they sent.
+//!
+//! The result of a round is a function of the state before it and its
+//! journal record (round number, time, ingress batch) only:
+//!
+//! * management requests execute first, in batch order; calls go to the
+//!   end of their canister's input queue (a full queue rejects at once);
+//! * due timers queue a timer message, in canister and timer order;
+//! * the scheduler (see `scheduler.rs`) orders the canisters with work and
+//!   gives each an instruction allowance; a canister executes its queued
+//!   messages in order until its allowance is spent (at least one);
+//! * canisters execute in parallel on `execution_threads` threads, each on
+//!   its own copy; nothing one canister does is visible to another before
+//!   the round ends;
+//! * results merge in the scheduler's order, then the calls and responses
+//!   they produced are routed to input queues in that same order, for the
+//!   next round.
+//!
+//! So the thread count and timing never change the outcome.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use cellar_engine::{
+    CallArgs, MessageKind, MessageOutcome, Val, decode_results_wave, execute, results_to_wave,
+};
+use cellar_types::api::{Args, RunStatus};
+use cellar_types::{Principal, Reject, RejectCode};
+
+use crate::canister::Canister;
+use crate::cycles;
+use crate::journal::{Op, Record};
+use crate::messages::{Answer, IngressId, InputMessage, OpenContext, Origin};
+use crate::node::{
+    Applied, CallOutcome, Node, NodeError, Step, message_context, random_seed, to_call_args,
+};
+use crate::scheduler::{self, Summary};
+
+/// What a round answers: the ingress messages it finished.
+pub(crate) type Answered = Vec<(IngressId, Result<Applied, NodeError>)>;
+
+/// What one canister did in a round.
+struct CanisterRun {
+    canister: Canister,
+    answered: Answered,
+    /// Calls to route: (callee, request).
+    requests: Vec<(Principal, InputMessage)>,
+    /// Responses to route: (caller, response).
+    responses: Vec<(Principal, InputMessage)>,
+    instructions: u64,
+}
+
+impl Node {
+    /// Executes the round of `record` (live or during replay) and returns
+    /// the ingress messages it answered.
+    pub(crate) fn execute_round(&self, record: &Record) -> Answered {
+        let (round, time) = (record.round, record.time_nanos);
+        let mut answered = Answered::new();
+        for (index, ingress) in record.ingress.iter().enumerate() {
+            let id = IngressId {
+                round,
+                index: index as u32,
+            };
+            match &ingress.op {
+                Op::Call {
+                    id: canister,
+                    method,
+                    args,
+                } => {
+                    if let Some(result) = self.induct(id, &ingress.caller, canister, method, args) {
+                        answered.push((id, result));
+                    }
+                }
+                op => {
+                    let step = Step {
+                        round,
+                        time_nanos: time,
+                        caller: &ingress.caller,
+                        sequence: index as u64,
+                    };
+                    answered.push((id, self.apply_management(&step, op)));
+                }
+            }
+        }
+        self.fire_timers(time);
+
+        let (summaries, canisters) = self.take_active();
+        let plan = scheduler::plan(round, self.options.round_instructions, &summaries);
+        let mut slots: Vec<Option<Canister>> = canisters.into_iter().map(Some).collect();
+        let mut ordered = Vec::with_capacity(plan.schedule.len());
+        for (index, allowance) in &plan.schedule {
+            if let Some(canister) = slots.get_mut(*index).and_then(Option::take) {
+                ordered.push((canister, *allowance));
+            }
+        }
+        let runs = self.run_canisters(ordered, round, time);
+
+        let mut registry = self.registry.write().expect("registry lock");
+        for (summary, priority) in summaries.iter().zip(&plan.priorities) {
+            if let Some(c) = registry.canisters.get_mut(&summary.id) {
+                c.messaging.accumulated_priority = *priority;
+            }
+        }
+        let mut requests = Vec::new();
+        let mut responses = Vec::new();
+        for mut run in runs {
+            let id = run.canister.id.clone();
+            // Keep the priority the scheduler just set.
+            if let Some(current) = registry.canisters.get(&id) {
+                run.canister.messaging.accumulated_priority =
+                    current.messaging.accumulated_priority;
+            }
+            registry.canisters.insert(id.clone(), run.canister);
+            registry.reindex(&id);
+            answered.append(&mut run.answered);
+            requests.append(&mut run.requests);
+            responses.append(&mut run.responses);
+        }
+        // Route what the round sent, in the scheduler's order.
+        for (callee, request) in requests {
+            let InputMessage::Request {
+                caller,
+                call_id,
+                cycles,
+                ..
+            } = &request
+            else {
+                continue;
+            };
+            let refusal = match registry.canisters.get(&callee) {
+                None => Some((
+                    RejectCode::DestinationInvalid,
+                    format!("canister {} does not exist", callee.to_text()),
+                )),
+                Some(c) if c.status == RunStatus::Stopped => Some((
+                    RejectCode::CanisterError,
+                    format!("canister {} is stopped", callee.to_text()),
+                )),
+                Some(c) if !c.messaging.has_room() => Some((
+                    RejectCode::SystemTransient,
+                    format!("the input queue of canister {} is full", callee.to_text()),
+                )),
+                Some(_) => None,
+            };
+            match refusal {
+                None => {
+                    let c = registry.canisters.get_mut(&callee).expect("checked above");
+                    c.messaging.input_queue.push_back(request);
+                    registry.reindex(&callee);
+                }
+                Some((code, message)) => {
+                    let caller = caller.clone();
+                    let response = InputMessage::Response {
+                        call_id: *call_id,
+                        callee: callee.clone(),
+                        answer: Answer::Reject { code, message },
+                        refund: *cycles,
+                    };
+                    responses.push((caller, response));
+                }
+            }
+        }
+        for (caller, response) in responses {
+            if let Some(c) = registry.canisters.get_mut(&caller) {
+                c.messaging.input_queue.push_back(response);
+                registry.reindex(&caller);
+            }
+        }
+        registry.round = round;
+        registry.time_nanos = time;
+        answered
+    }
+
+    /// Puts an ingress call into its canister's input queue, or answers it
+    /// at once when it cannot run.
+    fn induct(
+        &self,
+        id: IngressId,
+        caller: &Principal,
+        canister_id: &Principal,
+        method: &str,
+        args: &Args,
+    ) -> Option<Result<Applied, NodeError>> {
+        let reject = |code, message: String| {
+            Some(Ok(Applied::Call(CallOutcome {
+                result: Err(Reject::new(code, message)),
+                instructions: 0,
+            })))
+        };
+        let mut registry = self.registry.write().expect("registry lock");
+        let Some(canister) = registry.canisters.get_mut(canister_id) else {
+            return Some(Err(NodeError::NotFound(canister_id.to_text())));
+        };
+        if canister.status == RunStatus::Stopped {
+            return reject(
+                RejectCode::CanisterError,
+                format!("canister {} is stopped", canister_id.to_text()),
+            );
+        }
+        let Some(code) = canister.code.clone() else {
+            return reject(
+                RejectCode::DestinationInvalid,
+                format!("canister {} has no code installed", canister_id.to_text()),
+            );
+        };
+        if let Err(e) = code.interface.resolve(method) {
+            return reject(RejectCode::DestinationInvalid, e.to_string());
+        }
+        let threshold = cycles::freezing_threshold(self.options.limits.update_instructions);
+        if canister.cycles < threshold {
+            return reject(
+                RejectCode::SystemTransient,
+                format!(
+                    "canister {} is frozen: its balance of {} cycles is below the {} cycles a \
+                     message may cost; top it up with `cellar canister top-up`",
+                    canister_id.to_text(),
+                    canister.cycles,
+                    threshold
+                ),
+            );
+        }
+        if !canister.messaging.has_room() {
+            return reject(
+                RejectCode::SystemTransient,
+                format!(
+                    "the input queue of canister {} is full; try again later",
+                    canister_id.to_text()
+                ),
+            );
+        }
+        let bytes = to_call_args(args).encoded_len() as u64;
+        canister.cycles = canister
+            .cycles
+            .saturating_sub(cycles::INGRESS_BYTE_FEE.saturating_mul(bytes));
+        canister
+            .messaging
+            .input_queue
+            .push_back(InputMessage::Ingress {
+                id,
+                caller: caller.clone(),
+                method: method.to_string(),
+                args: args.clone(),
+            });
+        registry.reindex(canister_id);
+        None
+    }
+
+    /// Queues a timer message for every timer due at `time` (and moves
+    /// periodic timers to their next time, one-shot timers out).
+    fn fire_timers(&self, time: u64) {
+        let mut registry = self.registry.write().expect("registry lock");
+        let timed: Vec<Principal> = registry.timed.iter().cloned().collect();
+        for id in timed {
+            let Some(canister) = registry.canisters.get_mut(&id) else {
+                continue;
+            };
+            let due: Vec<u64> = canister
+                .state
+                .timers
+                .iter()
+                .filter(|(_, t)| t.at_nanos <= time)
+                .map(|(id, _)| *id)
+                .collect();
+            if due.is_empty() {
+                continue;
+            }
+            let listens = canister.status == RunStatus::Running
+                && canister
+                    .code
+                    .as_ref()
+                    .is_some_and(|c| c.interface.on_timer.is_some());
+            for timer_id in due {
+                let timer = canister.state.timers[&timer_id];
+                match timer.interval_nanos {
+                    Some(interval) => {
+                        let behind = (time - timer.at_nanos) / interval + 1;
+                        let next = timer
+                            .at_nanos
+                            .saturating_add(behind.saturating_mul(interval));
+                        canister
+                            .state
+                            .timers
+                            .get_mut(&timer_id)
+                            .expect("due timer")
+                            .at_nanos = next;
+                    }
+                    None => {
+                        canister.state.timers.remove(&timer_id);
+                    }
+                }
+                if listens {
+                    canister
+                        .messaging
+                        .input_queue
+                        .push_back(InputMessage::Timer { timer_id });
+                }
+            }
+            registry.reindex(&id);
+        }
+    }
+
+    /// The scheduler's view of every canister with work, and copies of
+    /// those canisters, in id order.
+    fn take_active(&self) -> (Vec<Summary>, Vec<Canister>) {
+        let registry = self.registry.read().expect("registry lock");
+        let mut summaries = Vec::with_capacity(registry.active.len());
+        let mut canisters = Vec::with_capacity(registry.active.len());
+        for id in &registry.active {
+            let Some(c) = registry.canisters.get(id) else {
+                continue;
+            };
+            summaries.push(Summary {
+                id: id.clone(),
+                queue_length: c.messaging.input_queue.len() as u32,
+                compute_allocation: c.messaging.compute_allocation,
+                accumulated_priority: c.messaging.accumulated_priority,
+                rounds_since_executed: registry
+                    .round
+                    .saturating_sub(c.messaging.last_executed_round),
+            });
+            canisters.push(c.clone());
+        }
+        (summaries, canisters)
+    }
+
+    /// Executes the canisters (each with its allowance) on the configured
+    /// number of threads; the results come back in the given order.
+    fn run_canisters(
+        &self,
+        ordered: Vec<(Canister, u64)>,
+        round: u64,
+        time: u64,
+    ) -> Vec<CanisterRun> {
+        let threads = self.options.execution_threads.min(ordered.len()).max(1);
+        if threads == 1 {
+            return ordered
+                .into_iter()
+                .map(|(c, allowance)| self.run_canister(c, allowance, round, time))
+                .collect();
+        }
+        let inputs: Vec<Mutex<Option<(Canister, u64)>>> =
+            ordered.into_iter().map(|x| Mutex::new(Some(x))).collect();
+        let outputs: Vec<Mutex<Option<CanisterRun>>> =
+            inputs.iter().map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(input) = inputs.get(i) else { break };
+                        let (canister, allowance) = input
+                            .lock()
+                            .expect("input lock")
+                            .take()
+                            .expect("taken once");
+                        let run = self.run_canister(canister, allowance, round, time);
+                        *outputs[i].lock().expect("output lock") = Some(run);
+                    }
+                });
+            }
+        });
+        outputs
+            .into_iter()
+            .map(|o| {
+                o.into_inner()
+                    .expect("output lock")
+                    .expect("every canister ran")
+            })
+            .collect()
+    }
+
+    /// Executes a canister's queued messages in order until its allowance
+    /// is spent (always at least one message).
+    fn run_canister(
+        &self,
+        canister: Canister,
+        allowance: u64,
+        round: u64,
+        time: u64,
+    ) -> CanisterRun {
+        let mut run = CanisterRun {
+            canister,
+            answered: Vec::new(),
+            requests: Vec::new(),
+            responses: Vec::new(),
+            instructions: 0,
+        };
+        let mut executed = 0u64;
+        while executed == 0 || run.instructions < allowance {
+            let Some(message) = run.canister.messaging.input_queue.pop_front() else {
+                break;
+            };
+            let used = self.run_message(&mut run, message, round, time);
+            run.instructions = run.instructions.saturating_add(used);
+            executed += 1;
+        }
+        run.canister.messaging.last_executed_round = round;
+        run
+    }
+
+    /// Executes one message; returns the instructions it used.
+    fn run_message(
+        &self,
+        run: &mut CanisterRun,
+        message: InputMessage,
+        round: u64,
+        time: u64,
+    ) -> u64 {
+        let c = &mut run.canister;
+        let sequence = c.messaging.next_context_id;
+        let seed = random_seed("message", round, &c.id, sequence);
+        let threshold = cycles::freezing_threshold(self.options.limits.update_instructions);
+        let frozen = c.cycles < threshold;
+        let frozen_reject = || {
+            Reject::new(
+                RejectCode::SystemTransient,
+                format!(
+                    "canister {} is frozen: its balance of {} cycles is below {}; top it up \
+                     with `cellar canister top-up`",
+                    c.id.to_text(),
+                    c.cycles,
+                    threshold
+                ),
+            )
+        };
+        match message {
+            InputMessage::Ingress {
+                id,
+                caller,
+                method,
+                args,
+            } => {
+                let origin = Origin::Ingress { id };
+                if frozen {
+                    let reject = frozen_reject();
+                    answer(run, origin, Err(reject), 0, 0);
+                    return 0;
+                }
+                let resolved =
+                    self.resolve_call(c, &method, &to_call_args(&args), MessageKind::Update);
+                self.execute_resolved(run, resolved, &caller, 0, Some(origin), (round, time, seed))
+            }
+            InputMessage::Request {
+                caller,
+                call_id,
+                method,
+                args,
+                cycles,
+            } => {
+                let origin = Origin::Canister {
+                    caller: caller.clone(),
+                    call_id,
+                };
+                if frozen {
+                    let reject = frozen_reject();
+                    answer(run, origin, Err(reject), cycles, 0);
+                    return 0;
+                }
+                let resolved = match request_args(&args) {
+                    Ok(args) => self.resolve_call(c, &method, &args, MessageKind::Update),
+                    Err(e) => Err(Reject::new(RejectCode::DestinationInvalid, e)),
+                };
+                self.execute_resolved(
+                    run,
+                    resolved,
+                    &caller,
+                    cycles,
+                    Some(origin),
+                    (round, time, seed),
+                )
+            }
+            InputMessage::Response {
+                call_id,
+                callee,
+                answer: result,
+                refund,
+            } => {
+                c.cycles = c.cycles.saturating_add(refund);
+                if c.messaging.outstanding_calls.remove(&call_id).is_none() {
+                    tracing::warn!(canister = %c.id, call_id, "dropping a response to no outstanding call");
+                    return 0;
+                }
+                let Some((code, method)) = c
+                    .code
+                    .clone()
+                    .and_then(|code| code.interface.on_reply.clone().map(|m| (code, m)))
+                else {
+                    return 0;
+                };
+                if c.status == RunStatus::Stopped {
+                    return 0;
+                }
+                let params = vec![Val::U64(call_id), call_result_val(&result)];
+                let resolved = Ok(crate::node::ResolvedCall {
+                    code,
+                    method,
+                    params,
+                    kind: MessageKind::Update,
+                });
+                self.execute_resolved(run, resolved, &callee, 0, None, (round, time, seed))
+            }
+            InputMessage::Timer { timer_id } => {
+                if frozen || c.status == RunStatus::Stopped {
+                    return 0;
+                }
+                let Some((code, method)) = c
+                    .code
+                    .clone()
+                    .and_then(|code| code.interface.on_timer.clone().map(|m| (code, m)))
+                else {
+                    return 0;
+                };
+                let resolved = Ok(crate::node::ResolvedCall {
+                    code,
+                    method,
+                    params: vec![Val::U64(timer_id)],
+                    kind: MessageKind::Update,
+                });
+                let me = c.id.clone();
+                self.execute_resolved(run, resolved, &me, 0, None, (round, time, seed))
+            }
+        }
+    }
+
+    /// Executes a resolved message and settles it: charges cycles, commits
+    /// or discards its changes, sends its calls, answers its origin (now,
+    /// or later when it deferred its reply) and the deferred messages it
+    /// answered.
+    fn execute_resolved(
+        &self,
+        run: &mut CanisterRun,
+        resolved: Result<crate::node::ResolvedCall, Reject>,
+        caller: &Principal,
+        cycles_attached: u64,
+        origin: Option<Origin>,
+        (round, time, seed): (u64, u64, [u8; 32]),
+    ) -> u64 {
+        let resolved = match resolved {
+            Ok(r) => r,
+            Err(reject) => {
+                if let Some(origin) = origin {
+                    answer(run, origin, Err(reject), cycles_attached, 0);
+                }
+                return 0;
+            }
+        };
+        let c = &mut run.canister;
+        let mut ctx = message_context(
+            c,
+            caller,
+            &resolved.method.function,
+            resolved.kind,
+            (round, time, seed),
+            &c.state,
+        );
+        ctx.cycles_attached = cycles_attached;
+        c.messaging.next_context_id += 1;
+        let outcome: MessageOutcome = execute(
+            &resolved.code,
+            &c.state,
+            &resolved.method,
+            &resolved.params,
+            ctx.clone(),
+            &self.options.limits,
+        );
+        let instructions = outcome.instructions;
+        c.append_logs(&outcome.logs);
+        c.cycles = c.cycles.saturating_sub(cycles::execution_fee(instructions));
+        if resolved.kind != MessageKind::Query {
+            c.updates += 1;
+        }
+        let mut refund = cycles_attached;
+        let mut deferred = false;
+        let mut late_answers = Vec::new();
+        if let (Ok(_), Some(changes)) = (&outcome.result, outcome.changes) {
+            refund = cycles_attached - changes.cycles_accepted.min(cycles_attached);
+            c.cycles = c.cycles.saturating_add(changes.cycles_accepted);
+            deferred = changes.deferred && origin.is_some();
+            for call in &changes.calls {
+                c.cycles = c
+                    .cycles
+                    .saturating_sub(call.cycles)
+                    .saturating_sub(cycles::call_fee(call.args.len()));
+                c.messaging
+                    .outstanding_calls
+                    .insert(call.call_id, call.callee.clone());
+                run.requests.push((
+                    call.callee.clone(),
+                    InputMessage::Request {
+                        caller: c.id.clone(),
+                        call_id: call.call_id,
+                        method: call.method.clone(),
+                        args: call.args.clone(),
+                        cycles: call.cycles,
+                    },
+                ));
+            }
+            let late_replies = changes.late_replies.clone();
+            c.state.apply(changes);
+            for late in late_replies {
+                let Some(open) = c.messaging.open_contexts.remove(&late.token) else {
+                    continue;
+                };
+                let result = late_answer(c, &open, late.answer);
+                late_answers.push((open.origin, result, open.refund));
+            }
+        }
+        for (origin, result, refund) in late_answers {
+            answer(run, origin, result, refund, 0);
+        }
+        let c = &mut run.canister;
+        match (origin, deferred) {
+            (None, _) => {}
+            (Some(origin), true) => {
+                c.messaging.open_contexts.insert(
+                    ctx.context_id,
+                    OpenContext {
+                        origin,
+                        method: resolved.method.qualified_name(),
+                        refund,
+                    },
+                );
+            }
+            (Some(origin), false) => {
+                let result = outcome.result.map(Reply::Values);
+                answer(run, origin, result, refund, instructions);
+            }
+        }
+        instructions
+    }
+}
+
+/// A reply, as values (from a method's return) or as WAVE text (from a
+/// deferred reply checked against the method's result type).
+enum Reply {
+    Values(Vec<Val>),
+    Checked(Vec<Val>, String),
+}
+
+/// Sends an answer to whoever waits for it.
+fn answer(
+    run: &mut CanisterRun,
+    origin: Origin,
+    result: Result<Reply, Reject>,
+    refund: u64,
+    instructions: u64,
+) {
+    match origin {
+        Origin::Ingress { id } => {
+            let result = result.map(|r| match r {
+                Reply::Values(v) | Reply::Checked(v, _) => v,
+            });
+            run.answered.push((
+                id,
+                Ok(Applied::Call(CallOutcome {
+                    result,
+                    instructions,
+                })),
+            ));
+        }
+        Origin::Canister { caller, call_id } => {
+            let answer = match result {
+                Ok(Reply::Checked(_, text)) => Answer::Reply(text),
+                Ok(Reply::Values(values)) => match results_to_wave(&values) {
+                    Ok(text) => Answer::Reply(text),
+                    Err(e) => Answer::Reject {
+                        code: RejectCode::CanisterError,
+                        message: format!("the reply cannot be encoded: {e}"),
+                    },
+                },
+                Err(reject) => Answer::Reject {
+                    code: reject.code,
+                    message: reject.message,
+                },
+            };
+            run.responses.push((
+                caller,
+                InputMessage::Response {
+                    call_id,
+                    callee: run.canister.id.clone(),
+                    answer,
+                    refund,
+                },
+            ));
+        }
+    }
+}
+
+/// Checks a deferred answer against the deferred method's result type.
+fn late_answer(
+    canister: &Canister,
+    open: &OpenContext,
+    answer: Result<String, String>,
+) -> Result<Reply, Reject> {
+    let text = answer.map_err(|m| Reject::new(RejectCode::CanisterReject, m))?;
+    let method = canister
+        .code
+        .as_ref()
+        .and_then(|code| code.interface.resolve(&open.method).ok().cloned())
+        .ok_or_else(|| {
+            Reject::new(
+                RejectCode::CanisterError,
+                format!("method {} no longer exists to type the reply", open.method),
+            )
+        })?;
+    let values = decode_results_wave(&text, &method).map_err(|e| {
+        Reject::new(
+            RejectCode::CanisterError,
+            format!("the canister answered with an invalid value: {e}"),
+        )
+    })?;
+    Ok(Reply::Checked(values, text))
+}
+
+/// The arguments of an inter-canister call: a parenthesized WAVE list.
+fn request_args(text: &str) -> Result<CallArgs, String> {
+    let text = text.trim();
+    let inner = text
+        .strip_prefix('(')
+        .and_then(|t| t.strip_suffix(')'))
+        .ok_or_else(|| format!("call arguments must be a parenthesized WAVE list, got {text:?}"))?;
+    Ok(CallArgs::Wave(inner.to_string()))
+}
+
+/// The `call-result` value passed to `callbacks.on-reply`.
+fn call_result_val(answer: &Answer) -> Val {
+    match answer {
+        Answer::Reply(text) => {
+            Val::Variant("reply".into(), Some(Box::new(Val::String(text.clone()))))
+        }
+        Answer::Reject { code, message } => {
+            let code = serde_json::to_value(code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "system-fatal".into());
+            Val::Variant(
+                "reject".into(),
+                Some(Box::new(Val::Tuple(vec![
+                    Val::Enum(code),
+                    Val::String(message.clone()),
+                ]))),
+            )
+        }
+    }
+}
