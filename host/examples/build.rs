@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
-const COMPONENTS: &[&str] = &["counter", "kv", "ledger", "testbed"];
+const COMPONENTS: &[&str] = &["counter", "kv", "ledger", "testbed", "relay"];
 
 /// Variables that would break or pollute the nested build: flags, wrappers
 /// and target directory of the outer build, and the per-package variables

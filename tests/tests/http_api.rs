@@ -146,7 +146,7 @@ fn signed_requests_over_loopback() {
     );
     let (_, node) = anonymous.send("GET", "/api/v1/status", None);
     let node: NodeStatus = serde_json::from_value(node).unwrap();
-    assert_eq!(node.canisters, 3);
+    assert_eq!(node.canisters, 4);
 
     // Deploy a component by bytes; the creator controls it; logs are served.
     let testbed = BASE64.encode(cellar_examples::testbed());

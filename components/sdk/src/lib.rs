@@ -52,6 +52,9 @@
 
 use std::cell::RefCell;
 
+pub mod calls;
+pub mod wave;
+
 /// The `wit-bindgen` crate this SDK was built with, re-exported so that a
 /// canister needs no direct dependency on it. When generating bindings
 /// through this path, pass `runtime_path: "cellar_sdk::wit_bindgen::rt"` to
@@ -75,6 +78,8 @@ pub mod sys {
         // resolve the package unless that feature gate is enabled. It does
         // not change the system-api world.
         features: ["clocks-timezone"],
+        // `call-result` is used only by the exported callbacks.
+        generate_unused_types: true,
     });
 }
 

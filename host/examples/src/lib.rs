@@ -23,8 +23,9 @@ const COUNTER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/counter.wasm"))
 const KV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kv.wasm"));
 const LEDGER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ledger.wasm"));
 const TESTBED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testbed.wasm"));
+const RELAY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/relay.wasm"));
 
-static EXAMPLES: [Example; 3] = [
+static EXAMPLES: [Example; 4] = [
     Example {
         name: "counter",
         description: "A counter: update `api.increment`, `api.add(n)`, query `query.get`.",
@@ -43,6 +44,12 @@ static EXAMPLES: [Example; 3] = [
         wasm: LEDGER,
         init_arg: None,
     },
+    Example {
+        name: "relay",
+        description: "Calls other canisters (async Rust) and sets timers: `api.forward(callee, method, args)`, `api.lookup(kv, key)`, `api.start-timer`.",
+        wasm: RELAY,
+        init_arg: None,
+    },
 ];
 
 static TESTBED_EXAMPLE: Example = Example {
@@ -53,7 +60,7 @@ static TESTBED_EXAMPLE: Example = Example {
 };
 
 /// The example canisters `cellar start` deploys on a fresh node: `counter`,
-/// `kv` and `ledger`, in that order.
+/// `kv`, `ledger` and `relay`, in that order.
 pub fn examples() -> &'static [Example] {
     &EXAMPLES
 }

@@ -122,6 +122,18 @@ pub struct OpenContext {
     pub refund: u64,
 }
 
+/// A call made and not answered yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutstandingCall {
+    /// The canister called.
+    pub callee: Principal,
+    /// The deferred message the call works for (its reply token), if any:
+    /// when the callback traps, or finishes while that message is still
+    /// owed an answer and no other call works for it, the message is
+    /// rejected instead of waiting forever.
+    pub owner: Option<u64>,
+}
+
 /// The messaging part of a canister's replicated state.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Messaging {
@@ -131,8 +143,8 @@ pub struct Messaging {
     pub open_contexts: BTreeMap<u64, OpenContext>,
     /// The reply token the next message gets.
     pub next_context_id: u64,
-    /// Calls made and not answered yet: call id to callee.
-    pub outstanding_calls: BTreeMap<u64, Principal>,
+    /// Calls made and not answered yet, by call id.
+    pub outstanding_calls: BTreeMap<u64, OutstandingCall>,
     /// The scheduler's accumulated priority.
     pub accumulated_priority: i64,
     /// Guaranteed share of a round's instructions, in percent.

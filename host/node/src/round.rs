@@ -31,7 +31,7 @@ use cellar_types::{Principal, Reject, RejectCode};
 use crate::canister::Canister;
 use crate::cycles;
 use crate::journal::{Op, Record};
-use crate::messages::{Answer, IngressId, InputMessage, OpenContext, Origin};
+use crate::messages::{Answer, IngressId, InputMessage, OpenContext, Origin, OutstandingCall};
 use crate::node::{
     Applied, CallOutcome, Node, NodeError, Step, message_context, random_seed, to_call_args,
 };
@@ -440,7 +440,16 @@ impl Node {
                 }
                 let resolved =
                     self.resolve_call(c, &method, &to_call_args(&args), MessageKind::Update);
-                self.execute_resolved(run, resolved, &caller, 0, Some(origin), (round, time, seed))
+                self.execute_resolved(
+                    run,
+                    resolved,
+                    &caller,
+                    0,
+                    Some(origin),
+                    None,
+                    (round, time, seed),
+                )
+                .0
             }
             InputMessage::Request {
                 caller,
@@ -468,8 +477,10 @@ impl Node {
                     &caller,
                     cycles,
                     Some(origin),
+                    None,
                     (round, time, seed),
                 )
+                .0
             }
             InputMessage::Response {
                 call_id,
@@ -478,20 +489,20 @@ impl Node {
                 refund,
             } => {
                 c.cycles = c.cycles.saturating_add(refund);
-                if c.messaging.outstanding_calls.remove(&call_id).is_none() {
+                let Some(call) = c.messaging.outstanding_calls.remove(&call_id) else {
                     tracing::warn!(canister = %c.id, call_id, "dropping a response to no outstanding call");
                     return 0;
-                }
-                let Some((code, method)) = c
+                };
+                let owner = call.owner;
+                let callback = c
                     .code
                     .clone()
-                    .and_then(|code| code.interface.on_reply.clone().map(|m| (code, m)))
+                    .and_then(|code| code.interface.on_reply.clone().map(|m| (code, m)));
+                let Some((code, method)) = callback.filter(|_| c.status == RunStatus::Running)
                 else {
+                    settle_owner(run, owner, None);
                     return 0;
                 };
-                if c.status == RunStatus::Stopped {
-                    return 0;
-                }
                 let params = vec![Val::U64(call_id), call_result_val(&result)];
                 let resolved = Ok(crate::node::ResolvedCall {
                     code,
@@ -499,7 +510,10 @@ impl Node {
                     params,
                     kind: MessageKind::Update,
                 });
-                self.execute_resolved(run, resolved, &callee, 0, None, (round, time, seed))
+                let (used, failure) =
+                    self.execute_callback(run, resolved, &callee, owner, (round, time, seed));
+                settle_owner(run, owner, failure);
+                used
             }
             InputMessage::Timer { timer_id } => {
                 if frozen || c.status == RunStatus::Stopped {
@@ -519,7 +533,8 @@ impl Node {
                     kind: MessageKind::Update,
                 });
                 let me = c.id.clone();
-                self.execute_resolved(run, resolved, &me, 0, None, (round, time, seed))
+                self.execute_callback(run, resolved, &me, None, (round, time, seed))
+                    .0
             }
         }
     }
@@ -535,15 +550,16 @@ impl Node {
         caller: &Principal,
         cycles_attached: u64,
         origin: Option<Origin>,
+        owner: Option<u64>,
         (round, time, seed): (u64, u64, [u8; 32]),
-    ) -> u64 {
+    ) -> (u64, Option<Reject>) {
         let resolved = match resolved {
             Ok(r) => r,
             Err(reject) => {
                 if let Some(origin) = origin {
-                    answer(run, origin, Err(reject), cycles_attached, 0);
+                    answer(run, origin, Err(reject.clone()), cycles_attached, 0);
                 }
-                return 0;
+                return (0, Some(reject));
             }
         };
         let c = &mut run.canister;
@@ -578,14 +594,23 @@ impl Node {
             refund = cycles_attached - changes.cycles_accepted.min(cycles_attached);
             c.cycles = c.cycles.saturating_add(changes.cycles_accepted);
             deferred = changes.deferred && origin.is_some();
+            let call_owner = if deferred {
+                Some(ctx.context_id)
+            } else {
+                owner
+            };
             for call in &changes.calls {
                 c.cycles = c
                     .cycles
                     .saturating_sub(call.cycles)
                     .saturating_sub(cycles::call_fee(call.args.len()));
-                c.messaging
-                    .outstanding_calls
-                    .insert(call.call_id, call.callee.clone());
+                c.messaging.outstanding_calls.insert(
+                    call.call_id,
+                    OutstandingCall {
+                        callee: call.callee.clone(),
+                        owner: call_owner,
+                    },
+                );
                 run.requests.push((
                     call.callee.clone(),
                     InputMessage::Request {
@@ -624,12 +649,61 @@ impl Node {
                 );
             }
             (Some(origin), false) => {
-                let result = outcome.result.map(Reply::Values);
+                let result = outcome.result.clone().map(Reply::Values);
                 answer(run, origin, result, refund, instructions);
             }
         }
-        instructions
+        (instructions, outcome.result.err())
     }
+
+    /// Executes a callback (`on-reply`, `on-timer`): a message nobody waits
+    /// for directly. Returns the instructions used and the reject if it failed.
+    fn execute_callback(
+        &self,
+        run: &mut CanisterRun,
+        resolved: Result<crate::node::ResolvedCall, Reject>,
+        caller: &Principal,
+        owner: Option<u64>,
+        round_context: (u64, u64, [u8; 32]),
+    ) -> (u64, Option<Reject>) {
+        self.execute_resolved(run, resolved, caller, 0, None, owner, round_context)
+    }
+}
+
+/// After the callback of a call that works for the deferred message
+/// `owner`: when the callback failed, or no call works for that message any
+/// more while it is still owed an answer, the message is rejected rather
+/// than left waiting forever.
+fn settle_owner(run: &mut CanisterRun, owner: Option<u64>, failure: Option<Reject>) {
+    let Some(token) = owner else { return };
+    let messaging = &run.canister.messaging;
+    if !messaging.open_contexts.contains_key(&token) {
+        return;
+    }
+    let message = match failure {
+        Some(reject) => format!("the canister failed in a callback: {}", reject.message),
+        None if messaging
+            .outstanding_calls
+            .values()
+            .any(|c| c.owner == Some(token)) =>
+        {
+            return;
+        }
+        None => "the canister did not answer: no call works for it any more".to_string(),
+    };
+    let open = run
+        .canister
+        .messaging
+        .open_contexts
+        .remove(&token)
+        .expect("checked above");
+    answer(
+        run,
+        open.origin,
+        Err(Reject::new(RejectCode::CanisterError, message)),
+        open.refund,
+        0,
+    );
 }
 
 /// A reply, as values (from a method's return) or as WAVE text (from a

@@ -1,0 +1,363 @@
+//! Rounds, input queues, inter-canister calls, timers and cycles, through a
+//! real node with real components.
+
+use std::path::Path;
+
+use cellar_node::{Node, NodeOptions};
+use cellar_tests::{alice, bob, options, reply, wave};
+use cellar_types::Principal;
+use cellar_types::api::InstallMode;
+
+fn deploy(node: &Node, example: &str) -> Principal {
+    let id = node.create(&alice(), vec![]).unwrap();
+    let e = cellar_examples::get(example).unwrap();
+    node.install(
+        &alice(),
+        &id,
+        InstallMode::Install,
+        e.wasm,
+        e.init_arg.map(str::to_string),
+    )
+    .unwrap();
+    id
+}
+
+fn call(node: &Node, id: &Principal, method: &str, args: &str) -> Result<String, String> {
+    match node
+        .update(&alice(), id, method, wave(args))
+        .unwrap()
+        .result
+    {
+        Ok(values) => Ok(cellar_engine::results_to_wave(&values).unwrap()),
+        Err(reject) => Err(reject.to_string()),
+    }
+}
+
+fn query(node: &Node, id: &Principal, method: &str, args: &str) -> String {
+    reply(node.query(&bob(), id, method, wave(args)).unwrap())
+}
+
+fn text(id: &Principal) -> String {
+    format!("\"{}\"", id.to_text())
+}
+
+#[test]
+fn a_canister_awaits_typed_replies_from_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path(), 1000)).unwrap();
+    let kv = deploy(&node, "kv");
+    let relay = deploy(&node, "relay");
+    call(&node, &kv, "add", "\"apple\", 5").unwrap();
+
+    let before = node.round();
+    let got = call(
+        &node,
+        &relay,
+        "lookup",
+        &format!("{}, \"apple\"", text(&kv)),
+    );
+    assert_eq!(got.unwrap(), "some(5)");
+    // Request in one round, reply in the next, callback in the one after.
+    assert!(
+        node.round() - before >= 3,
+        "{} rounds",
+        node.round() - before
+    );
+    assert_eq!(
+        call(&node, &relay, "lookup", &format!("{}, \"pear\"", text(&kv))).unwrap(),
+        "none"
+    );
+    // Two calls in sequence from one task; the write persists in kv.
+    assert_eq!(
+        call(
+            &node,
+            &relay,
+            "store-and-read",
+            &format!("{}, \"pear\", 9", text(&kv))
+        )
+        .unwrap(),
+        "some(9)"
+    );
+    assert_eq!(query(&node, &kv, "get", "\"pear\""), "some(9)");
+    // Raw WAVE forwarding, also to a query method.
+    assert_eq!(
+        call(
+            &node,
+            &relay,
+            "forward",
+            &format!("{}, \"get\", \"(\\\"apple\\\")\"", text(&kv))
+        )
+        .unwrap(),
+        "\"some(5)\""
+    );
+    assert_eq!(query(&node, &relay, "stats", ""), "(5, 0, 0)");
+}
+
+#[test]
+fn every_call_failure_gives_a_defined_reject() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path(), 1000)).unwrap();
+    let kv = deploy(&node, "kv");
+    let testbed = deploy(&node, "testbed");
+    let relay = deploy(&node, "relay");
+
+    // A canister that does not exist.
+    let missing = Principal::canister(999);
+    let err = call(
+        &node,
+        &relay,
+        "forward",
+        &format!("{}, \"get\", \"()\"", text(&missing)),
+    )
+    .unwrap_err();
+    assert!(err.contains("does not exist"), "{err}");
+    // An unknown method, and bad arguments.
+    let err = call(
+        &node,
+        &relay,
+        "forward",
+        &format!("{}, \"nope\", \"()\"", text(&kv)),
+    )
+    .unwrap_err();
+    assert!(err.contains("no method"), "{err}");
+    let err = call(
+        &node,
+        &relay,
+        "forward",
+        &format!("{}, \"get\", \"(1)\"", text(&kv)),
+    )
+    .unwrap_err();
+    assert!(err.contains("bad arguments"), "{err}");
+    // A callee that traps: its changes roll back, the caller gets the trap.
+    let err = call(
+        &node,
+        &relay,
+        "forward",
+        &format!(
+            "{}, \"set-then-trap\", \"(\\\"k\\\", \\\"v\\\")\"",
+            text(&testbed)
+        ),
+    )
+    .unwrap_err();
+    assert!(err.contains("trapped"), "{err}");
+    assert_eq!(query(&node, &testbed, "get", "\"k\""), "none");
+    // A caller that traps in its callback: the waiting message is rejected.
+    let err = call(
+        &node,
+        &relay,
+        "trap-in-callback",
+        &format!("{}, \"increment\"", text(&deploy(&node, "counter"))),
+    )
+    .unwrap_err();
+    assert!(err.contains("failed in a callback"), "{err}");
+    // A stopped callee.
+    node.stop(&alice(), &kv).unwrap();
+    let err = call(&node, &relay, "lookup", &format!("{}, \"a\"", text(&kv))).unwrap_err();
+    assert!(err.contains("stopped"), "{err}");
+    // Nothing is left waiting, and the relay still works.
+    node.start(&alice(), &kv).unwrap();
+    assert_eq!(node.run_until_idle(100).unwrap(), 0);
+    assert_eq!(
+        call(&node, &relay, "lookup", &format!("{}, \"a\"", text(&kv))).unwrap(),
+        "none"
+    );
+}
+
+#[test]
+fn a_full_input_queue_rejects_what_does_not_fit_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path(), 1000)).unwrap();
+    let counter = deploy(&node, "counter");
+    let relay = deploy(&node, "relay");
+    let capacity = 500;
+    // 600 calls in one message: they reach the counter's queue in one round.
+    let replied = call(
+        &node,
+        &relay,
+        "fan-out",
+        &format!("{}, \"increment\", 600", text(&counter)),
+    )
+    .unwrap();
+    assert_eq!(replied, capacity.to_string());
+    assert_eq!(query(&node, &counter, "get", ""), capacity.to_string());
+    assert_eq!(
+        query(&node, &relay, "stats", ""),
+        format!("({capacity}, 100, 0)")
+    );
+}
+
+/// Runs a workload of calls between canisters and returns the data dir.
+fn busy_workload(dir: &Path, threads: usize) -> [u8; 32] {
+    let mut opts = options(dir, 1000);
+    opts.execution_threads = threads;
+    let node = Node::open(opts).unwrap();
+    let counters: Vec<Principal> = (0..3).map(|_| deploy(&node, "counter")).collect();
+    let relays: Vec<Principal> = (0..3).map(|_| deploy(&node, "relay")).collect();
+    let kv = deploy(&node, "kv");
+    std::thread::scope(|s| {
+        for (i, relay) in relays.iter().enumerate() {
+            let node = &node;
+            let counters = &counters;
+            let kv = &kv;
+            s.spawn(move || {
+                for round in 0..4 {
+                    let target = &counters[(i + round) % counters.len()];
+                    call(
+                        node,
+                        relay,
+                        "fan-out",
+                        &format!("{}, \"increment\", 20", text(target)),
+                    )
+                    .unwrap();
+                    call(
+                        node,
+                        relay,
+                        "store-and-read",
+                        &format!("{}, \"k{i}\", {round}", text(kv)),
+                    )
+                    .unwrap();
+                }
+            });
+        }
+    });
+    node.state_hash()
+}
+
+fn copy_journal(from: &Path, to: &Path) {
+    for sub in ["state", "modules"] {
+        std::fs::create_dir_all(to.join(sub)).unwrap();
+        for entry in std::fs::read_dir(from.join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            if sub == "modules" || path.extension().is_some_and(|e| e == "log") {
+                std::fs::copy(&path, to.join(sub).join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn the_thread_count_never_changes_the_state() {
+    // A live run on 2 threads, with concurrent clients, replayed on 1 and on
+    // 4 threads: every replay reaches the same state hash.
+    let live = tempfile::tempdir().unwrap();
+    let hash = busy_workload(live.path(), 2);
+    for threads in [1, 4] {
+        let replay = tempfile::tempdir().unwrap();
+        copy_journal(live.path(), replay.path());
+        let mut opts = options(replay.path(), 1000);
+        opts.execution_threads = threads;
+        let node = Node::open(opts).unwrap();
+        assert_eq!(
+            node.state_hash(),
+            hash,
+            "replay on {threads} threads differs"
+        );
+    }
+}
+
+#[test]
+fn timers_fire_in_rounds_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay;
+    {
+        let node = Node::open(options(dir.path(), 1000)).unwrap();
+        relay = deploy(&node, "relay");
+        // One-shot, due at once.
+        call(&node, &relay, "start-timer", "0, none").unwrap();
+        node.run_until_idle(10).unwrap();
+        assert_eq!(query(&node, &relay, "ticks", ""), "1");
+        node.run_until_idle(10).unwrap();
+        assert_eq!(
+            query(&node, &relay, "ticks", ""),
+            "1",
+            "a one-shot timer fires once"
+        );
+        // Periodic every millisecond: it keeps firing while rounds run.
+        let id = call(&node, &relay, "start-timer", "0, some(1000000)").unwrap();
+        for _ in 0..5 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            node.tick().unwrap();
+        }
+        let ticks: u64 = query(&node, &relay, "ticks", "").parse().unwrap();
+        assert!(ticks >= 4, "{ticks} ticks");
+        node.checkpoint().unwrap();
+        drop(node);
+        let node = Node::open(options(dir.path(), 1000)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        node.tick().unwrap();
+        let after: u64 = query(&node, &relay, "ticks", "").parse().unwrap();
+        assert!(after > ticks, "the periodic timer survived the restart");
+        assert_eq!(call(&node, &relay, "stop-timer", &id).unwrap(), "true");
+        node.run_until_idle(10).unwrap();
+        let stopped: u64 = query(&node, &relay, "ticks", "").parse().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        assert_eq!(node.run_until_idle(10).unwrap(), 0);
+        assert_eq!(query(&node, &relay, "ticks", ""), stopped.to_string());
+    }
+}
+
+#[test]
+fn a_canister_that_runs_dry_is_frozen_until_topped_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts: NodeOptions = options(dir.path(), 1000);
+    opts.limits.update_instructions = 1_000_000_000;
+    let threshold = 590_000 + 1_000_000_000 / 10 * 4;
+    opts.initial_cycles = threshold + 20_000_000;
+    let node = Node::open(opts).unwrap();
+    let relay = deploy(&node, "relay");
+    let mut frozen = None;
+    for i in 0..200 {
+        match call(&node, &relay, "burn", "1000000") {
+            Ok(_) => {}
+            Err(e) => {
+                frozen = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (i, err) = frozen.expect("the canister never froze");
+    assert!(i > 0, "the first message already failed: {err}");
+    assert!(err.contains("frozen") && err.contains("top-up"), "{err}");
+    let balance = node.status(&relay).unwrap().cycles;
+    assert!(balance < threshold);
+    // Queries still work; top-up (by anyone) unfreezes.
+    assert_eq!(query(&node, &relay, "ticks", ""), "0");
+    node.top_up(&bob(), &relay, 1_000_000_000_000).unwrap();
+    call(&node, &relay, "burn", "1000").unwrap();
+    // Every message cost something.
+    assert!(node.status(&relay).unwrap().cycles < balance + 1_000_000_000_000);
+}
+
+#[test]
+fn a_flood_from_many_canisters_does_not_delay_a_light_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path(), 1000)).unwrap();
+    let light = deploy(&node, "counter");
+    let targets: Vec<Principal> = (0..4).map(|_| deploy(&node, "counter")).collect();
+    let relays: Vec<Principal> = (0..4).map(|_| deploy(&node, "relay")).collect();
+    std::thread::scope(|s| {
+        for (relay, target) in relays.iter().zip(&targets) {
+            let node = &node;
+            s.spawn(move || {
+                call(
+                    node,
+                    relay,
+                    "fan-out",
+                    &format!("{}, \"increment\", 400", text(target)),
+                )
+                .unwrap();
+            });
+        }
+        // Let the flood reach the queues, then send the light call.
+        let start = std::time::Instant::now();
+        while targets.iter().all(|t| query(&node, t, "get", "") == "0")
+            && start.elapsed() < std::time::Duration::from_secs(30)
+        {
+            std::thread::yield_now();
+        }
+        let before = node.round();
+        assert_eq!(call(&node, &light, "increment", "").unwrap(), "1");
+        let waited = node.round() - before;
+        assert!(waited <= 2, "the light call waited {waited} rounds");
+    });
+}
