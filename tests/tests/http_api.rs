@@ -97,7 +97,7 @@ fn signed_requests_over_loopback() {
 
     // The examples are deployed and controlled by the configured principal.
     let names: Vec<&str> = running.examples.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["counter", "kv", "ledger"]);
+    assert_eq!(names, ["counter", "kv", "ledger", "relay"]);
     let kv = running.examples[1].1.to_text();
     let (code, status) = anonymous.send("GET", &format!("/api/v1/canisters/{kv}"), None);
     assert_eq!(code, 200);

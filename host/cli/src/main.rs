@@ -16,6 +16,7 @@
 
 mod agent;
 mod bench;
+mod bench_scheduler;
 mod call_text;
 mod commands;
 mod identity;
@@ -123,6 +124,9 @@ enum BenchCommand {
     /// Orthogonal persistence: message cost against pages touched for each
     /// memory tracker, checkpoint and restart times.
     Memory(bench::MemoryBenchArgs),
+    /// Rounds at scale: install time and memory for many canisters, round
+    /// time with idle canisters, latency under a flood, call round trips.
+    Scheduler(bench_scheduler::SchedulerBenchArgs),
 }
 
 /// Arguments of `call` and `query`.
@@ -182,8 +186,12 @@ fn run(cli: Cli) -> Result<()> {
         };
         return start::run(settings, &identity_path);
     }
-    if let Command::Bench(BenchCommand::Memory(args)) = &cli.command {
-        return bench::memory(args);
+    match &cli.command {
+        Command::Bench(BenchCommand::Memory(args)) => return bench::memory(args),
+        Command::Bench(BenchCommand::Scheduler(args)) => {
+            return bench_scheduler::scheduler(args);
+        }
+        _ => {}
     }
     let agent = Agent::new(&cli.url, Identity::load_or_create(&identity_path)?);
     match cli.command {

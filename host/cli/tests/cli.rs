@@ -93,7 +93,7 @@ fn the_documented_commands_work_against_a_running_node() {
     let other = dir.path().join("other.key");
     let (node, url, examples) = start(&dir.path().join("node"), &me);
     let names: Vec<&str> = examples.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["counter", "kv", "ledger"]);
+    assert_eq!(names, ["counter", "kv", "ledger", "relay"]);
     let kv = examples[1].1.clone();
 
     assert_eq!(

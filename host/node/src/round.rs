@@ -543,6 +543,7 @@ impl Node {
     /// or discards its changes, sends its calls, answers its origin (now,
     /// or later when it deferred its reply) and the deferred messages it
     /// answered.
+    #[allow(clippy::too_many_arguments)]
     fn execute_resolved(
         &self,
         run: &mut CanisterRun,
