@@ -115,7 +115,6 @@ pub fn scheduler(args: &SchedulerBenchArgs) -> Result<()> {
         deploy(&small, "kv")?;
     }
     round_micros(&small, &small_kv, args.messages / 3)?; // warm up
-    report.round_micros_with_10 = round_micros(&small, &small_kv, args.messages)?;
 
     // Many idle canisters, installed by concurrent clients (their requests
     // share rounds).
@@ -150,7 +149,16 @@ pub fn scheduler(args: &SchedulerBenchArgs) -> Result<()> {
         / args.canisters.max(1) as f64;
     let big_kv = deploy(&big, "kv")?;
     round_micros(&big, &big_kv, args.messages / 3)?;
-    report.round_micros_with_all = round_micros(&big, &big_kv, args.messages)?;
+    // Alternate the two nodes and keep each one's best run: the machine is
+    // noisy, and the ratio is what matters.
+    report.round_micros_with_10 = f64::MAX;
+    report.round_micros_with_all = f64::MAX;
+    for _ in 0..3 {
+        let small_run = round_micros(&small, &small_kv, args.messages)?;
+        report.round_micros_with_10 = report.round_micros_with_10.min(small_run);
+        let big_run = round_micros(&big, &big_kv, args.messages)?;
+        report.round_micros_with_all = report.round_micros_with_all.min(big_run);
+    }
     report.round_time_ratio = report.round_micros_with_all / report.round_micros_with_10;
     drop(big);
 

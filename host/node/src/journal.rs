@@ -19,10 +19,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Op {
-    /// Create an empty canister with the given id.
+    /// Create an empty canister; it gets the next free canister index.
     Create {
-        /// The id assigned.
-        id: Principal,
         /// Its controllers.
         controllers: Vec<Principal>,
     },

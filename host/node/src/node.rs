@@ -627,8 +627,7 @@ impl Node {
         } else {
             controllers
         };
-        let id = Principal::canister(self.registry.read().expect("registry lock").next_index);
-        match self.submit(caller, Op::Create { id, controllers })? {
+        match self.submit(caller, Op::Create { controllers })? {
             Applied::Created(id) => Ok(id),
             _ => unreachable!("create answers with an id"),
         }
@@ -648,7 +647,10 @@ impl Node {
         let module_hash = code.hash_hex();
         let path = self.modules_dir.join(format!("{module_hash}.wasm"));
         if !path.exists() {
-            let tmp = path.with_extension("wasm.tmp");
+            // Concurrent installs of one module each write their own file.
+            static NEXT_TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT_TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = path.with_extension(format!("wasm.{n}.tmp"));
             std::fs::write(&tmp, wasm).map_err(anyhow::Error::from)?;
             std::fs::File::open(&tmp)
                 .and_then(|f| f.sync_all())
@@ -968,21 +970,17 @@ impl Node {
             Ok(canister)
         };
         match op {
-            Op::Create { id, controllers } => {
+            Op::Create { controllers } => {
+                // The id is the next free index at the request's place in
+                // the round: concurrent creations get distinct ids, and
+                // replay assigns the same ones.
                 let mut registry = self.registry.write().expect("registry lock");
-                if registry.canisters.contains_key(id) {
-                    return Err(NodeError::BadRequest(format!(
-                        "canister {} already exists",
-                        id.to_text()
-                    )));
-                }
-                registry.next_index = registry
-                    .next_index
-                    .max(id.canister_index().map_or(0, |i| i + 1));
+                let id = Principal::canister(registry.next_index);
+                registry.next_index += 1;
                 let mut canister = Canister::new(id.clone(), controllers.clone());
                 canister.cycles = self.options.initial_cycles;
                 registry.canisters.insert(id.clone(), canister);
-                Ok(Applied::Created(id.clone()))
+                Ok(Applied::Created(id))
             }
             Op::Install {
                 id,
