@@ -72,10 +72,11 @@ impl Guest for Misbehaving {
                 };
                 schedule.push(first);
             }
-            4 => schedule.push(Allowance {
-                index: 0,
-                instructions: budget.saturating_add(1),
-            }),
+            4 => {
+                if let Some(first) = schedule.first_mut() {
+                    first.instructions = first.instructions.saturating_add(budget);
+                }
+            }
             5 => schedule.retain(|a| input.canisters[a.index as usize].compute_allocation == 0),
             6 => {
                 priorities.pop();
@@ -92,8 +93,8 @@ impl Guest for Misbehaving {
             9 => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
-                    let mut block = Vec::with_capacity(1 << 24);
-                    block.resize(1 << 24, 1u8);
+                    // Reserved, not written: the memory grows, fuel barely moves.
+                    let block: Vec<u8> = Vec::with_capacity(1 << 24);
                     hoard.push(core::hint::black_box(block));
                 }
             }

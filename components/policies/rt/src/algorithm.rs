@@ -83,7 +83,8 @@ pub type RawPlan = (Vec<(u32, u64)>, Vec<i64>);
 ///    rotating with the round number).
 /// 3. The canisters with work are ordered by priority (highest first), then
 ///    by rounds since they executed (longest first), then by position.
-/// 4. Each allocated canister gets its guaranteed share of the budget. The
+/// 4. Each allocated canister gets its guaranteed share of the budget (and
+///    is scheduled even when that share rounds to 0). The
 ///    rest of the budget goes to the first [`slots`] canisters of the order,
 ///    weighted by rank: the first gets about twice what the last gets.
 /// 5. The canisters that execute pay back everything handed out in step 2,
@@ -152,7 +153,7 @@ pub fn accumulated_priority<S: Summary>(round: u64, budget: u64, canisters: &[S]
     let schedule: Vec<(u32, u64)> = order
         .iter()
         .zip(&allowances)
-        .filter(|&(_, &a)| a > 0)
+        .filter(|&(&i, &a)| a > 0 || allocation(&canisters[i as usize]) > 0)
         .map(|(&i, &a)| (i, a))
         .collect();
 
@@ -213,8 +214,9 @@ pub fn round_robin<S: Summary>(round: u64, budget: u64, canisters: &[S]) -> RawP
         if j < k {
             allowance += each + if j == 0 { rest } else { 0 };
         }
-        if allowance > 0 {
-            schedule.push((active[pos], allowance));
+        let index = active[pos];
+        if allowance > 0 || allocation(&canisters[index as usize]) > 0 {
+            schedule.push((index, allowance));
         }
     }
     (schedule, priorities)
