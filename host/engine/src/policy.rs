@@ -29,14 +29,13 @@ use wasmtime::component::{
     Component, ComponentExportIndex, ComponentType, InstancePre, Lift, Linker, Lower,
     types::ComponentItem,
 };
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 
 use crate::cache::hex;
 
 /// The arithmetic shared with the policy components (`components/policies/
 /// rt/src/algorithm.rs`): the built-in default is the same code as the
 /// `accumulated-priority` component.
-#[allow(dead_code)]
 #[path = "../../../components/policies/rt/src/algorithm.rs"]
 mod algorithm;
 
@@ -67,8 +66,17 @@ pub const SCHEDULE_EXPORT: &str = "schedule";
 /// What a policy knows about one canister at the start of a round
 /// (WIT `canister-summary`).
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize,
-    ComponentType, Lower, Lift,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    ComponentType,
+    Lower,
+    Lift,
 )]
 #[component(record)]
 pub struct CanisterSummary {
@@ -117,8 +125,16 @@ impl Summary for CanisterSummary {
 
 /// The input of one round (WIT `round-input`).
 #[derive(
-    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, ComponentType,
-    Lower, Lift,
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    ComponentType,
+    Lower,
+    Lift,
 )]
 #[component(record)]
 pub struct RoundInput {
@@ -133,8 +149,16 @@ pub struct RoundInput {
 
 /// Instructions one canister may execute in a round (WIT `allowance`).
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, ComponentType,
-    Lower, Lift,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    ComponentType,
+    Lower,
+    Lift,
 )]
 #[component(record)]
 pub struct Allowance {
@@ -146,8 +170,16 @@ pub struct Allowance {
 
 /// The decision for one round (WIT `round-plan`).
 #[derive(
-    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, ComponentType,
-    Lower, Lift,
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    ComponentType,
+    Lower,
+    Lift,
 )]
 #[component(record)]
 pub struct RoundPlan {
@@ -220,9 +252,45 @@ pub enum PolicyError {
     Instantiation(String),
 }
 
-/// The store data of a policy instance: only the memory limits.
+/// The store data of a policy instance: its resource limits, and whether
+/// one of them refused a request (to explain the trap that follows).
 struct PolicyState {
     limits: StoreLimits,
+    refused_memory: bool,
+}
+
+impl ResourceLimiter for PolicyState {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        self.refused_memory |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 /// A compiled scheduler-policy component, checked against the WIT world.
@@ -303,14 +371,20 @@ impl SchedulerPolicy {
         let component = compile(engine, wasm, &hash)?;
 
         let ty = component.component_type();
-        let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
+        let imports: Vec<String> = ty
+            .imports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
         if !imports.is_empty() {
             return Err(PolicyError::Imports(imports));
         }
         let export = match component.get_export(None, SCHEDULE_EXPORT) {
             Some((ComponentItem::ComponentFunc(_), index)) => index,
             _ => {
-                let exports = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+                let exports = ty
+                    .exports(engine)
+                    .map(|(name, _)| name.to_string())
+                    .collect();
                 return Err(PolicyError::MissingExport(exports));
             }
         };
@@ -377,9 +451,10 @@ impl SchedulerPolicy {
                 .tables(4)
                 .table_elements(1 << 16)
                 .build(),
+            refused_memory: false,
         };
         let mut store = Store::new(self.pre.engine(), state);
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| s);
         store.set_fuel(fuel).map_err(|e| {
             PolicyError::Instantiation(format!("the engine does not consume fuel: {e:#}"))
         })?;
@@ -418,6 +493,10 @@ impl SchedulerPolicy {
                     Some(wasmtime::Trap::OutOfFuel) => {
                         format!("the policy ran past its limit of {limit} instructions")
                     }
+                    Some(trap) if store.data().refused_memory => format!(
+                        "the policy trapped ({trap}) after the host refused to grow its \
+                         memory beyond {POLICY_MEMORY_BYTES} bytes"
+                    ),
                     Some(trap) => format!("the policy trapped: {trap}"),
                     None => format!("the policy failed: {e:#}"),
                 };
@@ -612,7 +691,11 @@ mod tests {
         assert!(validate(&input, &bad).unwrap_err().contains("twice"));
         let mut bad = good.clone();
         bad.priorities.pop();
-        assert!(validate(&input, &bad).unwrap_err().contains("1 priorities for 2"));
+        assert!(
+            validate(&input, &bad)
+                .unwrap_err()
+                .contains("1 priorities for 2")
+        );
         let bad = RoundPlan {
             schedule: vec![Allowance {
                 index: 1,
@@ -620,7 +703,11 @@ mod tests {
             }],
             priorities: vec![0, 0],
         };
-        assert!(validate(&input, &bad).unwrap_err().contains("not scheduled"));
+        assert!(
+            validate(&input, &bad)
+                .unwrap_err()
+                .contains("not scheduled")
+        );
         let bad = RoundPlan {
             schedule: vec![Allowance {
                 index: 0,

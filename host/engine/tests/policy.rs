@@ -52,7 +52,11 @@ fn random_input(rng: &mut Rng, n: usize) -> RoundInput {
             }
             CanisterSummary {
                 index,
-                input_queue_length: if rng.below(3) == 0 { 0 } else { rng.below(50) as u32 },
+                input_queue_length: if rng.below(3) == 0 {
+                    0
+                } else {
+                    rng.below(50) as u32
+                },
                 compute_allocation: allocation,
                 accumulated_priority: rng.below(2_000_000) as i64 - 1_000_000,
                 paused: rng.below(10) == 0,
@@ -165,11 +169,7 @@ fn round_robin_rotates_with_equal_allowances() {
         for a in &plan.schedule {
             seen[a.index as usize] += 1;
         }
-        assert_eq!(
-            plan.priorities,
-            vec![0; 10],
-            "round robin keeps priorities"
-        );
+        assert_eq!(plan.priorities, vec![0; 10], "round robin keeps priorities");
     }
     // Six rounds of three slots over nine canisters: each ran twice.
     assert_eq!(seen, vec![2, 2, 2, 2, 2, 0, 2, 2, 2, 2]);
@@ -295,7 +295,9 @@ fn a_flood_does_not_delay_a_light_canister_beyond_a_bound() {
     // 5,000 flooding canisters, 100 slots per round: a full turn is 50 rounds.
     let (rr_worst, rr_fallbacks) = light_canister_latency(&rr, 5000, 0, 400, 37);
     let (ap_worst, ap_fallbacks) = light_canister_latency(&ap, 5000, 0, 400, 37);
-    eprintln!("light canister, worst latency in rounds: round robin {rr_worst}, accumulated priority {ap_worst}");
+    eprintln!(
+        "light canister, worst latency in rounds: round robin {rr_worst}, accumulated priority {ap_worst}"
+    );
     assert_eq!((rr_fallbacks, ap_fallbacks), (0, 0));
     assert!(rr_worst <= 51, "round robin: {rr_worst}");
     assert!(ap_worst <= 51, "accumulated priority: {ap_worst}");
@@ -315,11 +317,13 @@ fn a_misbehaving_policy_makes_the_default_run_with_the_reason() {
         Some("ran past its limit"),
         Some("invalid plan: canister"),
         Some("more than the budget"),
-        Some("invalid plan: canister 3 has a compute allocation of 40% and work but is not scheduled"),
+        Some(
+            "invalid plan: canister 3 has a compute allocation of 40% and work but is not scheduled",
+        ),
         Some("invalid plan: 19 priorities for 20 canisters"),
         Some("names canister 20, but there are only 20 canisters"),
         Some("is beyond ±"),
-        Some("the policy trapped"),
+        Some("refused to grow its memory beyond 268435456 bytes"),
     ];
     for round in 0..20u64 {
         let input = RoundInput {
@@ -371,7 +375,10 @@ fn binaries_that_are_not_policies_are_rejected_clearly() {
 
     assert_eq!(err(b"hello"), PolicyError::NotWasm);
     assert_eq!(err(b"\0asm\x01\0\0\0"), PolicyError::CoreModule);
-    assert!(matches!(err(b"\0asm\x0d\0\x01\0garbage"), PolicyError::Invalid(_)));
+    assert!(matches!(
+        err(b"\0asm\x0d\0\x01\0garbage"),
+        PolicyError::Invalid(_)
+    ));
 
     // A canister: imports the system API and WASI.
     let kv = cellar_examples::get("kv").unwrap().wasm;
@@ -394,11 +401,19 @@ fn binaries_that_are_not_policies_are_rejected_clearly() {
     };
     let missing = err(&lifted("plan"));
     assert_eq!(missing, PolicyError::MissingExport(vec!["plan".into()]));
-    assert!(missing.to_string().contains("does not export a function `schedule`"));
+    assert!(
+        missing
+            .to_string()
+            .contains("does not export a function `schedule`")
+    );
 
     let wrong = err(&lifted("schedule"));
     assert!(matches!(wrong, PolicyError::WrongSignature(_)), "{wrong}");
-    assert!(wrong.to_string().contains("func(input: round-input) -> round-plan"));
+    assert!(
+        wrong
+            .to_string()
+            .contains("func(input: round-input) -> round-plan")
+    );
 
     let importing = wat(r#"(component
         (import "clock" (func $now (result u64)))
@@ -412,4 +427,74 @@ fn binaries_that_are_not_policies_are_rejected_clearly() {
         err(&wat("(component)")),
         PolicyError::MissingExport(Vec::new())
     );
+}
+
+/// The cost of one `schedule` call for each policy and the Rust default:
+/// `cargo test -p cellar-engine --test policy -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement; run explicitly"]
+fn measure_schedule_cost() {
+    let rr = load(ROUND_ROBIN_POLICY);
+    let ap = load(ACCUMULATED_PRIORITY_POLICY);
+    let mut rng = Rng(1);
+    for n in [10usize, 1_000, 100_000] {
+        let mut input = random_input(&mut rng, n);
+        input.instruction_budget = 7_000_000_000;
+        let iterations = (200_000 / n).clamp(5, 2_000);
+        // Thread CPU time: the machine is shared, wall time counts waiting.
+        let cpu_micros = || {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: a valid out-pointer.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+            ts.tv_sec as f64 * 1e6 + ts.tv_nsec as f64 / 1e3
+        };
+        let time = |f: &dyn Fn() -> u64| {
+            let instructions = f();
+            // The best of three batches.
+            let best = (0..3)
+                .map(|_| {
+                    let start = cpu_micros();
+                    for _ in 0..iterations {
+                        std::hint::black_box(f());
+                    }
+                    (cpu_micros() - start) / iterations as f64
+                })
+                .fold(f64::INFINITY, f64::min);
+            (best, instructions)
+        };
+        let rows: [(&str, (f64, u64)); 4] = [
+            (
+                "round-robin component",
+                time(&|| {
+                    let o = rr.schedule(&input);
+                    assert!(o.fallback.is_none(), "{:?}", o.fallback);
+                    o.instructions
+                }),
+            ),
+            (
+                "accumulated-priority component",
+                time(&|| {
+                    let o = ap.schedule(&input);
+                    assert!(o.fallback.is_none(), "{:?}", o.fallback);
+                    o.instructions
+                }),
+            ),
+            (
+                "built-in round robin (Rust)",
+                time(&|| builtin_round_robin(&input).schedule.len() as u64),
+            ),
+            (
+                "built-in default (Rust)",
+                time(&|| builtin_default(&input).schedule.len() as u64),
+            ),
+        ];
+        for (name, (us, instructions)) in rows {
+            eprintln!(
+                "{n:>7} canisters  {name:<32} {us:>10.1} µs CPU/call  ({instructions} instructions or scheduled)"
+            );
+        }
+    }
 }

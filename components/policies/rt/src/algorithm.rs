@@ -9,7 +9,10 @@
 
 extern crate alloc;
 
+use alloc::vec;
 use alloc::vec::Vec;
+use core::cmp::Reverse;
+use core::num::NonZeroU128;
 
 /// Priority units one round hands out in total: a compute allocation of 1 %
 /// earns `CAPACITY / 100` per round.
@@ -56,10 +59,18 @@ pub fn allocation_denominator<S: Summary>(canisters: &[S]) -> u64 {
 /// `budget`: `allocation × budget / denominator` (see
 /// [`allocation_denominator`]), 0 for a canister without work.
 pub fn guaranteed_share<S: Summary>(c: &S, budget: u64, denominator: u64) -> u64 {
-    if !c.has_work() {
+    let allocation = allocation(c);
+    if allocation == 0 || !c.has_work() {
         return 0;
     }
-    (u128::from(allocation(c)) * u128::from(budget) / u128::from(denominator.max(1))) as u64
+    // 64-bit arithmetic when it cannot overflow: 128-bit division is a
+    // library call in wasm, hundreds of instructions.
+    match allocation.checked_mul(budget) {
+        Some(product) => product / denominator.max(1),
+        None => {
+            (u128::from(allocation) * u128::from(budget) / u128::from(denominator.max(1))) as u64
+        }
+    }
 }
 
 /// How many canisters get a slot of the free budget: `budget / MIN_ALLOWANCE`,
@@ -94,8 +105,7 @@ pub type RawPlan = (Vec<(u32, u64)>, Vec<i64>);
 ///    (which arithmetic in realistic rounds never reaches).
 pub fn accumulated_priority<S: Summary>(round: u64, budget: u64, canisters: &[S]) -> RawPlan {
     let n = canisters.len();
-    let mut priorities: Vec<i64> = Vec::with_capacity(n);
-    priorities.resize(n, 0);
+    let mut priorities: Vec<i64> = vec![0; n];
     let active: Vec<u32> = (0..n as u32)
         .filter(|&i| canisters[i as usize].has_work())
         .collect();
@@ -109,7 +119,8 @@ pub fn accumulated_priority<S: Summary>(round: u64, budget: u64, canisters: &[S]
     let mut credited = 0i64;
     for &i in &active {
         let c = &canisters[i as usize];
-        let credit = (u128::from(allocation(c)) * CAPACITY as u128 / u128::from(denominator)) as i64;
+        // At most 100 × CAPACITY: no overflow.
+        let credit = (allocation(c) * CAPACITY as u64 / denominator) as i64;
         credited += credit;
         priorities[i as usize] = c.priority().clamp(-MAX_PRIORITY, MAX_PRIORITY) + credit;
     }
@@ -122,14 +133,19 @@ pub fn accumulated_priority<S: Summary>(round: u64, budget: u64, canisters: &[S]
     }
 
     // 3. Order.
-    let mut order = active.clone();
-    order.sort_unstable_by(|&a, &b| {
-        let (ca, cb) = (&canisters[a as usize], &canisters[b as usize]);
-        priorities[b as usize]
-            .cmp(&priorities[a as usize])
-            .then(cb.rounds_since_executed().cmp(&ca.rounds_since_executed()))
-            .then(a.cmp(&b))
-    });
+    let mut keys: Vec<(Reverse<i64>, Reverse<u64>, u32)> = active
+        .iter()
+        .map(|&i| {
+            let c = &canisters[i as usize];
+            (
+                Reverse(priorities[i as usize]),
+                Reverse(c.rounds_since_executed()),
+                i,
+            )
+        })
+        .collect();
+    keys.sort_unstable();
+    let order: Vec<u32> = keys.into_iter().map(|(_, _, i)| i).collect();
 
     // 4. Allowances.
     let mut allowances: Vec<u64> = Vec::with_capacity(order.len());
@@ -159,16 +175,19 @@ pub fn accumulated_priority<S: Summary>(round: u64, budget: u64, canisters: &[S]
 
     // 5. Pay back, then restore the zero sum.
     let total: u128 = schedule.iter().map(|&(_, a)| u128::from(a)).sum();
-    if total > 0 {
+    if let (Some(&(first, _)), Some(unit)) = (schedule.first(), NonZeroU128::new(total)) {
         let mut paid = 0i64;
         for &(i, a) in &schedule {
-            let pay = (CAPACITY as u128 * u128::from(a) / total) as i64;
+            let pay = (CAPACITY as u128 * u128::from(a) / unit) as i64;
             priorities[i as usize] -= pay;
             paid += pay;
         }
-        priorities[schedule[0].0 as usize] -= CAPACITY - paid;
+        priorities[first as usize] -= CAPACITY - paid;
     }
-    let sum: i128 = active.iter().map(|&i| i128::from(priorities[i as usize])).sum();
+    let sum: i128 = active
+        .iter()
+        .map(|&i| i128::from(priorities[i as usize]))
+        .sum();
     let (shift, extra) = (sum.div_euclid(na as i128), sum.rem_euclid(na as i128));
     for (j, &i) in active.iter().enumerate() {
         let p = i128::from(priorities[i as usize]) - shift - i128::from((j as i128) < extra);
