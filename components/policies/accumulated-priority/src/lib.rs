@@ -39,7 +39,10 @@ impl Guest for AccumulatedPriority {
         RoundPlan {
             schedule: schedule
                 .into_iter()
-                .map(|(index, instructions)| Allowance { index, instructions })
+                .map(|(index, instructions)| Allowance {
+                    index,
+                    instructions,
+                })
                 .collect::<Vec<_>>(),
             priorities,
         }

@@ -38,7 +38,10 @@ impl Guest for RoundRobin {
         RoundPlan {
             schedule: schedule
                 .into_iter()
-                .map(|(index, instructions)| Allowance { index, instructions })
+                .map(|(index, instructions)| Allowance {
+                    index,
+                    instructions,
+                })
                 .collect::<Vec<_>>(),
             priorities,
         }
