@@ -143,7 +143,11 @@ pub struct RoundInput {
     /// Instructions all canisters together may execute in this round.
     #[component(name = "instruction-budget")]
     pub instruction_budget: u64,
-    /// Every canister, in the host's order (`index` equals the position).
+    /// The canisters, in the host's order (`index` equals the position).
+    /// The host may leave out canisters without work whose priority is 0:
+    /// both shipped policies (and [`builtin_default`]) give them nothing and
+    /// keep them at 0, so the plan for the others is the same and the cost
+    /// of a round follows the busy canisters, not all of them.
     pub canisters: Vec<CanisterSummary>,
 }
 

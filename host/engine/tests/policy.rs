@@ -131,6 +131,82 @@ fn plans_and_instruction_counts_are_deterministic() {
         assert_eq!(b, c);
         let bytes = serde_json::to_vec(&a).unwrap();
         assert_eq!(bytes, serde_json::to_vec(&c).unwrap());
+        // Another engine (another "replica") counts the same instructions.
+        let other = cellar_engine::new_engine().unwrap();
+        let d = SchedulerPolicy::from_component(&other, wasm)
+            .unwrap()
+            .schedule(&input);
+        assert_eq!(a, d);
+    }
+}
+
+#[test]
+fn policies_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    shareable::<SchedulerPolicy>();
+    let policy = load(ACCUMULATED_PRIORITY_POLICY);
+    let input = random_input(&mut Rng(3), 50);
+    let expected = policy.schedule(&input);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| assert_eq!(policy.schedule(&input), expected));
+        }
+    });
+}
+
+/// Both shipped policies leave idle canisters at priority 0 and never give
+/// them instructions, so a host may pass only the canisters with work or a
+/// non-zero priority: the plan is the same, up to renumbering. This keeps the
+/// policy's cost proportional to the busy canisters, not to all of them.
+#[test]
+fn leaving_out_idle_canisters_at_zero_changes_nothing() {
+    let mut rng = Rng(11);
+    for wasm in [ROUND_ROBIN_POLICY, ACCUMULATED_PRIORITY_POLICY] {
+        let policy = load(wasm);
+        for _ in 0..10 {
+            let mut full = random_input(&mut rng, 300);
+            full.instruction_budget = 1_000_000_000;
+            for c in &mut full.canisters {
+                if !c.has_work() && rng.below(2) == 0 {
+                    c.accumulated_priority = 0;
+                }
+            }
+            let kept: Vec<usize> = (0..full.canisters.len())
+                .filter(|&i| {
+                    let c = &full.canisters[i];
+                    c.has_work() || c.accumulated_priority != 0
+                })
+                .collect();
+            let subset = RoundInput {
+                canisters: kept
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &i)| CanisterSummary {
+                        index: j as u32,
+                        ..full.canisters[i]
+                    })
+                    .collect(),
+                ..full.clone()
+            };
+            let (a, b) = (policy.schedule(&full).plan, policy.schedule(&subset).plan);
+            let renumbered: Vec<Allowance> = b
+                .schedule
+                .iter()
+                .map(|x| Allowance {
+                    index: kept[x.index as usize] as u32,
+                    ..*x
+                })
+                .collect();
+            assert_eq!(a.schedule, renumbered);
+            for (j, &i) in kept.iter().enumerate() {
+                assert_eq!(a.priorities[i], b.priorities[j]);
+            }
+            for (i, &p) in a.priorities.iter().enumerate() {
+                if !kept.contains(&i) {
+                    assert_eq!(p, 0);
+                }
+            }
+        }
     }
 }
 
