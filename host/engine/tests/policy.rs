@@ -114,6 +114,8 @@ fn shipped_policies_give_valid_plans_equal_to_their_rust_twins() {
             assert_eq!(outcome.plan, twin(&input), "case {case}");
             assert!(outcome.instructions > 0);
         }
+        let ap_plan = builtin_default(&input);
+        assert_eq!(ap_plan.priorities.iter().sum::<i64>(), 0, "case {case}");
     }
 }
 

@@ -156,12 +156,12 @@ pub fn accumulated_priority<S: Summary>(round: u64, budget: u64, canisters: &[S]
         allowances.push(share);
     }
     let free_budget = budget.saturating_sub(guaranteed);
-    let k = slots(budget, order.len()) as u64;
+    let k = slots(budget, order.len()) as u128;
     let weights = k * (3 * k + 1) / 2; // sum of 2k - r for r in 0..k
     let mut handed = 0u64;
     for (r, allowance) in allowances.iter_mut().take(k as usize).enumerate() {
-        let w = 2 * k - r as u64;
-        let part = (u128::from(free_budget) * u128::from(w) / u128::from(weights)) as u64;
+        let w = 2 * k - r as u128;
+        let part = (u128::from(free_budget) * w / weights) as u64;
         *allowance += part;
         handed += part;
     }
