@@ -38,7 +38,7 @@ pub use policy::{
     Allowance, CanisterSummary, DEFAULT_POLICY_INSTRUCTIONS,
     DEFAULT_POLICY_INSTRUCTIONS_PER_CANISTER, MAX_POLICY_BYTES, MAX_PRIORITY, POLICY_MEMORY_BYTES,
     PlanOutcome, PolicyError, RoundInput, RoundPlan, SCHEDULE_EXPORT, SchedulerPolicy,
-    builtin_default, builtin_round_robin, guaranteed_share, validate,
+    builtin_default, builtin_round_robin, guaranteed_share, plan_round, validate,
 };
 pub use stable::{STABLE_PAGE_SIZE, StableMemory};
 pub use state::{ExecutionState, HeapSnapshot, StateChanges, Timer};

@@ -510,6 +510,20 @@ impl SchedulerPolicy {
     }
 }
 
+/// Plans a round with `policy`, or with [`builtin_default`] when there is
+/// none (then `fallback` is `None` and `instructions` 0): what a node calls
+/// once per round.
+pub fn plan_round(policy: Option<&SchedulerPolicy>, input: &RoundInput) -> PlanOutcome {
+    match policy {
+        Some(policy) => policy.schedule(input),
+        None => PlanOutcome {
+            plan: builtin_default(input),
+            fallback: None,
+            instructions: 0,
+        },
+    }
+}
+
 fn fallback(input: &RoundInput, why: String, instructions: u64) -> PlanOutcome {
     PlanOutcome {
         plan: builtin_default(input),

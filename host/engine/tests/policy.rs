@@ -6,7 +6,7 @@
 
 use cellar_engine::{
     Allowance, CanisterSummary, PolicyError, RoundInput, RoundPlan, SchedulerPolicy,
-    builtin_default, builtin_round_robin, validate,
+    builtin_default, builtin_round_robin, plan_round, validate,
 };
 use cellar_examples::{ACCUMULATED_PRIORITY_POLICY, MISBEHAVING_POLICY, ROUND_ROBIN_POLICY};
 use std::sync::OnceLock;
@@ -424,6 +424,16 @@ fn a_misbehaving_policy_makes_the_default_run_with_the_reason() {
             assert_eq!(outcome.instructions, policy.instruction_limit(20));
         }
     }
+}
+
+#[test]
+fn without_a_policy_the_builtin_default_plans() {
+    let input = random_input(&mut Rng(5), 40);
+    let outcome = plan_round(None, &input);
+    assert_eq!(outcome.plan, builtin_default(&input));
+    assert_eq!((outcome.fallback, outcome.instructions), (None, 0));
+    let ap = load(ACCUMULATED_PRIORITY_POLICY);
+    assert_eq!(plan_round(Some(&ap), &input).plan, outcome.plan);
 }
 
 #[test]
