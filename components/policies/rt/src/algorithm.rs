@@ -93,7 +93,8 @@ pub type RawPlan = (Vec<(u32, u64)>, Vec<i64>);
 ///    (the indivisible rest goes one unit each to canisters chosen by
 ///    rotating with the round number).
 /// 3. The canisters with work are ordered by priority (highest first), then
-///    by rounds since they executed (longest first), then by position.
+///    by rounds since they executed (longest first), then by position; only
+///    the first [`slots`] and the allocated ones are kept.
 /// 4. Each allocated canister gets its guaranteed share of the budget (and
 ///    is scheduled even when that share rounds to 0). The
 ///    rest of the budget goes to the first [`slots`] canisters of the order,
@@ -132,7 +133,11 @@ pub fn accumulated_priority<S: Summary>(round: u64, budget: u64, canisters: &[S]
         priorities[i as usize] += each + extra as i64;
     }
 
-    // 3. Order.
+    // 3. Order. Only the first `k` canisters and the allocated ones get
+    // allowances, so only they are sorted (selection, then sorting). The keys
+    // are distinct (they end with the position), so the order does not
+    // depend on the algorithms used.
+    let k = slots(budget, active.len());
     let mut keys: Vec<(Reverse<i64>, Reverse<u64>, u32)> = active
         .iter()
         .map(|&i| {
@@ -144,7 +149,20 @@ pub fn accumulated_priority<S: Summary>(round: u64, budget: u64, canisters: &[S]
             )
         })
         .collect();
-    keys.sort_unstable();
+    if k < keys.len() {
+        keys.select_nth_unstable(k - 1);
+        let mut allocated: Vec<(Reverse<i64>, Reverse<u64>, u32)> = keys[k..]
+            .iter()
+            .copied()
+            .filter(|&(_, _, i)| allocation(&canisters[i as usize]) > 0)
+            .collect();
+        allocated.sort_unstable();
+        keys.truncate(k);
+        keys.sort_unstable();
+        keys.extend(allocated);
+    } else {
+        keys.sort_unstable();
+    }
     let order: Vec<u32> = keys.into_iter().map(|(_, _, i)| i).collect();
 
     // 4. Allowances.
@@ -156,7 +174,7 @@ pub fn accumulated_priority<S: Summary>(round: u64, budget: u64, canisters: &[S]
         allowances.push(share);
     }
     let free_budget = budget.saturating_sub(guaranteed);
-    let k = slots(budget, order.len()) as u128;
+    let k = k as u128;
     let weights = k * (3 * k + 1) / 2; // sum of 2k - r for r in 0..k
     let mut handed = 0u64;
     for (r, allowance) in allowances.iter_mut().take(k as usize).enumerate() {
