@@ -168,7 +168,8 @@ pub struct RoundInput {
 pub struct Allowance {
     /// The canister's [`CanisterSummary::index`].
     pub index: u32,
-    /// Its allowance, in instructions.
+    /// Its allowance, in instructions. May be 0 (an allocated canister whose
+    /// share rounds to 0 is still listed); the node then skips it.
     pub instructions: u64,
 }
 
@@ -594,6 +595,7 @@ pub fn guaranteed_share(input: &RoundInput, canister: &CanisterSummary) -> u64 {
 ///   (queued messages or a paused execution) is scheduled with at least its
 ///   [`guaranteed_share`].
 ///
+/// Scheduling a canister without work is allowed (it has nothing to run).
 /// The error says which rule failed and for which canister.
 pub fn validate(input: &RoundInput, plan: &RoundPlan) -> Result<(), String> {
     let n = input.canisters.len();
