@@ -685,7 +685,10 @@ mod tests {
         input.canisters[4].compute_allocation = 30;
         input.canisters[7].compute_allocation = 70;
         input.canisters[9].paused = true;
-        for round in 0..200 {
+        // A small budget: 3 slots for 33 busy canisters, so most wait.
+        input.instruction_budget = 30_000_000;
+        let mut largest = 0;
+        for round in 0..3000 {
             input.round = round;
             let plan = builtin_default(&input);
             validate(&input, &plan).unwrap();
@@ -693,8 +696,14 @@ mod tests {
             assert_eq!(plan.priorities.iter().sum::<i64>(), 0);
             for (c, p) in input.canisters.iter_mut().zip(&plan.priorities) {
                 c.accumulated_priority = *p;
+                largest = largest.max(p.unsigned_abs());
             }
+            // Some canisters go idle and come back.
+            let flip = (round * 7 % 50) as usize;
+            input.canisters[flip].input_queue_length ^= 1;
         }
+        // Priorities stay within a few rounds' capacity.
+        assert!(largest < 4 * algorithm::CAPACITY as u64, "{largest}");
     }
 
     #[test]
