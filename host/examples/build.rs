@@ -1,6 +1,8 @@
-//! Builds the guest workspace `components/` for `wasm32-wasip2` in release
-//! mode with a nested cargo invocation and copies the resulting components
-//! into `OUT_DIR`, where `src/lib.rs` embeds them with `include_bytes!`.
+//! Builds the guest workspaces `components/` (canisters) and
+//! `components/policies/` (scheduler policies, `no_std`) for `wasm32-wasip2`
+//! in release mode with nested cargo invocations and copies the resulting
+//! components into `OUT_DIR`, where `src/lib.rs` embeds them with
+//! `include_bytes!`.
 
 use std::env;
 use std::fs;
@@ -9,6 +11,8 @@ use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
 const COMPONENTS: &[&str] = &["counter", "kv", "ledger", "testbed", "relay"];
+/// Scheduler policies (workspace `components/policies`), by output file stem.
+const POLICIES: &[&str] = &["round_robin", "accumulated_priority", "misbehaving_policy"];
 
 /// Variables that would break or pollute the nested build: flags, wrappers
 /// and target directory of the outer build, and the per-package variables
@@ -59,37 +63,41 @@ fn main() {
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     ensure_target_installed(&rustc);
 
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(&components)
+    build_workspace(&cargo, &components, &target_dir);
+    build_workspace(&cargo, &components.join("policies"), &target_dir);
+
+    let release = target_dir.join(TARGET).join("release");
+    for name in COMPONENTS.iter().chain(POLICIES) {
+        let src = release.join(format!("{name}.wasm"));
+        let dst = out_dir.join(format!("{name}.wasm"));
+        fs::copy(&src, &dst)
+            .unwrap_or_else(|e| panic!("cannot copy {} to {}: {e}", src.display(), dst.display()));
+    }
+}
+
+/// Runs `cargo build --release --target wasm32-wasip2` in the guest
+/// workspace `dir`, without the outer build's environment.
+fn build_workspace(cargo: &std::ffi::OsStr, dir: &Path, target_dir: &Path) {
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(dir)
         .args(["build", "--release", "--target", TARGET, "--target-dir"])
-        .arg(&target_dir);
+        .arg(target_dir);
     for (key, _) in env::vars_os() {
         let Some(key) = key.to_str() else { continue };
         if REMOVED_VARS.contains(&key) || REMOVED_PREFIXES.iter().any(|p| key.starts_with(p)) {
             cmd.env_remove(key);
         }
     }
-    let output = cmd.output().unwrap_or_else(|e| {
-        panic!(
-            "cannot run {cargo:?} to build {}: {e}",
-            components.display()
-        )
-    });
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cargo:?} to build {}: {e}", dir.display()));
     if !output.status.success() {
         panic!(
             "building the guest components in {} failed ({}):\n{}",
-            components.display(),
+            dir.display(),
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
-    }
-
-    let release = target_dir.join(TARGET).join("release");
-    for name in COMPONENTS {
-        let src = release.join(format!("{name}.wasm"));
-        let dst = out_dir.join(format!("{name}.wasm"));
-        fs::copy(&src, &dst)
-            .unwrap_or_else(|e| panic!("cannot copy {} to {}: {e}", src.display(), dst.display()));
     }
 }
 

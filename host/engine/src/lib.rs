@@ -17,6 +17,7 @@ mod exec;
 mod interface;
 mod memory;
 mod paging;
+mod policy;
 mod rng;
 mod stable;
 mod state;
@@ -33,6 +34,12 @@ pub use exec::{
 };
 pub use interface::{CanisterInterface, Hook, Method, MethodKind, MethodLookupError, render_type};
 pub use paging::{MAX_PAGES, MemoryImage, PAGE_SIZE, Page, PageMap, page_from_slice};
+pub use policy::{
+    Allowance, CanisterSummary, DEFAULT_POLICY_INSTRUCTIONS,
+    DEFAULT_POLICY_INSTRUCTIONS_PER_CANISTER, MAX_POLICY_BYTES, MAX_PRIORITY, POLICY_MEMORY_BYTES,
+    PlanOutcome, PolicyError, RoundInput, RoundPlan, SCHEDULE_EXPORT, SchedulerPolicy,
+    builtin_default, builtin_round_robin, guaranteed_share, plan_round, validate,
+};
 pub use stable::{STABLE_PAGE_SIZE, StableMemory};
 pub use state::{ExecutionState, HeapSnapshot, LateReply, OutgoingCall, StateChanges, Timer};
 pub use tracker::{MemoryTracker, TrackingStats};

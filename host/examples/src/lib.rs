@@ -4,6 +4,11 @@
 //! `wasm32-wasip2` (release profile) and embeds the results here. The
 //! examples ([`examples`]) are what `cellar start` deploys on a fresh node;
 //! [`testbed`] is a fixture canister for host tests.
+//!
+//! The scheduler policies of `components/policies` are embedded too:
+//! [`ROUND_ROBIN_POLICY`], [`ACCUMULATED_PRIORITY_POLICY`] and the test
+//! fixture [`MISBEHAVING_POLICY`]. They implement the world
+//! `cellar:scheduler/scheduler-policy` and import nothing.
 
 /// An embedded canister.
 #[derive(Debug)]
@@ -24,6 +29,23 @@ const KV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kv.wasm"));
 const LEDGER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ledger.wasm"));
 const TESTBED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testbed.wasm"));
 const RELAY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/relay.wasm"));
+
+/// The round-robin scheduler policy component: canisters with work take
+/// turns, a group per round, with equal allowances (allocated canisters
+/// always get their guaranteed share).
+pub const ROUND_ROBIN_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/round_robin.wasm"));
+
+/// The accumulated-priority (IC-style) scheduler policy component: the same
+/// arithmetic as the host's built-in default policy.
+pub const ACCUMULATED_PRIORITY_POLICY: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/accumulated_priority.wasm"));
+
+/// A scheduler-policy test fixture that misbehaves according to
+/// `round % 10`: valid plan, trap, endless loop, duplicate, over budget,
+/// starving an allocated canister, short priorities, bad index, priority
+/// out of bounds, memory exhaustion.
+pub const MISBEHAVING_POLICY: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/misbehaving_policy.wasm"));
 
 static EXAMPLES: [Example; 4] = [
     Example {
@@ -93,6 +115,13 @@ mod tests {
                 "{} is not a component",
                 e.name
             );
+        }
+        for policy in [
+            ROUND_ROBIN_POLICY,
+            ACCUMULATED_PRIORITY_POLICY,
+            MISBEHAVING_POLICY,
+        ] {
+            assert_eq!(&policy[..8], b"\0asm\x0d\0\x01\0");
         }
         assert_eq!(get("testbed").map(|e| e.wasm), Some(testbed()));
         assert!(get("nope").is_none());
