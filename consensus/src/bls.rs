@@ -109,7 +109,6 @@ macro_rules! byte_array_serde {
         }
     };
 }
-pub(crate) use byte_array_serde;
 
 /// Bytes read by `deserialize_bytes` or from a sequence of u8 (for self-describing formats).
 pub(crate) struct ByteBuf(pub(crate) Vec<u8>);
@@ -128,7 +127,10 @@ impl<'de> Deserialize<'de> for ByteBuf {
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
                 Ok(ByteBuf(v))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<ByteBuf, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<ByteBuf, A::Error> {
                 let mut v = Vec::new();
                 while let Some(b) = a.next_element::<u8>()? {
                     if v.len() >= 1 << 16 {
@@ -312,7 +314,11 @@ pub fn aggregate(sigs: &[SignatureBytes]) -> Result<SignatureBytes, CryptoError>
 }
 
 /// Verifies a multi-signature on `msg` by the holders of `pks` (one pairing check).
-pub fn verify_multi(pks: &[&PublicKey], msg: &[u8], sig: &SignatureBytes) -> Result<(), CryptoError> {
+pub fn verify_multi(
+    pks: &[&PublicKey],
+    msg: &[u8],
+    sig: &SignatureBytes,
+) -> Result<(), CryptoError> {
     if pks.is_empty() {
         return Err(CryptoError::NotEnoughShares { have: 0, need: 1 });
     }
@@ -527,7 +533,10 @@ mod tests {
         let pk = sk.public_key();
         let sig = sk.sign(b"hello");
         verify(&pk, b"hello", &sig).unwrap();
-        assert_eq!(verify(&pk, b"hellO", &sig), Err(CryptoError::InvalidSignature));
+        assert_eq!(
+            verify(&pk, b"hellO", &sig),
+            Err(CryptoError::InvalidSignature)
+        );
         let mut bad = sig;
         bad.0[10] ^= 1;
         assert!(verify(&pk, b"hello", &bad).is_err());
@@ -586,7 +595,8 @@ mod tests {
         );
         // Share of another node under a wrong index.
         assert_eq!(
-            d.public.combine(msg, &[shares[0], (1, shares[2].1), shares[3]]),
+            d.public
+                .combine(msg, &[shares[0], (1, shares[2].1), shares[3]]),
             Err(CryptoError::InvalidShare(1))
         );
         assert_eq!(
@@ -594,7 +604,8 @@ mod tests {
             Err(CryptoError::NotEnoughShares { have: 2, need: 3 })
         );
         assert_eq!(
-            d.public.combine_verified(&[shares[0], shares[0], shares[1]]),
+            d.public
+                .combine_verified(&[shares[0], shares[0], shares[1]]),
             Err(CryptoError::DuplicateShare(0))
         );
         // Deterministic from the seed; another seed gives another key.
