@@ -134,6 +134,8 @@ pub struct NodeStats {
     pub policy_errors: u64,
     /// Blocks delivered.
     pub delivered: u64,
+    /// Heights at which a block maker was seen proposing two blocks.
+    pub equivocations: u64,
     /// Finalizations seen for a block other than the finalized one (must stay 0).
     pub conflicting_finalizations: u64,
 }
@@ -547,6 +549,9 @@ impl ConsensusNode {
         if bls::verify(pk, &proposal_message(&hash), &p.signature).is_err() {
             return Verdict::Invalid;
         }
+        if same_rank > 0 {
+            self.stats.equivocations += 1;
+        }
         self.pool.at(b.height).blocks.insert(hash, p.clone());
         Verdict::Accept
     }
@@ -777,6 +782,9 @@ impl ConsensusNode {
         if let Some(&top) = tops.last() {
             next = top + 1;
         }
+        // A delivered (finalized) block is notarized even if its notarization
+        // never arrived here.
+        next = next.max(self.delivered.0 + 1);
         if next == self.round {
             return false;
         }
@@ -846,7 +854,7 @@ impl ConsensusNode {
         let ready: Vec<Height> = self
             .pool
             .heights
-            .range(self.delivered.0 + 1..=h)
+            .range(self.delivered.0 + 1..h.max(self.delivered.0) + 1)
             .filter(|(_, p)| p.beacon.is_none() && p.beacon_shares.len() >= t)
             .map(|(h, _)| *h)
             .collect();
@@ -1140,7 +1148,7 @@ impl ConsensusNode {
         let me = self.secret.index;
         let from = (self.cup.content.height + 1)
             .max(self.round.saturating_sub(self.config.rebroadcast_heights));
-        for (&h, p) in self.pool.heights.range(from..=self.round) {
+        for (&h, p) in self.pool.heights.range(from..self.round.max(from) + 1) {
             if let Some(b) = &p.beacon {
                 out.push(Action::Broadcast(Artifact::Beacon(b.clone())));
             } else if let Some(s) = p.beacon_shares.get(&me) {
