@@ -691,7 +691,7 @@ impl ConsensusNode {
 
     fn validate_catch_up_share(&mut self, s: &CatchUpShare) -> Verdict {
         let h = s.content.height;
-        if s.signer >= self.keys.n() || h % self.config.catch_up_interval.max(1) != 0 {
+        if s.signer >= self.keys.n() || !h.is_multiple_of(self.config.catch_up_interval.max(1)) {
             return Verdict::Invalid;
         }
         let p = self.pool.at(h);
@@ -831,22 +831,21 @@ impl ConsensusNode {
         let h = self.round;
         let me = self.secret.index;
         let mut progress = false;
-        if self.pool.beacon(h).is_none() {
-            if let Some(prev) = self.pool.beacon(h - 1).map(RandomBeacon::hash) {
-                if !self.pool.at(h).beacon_shares.contains_key(&me) {
-                    let signature = self.secret.beacon_share.sign(&beacon_message(h, &prev));
-                    self.pool.at(h).beacon_shares.insert(me, signature);
-                    out.push(Action::Broadcast(Artifact::BeaconShare(
-                        RandomBeaconShare {
-                            height: h,
-                            parent: prev,
-                            signer: me,
-                            signature,
-                        },
-                    )));
-                    progress = true;
-                }
-            }
+        if self.pool.beacon(h).is_none()
+            && let Some(prev) = self.pool.beacon(h - 1).map(RandomBeacon::hash)
+            && !self.pool.at(h).beacon_shares.contains_key(&me)
+        {
+            let signature = self.secret.beacon_share.sign(&beacon_message(h, &prev));
+            self.pool.at(h).beacon_shares.insert(me, signature);
+            out.push(Action::Broadcast(Artifact::BeaconShare(
+                RandomBeaconShare {
+                    height: h,
+                    parent: prev,
+                    signer: me,
+                    signature,
+                },
+            )));
+            progress = true;
         }
         // Combine wherever enough shares are in, lowest height first (each
         // beacon's parent is the one below).
@@ -1018,19 +1017,20 @@ impl ConsensusNode {
         let t_cup = self.keys.catch_up.threshold as usize;
         for (h, p) in self.pool.heights.range_mut(self.delivered.0 + 1..) {
             for (block, shares) in &p.notarization_shares {
-                if shares.len() >= q && !p.notarizations.contains_key(block) {
-                    if let Some(c) = certify(*h, *block, shares, q) {
-                        made.push((false, c));
-                    }
+                if shares.len() >= q
+                    && !p.notarizations.contains_key(block)
+                    && let Some(c) = certify(*h, *block, shares, q)
+                {
+                    made.push((false, c));
                 }
             }
             if p.finalization.is_none() {
                 for (block, shares) in &p.finalization_shares {
-                    if shares.len() >= q {
-                        if let Some(c) = certify(*h, *block, shares, q) {
-                            made.push((true, c));
-                            break;
-                        }
+                    if shares.len() >= q
+                        && let Some(c) = certify(*h, *block, shares, q)
+                    {
+                        made.push((true, c));
+                        break;
                     }
                 }
             }

@@ -97,13 +97,15 @@ pub struct IccPolicy {
 /// A permutation of `0..n` drawn by Fisher–Yates from SHA-256 of the beacon and height.
 pub fn beacon_permutation(height: Height, beacon: &Hash32, n: u32) -> Vec<NodeIndex> {
     let mut perm: Vec<NodeIndex> = (0..n).collect();
-    let mut counter = 0u64;
-    for i in (1..n as usize).rev() {
+    for (counter, i) in (1..n as usize).rev().enumerate() {
         let d = Hash32::digest(
             b"cellar/ranking",
-            &[&beacon.0, &height.to_be_bytes(), &counter.to_be_bytes()],
+            &[
+                &beacon.0,
+                &height.to_be_bytes(),
+                &(counter as u64).to_be_bytes(),
+            ],
         );
-        counter += 1;
         // 128 bits reduced mod i+1: bias below 2^-90.
         let x = u128::from_be_bytes(d.0[..16].try_into().unwrap_or([0; 16]));
         let j = (x % (i as u128 + 1)) as usize;

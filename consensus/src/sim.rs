@@ -247,11 +247,11 @@ impl Simulation {
 
     /// Restarts a crashed node with the state it had.
     pub fn restart(&mut self, i: NodeIndex) {
-        if let Some(n) = self.nodes.get_mut(i as usize) {
-            if !n.up {
-                n.up = true;
-                self.schedule(self.now, Event::Tick(i));
-            }
+        if let Some(n) = self.nodes.get_mut(i as usize)
+            && !n.up
+        {
+            n.up = true;
+            self.schedule(self.now, Event::Tick(i));
         }
     }
 
@@ -342,10 +342,10 @@ impl Simulation {
             let mut prev: Option<Height> = None;
             let mut ids = std::collections::BTreeSet::new();
             for b in &n.delivered {
-                if let Some(p) = prev {
-                    if b.height != p + 1 {
-                        return Err(format!("node {i} delivered {} after {p}", b.height));
-                    }
+                if let Some(p) = prev
+                    && b.height != p + 1
+                {
+                    return Err(format!("node {i} delivered {} after {p}", b.height));
                 }
                 prev = Some(b.height);
                 top = top.max(b.height);
@@ -407,10 +407,10 @@ impl Simulation {
                     expiry_ms: self.now + 60_000,
                     content: format!("msg-{}", self.ingress_counter).into_bytes(),
                 };
-                if self.nodes[target as usize].up {
-                    if let Ok(actions) = self.nodes[target as usize].node.submit_ingress(msg) {
-                        self.apply(target, actions);
-                    }
+                if self.nodes[target as usize].up
+                    && let Ok(actions) = self.nodes[target as usize].node.submit_ingress(msg)
+                {
+                    self.apply(target, actions);
                 }
                 let next = self.now + self.cfg.ingress_every_ms;
                 self.schedule(next, Event::Ingress);
@@ -434,10 +434,8 @@ impl Simulation {
                             Hash32::digest(b"sim/state", &[&n.state_hash.0, &batch.block.0]);
                         let (h, s, needs) = (batch.height, n.state_hash, batch.needs_state_hash);
                         n.delivered.push(batch);
-                        if needs {
-                            if let Ok(more) = n.node.on_execution_state(h, s) {
-                                next.extend(more);
-                            }
+                        if needs && let Ok(more) = n.node.on_execution_state(h, s) {
+                            next.extend(more);
                         }
                     }
                     Action::CatchUpPackage(cup) => self.nodes[i as usize].catch_ups.push(cup),
