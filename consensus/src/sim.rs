@@ -117,6 +117,8 @@ pub struct SimNode {
     pub behavior: Behavior,
     /// Everything it delivered, in order.
     pub delivered: Vec<FinalizedBatch>,
+    /// Simulated time of each delivery (ms), parallel to `delivered`.
+    pub delivered_at_ms: Vec<u64>,
     /// Its execution state hash (a hash chain of delivered blocks).
     pub state_hash: Hash32,
     /// Catch-up packages it made or adopted.
@@ -201,6 +203,7 @@ impl Simulation {
                 up: true,
                 behavior: Behavior::Honest,
                 delivered: Vec::new(),
+                delivered_at_ms: Vec::new(),
                 state_hash: Hash32::default(),
                 catch_ups: Vec::new(),
             });
@@ -274,6 +277,7 @@ impl Simulation {
             up: true,
             behavior: Behavior::Honest,
             delivered: Vec::new(),
+            delivered_at_ms: Vec::new(),
             state_hash: cup.content.state_hash,
             catch_ups: vec![cup],
         };
@@ -434,6 +438,7 @@ impl Simulation {
                             Hash32::digest(b"sim/state", &[&n.state_hash.0, &batch.block.0]);
                         let (h, s, needs) = (batch.height, n.state_hash, batch.needs_state_hash);
                         n.delivered.push(batch);
+                        n.delivered_at_ms.push(self.now);
                         if needs && let Ok(more) = n.node.on_execution_state(h, s) {
                             next.extend(more);
                         }
