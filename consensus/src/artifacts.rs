@@ -298,7 +298,12 @@ impl Artifact {
 
     /// An identifier (hash of the encoding) to recognise duplicates.
     pub fn id(&self) -> Hash32 {
-        Hash32::digest(b"cellar/artifact", &[&self.to_bytes()])
+        Self::id_of(&self.to_bytes())
+    }
+
+    /// The identifier of an encoded artifact.
+    pub fn id_of(encoded: &[u8]) -> Hash32 {
+        Hash32::digest(b"cellar/artifact", &[encoded])
     }
 
     /// The height the artifact belongs to (none for ingress).

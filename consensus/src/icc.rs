@@ -44,6 +44,8 @@ pub struct ConsensusConfig {
     pub max_heights_ahead: u64,
     /// Most artifacts waiting for their dependencies.
     pub max_pending: usize,
+    /// Most encoded bytes waiting for their dependencies.
+    pub max_pending_bytes: usize,
     /// A block's time may be at most this far ahead of the local clock (ms).
     pub block_time_tolerance_ms: u64,
     /// Finalized heights kept in the pool below the newest (when CUPs lag).
@@ -60,6 +62,7 @@ impl Default for ConsensusConfig {
             rebroadcast_heights: 64,
             max_heights_ahead: 256,
             max_pending: 8192,
+            max_pending_bytes: 128 << 20,
             block_time_tolerance_ms: 2000,
             retain_heights: 256,
             ingress: IngressLimits::default(),
@@ -300,11 +303,14 @@ impl ConsensusNode {
                     self.stats.ignored += 1;
                     return out;
                 }
+                let encoded = other.to_bytes();
                 let p = Pending {
-                    id: other.id(),
+                    id: Artifact::id_of(&encoded),
+                    size: encoded.len(),
                     artifact: other,
                 };
-                if !self.pool.push_pending(h, p, self.config.max_pending) {
+                let (max, max_bytes) = (self.config.max_pending, self.config.max_pending_bytes);
+                if !self.pool.push_pending(h, p, max, max_bytes) {
                     self.stats.ignored += 1;
                 }
             }
@@ -427,7 +433,7 @@ impl ConsensusNode {
                     Verdict::Invalid => self.stats.invalid += 1,
                     Verdict::Ignore => self.stats.ignored += 1,
                     Verdict::Wait => {
-                        self.pool.push_pending(h, p, usize::MAX);
+                        self.pool.push_pending(h, p, usize::MAX, usize::MAX);
                     }
                 }
             }

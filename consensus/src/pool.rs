@@ -58,6 +58,8 @@ impl HeightPool {
 pub(crate) struct Pending {
     /// Its id.
     pub id: Hash32,
+    /// Its encoded size.
+    pub size: usize,
     /// The artifact.
     pub artifact: Artifact,
 }
@@ -71,6 +73,7 @@ pub(crate) struct Pool {
     pub pending: BTreeMap<Height, Vec<Pending>>,
     pending_ids: BTreeSet<Hash32>,
     pending_len: usize,
+    pending_bytes: usize,
 }
 
 impl Pool {
@@ -89,12 +92,17 @@ impl Pool {
         self.heights.get(&h).and_then(|p| p.beacon.as_ref())
     }
 
-    /// Queues an artifact unless it is already queued or the queue is full.
-    pub fn push_pending(&mut self, h: Height, p: Pending, max: usize) -> bool {
-        if self.pending_len >= max || !self.pending_ids.insert(p.id) {
+    /// Queues an artifact unless it is already queued or the queue holds
+    /// `max` artifacts or `max_bytes` bytes.
+    pub fn push_pending(&mut self, h: Height, p: Pending, max: usize, max_bytes: usize) -> bool {
+        if self.pending_len >= max
+            || self.pending_bytes.saturating_add(p.size) > max_bytes
+            || !self.pending_ids.insert(p.id)
+        {
             return false;
         }
         self.pending_len += 1;
+        self.pending_bytes += p.size;
         self.pending.entry(h).or_default().push(p);
         true
     }
@@ -108,6 +116,7 @@ impl Pool {
                 self.pending_len -= v.len();
                 for p in &v {
                     self.pending_ids.remove(&p.id);
+                    self.pending_bytes -= p.size;
                 }
                 out.push((h, v));
             }
@@ -131,5 +140,6 @@ impl Pool {
         }
         self.pending = kept;
         self.pending_len = self.pending.values().map(Vec::len).sum();
+        self.pending_bytes = self.pending.values().flatten().map(|p| p.size).sum();
     }
 }

@@ -315,3 +315,45 @@ fn keys_and_start_are_checked() {
         .is_err()
     );
 }
+
+#[test]
+fn waiting_queue_is_bounded() {
+    let d = deal_subnet(b"validation", 4).unwrap();
+    let g = genesis(&d, 1, Hash32::default()).unwrap();
+    let mut node = ConsensusNode::new(
+        ConsensusConfig {
+            max_pending: 10,
+            ..ConsensusConfig::default()
+        },
+        d.public.clone(),
+        d.secrets[0].clone(),
+        g,
+        round_robin(),
+    )
+    .unwrap();
+    // Beacon shares for height 5 wait for the beacon of height 4, which never comes.
+    for i in 0..50u8 {
+        node.on_artifact(
+            1,
+            Artifact::BeaconShare(RandomBeaconShare {
+                height: 5,
+                parent: Hash32([i; 32]),
+                signer: 1,
+                signature: SignatureBytes([i; 48]),
+            }),
+        );
+    }
+    assert_eq!(node.pending_len(), 10);
+    // Far in the future or below the start: dropped at once.
+    node.on_artifact(
+        1,
+        Artifact::BeaconShare(RandomBeaconShare {
+            height: 1_000_000,
+            parent: Hash32::default(),
+            signer: 1,
+            signature: SignatureBytes([0; 48]),
+        }),
+    );
+    assert_eq!(node.pending_len(), 10);
+    assert!(node.stats().ignored >= 41);
+}
