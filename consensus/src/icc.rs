@@ -903,8 +903,14 @@ impl ConsensusNode {
         if self.now_ms < start.saturating_add(delay) {
             return false;
         }
+        // Stay silent if a better-ranked block exists, unless its maker
+        // equivocated (two blocks at its rank): then nobody may support it.
         let p = self.pool.at(h);
-        if !p.notarizations.is_empty() || p.blocks.values().any(|b| b.block.rank < rank) {
+        let better = p
+            .blocks_by_rank()
+            .range(..rank)
+            .any(|(_, hashes)| hashes.len() == 1);
+        if !p.notarizations.is_empty() || better {
             return false;
         }
         // Parent: the best notarized block at h−1 (or the catch-up anchor).
