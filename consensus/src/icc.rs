@@ -797,17 +797,30 @@ impl ConsensusNode {
         // Finishing rounds round..next: finalization share where this node
         // supported no block but the notarized one.
         for h in self.round..next {
-            let Some(best) = self
-                .pool
-                .get(h)
-                .and_then(|p| p.notarized_blocks().first().map(|b| b.block.hash()))
+            let Some(p) = self.pool.get(h) else {
+                continue;
+            };
+            let supported: BTreeSet<BlockHash> = self
+                .supported
+                .get(&h)
+                .map(|m| m.values().copied().collect())
+                .unwrap_or_default();
+            // The block this node supported if that one is notarized, else
+            // the best notarized block (if it supported none).
+            let notarized: Vec<BlockHash> = p
+                .notarized_blocks()
+                .iter()
+                .map(|b| b.block.hash())
+                .collect();
+            let Some(best) = notarized
+                .iter()
+                .find(|b| supported.contains(b))
+                .or(notarized.first())
+                .copied()
             else {
                 continue;
             };
-            let only_best = self
-                .supported
-                .get(&h)
-                .is_none_or(|m| m.values().all(|b| *b == best));
+            let only_best = supported.iter().all(|b| *b == best);
             if only_best && h > self.delivered.0 {
                 let signature = self.secret.signing.sign(&finalization_message(h, &best));
                 let me = self.secret.index;
