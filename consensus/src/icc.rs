@@ -590,19 +590,24 @@ impl ConsensusNode {
     }
 
     fn validate_block_share(&mut self, s: &BlockShare, finalization: bool) -> Verdict {
-        let Some(pk) = self.keys.node_keys.get(s.signer as usize) else {
+        if s.signer >= self.keys.n() {
             return Verdict::Invalid;
-        };
+        }
         if s.height <= self.delivered.0 {
             return Verdict::Ignore;
         }
         let p = self.pool.at(s.height);
-        let (done, shares) = if finalization {
-            (p.finalization.is_some(), &p.finalization_shares)
+        let (done, shares, unverified) = if finalization {
+            (
+                p.finalization.is_some(),
+                &p.finalization_shares,
+                &p.unverified_finalization_shares,
+            )
         } else {
             (
                 p.notarizations.contains_key(&s.block),
                 &p.notarization_shares,
+                &p.unverified_notarization_shares,
             )
         };
         if done
@@ -611,6 +616,13 @@ impl ConsensusNode {
                 .is_some_and(|m| m.contains_key(&s.signer))
         {
             return Verdict::Ignore;
+        }
+        match unverified.get(&s.block).and_then(|m| m.get(&s.signer)) {
+            Some(sig) if *sig == s.signature => return Verdict::Ignore,
+            // Another share in the signer's name is waiting: one of them is
+            // forged. Check this one now so a forgery cannot shadow it.
+            Some(_) => return self.verify_share_now(s, finalization),
+            None => {}
         }
         // Shares wait for the block (notarization) or its notarization
         // (finalization), so a faulty signer cannot fill the pool with shares
@@ -623,25 +635,104 @@ impl ConsensusNode {
         if !known {
             return Verdict::Wait;
         }
+        // Verified in `check_shares` once a quorum is in: one pairing check
+        // for the lot, one per share only if that fails.
+        let unverified = if finalization {
+            &mut p.unverified_finalization_shares
+        } else {
+            &mut p.unverified_notarization_shares
+        };
+        unverified
+            .entry(s.block)
+            .or_default()
+            .insert(s.signer, s.signature);
+        Verdict::Accept
+    }
+
+    /// Verifies one share at once; if valid it replaces the waiting one.
+    fn verify_share_now(&mut self, s: &BlockShare, finalization: bool) -> Verdict {
         let msg = if finalization {
             finalization_message(s.height, &s.block)
         } else {
             notarization_message(s.height, &s.block)
         };
+        let Some(pk) = self.keys.node_keys.get(s.signer as usize) else {
+            return Verdict::Invalid;
+        };
         if bls::verify(pk, &msg, &s.signature).is_err() {
             return Verdict::Invalid;
         }
         let p = self.pool.at(s.height);
-        let shares = if finalization {
-            &mut p.finalization_shares
+        let (verified, unverified) = if finalization {
+            (
+                &mut p.finalization_shares,
+                &mut p.unverified_finalization_shares,
+            )
         } else {
-            &mut p.notarization_shares
+            (
+                &mut p.notarization_shares,
+                &mut p.unverified_notarization_shares,
+            )
         };
-        shares
+        if let Some(m) = unverified.get_mut(&s.block) {
+            m.remove(&s.signer);
+        }
+        verified
             .entry(s.block)
             .or_default()
             .insert(s.signer, s.signature);
         Verdict::Accept
+    }
+
+    /// Verifies the unverified shares on `block` at `h` together (one
+    /// multi-signature check); if that fails, one by one, dropping bad ones.
+    fn check_shares(&mut self, finalization: bool, h: Height, block: BlockHash) {
+        let p = self.pool.at(h);
+        let (verified, unverified) = if finalization {
+            (
+                p.finalization_shares.entry(block).or_default(),
+                p.unverified_finalization_shares.remove(&block),
+            )
+        } else {
+            (
+                p.notarization_shares.entry(block).or_default(),
+                p.unverified_notarization_shares.remove(&block),
+            )
+        };
+        let Some(unverified) = unverified else {
+            return;
+        };
+        let msg = if finalization {
+            finalization_message(h, &block)
+        } else {
+            notarization_message(h, &block)
+        };
+        let mut all = verified.clone();
+        all.extend(unverified.iter().map(|(i, s)| (*i, *s)));
+        let pks: Vec<&bls::PublicKey> = all
+            .keys()
+            .filter_map(|i| self.keys.node_keys.get(*i as usize))
+            .collect();
+        let sigs: Vec<SignatureBytes> = all.values().copied().collect();
+        let together = pks.len() == sigs.len()
+            && bls::aggregate(&sigs)
+                .and_then(|agg| bls::verify_multi(&pks, &msg, &agg))
+                .is_ok();
+        let mut invalid = 0;
+        for (i, sig) in unverified {
+            let ok = together
+                || self
+                    .keys
+                    .node_keys
+                    .get(i as usize)
+                    .is_some_and(|pk| bls::verify(pk, &msg, &sig).is_ok());
+            if ok {
+                verified.insert(i, sig);
+            } else {
+                invalid += 1;
+            }
+        }
+        self.stats.invalid += invalid;
     }
 
     fn validate_certificate(&mut self, c: &BlockCertificate, finalization: bool) -> Verdict {
@@ -1040,6 +1131,30 @@ impl ConsensusNode {
         let mut made = Vec::new();
         let mut cups = Vec::new();
         let t_cup = self.keys.catch_up.threshold as usize;
+        // Verify waiting shares where they could complete a quorum.
+        let mut work = Vec::new();
+        for (h, p) in self.pool.heights.range(self.delivered.0 + 1..) {
+            let count = |m: &BTreeMap<BlockHash, BTreeMap<NodeIndex, SignatureBytes>>, b| {
+                m.get(b).map_or(0, BTreeMap::len)
+            };
+            for (block, u) in &p.unverified_notarization_shares {
+                if !p.notarizations.contains_key(block)
+                    && u.len() + count(&p.notarization_shares, block) >= q
+                {
+                    work.push((false, *h, *block));
+                }
+            }
+            if p.finalization.is_none() {
+                for (block, u) in &p.unverified_finalization_shares {
+                    if u.len() + count(&p.finalization_shares, block) >= q {
+                        work.push((true, *h, *block));
+                    }
+                }
+            }
+        }
+        for (finalization, h, block) in work {
+            self.check_shares(finalization, h, block);
+        }
         for (h, p) in self.pool.heights.range_mut(self.delivered.0 + 1..) {
             for (block, shares) in &p.notarization_shares {
                 if shares.len() >= q

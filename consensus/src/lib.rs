@@ -13,6 +13,8 @@
 //! - [`icc`]: the protocol state machine ([`ConsensusNode`]).
 //! - [`sim`]: a seeded discrete-event simulation of a subnet.
 
+#![deny(missing_docs)]
+
 pub mod artifacts;
 pub mod bls;
 pub mod catch_up;

@@ -23,10 +23,14 @@ pub(crate) struct HeightPool {
     pub notarizations: BTreeMap<BlockHash, BlockCertificate>,
     /// Verified notarization shares by block and signer.
     pub notarization_shares: BTreeMap<BlockHash, BTreeMap<NodeIndex, SignatureBytes>>,
+    /// Notarization shares not verified yet (checked together once a quorum is in).
+    pub unverified_notarization_shares: BTreeMap<BlockHash, BTreeMap<NodeIndex, SignatureBytes>>,
     /// The finalization (at most one block per height can be finalized).
     pub finalization: Option<BlockCertificate>,
     /// Verified finalization shares by block and signer.
     pub finalization_shares: BTreeMap<BlockHash, BTreeMap<NodeIndex, SignatureBytes>>,
+    /// Finalization shares not verified yet.
+    pub unverified_finalization_shares: BTreeMap<BlockHash, BTreeMap<NodeIndex, SignatureBytes>>,
     /// Verified catch-up shares by content hash.
     pub catch_up_shares: BTreeMap<Hash32, (CatchUpContent, BTreeMap<NodeIndex, SignatureBytes>)>,
 }

@@ -357,3 +357,28 @@ fn waiting_queue_is_bounded() {
     assert_eq!(node.pending_len(), 10);
     assert!(node.stats().ignored >= 41);
 }
+
+#[test]
+fn forged_share_cannot_shadow_the_real_one() {
+    let mut s = setup(round_robin());
+    s.beacon_one();
+    let b = s.block(1, 0, 10, vec![]);
+    let hash = b.hash();
+    s.propose(b);
+    let share = |signer: u32, key: usize| {
+        Artifact::NotarizationShare(BlockShare {
+            height: 1,
+            block: hash,
+            signer,
+            signature: s.d.secrets[key]
+                .signing
+                .sign(&notarization_message(1, &hash)),
+        })
+    };
+    let (forged, real1, real2) = (share(1, 3), share(1, 1), share(2, 2));
+    s.node.on_artifact(3, forged);
+    s.node.on_artifact(1, real1);
+    s.node.on_artifact(2, real2);
+    let acts = s.node.on_tick(100);
+    assert_eq!(s.node.round(), 2, "{acts:?}");
+}
