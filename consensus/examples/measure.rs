@@ -71,7 +71,7 @@ fn crypto() {
             || key.combine_verified(&s),
         );
         time(
-            &format!("threshold {name}: verify shares + combine"),
+            &format!("threshold {name}: verify 4 shares + combine"),
             100,
             || key.combine(msg, &s),
         );
