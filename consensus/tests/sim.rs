@@ -250,6 +250,32 @@ fn asynchrony_never_forks() {
     }
 }
 
+#[test]
+fn node_far_behind_catches_up_through_a_catch_up_package() {
+    let mut s = sim(SimConfig::default());
+    assert!(s.run_until_height(5, 20_000));
+    s.crash(3);
+    let t = s.now();
+    assert!(s.run_until_height(35, t + 60_000));
+    let behind = s.nodes[3].node.finalized_height();
+    assert!(behind < 10);
+    s.restart(3);
+    let t = s.now();
+    let target = s.min_honest_height() + 20;
+    assert!(s.run_until_height(target, t + 60_000));
+    s.check_agreement().unwrap();
+    let n3 = &s.nodes[3];
+    assert!(n3.node.finalized_height() >= target);
+    // It jumped (state sync) to a package at or above 40, and its state
+    // hash chain continued from the package's.
+    let cup = n3.catch_ups.iter().map(|c| c.content.height).max().unwrap();
+    assert!(cup >= 40, "{cup}");
+    assert_eq!(
+        n3.node.catch_up_package(),
+        s.nodes[0].node.catch_up_package()
+    );
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
