@@ -99,8 +99,9 @@ pub enum Action {
     Deliver(FinalizedBatch),
     /// A new catch-up package at a height this node executed; persist it.
     CatchUpPackage(CatchUpPackage),
-    /// The node jumped to a catch-up package above what it executed: load the
-    /// state with the package's state hash before executing later batches.
+    /// The node jumped to a catch-up package above what it executed, or the
+    /// package certifies a state other than the one this node reported: load
+    /// the state with the package's state hash before executing later batches.
     StateSync(CatchUpPackage),
     /// The policy gave a bad answer; the default was used.
     PolicyError(PolicyError),
@@ -843,7 +844,19 @@ impl ConsensusNode {
             }
             out.push(Action::StateSync(cup));
         } else {
-            out.push(Action::CatchUpPackage(cup));
+            // This node signed another state at that height: its execution
+            // diverged, and it must load the certified state.
+            let me = self.secret.index;
+            let diverged = self.pool.get(c.height).is_some_and(|p| {
+                p.catch_up_shares
+                    .values()
+                    .any(|(mine, m)| m.contains_key(&me) && mine.state_hash != c.state_hash)
+            });
+            out.push(if diverged {
+                Action::StateSync(cup)
+            } else {
+                Action::CatchUpPackage(cup)
+            });
         }
         self.purge();
         if self.pool.beacon(c.height).is_none() {

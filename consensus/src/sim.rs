@@ -123,6 +123,10 @@ pub struct SimNode {
     pub state_hash: Hash32,
     /// Catch-up packages it made or adopted.
     pub catch_ups: Vec<CatchUpPackage>,
+    /// State syncs it was asked for.
+    pub state_syncs: u64,
+    /// If set, its execution goes wrong at this height (its state hash diverges).
+    pub diverge_at: Option<Height>,
 }
 
 #[derive(Debug)]
@@ -206,6 +210,8 @@ impl Simulation {
                 delivered_at_ms: Vec::new(),
                 state_hash: Hash32::default(),
                 catch_ups: Vec::new(),
+                state_syncs: 0,
+                diverge_at: None,
             });
         }
         let mut sim = Simulation {
@@ -280,6 +286,8 @@ impl Simulation {
             delivered_at_ms: Vec::new(),
             state_hash: cup.content.state_hash,
             catch_ups: vec![cup],
+            state_syncs: 0,
+            diverge_at: None,
         };
         if !was_up {
             self.schedule(self.now, Event::Tick(i));
@@ -434,8 +442,13 @@ impl Simulation {
                     Action::Broadcast(art) => self.broadcast(i, art),
                     Action::Deliver(batch) => {
                         let n = &mut self.nodes[i as usize];
+                        let salt: &[u8] = if n.diverge_at == Some(batch.height) {
+                            b"bug"
+                        } else {
+                            b""
+                        };
                         n.state_hash =
-                            Hash32::digest(b"sim/state", &[&n.state_hash.0, &batch.block.0]);
+                            Hash32::digest(b"sim/state", &[&n.state_hash.0, &batch.block.0, salt]);
                         let (h, s, needs) = (batch.height, n.state_hash, batch.needs_state_hash);
                         n.delivered.push(batch);
                         n.delivered_at_ms.push(self.now);
@@ -447,6 +460,7 @@ impl Simulation {
                     Action::StateSync(cup) => {
                         let n = &mut self.nodes[i as usize];
                         n.state_hash = cup.content.state_hash;
+                        n.state_syncs += 1;
                         n.catch_ups.push(cup);
                     }
                     Action::PolicyError(_) => {}

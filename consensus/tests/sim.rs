@@ -276,6 +276,20 @@ fn node_far_behind_catches_up_through_a_catch_up_package() {
     );
 }
 
+#[test]
+fn diverged_execution_is_repaired_by_the_next_catch_up_package() {
+    let mut s = sim(SimConfig::default());
+    s.nodes[3].diverge_at = Some(3);
+    assert!(s.run_until_height(25, 60_000));
+    s.check_agreement().unwrap();
+    // The package at 10 certifies the 3 agreeing nodes' state; node 3 is told
+    // to sync, and from then on its state matches.
+    assert_eq!(s.nodes[3].state_syncs, 1);
+    assert!(s.nodes[..3].iter().all(|n| n.state_syncs == 0));
+    assert_eq!(s.nodes[3].state_hash, s.nodes[0].state_hash);
+    assert!(s.nodes[3].node.catch_up_package().content.height >= 20);
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
