@@ -151,6 +151,8 @@ pub struct SimStats {
     pub undecodable: u64,
     /// Events processed.
     pub events: u64,
+    /// Messages lost to a partition.
+    pub lost: u64,
 }
 
 /// The simulation.
@@ -168,6 +170,8 @@ pub struct Simulation {
     /// Counters.
     pub stats: SimStats,
     ingress_counter: u64,
+    /// Group of each node while the network is partitioned.
+    partition: Option<Vec<u32>>,
 }
 
 /// Bound on events one `run_until` may process.
@@ -225,6 +229,7 @@ impl Simulation {
             nodes,
             stats: SimStats::default(),
             ingress_counter: 0,
+            partition: None,
         };
         for i in 0..sim.cfg.n {
             sim.schedule(0, Event::Tick(i));
@@ -245,6 +250,17 @@ impl Simulation {
         if let Some(n) = self.nodes.get_mut(i as usize) {
             n.behavior = b;
         }
+    }
+
+    /// Splits the network: messages between nodes of different groups are
+    /// lost until [`Simulation::heal`]. `group[i]` is node i's group.
+    pub fn partition(&mut self, group: Vec<u32>) {
+        self.partition = Some(group);
+    }
+
+    /// Ends the partition.
+    pub fn heal(&mut self) {
+        self.partition = None;
     }
 
     /// Stops a node: it keeps its state but gets nothing until restarted.
@@ -471,6 +487,12 @@ impl Simulation {
     }
 
     fn send(&mut self, from: NodeIndex, to: NodeIndex, bytes: Vec<u8>) {
+        if let Some(g) = &self.partition
+            && g.get(from as usize) != g.get(to as usize)
+        {
+            self.stats.lost += 1;
+            return;
+        }
         let delay = self.cfg.latency_ms + self.rng.below(self.cfg.jitter_ms);
         self.stats.messages += 1;
         self.stats.bytes += bytes.len() as u64;

@@ -290,6 +290,32 @@ fn diverged_execution_is_repaired_by_the_next_catch_up_package() {
     assert!(s.nodes[3].node.catch_up_package().content.height >= 20);
 }
 
+#[test]
+fn partition_halts_without_divergence_then_heals() {
+    let mut s = sim(SimConfig::default());
+    assert!(s.run_until_height(5, 20_000));
+    s.partition(vec![0, 0, 1, 1]);
+    let t = s.now();
+    s.run_until(t + 500);
+    let during = s.min_honest_height();
+    s.run_until(t + 5_000);
+    // Neither half has n−f nodes.
+    assert!(
+        s.nodes
+            .iter()
+            .all(|n| n.node.finalized_height() <= during + 1)
+    );
+    s.check_agreement().unwrap();
+    s.heal();
+    let t = s.now();
+    assert!(
+        s.run_until_height(during + 15, t + 60_000),
+        "stuck at {}",
+        s.min_honest_height()
+    );
+    s.check_agreement().unwrap();
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
