@@ -1,0 +1,30 @@
+//! `cellar-consensus`: threshold BLS on blst and the Internet Computer
+//! Consensus protocol (ICC) as a deterministic, transport-independent state
+//! machine. No networking and no clock: artifacts and time are inputs,
+//! broadcasts and finalized batches are outputs.
+//!
+//! - [`bls`]: min-sig BLS12-381: signatures, multi-signatures, threshold keys.
+//! - [`keys`]: the dealer and the subnet's public keys.
+//! - [`artifacts`]: what nodes exchange, hashes and signed messages.
+//! - [`ingress`]: the ingress pool and payload selection.
+//! - [`policy`]: the consensus-policy trait, the ICC default, round robin,
+//!   and the host-side checks.
+//! - [`catch_up`]: catch-up packages and the genesis.
+//! - [`icc`]: the protocol state machine ([`ConsensusNode`]).
+//! - [`sim`]: a seeded discrete-event simulation of a subnet.
+
+#![deny(missing_docs)]
+
+pub mod artifacts;
+pub mod bls;
+pub mod catch_up;
+pub mod icc;
+pub mod ingress;
+pub mod keys;
+pub mod policy;
+mod pool;
+pub mod sim;
+
+pub use artifacts::{Artifact, CatchUpPackage, Hash32, Height};
+pub use icc::{Action, ConsensusConfig, ConsensusError, ConsensusNode, FinalizedBatch};
+pub use policy::{ConsensusPolicy, IccPolicy, RoundRobinPolicy};
