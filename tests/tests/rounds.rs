@@ -361,3 +361,62 @@ fn a_flood_from_many_canisters_does_not_delay_a_light_one() {
         assert!(waited <= 2, "the light call waited {waited} rounds");
     });
 }
+
+#[test]
+fn the_scheduler_policy_is_swapped_at_a_round_boundary_and_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kv, hash_with_policy);
+    {
+        let node = Node::open(options(dir.path(), 1000)).unwrap();
+        kv = deploy(&node, "kv");
+        assert_eq!(node.policy_info().scheduler_module_hash, None);
+        // Only components that are scheduler policies, from signed callers.
+        let err = node
+            .set_scheduler_policy(&alice(), Some(cellar_examples::get("kv").unwrap().wasm))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a scheduler policy"), "{err}");
+        let err = node
+            .set_scheduler_policy(&Principal::anonymous(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("anonymous"), "{err}");
+
+        let before = node.state_hash();
+        let rr = cellar_examples::scheduler_policy("round-robin").unwrap();
+        let info = node.set_scheduler_policy(&alice(), Some(rr)).unwrap();
+        assert!(info.scheduler_module_hash.is_some());
+        assert_ne!(node.state_hash(), before, "the policy is replicated state");
+        for i in 0..20 {
+            call(&node, &kv, "add", &format!("\"k{i}\", {i}")).unwrap();
+        }
+        assert_eq!(node.policy_info().last_fallback_round, None);
+        hash_with_policy = node.state_hash();
+    }
+    // Replayed from the journal: same policy, same state.
+    {
+        let node = Node::open(options(dir.path(), 1000)).unwrap();
+        assert_eq!(node.state_hash(), hash_with_policy);
+        assert!(node.policy_info().scheduler_module_hash.is_some());
+        node.checkpoint().unwrap();
+    }
+    // From the checkpoint.
+    let node = Node::open(options(dir.path(), 1000)).unwrap();
+    assert_eq!(node.state_hash(), hash_with_policy);
+    assert_eq!(query(&node, &kv, "get", "\"k7\""), "some(7)");
+
+    // A policy that misbehaves every other way: the default runs for those
+    // rounds, the reason is kept, and nothing is lost.
+    node.set_scheduler_policy(&alice(), Some(cellar_examples::MISBEHAVING_POLICY))
+        .unwrap();
+    for i in 0..20 {
+        call(&node, &kv, "add", &format!("\"m{i}\", {i}")).unwrap();
+    }
+    let info = node.policy_info();
+    assert!(info.last_fallback_round.is_some(), "{info:?}");
+    assert!(!info.last_fallback_reason.unwrap().is_empty());
+    assert_eq!(query(&node, &kv, "get", "\"m19\""), "some(19)");
+    // Back to the built-in default.
+    node.set_scheduler_policy(&alice(), None).unwrap();
+    assert_eq!(node.policy_info().scheduler_module_hash, None);
+}

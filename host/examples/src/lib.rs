@@ -95,6 +95,16 @@ pub fn get(name: &str) -> Option<&'static Example> {
         .find(|e| e.name == name)
 }
 
+/// A scheduler policy component shipped with Cellar, by name:
+/// `round-robin` or `accumulated-priority`.
+pub fn scheduler_policy(name: &str) -> Option<&'static [u8]> {
+    match name {
+        "round-robin" => Some(ROUND_ROBIN_POLICY),
+        "accumulated-priority" => Some(ACCUMULATED_PRIORITY_POLICY),
+        _ => None,
+    }
+}
+
 /// The testbed fixture component used by host tests.
 pub fn testbed() -> &'static [u8] {
     TESTBED

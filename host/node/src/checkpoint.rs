@@ -37,6 +37,9 @@ struct Meta {
     time_nanos: u64,
     next_index: u64,
     canisters: Vec<CanisterMeta>,
+    /// Module hash of the scheduler policy in force (none: the built-in).
+    #[serde(default)]
+    scheduler_policy: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -71,6 +74,8 @@ pub struct Loaded {
     pub next_index: u64,
     /// Canisters (without code) and their module hashes.
     pub canisters: Vec<(Canister, Option<String>)>,
+    /// Module hash of the scheduler policy in force (none: the built-in).
+    pub scheduler_policy: Option<String>,
 }
 
 /// What a checkpoint wrote.
@@ -151,6 +156,7 @@ impl Checkpointer {
         time_nanos: u64,
         next_index: u64,
         canisters: &BTreeMap<Principal, Canister>,
+        scheduler_policy: Option<&str>,
     ) -> anyhow::Result<CheckpointStats> {
         let started = Instant::now();
         let mut batch = self.db.batch();
@@ -197,6 +203,7 @@ impl Checkpointer {
             time_nanos,
             next_index,
             canisters: canisters.values().map(canister_meta).collect(),
+            scheduler_policy: scheduler_policy.map(str::to_string),
         };
         batch.insert(&self.meta, META_KEY, serde_json::to_vec(&meta)?);
         batch.commit().map_err(storage)?;
@@ -294,6 +301,7 @@ impl Checkpointer {
             time_nanos: meta.time_nanos,
             next_index: meta.next_index,
             canisters,
+            scheduler_policy: meta.scheduler_policy,
         }))
     }
 }

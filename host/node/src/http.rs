@@ -13,6 +13,7 @@ use cellar_types::Principal;
 use cellar_types::api::{
     ApiError, CallRequest, CallResponse, ControllersRequest, CreateRequest, InstallMode,
     InstallRequest, ModuleSource, PUBLIC_KEY_HEADER, ReplyEncoding, SIGNATURE_HEADER,
+    SetPolicyRequest, TopUpRequest,
 };
 use data_encoding::BASE64;
 use serde::de::DeserializeOwned;
@@ -175,6 +176,9 @@ pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
         .route("/api/v1/canisters/{id}/controllers", put(controllers))
         .route("/api/v1/canisters/{id}/interface", get(interface))
         .route("/api/v1/canisters/{id}/logs", get(logs))
+        .route("/api/v1/canisters/{id}/top-up", post(top_up))
+        .route("/api/v1/policy", get(policy))
+        .route("/api/v1/policy/scheduler", put(set_scheduler_policy))
         .fallback(|| async {
             HttpError(
                 StatusCode::NOT_FOUND,
@@ -254,6 +258,47 @@ async fn install(
             &wasm,
             arg,
         )?))
+    })
+    .await
+}
+
+async fn top_up(
+    State(node): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> Result<impl IntoResponse, HttpError> {
+    let id = canister_id(&id)?;
+    let request: TopUpRequest = signed.json()?;
+    blocking(move || Ok(Json(node.top_up(&signed.caller, &id, request.cycles)?))).await
+}
+
+async fn policy(State(node): State<AppState>) -> impl IntoResponse {
+    Json(node.policy_info())
+}
+
+async fn set_scheduler_policy(
+    State(node): State<AppState>,
+    signed: Signed,
+) -> Result<impl IntoResponse, HttpError> {
+    let request: SetPolicyRequest = signed.json()?;
+    let wasm = match &request.module {
+        None => None,
+        Some(ModuleSource::Example(name)) => Some(
+            cellar_examples::scheduler_policy(name)
+                .ok_or_else(|| {
+                    bad_request(format!(
+                        "there is no scheduler policy named '{name}'; policies: round-robin, \
+                         accumulated-priority"
+                    ))
+                })?
+                .to_vec(),
+        ),
+        Some(source) => Some(module_bytes(source)?.0),
+    };
+    blocking(move || {
+        Ok(Json(
+            node.set_scheduler_policy(&signed.caller, wasm.as_deref())?,
+        ))
     })
     .await
 }

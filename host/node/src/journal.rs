@@ -74,6 +74,12 @@ pub enum Op {
         /// Cycles to add.
         amount: u64,
     },
+    /// Replace the scheduler policy from the next plan on (none: the
+    /// built-in default).
+    SetSchedulerPolicy {
+        /// SHA-256 (hex) of the policy component, stored under `modules/`.
+        module_hash: Option<String>,
+    },
     /// Set the share of every round's instructions guaranteed to the
     /// canister.
     SetComputeAllocation {

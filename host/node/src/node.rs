@@ -17,10 +17,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cellar_engine::{
     CallArgs, CanisterCode, CodeCache, ExecutionState, Hook, InstallError, Limits, MessageContext,
-    MessageKind, MethodKind, Val, decode_args, execute,
+    MessageKind, MethodKind, SchedulerPolicy, Val, decode_args, execute,
 };
 use cellar_types::api::{
-    Args, CanisterStatus, InstallMode, InterfaceInfo, LogEntry, MethodInfo, NodeStatus, RunStatus,
+    Args, CanisterStatus, InstallMode, InterfaceInfo, LogEntry, MethodInfo, NodeStatus, PolicyInfo,
+    RunStatus,
 };
 use cellar_types::{Principal, Reject, RejectCode};
 use data_encoding::HEXLOWER;
@@ -167,6 +168,7 @@ struct Pending {
 
 /// What a request answers with.
 pub(crate) enum Applied {
+    Policy,
     Created(Principal),
     Status(CanisterStatus),
     Call(CallOutcome),
@@ -197,6 +199,11 @@ pub struct Node {
     state_dir: PathBuf,
     writer: Mutex<Option<Writer>>,
     pub(crate) registry: RwLock<Registry>,
+    /// The scheduler policy in force (module hash and component); none:
+    /// the built-in default. Replicated state.
+    pub(crate) scheduler_policy: RwLock<Option<(String, SchedulerPolicy)>>,
+    /// The last round in which the policy failed, and why.
+    pub(crate) last_policy_fallback: Mutex<Option<(u64, String)>>,
     /// Requests waiting for the next round.
     pending: Mutex<Vec<Pending>>,
     /// Requests inducted into a round and not answered yet.
@@ -312,6 +319,8 @@ impl Node {
                 active: BTreeSet::new(),
                 timed: BTreeSet::new(),
             }),
+            scheduler_policy: RwLock::new(None),
+            last_policy_fallback: Mutex::new(None),
             pending: Mutex::new(Vec::new()),
             waiters: Mutex::new(BTreeMap::new()),
             fresh: true,
@@ -337,6 +346,10 @@ impl Node {
             registry.round = loaded.round;
             registry.time_nanos = loaded.time_nanos;
             registry.next_index = loaded.next_index;
+            if let Some(hash) = &loaded.scheduler_policy {
+                let policy = self.load_policy(hash)?;
+                *self.scheduler_policy.write().expect("policy lock") = Some((hash.clone(), policy));
+            }
             for (mut canister, hash) in loaded.canisters {
                 if let Some(hash) = hash {
                     canister.code = Some(self.load_module(&hash)?);
@@ -411,6 +424,11 @@ impl Node {
             registry.time_nanos,
             registry.next_index,
             &registry.canisters,
+            self.scheduler_policy
+                .read()
+                .expect("policy lock")
+                .as_ref()
+                .map(|(hash, _)| hash.as_str()),
         )?;
         tracing::debug!(round = registry.round, ?stats, "checkpoint written");
         *self.last_checkpoint.lock().expect("stats lock") = stats;
@@ -441,6 +459,83 @@ impl Node {
             std::fs::remove_file(old.journal.path())?;
         }
         Ok(())
+    }
+
+    fn load_policy(&self, hash: &str) -> anyhow::Result<SchedulerPolicy> {
+        let path = self.modules_dir.join(format!("{hash}.wasm"));
+        let wasm = std::fs::read(&path)
+            .map_err(|e| anyhow::anyhow!("cannot read policy {}: {e}", path.display()))?;
+        SchedulerPolicy::from_component(self.cache.engine(), &wasm)
+            .map_err(|e| anyhow::anyhow!("stored policy {hash} no longer loads: {e}"))
+    }
+
+    /// Stores a module under `modules/` by its hash, durably, before a
+    /// journal record names it.
+    fn store_module(&self, module_hash: &str, wasm: &[u8]) -> anyhow::Result<()> {
+        let path = self.modules_dir.join(format!("{module_hash}.wasm"));
+        if path.exists() {
+            return Ok(());
+        }
+        // Concurrent stores of one module each write their own file.
+        static NEXT_TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT_TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("wasm.{n}.tmp"));
+        std::fs::write(&tmp, wasm)?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all())?;
+        std::fs::rename(&tmp, &path)?;
+        // The journal record naming the module follows: the module's name
+        // must be as durable as the record.
+        std::fs::File::open(&self.modules_dir).and_then(|d| d.sync_all())?;
+        Ok(())
+    }
+
+    /// Replaces the scheduler policy with the component `wasm` (or the
+    /// built-in default for `None`), from the next round's plan on. The
+    /// component is checked first; any signed-in user may do this on a
+    /// node of their own (the anonymous principal may not).
+    pub fn set_scheduler_policy(
+        &self,
+        caller: &Principal,
+        wasm: Option<&[u8]>,
+    ) -> Result<PolicyInfo, NodeError> {
+        if caller.is_anonymous() {
+            return Err(NodeError::BadRequest(
+                "the anonymous principal cannot change the scheduler policy; sign the request"
+                    .into(),
+            ));
+        }
+        let module_hash = match wasm {
+            Some(wasm) => {
+                let policy = SchedulerPolicy::from_component(self.cache.engine(), wasm)
+                    .map_err(|e| NodeError::BadRequest(format!("not a scheduler policy: {e}")))?;
+                let hash = policy.hash_hex();
+                self.store_module(&hash, wasm)?;
+                Some(hash)
+            }
+            None => None,
+        };
+        self.submit(caller, Op::SetSchedulerPolicy { module_hash })?;
+        Ok(self.policy_info())
+    }
+
+    /// Which scheduler policy runs, and when it last failed.
+    pub fn policy_info(&self) -> PolicyInfo {
+        let scheduler = self
+            .scheduler_policy
+            .read()
+            .expect("policy lock")
+            .as_ref()
+            .map(|(hash, _)| hash.clone());
+        let last_fallback = self
+            .last_policy_fallback
+            .lock()
+            .expect("fallback lock")
+            .clone();
+        PolicyInfo {
+            scheduler_module_hash: scheduler,
+            last_fallback_round: last_fallback.as_ref().map(|(r, _)| *r),
+            last_fallback_reason: last_fallback.map(|(_, why)| why),
+        }
     }
 
     fn load_module(&self, hash: &str) -> anyhow::Result<Arc<CanisterCode>> {
@@ -645,23 +740,7 @@ impl Node {
         self.check_controller(caller, id)?;
         let code = self.cache.load(wasm)?;
         let module_hash = code.hash_hex();
-        let path = self.modules_dir.join(format!("{module_hash}.wasm"));
-        if !path.exists() {
-            // Concurrent installs of one module each write their own file.
-            static NEXT_TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = NEXT_TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let tmp = path.with_extension(format!("wasm.{n}.tmp"));
-            std::fs::write(&tmp, wasm).map_err(anyhow::Error::from)?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(anyhow::Error::from)?;
-            std::fs::rename(&tmp, &path).map_err(anyhow::Error::from)?;
-            // The journal record naming the module follows: the module's
-            // name must be as durable as the record.
-            std::fs::File::open(&self.modules_dir)
-                .and_then(|d| d.sync_all())
-                .map_err(anyhow::Error::from)?;
-        }
+        self.store_module(&module_hash, wasm)?;
         let op = Op::Install {
             id: id.clone(),
             mode,
@@ -861,7 +940,8 @@ impl Node {
             round,
             canisters: canisters.len() as u64,
             data_dir: self.options.data_dir.display().to_string(),
-            state_hash: HEXLOWER.encode(&state_hash::hash(round, next_index, &canisters)),
+            state_hash: HEXLOWER
+                .encode(&self.with_policy(state_hash::hash(round, next_index, &canisters))),
         }
     }
 
@@ -878,7 +958,22 @@ impl Node {
     /// rehashed on every call (outside the registry lock, on a snapshot).
     pub fn state_hash(&self) -> [u8; 32] {
         let (round, next_index, canisters) = self.snapshot();
-        state_hash::hash(round, next_index, &canisters)
+        self.with_policy(state_hash::hash(round, next_index, &canisters))
+    }
+
+    /// Folds the scheduler policy in force into a state hash (a node on the
+    /// built-in policy keeps the plain hash).
+    fn with_policy(&self, hash: [u8; 32]) -> [u8; 32] {
+        match &*self.scheduler_policy.read().expect("policy lock") {
+            None => hash,
+            Some((policy, _)) => {
+                let mut hasher = Sha256::new();
+                hasher.update(hash);
+                hasher.update(b"scheduler-policy\0");
+                hasher.update(policy.as_bytes());
+                hasher.finalize().into()
+            }
+        }
     }
 
     /// The committed round, next canister index and canisters, taken
@@ -1017,6 +1112,14 @@ impl Node {
                 let mut canister = controlled(id)?;
                 canister.controllers = controllers.clone();
                 Ok(Applied::Status(self.commit(canister)))
+            }
+            Op::SetSchedulerPolicy { module_hash } => {
+                let policy = match module_hash {
+                    Some(hash) => Some((hash.clone(), self.load_policy(hash)?)),
+                    None => None,
+                };
+                *self.scheduler_policy.write().expect("policy lock") = policy;
+                Ok(Applied::Policy)
             }
             Op::TopUp { id, amount } => {
                 let mut canister = existing(id)?;

@@ -86,7 +86,22 @@ impl Node {
         self.fire_timers(time);
 
         let (summaries, canisters) = self.take_active();
-        let plan = scheduler::plan(round, self.options.round_instructions, &summaries);
+        let plan = {
+            let policy = self.scheduler_policy.read().expect("policy lock");
+            scheduler::plan(
+                policy.as_ref().map(|(_, p)| p),
+                round,
+                self.options.round_instructions,
+                &summaries,
+            )
+        };
+        if let Some(why) = &plan.fallback {
+            tracing::error!(
+                round,
+                "the scheduler policy failed; the built-in default ran: {why}"
+            );
+            *self.last_policy_fallback.lock().expect("fallback lock") = Some((round, why.clone()));
+        }
         let mut slots: Vec<Option<Canister>> = canisters.into_iter().map(Some).collect();
         let mut ordered = Vec::with_capacity(plan.schedule.len());
         for (index, allowance) in &plan.schedule {
@@ -110,6 +125,10 @@ impl Node {
             if let Some(current) = registry.canisters.get(&id) {
                 run.canister.messaging.accumulated_priority =
                     current.messaging.accumulated_priority;
+            }
+            // An idle canister's priority starts again from zero.
+            if !run.canister.messaging.has_work() {
+                run.canister.messaging.accumulated_priority = 0;
             }
             registry.canisters.insert(id.clone(), run.canister);
             registry.reindex(&id);

@@ -1,17 +1,19 @@
 //! Which canisters run in a round, in what order, with how many
-//! instructions.
+//! instructions: the round's questions to the scheduler policy.
 //!
-//! The built-in policy is accumulated priority, as in the IC: every round
-//! each canister with work gains its compute allocation plus an equal share
-//! of the capacity nobody reserved; canisters run in order of accumulated
-//! priority (ties by id), and the ones that ran pay back what they gained,
-//! so priorities over all canisters sum to zero and nobody starves.
+//! The policy is a Wasm component (`wit/scheduler/scheduler-policy.wit`),
+//! or the host's built-in accumulated-priority default when none is set.
+//! `cellar_engine::plan_round` validates what a component returns and runs
+//! the default for the round when it traps, overruns its instruction limit
+//! or answers nonsense, so a policy can never stall the node or starve a
+//! canister with a compute allocation. The policy in force is replicated
+//! state: it changes only through a journaled request, at a round boundary.
 
+use cellar_engine::{CanisterSummary, RoundInput, SchedulerPolicy, plan_round};
 use cellar_types::Principal;
 
 /// What the scheduler knows about a canister with work.
 #[derive(Clone, Debug)]
-#[allow(dead_code)] // queue_length and rounds_since_executed feed policy components
 pub(crate) struct Summary {
     /// The canister.
     pub(crate) id: Principal,
@@ -31,55 +33,50 @@ pub(crate) struct Summary {
 pub(crate) struct Plan {
     pub(crate) schedule: Vec<(usize, u64)>,
     pub(crate) priorities: Vec<i64>,
+    /// Why the built-in default planned the round instead of the policy.
+    pub(crate) fallback: Option<String>,
 }
 
-/// Percent units a round hands out (100 = one whole round).
-const ROUND_SHARE: i64 = 100;
-
-/// The built-in accumulated-priority plan.
-pub(crate) fn plan(_round: u64, budget: u64, canisters: &[Summary]) -> Plan {
-    let n = canisters.len();
-    if n == 0 {
+/// Asks `policy` (or the built-in default) for the round's plan.
+pub(crate) fn plan(
+    policy: Option<&SchedulerPolicy>,
+    round: u64,
+    budget: u64,
+    canisters: &[Summary],
+) -> Plan {
+    if canisters.is_empty() {
         return Plan {
             schedule: Vec::new(),
             priorities: Vec::new(),
+            fallback: None,
         };
     }
-    let reserved: i64 = canisters
-        .iter()
-        .map(|c| i64::from(c.compute_allocation))
-        .sum::<i64>()
-        .min(ROUND_SHARE);
-    let free_share = (ROUND_SHARE - reserved).max(0) / n as i64;
-    let mut priorities: Vec<i64> = canisters
-        .iter()
-        .map(|c| {
-            c.accumulated_priority
-                .saturating_add(i64::from(c.compute_allocation) + free_share)
-        })
-        .collect();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|a, b| {
-        priorities[*b]
-            .cmp(&priorities[*a])
-            .then_with(|| canisters[*a].id.cmp(&canisters[*b].id))
-    });
-    let schedule: Vec<(usize, u64)> = order
-        .iter()
-        .map(|i| {
-            let share = u64::from(canisters[*i].compute_allocation).max(1);
-            let equal = budget / n as u64;
-            (*i, equal.max(budget / 100 * share))
-        })
-        .collect();
-    // Everyone with work runs this round; each pays back an equal share so
-    // the sum stays where it was.
-    let paid = ROUND_SHARE / n as i64;
-    for p in priorities.iter_mut() {
-        *p = p.saturating_sub(paid).clamp(-1_000_000, 1_000_000);
-    }
+    let input = RoundInput {
+        round,
+        instruction_budget: budget,
+        canisters: canisters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| CanisterSummary {
+                index: i as u32,
+                input_queue_length: c.queue_length,
+                compute_allocation: c.compute_allocation,
+                accumulated_priority: c.accumulated_priority,
+                paused: false,
+                rounds_since_executed: c.rounds_since_executed,
+            })
+            .collect(),
+    };
+    let outcome = plan_round(policy, &input);
     Plan {
-        schedule,
-        priorities,
+        schedule: outcome
+            .plan
+            .schedule
+            .iter()
+            .filter(|a| a.instructions > 0)
+            .map(|a| (a.index as usize, a.instructions))
+            .collect(),
+        priorities: outcome.plan.priorities,
+        fallback: outcome.fallback,
     }
 }

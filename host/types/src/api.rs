@@ -251,3 +251,31 @@ pub struct LogEntry {
     /// The text.
     pub message: String,
 }
+
+/// Which policies a node runs (`GET /api/v1/policy`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    /// SHA-256 (hex) of the scheduler policy component in force; `None`
+    /// means the built-in accumulated-priority default.
+    pub scheduler_module_hash: Option<String>,
+    /// The last round in which the policy failed and the default ran.
+    pub last_fallback_round: Option<u64>,
+    /// Why it failed.
+    pub last_fallback_reason: Option<String>,
+}
+
+/// Body of `PUT /api/v1/policy/scheduler`: a policy component, or none to
+/// return to the built-in default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetPolicyRequest {
+    /// The component; `None` selects the built-in default.
+    #[serde(default)]
+    pub module: Option<ModuleSource>,
+}
+
+/// Body of `POST /api/v1/canisters/{id}/top-up`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopUpRequest {
+    /// Cycles to add.
+    pub cycles: u64,
+}
