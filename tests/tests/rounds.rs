@@ -420,3 +420,87 @@ fn the_scheduler_policy_is_swapped_at_a_round_boundary_and_persists() {
     node.set_scheduler_policy(&alice(), None).unwrap();
     assert_eq!(node.policy_info().scheduler_module_hash, None);
 }
+
+/// Node options with small slices, so `burn` runs across rounds.
+fn sliced_options(dir: &Path, slice: u64, checkpoint_interval: u64) -> NodeOptions {
+    let mut opts = options(dir, checkpoint_interval);
+    opts.limits.slice_instructions = slice;
+    opts.limits.update_instructions = 50 * slice;
+    opts
+}
+
+#[test]
+fn a_long_message_runs_across_rounds_and_others_wait_for_it() {
+    let iterations = "20000000";
+    // The reference: one slice is enough.
+    let reference = {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(options(dir.path(), 1000)).unwrap();
+        let relay = deploy(&node, "relay");
+        let before = node.round();
+        let value = call(&node, &relay, "burn", iterations).unwrap();
+        assert_eq!(node.round() - before, 1);
+        value
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(sliced_options(dir.path(), 20_000_000, 1000)).unwrap();
+    let relay = deploy(&node, "relay");
+    let kv = deploy(&node, "kv");
+    call(&node, &relay, "start-timer", "1000000000000, none").unwrap();
+    std::thread::scope(|s| {
+        let long = s.spawn(|| {
+            let before = node.round();
+            let value = call(&node, &relay, "burn", iterations).unwrap();
+            (value, node.round() - before)
+        });
+        // While it is paused: queries answer from the state before it,
+        // other canisters run, and the relay's next message waits.
+        let start = std::time::Instant::now();
+        while node.paused_executions() == 0 && start.elapsed() < std::time::Duration::from_secs(60)
+        {
+            std::thread::yield_now();
+        }
+        assert_eq!(node.paused_executions(), 1, "the message never paused");
+        assert_eq!(query(&node, &relay, "ticks", ""), "0");
+        call(&node, &kv, "add", "\"during\", 1").unwrap();
+        let (value, rounds) = long.join().unwrap();
+        assert_eq!(value, reference, "slicing changed the result");
+        assert!(rounds >= 3, "it took {rounds} rounds");
+    });
+    assert_eq!(node.paused_executions(), 0);
+    assert_eq!(query(&node, &kv, "get", "\"during\""), "some(1)");
+    // Replayed from the journal, with the same slices: the same state.
+    let hash = node.state_hash();
+    drop(node);
+    let node = Node::open(sliced_options(dir.path(), 20_000_000, 1000)).unwrap();
+    assert_eq!(node.state_hash(), hash);
+}
+
+#[test]
+fn a_checkpoint_during_a_long_message_restarts_it_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Slices of 20 M instructions, at most 50 per message, checkpoints every
+    // 60 rounds: sooner or later a checkpoint lands inside a message.
+    let node = Node::open(sliced_options(dir.path(), 20_000_000, 60)).unwrap();
+    let relay = deploy(&node, "relay");
+    let mut values = Vec::new();
+    while node.aborted_executions() == 0 && values.len() < 60 {
+        values.push(call(&node, &relay, "burn", "15000000").unwrap());
+    }
+    assert!(
+        node.aborted_executions() > 0,
+        "no checkpoint fell inside a message"
+    );
+    assert!(values.windows(2).all(|w| w[0] == w[1]), "{values:?}");
+    let hash = node.state_hash();
+    drop(node);
+    let node = Node::open(sliced_options(dir.path(), 20_000_000, 60)).unwrap();
+    assert_eq!(node.state_hash(), hash);
+    assert_eq!(node.paused_executions(), 0);
+    // A checkpoint interval too short for the longest message is refused.
+    let err = Node::open(sliced_options(dir.path(), 20_000_000, 10))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("slices"), "{err}");
+}

@@ -14,6 +14,10 @@ pub struct Limits {
     pub query_instructions: u64,
     /// Instructions instantiating a component may take (start functions).
     pub instantiation_instructions: u64,
+    /// Instructions an update runs per round before it pauses and
+    /// continues in the next round (deterministic time slicing; the IC's
+    /// 2 B). A message still stops at `update_instructions` in total.
+    pub slice_instructions: u64,
     /// Largest component binary accepted at install.
     pub max_component_bytes: usize,
     /// Largest encoded argument accepted for a call.
@@ -36,6 +40,7 @@ impl Default for Limits {
             update_instructions: 40_000_000_000,
             query_instructions: 5_000_000_000,
             instantiation_instructions: 5_000_000_000,
+            slice_instructions: 2_000_000_000,
             max_component_bytes: 64 << 20,
             max_argument_bytes: 2 << 20,
             max_stable_bytes: 64 << 30,

@@ -9,7 +9,10 @@
 //! reaches [`ExecutionState`] unless the caller applies the returned
 //! [`StateChanges`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use cellar_types::{Principal, Reject, RejectCode};
 use wasmtime::component::{ResourceTable, Val};
@@ -148,112 +151,156 @@ pub fn execute(
     ctx: MessageContext,
     limits: &Limits,
 ) -> MessageOutcome {
-    let kind = ctx.kind;
-    let instruction_limit = kind.instruction_limit(limits);
-    let stdout = MemoryOutputPipe::new(limits.max_log_bytes_per_message);
-    let stderr = MemoryOutputPipe::new(limits.max_log_bytes_per_message);
-    let seed = ctx.random_seed;
-    let host = HostState {
-        wasi: deterministic_wasi(ctx.time_nanos, seed, stdout.clone(), stderr.clone()),
-        table: ResourceTable::new(),
-        sys: SystemState {
-            instruction_limit,
-            rejected: None,
-            cycles_accepted: 0,
-            stable: StableOverlay::new(state.stable.clone(), limits.max_stable_bytes),
-            certified_data: None,
-            timers: state.timers.clone(),
-            next_timer_id: state.next_timer_id,
-            timers_changed: false,
-            calls: Vec::new(),
-            next_call_id: state.next_call_id,
-            cycles_reserved: 0,
-            deferred: false,
-            late_replies: Vec::new(),
-            logs: Vec::new(),
-            log_budget: limits.max_log_bytes_per_message,
-            rand: TapeRng::new(derive_seed("raw-rand", &[&seed])),
-            ctx,
-        },
-        limits: StoreLimitsBuilder::new()
-            .memory_size(4 << 30)
-            .instances(64)
-            .tables(64)
-            .memories(64)
-            .table_elements(1 << 20)
-            .build(),
-    };
-    let mut store = Store::new(code.engine(), host);
-    store.limiter(|data| &mut data.limits);
-
+    let (execution, mut store) = Execution::new(code, state, ctx, limits);
     let outcome = run(
         &mut store,
         code,
         state,
         method,
         params,
-        instruction_limit,
+        execution.instruction_limit,
         limits,
     );
-    let mut sys_logs = std::mem::take(&mut store.data_mut().sys.logs);
-    let instructions = instruction_limit.saturating_sub(store.get_fuel().unwrap_or(0));
-    let (result, heap, tracking) = match outcome {
-        Ok((values, heap, stats)) => (Ok(values), Some(heap), stats),
-        Err(reject) => (Err(reject), None, TrackingStats::default()),
-    };
-    let stderr_text = String::from_utf8_lossy(&stderr.contents()).into_owned();
-    let time = store.data().sys.ctx.time_nanos;
-    append_stream_logs(&mut sys_logs, &stdout.contents(), LogLevel::Info, time);
-    append_stream_logs(&mut sys_logs, stderr_text.as_bytes(), LogLevel::Error, time);
+    execution.finish(store, outcome)
+}
 
-    match result {
-        Err(mut reject) => {
-            if reject.code == RejectCode::CanisterError {
-                let tail = stderr_tail(&stderr_text);
-                if !tail.is_empty() {
-                    reject
-                        .message
-                        .push_str(&format!("; canister stderr: {tail}"));
+/// The parts of a message's execution that outlive its store's calls:
+/// output pipes and limits.
+struct Execution {
+    kind: MessageKind,
+    instruction_limit: u64,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+}
+
+impl Execution {
+    /// Builds the store of a message against `state`.
+    fn new(
+        code: &CanisterCode,
+        state: &ExecutionState,
+        ctx: MessageContext,
+        limits: &Limits,
+    ) -> (Self, Store<HostState>) {
+        let kind = ctx.kind;
+        let instruction_limit = kind.instruction_limit(limits);
+        let stdout = MemoryOutputPipe::new(limits.max_log_bytes_per_message);
+        let stderr = MemoryOutputPipe::new(limits.max_log_bytes_per_message);
+        let seed = ctx.random_seed;
+        let host = HostState {
+            wasi: deterministic_wasi(ctx.time_nanos, seed, stdout.clone(), stderr.clone()),
+            table: ResourceTable::new(),
+            sys: SystemState {
+                instruction_limit,
+                rejected: None,
+                cycles_accepted: 0,
+                stable: StableOverlay::new(state.stable.clone(), limits.max_stable_bytes),
+                certified_data: None,
+                timers: state.timers.clone(),
+                next_timer_id: state.next_timer_id,
+                timers_changed: false,
+                calls: Vec::new(),
+                next_call_id: state.next_call_id,
+                cycles_reserved: 0,
+                deferred: false,
+                late_replies: Vec::new(),
+                logs: Vec::new(),
+                log_budget: limits.max_log_bytes_per_message,
+                rand: TapeRng::new(derive_seed("raw-rand", &[&seed])),
+                ctx,
+            },
+            limits: StoreLimitsBuilder::new()
+                .memory_size(4 << 30)
+                .instances(64)
+                .tables(64)
+                .memories(64)
+                .table_elements(1 << 20)
+                .build(),
+        };
+        let mut store = Store::new(code.engine(), host);
+        store.limiter(|data| &mut data.limits);
+        (
+            Execution {
+                kind,
+                instruction_limit,
+                stdout,
+                stderr,
+            },
+            store,
+        )
+    }
+
+    /// Turns what the call did into the message's outcome.
+    fn finish(
+        self,
+        mut store: Store<HostState>,
+        outcome: Result<(Vec<Val>, HeapSnapshot, TrackingStats), Reject>,
+    ) -> MessageOutcome {
+        let Execution {
+            kind,
+            instruction_limit,
+            stdout,
+            stderr,
+        } = self;
+        let mut sys_logs = std::mem::take(&mut store.data_mut().sys.logs);
+        let instructions = instruction_limit.saturating_sub(store.get_fuel().unwrap_or(0));
+        let (result, heap, tracking) = match outcome {
+            Ok((values, heap, stats)) => (Ok(values), Some(heap), stats),
+            Err(reject) => (Err(reject), None, TrackingStats::default()),
+        };
+        let stderr_text = String::from_utf8_lossy(&stderr.contents()).into_owned();
+        let time = store.data().sys.ctx.time_nanos;
+        append_stream_logs(&mut sys_logs, &stdout.contents(), LogLevel::Info, time);
+        append_stream_logs(&mut sys_logs, stderr_text.as_bytes(), LogLevel::Error, time);
+
+        match result {
+            Err(mut reject) => {
+                if reject.code == RejectCode::CanisterError {
+                    let tail = stderr_tail(&stderr_text);
+                    if !tail.is_empty() {
+                        reject
+                            .message
+                            .push_str(&format!("; canister stderr: {tail}"));
+                    }
+                }
+                MessageOutcome {
+                    result: Err(reject),
+                    changes: None,
+                    logs: sys_logs,
+                    instructions,
+                    tracking,
                 }
             }
-            MessageOutcome {
-                result: Err(reject),
-                changes: None,
-                logs: sys_logs,
-                instructions,
-                tracking,
-            }
-        }
-        Ok(values) => {
-            let sys = &mut store.data_mut().sys;
-            let result = match sys.rejected.take() {
-                Some(message) => Err(Reject::new(RejectCode::CanisterReject, message)),
-                None => Ok(values),
-            };
-            let changes = kind.persists().then(|| {
-                let stable =
-                    std::mem::replace(&mut sys.stable, StableOverlay::new(Arc::default(), 0))
-                        .into_committed();
-                StateChanges {
-                    heap: heap.expect("a successful message has a heap"),
-                    stable,
-                    certified_data: sys.certified_data.take(),
-                    timers: sys
-                        .timers_changed
-                        .then(|| (std::mem::take(&mut sys.timers), sys.next_timer_id)),
-                    cycles_accepted: sys.cycles_accepted,
-                    calls: std::mem::take(&mut sys.calls),
-                    next_call_id: sys.next_call_id,
-                    deferred: sys.deferred,
-                    late_replies: std::mem::take(&mut sys.late_replies),
+            Ok(values) => {
+                let sys = &mut store.data_mut().sys;
+                let result = match sys.rejected.take() {
+                    Some(message) => Err(Reject::new(RejectCode::CanisterReject, message)),
+                    None => Ok(values),
+                };
+                let changes = kind.persists().then(|| {
+                    let stable =
+                        std::mem::replace(&mut sys.stable, StableOverlay::new(Arc::default(), 0))
+                            .into_committed();
+                    StateChanges {
+                        heap: heap.expect("a successful message has a heap"),
+                        stable,
+                        certified_data: sys.certified_data.take(),
+                        timers: sys
+                            .timers_changed
+                            .then(|| (std::mem::take(&mut sys.timers), sys.next_timer_id)),
+                        cycles_accepted: sys.cycles_accepted,
+                        calls: std::mem::take(&mut sys.calls),
+                        next_call_id: sys.next_call_id,
+                        deferred: sys.deferred,
+                        late_replies: std::mem::take(&mut sys.late_replies),
+                    }
+                });
+                MessageOutcome {
+                    result,
+                    changes,
+                    logs: sys_logs,
+                    instructions,
+                    tracking,
                 }
-            });
-            MessageOutcome {
-                result,
-                changes,
-                logs: sys_logs,
-                instructions,
-                tracking,
             }
         }
     }
@@ -270,6 +317,36 @@ fn run(
     instruction_limit: u64,
     limits: &Limits,
 ) -> Result<(Vec<Val>, HeapSnapshot, TrackingStats), Reject> {
+    let mut prepared = prepare(store, code, state, method, instruction_limit, limits)?;
+    let mut results = vec![Val::Bool(false); method.results.len()];
+    let called = {
+        let _armed = ArmGuard::new(&mut prepared.tracked);
+        prepared.func.call(&mut *store, params, &mut results)
+    };
+    called.map_err(|e| trap_reject(e, "execution", instruction_limit))?;
+    complete(store, prepared, results, limits)
+}
+
+/// An instance ready to run a message: its function, its memories armed
+/// with the committed heap.
+struct Prepared {
+    func: wasmtime::component::Func,
+    views: Vec<crate::memory::MemoryView>,
+    tracked: Vec<Armed>,
+    started: std::time::Instant,
+    setup_nanos: u64,
+}
+
+/// Instantiates the component with the committed memory sizes, arms its
+/// memories and sets the message's fuel.
+fn prepare(
+    store: &mut Store<HostState>,
+    code: &CanisterCode,
+    state: &ExecutionState,
+    method: &Method,
+    instruction_limit: u64,
+    limits: &Limits,
+) -> Result<Prepared, Reject> {
     let started = std::time::Instant::now();
     let sizes: Vec<usize> = state
         .heap
@@ -316,19 +393,38 @@ fn run(
             )
         })?;
     store.set_fuel(instruction_limit).map_err(host_error)?;
-    let mut results = vec![Val::Bool(false); method.results.len()];
     let setup_nanos = started.elapsed().as_nanos() as u64;
-    let called = {
-        let _armed = ArmGuard::new(&mut tracked);
-        func.call(&mut *store, params, &mut results)
-    };
-    let call_nanos = started.elapsed().as_nanos() as u64 - setup_nanos;
-    called.map_err(|e| trap_reject(e, "execution", instruction_limit))?;
+    Ok(Prepared {
+        func,
+        views,
+        tracked,
+        started,
+        setup_nanos,
+    })
+}
+
+/// After a successful call: the new heap (committed page maps) and the
+/// tracking figures; too many dirty pages reject the message.
+fn complete(
+    store: &mut Store<HostState>,
+    prepared: Prepared,
+    results: Vec<Val>,
+    limits: &Limits,
+) -> Result<(Vec<Val>, HeapSnapshot, TrackingStats), Reject> {
+    let _ = &store;
+    let Prepared {
+        views,
+        tracked,
+        started,
+        setup_nanos,
+        ..
+    } = prepared;
+    let call_nanos = (started.elapsed().as_nanos() as u64).saturating_sub(setup_nanos);
     let heap = HeapSnapshot {
         memories: views
             .iter()
             .zip(&tracked)
-            // SAFETY: the store is alive, no wasm runs, the guard is gone.
+            // SAFETY: the store is alive, no wasm runs, no guard is armed.
             .map(|(view, memory)| MemoryImage {
                 size: view.len() as u64,
                 pages: unsafe { memory.commit() },
@@ -338,7 +434,8 @@ fn run(
     let stats = TrackingStats {
         setup_nanos,
         call_nanos,
-        commit_nanos: started.elapsed().as_nanos() as u64 - setup_nanos - call_nanos,
+        commit_nanos: (started.elapsed().as_nanos() as u64)
+            .saturating_sub(setup_nanos + call_nanos),
         ..tracker::stats(&tracked)
     };
     if stats.dirty_pages > limits.max_dirty_pages_per_message {
@@ -353,6 +450,115 @@ fn run(
         ));
     }
     Ok((results, heap, stats))
+}
+
+/// Where a sliced message stands after a round.
+pub enum Progress {
+    /// It finished (or failed) in this slice.
+    Done(MessageOutcome),
+    /// It used up its slice and continues in a later round.
+    Paused(PausedExecution),
+}
+
+type CallFuture =
+    Pin<Box<dyn Future<Output = (Store<HostState>, wasmtime::Result<()>, Vec<Val>)> + Send>>;
+
+/// A message that ran out of its slice: its instance, stopped at a fuel
+/// boundary, waits for the next round. It lives in the node's memory only;
+/// a checkpoint or a restart starts the message again from the beginning,
+/// which every replica does at the same rounds.
+pub struct PausedExecution {
+    execution: Execution,
+    call: CallFuture,
+    prepared: Prepared,
+    limits: Limits,
+    slices: u64,
+}
+
+// SAFETY: the armed memories' raw pointers refer to memories the store in
+// `call` owns; both move together, and only the thread that polls the call
+// (under an `ArmGuard`) touches them.
+unsafe impl Send for PausedExecution {}
+
+impl std::fmt::Debug for PausedExecution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PausedExecution")
+            .field("slices", &self.slices)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PausedExecution {
+    /// Slices executed so far.
+    pub fn slices(&self) -> u64 {
+        self.slices
+    }
+
+    /// Runs the next slice (at most `Limits::slice_instructions`).
+    pub fn resume(mut self) -> Progress {
+        self.slices += 1;
+        let polled = {
+            let _armed = ArmGuard::new(&mut self.prepared.tracked);
+            self.call
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+        };
+        match polled {
+            Poll::Pending => Progress::Paused(self),
+            Poll::Ready((mut store, called, results)) => {
+                let instruction_limit = self.execution.instruction_limit;
+                let outcome = called
+                    .map_err(|e| trap_reject(e, "execution", instruction_limit))
+                    .and_then(|()| complete(&mut store, self.prepared, results, &self.limits));
+                Progress::Done(self.execution.finish(store, outcome))
+            }
+        }
+    }
+}
+
+/// Like [`execute`], for an update that may run longer than one slice: the
+/// call yields every `limits.slice_instructions` instructions (counted, so
+/// every replica pauses at the same point) and [`PausedExecution::resume`]
+/// continues it in a later round.
+pub fn execute_sliced(
+    code: &CanisterCode,
+    state: &ExecutionState,
+    method: &Method,
+    params: &[Val],
+    ctx: MessageContext,
+    limits: &Limits,
+) -> Progress {
+    let (execution, mut store) = Execution::new(code, state, ctx, limits);
+    let prepared = match prepare(
+        &mut store,
+        code,
+        state,
+        method,
+        execution.instruction_limit,
+        limits,
+    ) {
+        Ok(p) => p,
+        Err(reject) => return Progress::Done(execution.finish(store, Err(reject))),
+    };
+    if let Err(e) = store.fuel_async_yield_interval(Some(limits.slice_instructions.max(1))) {
+        return Progress::Done(execution.finish(store, Err(host_error(e))));
+    }
+    let func = prepared.func;
+    let params = params.to_vec();
+    let results_len = method.results.len();
+    let call: CallFuture = Box::pin(async move {
+        let mut results = vec![Val::Bool(false); results_len];
+        let called = func.call_async(&mut store, &params, &mut results).await;
+        (store, called, results)
+    });
+    PausedExecution {
+        execution,
+        call,
+        prepared,
+        limits: limits.clone(),
+        slices: 0,
+    }
+    .resume()
 }
 
 fn host_error(e: wasmtime::Error) -> Reject {

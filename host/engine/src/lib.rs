@@ -30,7 +30,8 @@ mod wasi;
 pub use cache::{CanisterCode, CodeCache, InstallError};
 pub use config::{Limits, new_engine};
 pub use exec::{
-    LogLevel, LogRecord, MessageContext, MessageKind, MessageOutcome, WarmInstance, execute,
+    LogLevel, LogRecord, MessageContext, MessageKind, MessageOutcome, PausedExecution, Progress,
+    WarmInstance, execute, execute_sliced,
 };
 pub use interface::{CanisterInterface, Hook, Method, MethodKind, MethodLookupError, render_type};
 pub use paging::{MAX_PAGES, MemoryImage, PAGE_SIZE, Page, PageMap, page_from_slice};

@@ -204,6 +204,11 @@ pub struct Node {
     pub(crate) scheduler_policy: RwLock<Option<(String, SchedulerPolicy)>>,
     /// The last round in which the policy failed, and why.
     pub(crate) last_policy_fallback: Mutex<Option<(u64, String)>>,
+    /// Long executions paused between rounds, by canister (not persisted:
+    /// see `round.rs`).
+    pub(crate) paused: Mutex<BTreeMap<Principal, crate::round::PausedMessage>>,
+    /// Paused executions aborted since the node opened.
+    pub(crate) aborted_executions: std::sync::atomic::AtomicU64,
     /// Requests waiting for the next round.
     pending: Mutex<Vec<Pending>>,
     /// Requests inducted into a round and not answered yet.
@@ -292,6 +297,19 @@ impl Node {
     /// Opens the node in `options.data_dir`: loads the last checkpoint and
     /// replays the journal after it.
     pub fn open(options: NodeOptions) -> anyhow::Result<Self> {
+        // Checkpoints abort paused executions; a message that needs more
+        // slices than a checkpoint interval has rounds would never finish.
+        let slices = options
+            .limits
+            .update_instructions
+            .div_ceil(options.limits.slice_instructions.max(1));
+        anyhow::ensure!(
+            slices < options.checkpoint_interval,
+            "a message may need {slices} slices of {} instructions but checkpoints come every {} \
+             rounds: raise the checkpoint interval or the slice size",
+            options.limits.slice_instructions,
+            options.checkpoint_interval
+        );
         let modules_dir = options.data_dir.join("modules");
         let state_dir = options.data_dir.join("state");
         std::fs::create_dir_all(&modules_dir)?;
@@ -321,6 +339,8 @@ impl Node {
             }),
             scheduler_policy: RwLock::new(None),
             last_policy_fallback: Mutex::new(None),
+            paused: Mutex::new(BTreeMap::new()),
+            aborted_executions: std::sync::atomic::AtomicU64::new(0),
             pending: Mutex::new(Vec::new()),
             waiters: Mutex::new(BTreeMap::new()),
             fresh: true,
@@ -447,6 +467,7 @@ impl Node {
     }
 
     fn checkpoint_locked(&self, writer: &mut Option<Writer>) -> anyhow::Result<()> {
+        self.abort_paused(None);
         self.write_checkpoint()?;
         let round = self.registry.read().expect("registry lock").round;
         let new_path = journal_path(&self.state_dir, round + 1);
@@ -602,7 +623,9 @@ impl Node {
     /// Whether a round has something to do now: requests in the pool,
     /// messages in input queues, or timers due.
     fn has_work(&self) -> bool {
-        if !self.pending.lock().expect("pending lock").is_empty() {
+        if !self.pending.lock().expect("pending lock").is_empty()
+            || !self.paused.lock().expect("paused lock").is_empty()
+        {
             return true;
         }
         let registry = self.registry.read().expect("registry lock");
@@ -1083,6 +1106,7 @@ impl Node {
                 module_hash,
                 arg,
             } => {
+                self.abort_paused(Some(id));
                 let canister = controlled(id)?;
                 let code = self.load_module(module_hash)?;
                 let updated = self.install_code(canister, code, *mode, arg.as_deref(), step)?;
@@ -1092,6 +1116,7 @@ impl Node {
                 "calls go through input queues"
             ))),
             Op::Stop { id } | Op::Start { id } => {
+                self.abort_paused(Some(id));
                 let mut canister = controlled(id)?;
                 canister.status = if matches!(op, Op::Stop { .. }) {
                     RunStatus::Stopped
@@ -1101,6 +1126,7 @@ impl Node {
                 Ok(Applied::Status(self.commit(canister)))
             }
             Op::Delete { id } => {
+                self.abort_paused(Some(id));
                 let canister = controlled(id)?;
                 let status = canister.status();
                 let mut registry = self.registry.write().expect("registry lock");

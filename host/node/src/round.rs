@@ -23,7 +23,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cellar_engine::{
-    CallArgs, MessageKind, MessageOutcome, Val, decode_results_wave, execute, results_to_wave,
+    CallArgs, MessageKind, MessageOutcome, PausedExecution, Progress, Val, decode_results_wave,
+    execute, execute_sliced, results_to_wave,
 };
 use cellar_types::api::{Args, RunStatus};
 use cellar_types::{Principal, Reject, RejectCode};
@@ -40,9 +41,45 @@ use crate::scheduler::{self, Summary};
 /// What a round answers: the ingress messages it finished.
 pub(crate) type Answered = Vec<(IngressId, Result<Applied, NodeError>)>;
 
+/// An update that used up its slice and continues in a later round. It
+/// lives in the node's memory only: a checkpoint puts its message back at
+/// the front of the queue (every replica at the same round), and a restart
+/// re-creates it by replaying the rounds after the checkpoint.
+pub(crate) struct PausedMessage {
+    execution: PausedExecution,
+    /// The message, to queue again when the execution is aborted.
+    message: InputMessage,
+    settle: Settle,
+}
+
+/// Who a message came from and who waits for it: what settling its
+/// outcome needs.
+#[derive(Clone)]
+struct Settle {
+    cycles_attached: u64,
+    origin: Option<Origin>,
+    owner: Option<u64>,
+    method: String,
+    kind: MessageKind,
+    context_id: u64,
+}
+
+/// Where a message comes from.
+struct Source<'a> {
+    caller: &'a Principal,
+    cycles_attached: u64,
+    origin: Option<Origin>,
+    owner: Option<u64>,
+    /// The message itself when it may be sliced across rounds (calls, not
+    /// callbacks).
+    sliceable: Option<InputMessage>,
+}
+
 /// What one canister did in a round.
 struct CanisterRun {
     canister: Canister,
+    /// An execution that continues in a later round.
+    paused: Option<PausedMessage>,
     answered: Answered,
     /// Calls to route: (callee, request).
     requests: Vec<(Principal, InputMessage)>,
@@ -104,12 +141,24 @@ impl Node {
         }
         let mut slots: Vec<Option<Canister>> = canisters.into_iter().map(Some).collect();
         let mut ordered = Vec::with_capacity(plan.schedule.len());
-        for (index, allowance) in &plan.schedule {
-            if let Some(canister) = slots.get_mut(*index).and_then(Option::take) {
-                ordered.push((canister, *allowance));
+        {
+            let mut paused = self.paused.lock().expect("paused lock");
+            for (index, allowance) in &plan.schedule {
+                if let Some(canister) = slots.get_mut(*index).and_then(Option::take) {
+                    let execution = paused.remove(&canister.id);
+                    ordered.push((canister, execution, *allowance));
+                }
             }
         }
-        let runs = self.run_canisters(ordered, round, time);
+        let mut runs = self.run_canisters(ordered, round, time);
+        {
+            let mut paused = self.paused.lock().expect("paused lock");
+            for run in &mut runs {
+                if let Some(execution) = run.paused.take() {
+                    paused.insert(run.canister.id.clone(), execution);
+                }
+            }
+        }
 
         let mut registry = self.registry.write().expect("registry lock");
         for (summary, priority) in summaries.iter().zip(&plan.priorities) {
@@ -127,7 +176,7 @@ impl Node {
                     current.messaging.accumulated_priority;
             }
             // An idle canister's priority starts again from zero.
-            if !run.canister.messaging.has_work() {
+            if !run.canister.messaging.has_work() && !self.is_paused(&id) {
                 run.canister.messaging.accumulated_priority = 0;
             }
             registry.canisters.insert(id.clone(), run.canister);
@@ -323,9 +372,16 @@ impl Node {
     /// those canisters, in id order.
     fn take_active(&self) -> (Vec<Summary>, Vec<Canister>) {
         let registry = self.registry.read().expect("registry lock");
+        let paused: std::collections::BTreeSet<Principal> = self
+            .paused
+            .lock()
+            .expect("paused lock")
+            .keys()
+            .cloned()
+            .collect();
         let mut summaries = Vec::with_capacity(registry.active.len());
         let mut canisters = Vec::with_capacity(registry.active.len());
-        for id in &registry.active {
+        for id in registry.active.union(&paused) {
             let Some(c) = registry.canisters.get(id) else {
                 continue;
             };
@@ -334,6 +390,7 @@ impl Node {
                 queue_length: c.messaging.input_queue.len() as u32,
                 compute_allocation: c.messaging.compute_allocation,
                 accumulated_priority: c.messaging.accumulated_priority,
+                paused: paused.contains(id),
                 rounds_since_executed: registry
                     .round
                     .saturating_sub(c.messaging.last_executed_round),
@@ -347,7 +404,7 @@ impl Node {
     /// number of threads; the results come back in the given order.
     fn run_canisters(
         &self,
-        ordered: Vec<(Canister, u64)>,
+        ordered: Vec<(Canister, Option<PausedMessage>, u64)>,
         round: u64,
         time: u64,
     ) -> Vec<CanisterRun> {
@@ -355,10 +412,10 @@ impl Node {
         if threads == 1 {
             return ordered
                 .into_iter()
-                .map(|(c, allowance)| self.run_canister(c, allowance, round, time))
+                .map(|(c, paused, allowance)| self.run_canister(c, paused, allowance, round, time))
                 .collect();
         }
-        let inputs: Vec<Mutex<Option<(Canister, u64)>>> =
+        let inputs: Vec<Mutex<Option<(Canister, Option<PausedMessage>, u64)>>> =
             ordered.into_iter().map(|x| Mutex::new(Some(x))).collect();
         let outputs: Vec<Mutex<Option<CanisterRun>>> =
             inputs.iter().map(|_| Mutex::new(None)).collect();
@@ -369,12 +426,12 @@ impl Node {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(input) = inputs.get(i) else { break };
-                        let (canister, allowance) = input
+                        let (canister, paused, allowance) = input
                             .lock()
                             .expect("input lock")
                             .take()
                             .expect("taken once");
-                        let run = self.run_canister(canister, allowance, round, time);
+                        let run = self.run_canister(canister, paused, allowance, round, time);
                         *outputs[i].lock().expect("output lock") = Some(run);
                     }
                 });
@@ -395,19 +452,37 @@ impl Node {
     fn run_canister(
         &self,
         canister: Canister,
+        paused: Option<PausedMessage>,
         allowance: u64,
         round: u64,
         time: u64,
     ) -> CanisterRun {
         let mut run = CanisterRun {
             canister,
+            paused: None,
             answered: Vec::new(),
             requests: Vec::new(),
             responses: Vec::new(),
             instructions: 0,
         };
         let mut executed = 0u64;
-        while executed == 0 || run.instructions < allowance {
+        if let Some(paused) = paused {
+            executed += 1;
+            match paused.execution.resume() {
+                Progress::Done(outcome) => {
+                    let (used, _) = self.settle(&mut run, outcome, paused.settle);
+                    run.instructions = used.min(self.options.limits.slice_instructions);
+                }
+                Progress::Paused(execution) => {
+                    run.paused = Some(PausedMessage {
+                        execution,
+                        ..paused
+                    });
+                    run.instructions = self.options.limits.slice_instructions;
+                }
+            }
+        }
+        while run.paused.is_none() && (executed == 0 || run.instructions < allowance) {
             let Some(message) = run.canister.messaging.input_queue.pop_front() else {
                 break;
             };
@@ -427,6 +502,7 @@ impl Node {
         round: u64,
         time: u64,
     ) -> u64 {
+        let original = message.clone();
         let c = &mut run.canister;
         let sequence = c.messaging.next_context_id;
         let seed = random_seed("message", round, &c.id, sequence);
@@ -459,16 +535,15 @@ impl Node {
                 }
                 let resolved =
                     self.resolve_call(c, &method, &to_call_args(&args), MessageKind::Update);
-                self.execute_resolved(
-                    run,
-                    resolved,
-                    &caller,
-                    0,
-                    Some(origin),
-                    None,
-                    (round, time, seed),
-                )
-                .0
+                let source = Source {
+                    caller: &caller,
+                    cycles_attached: 0,
+                    origin: Some(origin),
+                    owner: None,
+                    sliceable: Some(original),
+                };
+                self.execute_resolved(run, resolved, source, (round, time, seed))
+                    .0
             }
             InputMessage::Request {
                 caller,
@@ -490,16 +565,15 @@ impl Node {
                     Ok(args) => self.resolve_call(c, &method, &args, MessageKind::Update),
                     Err(e) => Err(Reject::new(RejectCode::DestinationInvalid, e)),
                 };
-                self.execute_resolved(
-                    run,
-                    resolved,
-                    &caller,
-                    cycles,
-                    Some(origin),
-                    None,
-                    (round, time, seed),
-                )
-                .0
+                let source = Source {
+                    caller: &caller,
+                    cycles_attached: cycles,
+                    origin: Some(origin),
+                    owner: None,
+                    sliceable: Some(original),
+                };
+                self.execute_resolved(run, resolved, source, (round, time, seed))
+                    .0
             }
             InputMessage::Response {
                 call_id,
@@ -558,26 +632,20 @@ impl Node {
         }
     }
 
-    /// Executes a resolved message and settles it: charges cycles, commits
-    /// or discards its changes, sends its calls, answers its origin (now,
-    /// or later when it deferred its reply) and the deferred messages it
-    /// answered.
-    #[allow(clippy::too_many_arguments)]
+    /// Executes a resolved message (a slice of it, when it is long) and
+    /// settles it. Returns the instructions used and the reject if it failed.
     fn execute_resolved(
         &self,
         run: &mut CanisterRun,
         resolved: Result<crate::node::ResolvedCall, Reject>,
-        caller: &Principal,
-        cycles_attached: u64,
-        origin: Option<Origin>,
-        owner: Option<u64>,
+        source: Source<'_>,
         (round, time, seed): (u64, u64, [u8; 32]),
     ) -> (u64, Option<Reject>) {
         let resolved = match resolved {
             Ok(r) => r,
             Err(reject) => {
-                if let Some(origin) = origin {
-                    answer(run, origin, Err(reject.clone()), cycles_attached, 0);
+                if let Some(origin) = source.origin {
+                    answer(run, origin, Err(reject.clone()), source.cycles_attached, 0);
                 }
                 return (0, Some(reject));
             }
@@ -585,26 +653,79 @@ impl Node {
         let c = &mut run.canister;
         let mut ctx = message_context(
             c,
-            caller,
+            source.caller,
             &resolved.method.function,
             resolved.kind,
             (round, time, seed),
             &c.state,
         );
-        ctx.cycles_attached = cycles_attached;
+        ctx.cycles_attached = source.cycles_attached;
         c.messaging.next_context_id += 1;
-        let outcome: MessageOutcome = execute(
-            &resolved.code,
-            &c.state,
-            &resolved.method,
-            &resolved.params,
-            ctx.clone(),
-            &self.options.limits,
-        );
+        let settle = Settle {
+            cycles_attached: source.cycles_attached,
+            origin: source.origin,
+            owner: source.owner,
+            method: resolved.method.qualified_name(),
+            kind: resolved.kind,
+            context_id: ctx.context_id,
+        };
+        let limits = &self.options.limits;
+        let outcome = match source.sliceable {
+            Some(message) if resolved.kind == MessageKind::Update => {
+                match execute_sliced(
+                    &resolved.code,
+                    &c.state,
+                    &resolved.method,
+                    &resolved.params,
+                    ctx,
+                    limits,
+                ) {
+                    Progress::Done(outcome) => outcome,
+                    Progress::Paused(execution) => {
+                        run.paused = Some(PausedMessage {
+                            execution,
+                            message,
+                            settle,
+                        });
+                        return (limits.slice_instructions, None);
+                    }
+                }
+            }
+            _ => execute(
+                &resolved.code,
+                &c.state,
+                &resolved.method,
+                &resolved.params,
+                ctx,
+                limits,
+            ),
+        };
+        self.settle(run, outcome, settle)
+    }
+
+    /// Settles a finished message on its canister: charges cycles,
+    /// commits or drops its changes, sends its calls, answers its origin
+    /// (now, or later when it deferred its reply) and the deferred messages
+    /// it answered.
+    fn settle(
+        &self,
+        run: &mut CanisterRun,
+        outcome: MessageOutcome,
+        settle: Settle,
+    ) -> (u64, Option<Reject>) {
+        let Settle {
+            cycles_attached,
+            origin,
+            owner,
+            method,
+            kind,
+            context_id,
+        } = settle;
+        let c = &mut run.canister;
         let instructions = outcome.instructions;
         c.append_logs(&outcome.logs);
         c.cycles = c.cycles.saturating_sub(cycles::execution_fee(instructions));
-        if resolved.kind != MessageKind::Query {
+        if kind != MessageKind::Query {
             c.updates += 1;
         }
         let mut refund = cycles_attached;
@@ -614,11 +735,7 @@ impl Node {
             refund = cycles_attached - changes.cycles_accepted.min(cycles_attached);
             c.cycles = c.cycles.saturating_add(changes.cycles_accepted);
             deferred = changes.deferred && origin.is_some();
-            let call_owner = if deferred {
-                Some(ctx.context_id)
-            } else {
-                owner
-            };
+            let call_owner = if deferred { Some(context_id) } else { owner };
             for call in &changes.calls {
                 c.cycles = c
                     .cycles
@@ -660,10 +777,10 @@ impl Node {
             (None, _) => {}
             (Some(origin), true) => {
                 c.messaging.open_contexts.insert(
-                    ctx.context_id,
+                    context_id,
                     OpenContext {
                         origin,
-                        method: resolved.method.qualified_name(),
+                        method,
                         refund,
                     },
                 );
@@ -686,7 +803,14 @@ impl Node {
         owner: Option<u64>,
         round_context: (u64, u64, [u8; 32]),
     ) -> (u64, Option<Reject>) {
-        self.execute_resolved(run, resolved, caller, 0, None, owner, round_context)
+        let source = Source {
+            caller,
+            cycles_attached: 0,
+            origin: None,
+            owner,
+            sliceable: None,
+        };
+        self.execute_resolved(run, resolved, source, round_context)
     }
 }
 
@@ -837,5 +961,51 @@ fn call_result_val(answer: &Answer) -> Val {
                 ]))),
             )
         }
+    }
+}
+
+impl Node {
+    /// Whether `id` has an execution paused between rounds.
+    pub(crate) fn is_paused(&self, id: &Principal) -> bool {
+        self.paused.lock().expect("paused lock").contains_key(id)
+    }
+
+    /// Aborts paused executions (of `id`, or all): their messages go back
+    /// to the front of their queues and start again from the beginning.
+    /// Called before every checkpoint (so a checkpoint never holds an
+    /// execution half done, on every replica at the same round) and before
+    /// management requests that change the canister.
+    pub(crate) fn abort_paused(&self, id: Option<&Principal>) {
+        let aborted: Vec<(Principal, PausedMessage)> = {
+            let mut paused = self.paused.lock().expect("paused lock");
+            match id {
+                Some(id) => paused.remove_entry(id).into_iter().collect(),
+                None => std::mem::take(&mut *paused).into_iter().collect(),
+            }
+        };
+        if aborted.is_empty() {
+            return;
+        }
+        self.aborted_executions
+            .fetch_add(aborted.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut registry = self.registry.write().expect("registry lock");
+        for (id, paused) in aborted {
+            if let Some(c) = registry.canisters.get_mut(&id) {
+                c.messaging.input_queue.push_front(paused.message);
+            }
+            registry.reindex(&id);
+        }
+    }
+
+    /// Paused executions aborted so far (by checkpoints and management
+    /// requests) since the node opened.
+    pub fn aborted_executions(&self) -> u64 {
+        self.aborted_executions
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Executions paused between rounds.
+    pub fn paused_executions(&self) -> usize {
+        self.paused.lock().expect("paused lock").len()
     }
 }

@@ -23,6 +23,8 @@ pub(crate) struct Summary {
     pub(crate) compute_allocation: u8,
     /// Priority accumulated over the rounds it waited.
     pub(crate) accumulated_priority: i64,
+    /// Whether a long execution of it is paused between rounds.
+    pub(crate) paused: bool,
     /// Rounds since it last executed.
     pub(crate) rounds_since_executed: u64,
 }
@@ -62,7 +64,7 @@ pub(crate) fn plan(
                 input_queue_length: c.queue_length,
                 compute_allocation: c.compute_allocation,
                 accumulated_priority: c.accumulated_priority,
-                paused: false,
+                paused: c.paused,
                 rounds_since_executed: c.rounds_since_executed,
             })
             .collect(),
