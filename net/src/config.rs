@@ -25,6 +25,9 @@ pub struct TransportConfig {
     /// Messages queued per peer while it is slow or unreachable; more are
     /// dropped (and counted) rather than blocking the caller.
     pub send_queue_capacity: usize,
+    /// Bytes queued per peer at most (whichever limit is reached first);
+    /// at least `max_message_size + 4`.
+    pub send_queue_bytes: usize,
     /// Received artifacts buffered for the application before readers
     /// stop reading (and QUIC flow control slows the senders).
     pub inbound_capacity: usize,
@@ -52,6 +55,7 @@ impl Default for TransportConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             send_queue_capacity: 4096,
+            send_queue_bytes: 64 << 20,
             inbound_capacity: 4096,
             seen_capacity: 100_000,
             cache_bytes: 64 << 20,
@@ -75,6 +79,9 @@ impl TransportConfig {
         }
         if self.send_queue_capacity == 0 || self.inbound_capacity == 0 || self.seen_capacity == 0 {
             return bad("queue capacities and seen_capacity must be positive");
+        }
+        if self.send_queue_bytes < self.max_message_size + 4 {
+            return bad("send_queue_bytes must hold at least one message of max_message_size");
         }
         if self.connect_timeout.is_zero() {
             return bad("connect_timeout must be positive");

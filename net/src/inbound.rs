@@ -12,13 +12,24 @@ use crate::tls;
 use crate::transport::{CLOSE_BANNED, CLOSE_PROTOCOL, CLOSE_SUPERSEDED, Counters, Shared, lock};
 use crate::wire::{FrameError, Message, read_frame};
 
+/// Connections handled at once beyond two per member (each member has
+/// one, plus a stale one while it reconnects): room for handshakes, so a
+/// flood of them from outsiders cannot grow memory without bound.
+const SPARE_CONNECTIONS: usize = 64;
+
 /// Accepts connections until the endpoint closes; one task per connection.
 pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: Endpoint) {
+    let limit = 2 * shared.membership.len() + SPARE_CONNECTIONS;
     // Dropping the set (when this task is aborted) aborts the readers.
     let mut readers = JoinSet::new();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
+                Some(incoming) if readers.len() >= limit => {
+                    Counters::bump(&shared.counters.refused);
+                    warn!(remote = %incoming.remote_address(), "too many connections, refusing");
+                    incoming.refuse();
+                }
                 Some(incoming) => {
                     readers.spawn(serve(shared.clone(), incoming));
                 }

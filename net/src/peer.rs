@@ -12,7 +12,7 @@ use tracing::{debug, info};
 use crate::backoff::Backoff;
 use crate::membership::PeerInfo;
 use crate::tls;
-use crate::transport::{CLOSE_SHUTDOWN, Counters, OutFrame, Shared};
+use crate::transport::{CLOSE_SHUTDOWN, Counters, OutFrame, PeerQueue, Shared};
 
 /// Why writing to a connection stopped.
 enum Stop {
@@ -53,7 +53,7 @@ pub(crate) async fn run(
         Counters::bump(&shared.counters.connects);
         slot.connected.store(true, Ordering::Relaxed);
         let since = Instant::now();
-        let stop = pump(&conn, &mut queue, &mut pending).await;
+        let stop = pump(&conn, slot, &mut queue, &mut pending).await;
         slot.connected.store(false, Ordering::Relaxed);
         match stop {
             Stop::Shutdown => {
@@ -93,6 +93,7 @@ async fn dial(
 /// Writes queued frames to `conn` until it fails or the queue closes.
 async fn pump(
     conn: &Connection,
+    slot: &PeerQueue,
     queue: &mut mpsc::Receiver<OutFrame>,
     pending: &mut Option<OutFrame>,
 ) -> Stop {
@@ -105,7 +106,10 @@ async fn pump(
             Some(frame) => frame,
             None => tokio::select! {
                 frame = queue.recv() => match frame {
-                    Some(frame) => frame,
+                    Some(frame) => {
+                        slot.queued_bytes.fetch_sub(frame.bytes.len(), Ordering::Relaxed);
+                        frame
+                    }
                     None => return Stop::Shutdown,
                 },
                 e = conn.closed() => return Stop::Lost(e.to_string()),

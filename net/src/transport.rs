@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -123,6 +123,8 @@ pub(crate) struct OutFrame {
 pub(crate) struct PeerQueue {
     /// Frames for the peer's writer task.
     pub(crate) tx: mpsc::Sender<OutFrame>,
+    /// Bytes in the queue (the writer subtracts what it takes out).
+    pub(crate) queued_bytes: AtomicUsize,
     /// Whether the outgoing connection is up.
     pub(crate) connected: AtomicBool,
 }
@@ -166,15 +168,27 @@ impl Shared {
             .config
             .injected_delay
             .map(|d| tokio::time::Instant::now() + d);
-        match queue.tx.try_send(OutFrame { bytes, due }) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        let len = bytes.len();
+        let before = queue.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        let result = if before + len > self.config.send_queue_bytes {
+            Err(SendError::QueueFull(to))
+        } else {
+            queue
+                .tx
+                .try_send(OutFrame { bytes, due })
+                .map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => SendError::QueueFull(to),
+                    mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+                })
+        };
+        if let Err(e) = &result {
+            queue.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            if let SendError::QueueFull(_) = e {
                 Counters::bump(&self.counters.send_dropped);
                 debug!(peer = to, "send queue full, message dropped");
-                Err(SendError::QueueFull(to))
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
         }
+        result
     }
 
     /// Encodes `message`, checking its size.
@@ -304,6 +318,7 @@ impl Transport {
             let (tx, rx) = mpsc::channel(config.send_queue_capacity);
             let queue = PeerQueue {
                 tx,
+                queued_bytes: AtomicUsize::new(0),
                 connected: AtomicBool::new(false),
             };
             queues.insert(peer.node_index, queue);
