@@ -414,8 +414,8 @@ fn client_config(
     Ok(client)
 }
 
-/// Settings common to both sides: idle timeout, no streams from the peer
-/// unless enabled, windows sized for the largest message.
+/// Settings common to both sides: idle timeout, no streams or datagrams
+/// from the peer unless enabled.
 fn transport_config(config: &TransportConfig) -> Result<quinn::TransportConfig, NetError> {
     let mut transport = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
@@ -423,6 +423,8 @@ fn transport_config(config: &TransportConfig) -> Result<quinn::TransportConfig, 
     transport.max_idle_timeout(Some(idle));
     transport.max_concurrent_bidi_streams(VarInt::from_u32(0));
     transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+    // No unreliable datagrams: nothing would read them.
+    transport.datagram_receive_buffer_size(None);
     Ok(transport)
 }
 
