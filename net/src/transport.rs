@@ -363,8 +363,10 @@ impl Transport {
 }
 
 /// Creates the endpoint: listening with member-only client authentication,
-/// and with stateless-reset tokens derived from the node key, so that
-/// after a restart the node resets its peers' stale connections at once.
+/// and with stateless-reset tokens and connection-id validation keys
+/// derived from the node key, so that after a restart (or crash) the node
+/// recognizes its old connection ids and resets its peers' stale
+/// connections at their next packet, and they redial at once.
 fn bind_endpoint(
     config: &TransportConfig,
     keys: &NodeKeyPair,
@@ -381,11 +383,16 @@ fn bind_endpoint(
     transport.max_concurrent_uni_streams(VarInt::from_u32(1));
     server.transport_config(Arc::new(transport));
 
-    let mut reset_seed = Sha256::new();
-    reset_seed.update(b"cellar-net stateless reset key\0");
-    reset_seed.update(keys.seed());
-    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_seed.finalize());
-    let endpoint_config = EndpointConfig::new(Arc::new(reset_key));
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &derive(keys, "reset key"));
+    let mut endpoint_config = EndpointConfig::new(Arc::new(reset_key));
+    let cid_key = derive(keys, "connection id key");
+    let cid_key = u64::from_le_bytes([
+        cid_key[0], cid_key[1], cid_key[2], cid_key[3], cid_key[4], cid_key[5], cid_key[6],
+        cid_key[7],
+    ]);
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
 
     let socket = std::net::UdpSocket::bind(bind).map_err(|e| NetError::Bind(bind, e))?;
     Endpoint::new(
@@ -395,6 +402,16 @@ fn bind_endpoint(
         Arc::new(quinn::TokioRuntime),
     )
     .map_err(|e| NetError::Bind(bind, e))
+}
+
+/// A 32-byte key for `purpose`, derived from the node's secret key.
+fn derive(keys: &NodeKeyPair, purpose: &str) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"cellar-net ");
+    hasher.update(purpose.as_bytes());
+    hasher.update([0]);
+    hasher.update(keys.seed());
+    hasher.finalize().into()
 }
 
 /// The client configuration for dialing `peer`: its pinned key, keep-alives,

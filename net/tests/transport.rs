@@ -259,7 +259,7 @@ async fn garbage_and_oversized_frames_drop_only_the_sender() {
     oversized.resize(4 + len, 0);
     byzantine.send_raw_frame(2, Bytes::from(oversized)).unwrap();
     eventually("nodes 0, 1 and 2 dropped node 3", || {
-        nodes[..3].iter().all(|n| n.net.stats().misbehaviours == 1)
+        nodes[..3].iter().all(|n| n.net.stats().misbehaviours >= 1)
     })
     .await;
 
@@ -412,6 +412,115 @@ async fn injected_delay_still_delivers_in_order() {
     // serialized (200 × 50 ms would be 10 s).
     let elapsed = started.elapsed();
     assert!(elapsed >= delay, "{elapsed:?}");
+    for node in nodes {
+        node.net.shutdown().await;
+    }
+}
+
+/// Environment variable that makes [`child_node`] run: `<seed hex> <membership json>`.
+const CHILD_ENV: &str = "CELLAR_NET_TEST_CHILD";
+
+/// Not a test on its own: the node that
+/// [`a_killed_peer_is_reconnected_after_it_restarts`] runs in a child
+/// process (so that it can die without closing its connections). It
+/// broadcasts a numbered artifact every 50 ms, for a minute at most.
+#[test]
+#[ignore = "run by a_killed_peer_is_reconnected_after_it_restarts"]
+fn child_node() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let (seed, membership) = spec.split_once(' ').unwrap();
+    let seed: [u8; 32] = data_encoding::HEXLOWER
+        .decode(seed.as_bytes())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let membership: Membership = serde_json::from_str(membership).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let keys = NodeKeyPair::from_seed(seed);
+        let (net, _inbox) = Transport::start(test_config(), keys, membership)
+            .await
+            .unwrap();
+        let nonce = std::process::id();
+        for i in 0..1200 {
+            net.broadcast(&artifact(&format!("alive {nonce} {i}"))).ok();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+/// Starts [`child_node`] as node `index` in a child process.
+fn spawn_child(keys: &[NodeKeyPair], membership: &Membership, index: usize) -> std::process::Child {
+    let spec = format!(
+        "{} {}",
+        data_encoding::HEXLOWER.encode(&keys[index].seed()),
+        serde_json::to_string(membership).unwrap()
+    );
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["child_node", "--exact", "--ignored", "--nocapture"])
+        .env(CHILD_ENV, spec)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the child node")
+}
+
+/// Waits for an artifact from `from` in `inbox`, skipping others.
+async fn next_from(inbox: &mut Receiver<Received>, from: u32) -> Received {
+    loop {
+        let got = next(inbox).await;
+        if got.from == from {
+            return got;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_peer_is_reconnected_after_it_restarts() {
+    init_tracing();
+    let (keys, membership) = subnet(3);
+    let mut nodes = Vec::new();
+    for k in &keys[..2] {
+        let (net, inbox) = Transport::start(test_config(), k.clone(), membership.clone())
+            .await
+            .unwrap();
+        nodes.push(Node { net, inbox });
+    }
+    let mut child = spawn_child(&keys, &membership, 2);
+    next_from(&mut nodes[0].inbox, 2).await;
+    eventually("node 0 dialed node 2", || {
+        nodes[0].net.connected_peers().contains(&2)
+    })
+    .await;
+
+    // SIGKILL: node 2 closes nothing; node 0's connection to it is stale.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let connects = nodes[0].net.stats().connects;
+    let mut child = spawn_child(&keys, &membership, 2);
+    let restarted = std::time::Instant::now();
+    // The new process's artifacts arrive over its own connection (after
+    // those of the old one still in the inbox)...
+    let prefix = format!("alive {} ", child.id());
+    loop {
+        let got = next_from(&mut nodes[0].inbox, 2).await;
+        if got.artifact.payload().starts_with(prefix.as_bytes()) {
+            break;
+        }
+    }
+    // ...and node 0 notices its stale connection (a stateless reset at
+    // the next keep-alive) and redials.
+    eventually("node 0 redialed the restarted node 2", || {
+        nodes[0].net.stats().connects > connects
+    })
+    .await;
+    eprintln!(
+        "node 0 redialed {:?} after the restart",
+        restarted.elapsed()
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
     for node in nodes {
         node.net.shutdown().await;
     }
