@@ -1,10 +1,12 @@
 //! The outgoing side of one peer: dial it (again and again, with backoff),
 //! and write its queued frames onto one unidirectional stream.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use bytes::Bytes;
 use quinn::{Connection, Endpoint};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
@@ -23,7 +25,7 @@ enum Stop {
 }
 
 /// Runs until the transport shuts down: keeps a connection to `peer` and
-/// writes the frames from `queue` to it. A frame whose write failed is
+/// writes the frames from `queue` to it. Frames whose write failed are
 /// written again on the next connection.
 pub(crate) async fn run(
     shared: Arc<Shared>,
@@ -38,7 +40,7 @@ pub(crate) async fn run(
         return;
     };
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
-    let mut pending: Option<OutFrame> = None;
+    let mut pending: VecDeque<OutFrame> = VecDeque::new();
     loop {
         let conn = match dial(&shared, &endpoint, &peer, &client).await {
             Ok(conn) => conn,
@@ -90,43 +92,77 @@ async fn dial(
     }
 }
 
+/// The most frames written in one go.
+const MAX_BATCH_FRAMES: usize = 64;
+/// Frames are added to a batch while it is smaller than this.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// Takes the next frame out of the queue, waiting; `None` when the queue
+/// closed (shutdown).
+async fn take(slot: &PeerQueue, queue: &mut mpsc::Receiver<OutFrame>) -> Option<OutFrame> {
+    let frame = queue.recv().await?;
+    slot.queued_bytes
+        .fetch_sub(frame.bytes.len(), Ordering::Relaxed);
+    Some(frame)
+}
+
 /// Writes queued frames to `conn` until it fails or the queue closes.
+/// Frames already due are written in batches (without copying: the bytes
+/// of a broadcast are shared by every peer's queue). Frames taken from the
+/// queue stay in `pending` until written, so a failed batch is written
+/// again on the next connection.
 async fn pump(
     conn: &Connection,
     slot: &PeerQueue,
     queue: &mut mpsc::Receiver<OutFrame>,
-    pending: &mut Option<OutFrame>,
+    pending: &mut VecDeque<OutFrame>,
 ) -> Stop {
     let mut stream = match conn.open_uni().await {
         Ok(stream) => stream,
         Err(e) => return Stop::Lost(e.to_string()),
     };
+    let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_BATCH_FRAMES);
     loop {
-        let frame = match pending.take() {
-            Some(frame) => frame,
-            None => tokio::select! {
-                frame = queue.recv() => match frame {
-                    Some(frame) => {
-                        slot.queued_bytes.fetch_sub(frame.bytes.len(), Ordering::Relaxed);
-                        frame
-                    }
+        if pending.is_empty() {
+            tokio::select! {
+                frame = take(slot, queue) => match frame {
+                    Some(frame) => pending.push_back(frame),
                     None => return Stop::Shutdown,
                 },
                 e = conn.closed() => return Stop::Lost(e.to_string()),
-            },
-        };
-        if let Some(due) = frame.due {
-            tokio::select! {
-                () = tokio::time::sleep_until(due) => {}
-                e = conn.closed() => {
-                    *pending = Some(frame);
-                    return Stop::Lost(e.to_string());
-                }
             }
         }
-        if let Err(e) = stream.write_all(&frame.bytes).await {
-            *pending = Some(frame);
+        if let Some(due) = pending.front().and_then(|f| f.due) {
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => {}
+                e = conn.closed() => return Stop::Lost(e.to_string()),
+            }
+        }
+        while pending.len() < MAX_BATCH_FRAMES {
+            match queue.try_recv() {
+                Ok(frame) => {
+                    slot.queued_bytes
+                        .fetch_sub(frame.bytes.len(), Ordering::Relaxed);
+                    pending.push_back(frame);
+                }
+                Err(_) => break,
+            }
+        }
+        let now = tokio::time::Instant::now();
+        let mut bytes = 0;
+        batch.clear();
+        for frame in pending.iter() {
+            let due = frame.due.is_none_or(|d| d <= now);
+            if !due || bytes >= MAX_BATCH_BYTES {
+                break;
+            }
+            bytes += frame.bytes.len();
+            batch.push(frame.bytes.clone());
+        }
+        let written = batch.len();
+        if let Err(e) = stream.write_all_chunks(&mut batch).await {
             return Stop::Lost(e.to_string());
         }
+        pending.drain(..written);
     }
 }

@@ -40,7 +40,10 @@ pub(crate) const CLOSE_SUPERSEDED: VarInt = VarInt::from_u32(2);
 /// Close code: the peer is banned for a while after breaking the protocol.
 pub(crate) const CLOSE_BANNED: VarInt = VarInt::from_u32(3);
 
-/// An artifact received from a peer (each distinct artifact once).
+/// An artifact received from a peer. Each artifact id is delivered once
+/// while the transport remembers it (the last
+/// [`TransportConfig::seen_capacity`] ids); consumers should still
+/// tolerate a rare repeat of a long-forgotten artifact.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
     /// The member that sent it (not necessarily its author).
