@@ -31,6 +31,10 @@ pub struct TransportConfig {
     /// Received artifacts buffered for the application before readers
     /// stop reading (and QUIC flow control slows the senders).
     pub inbound_capacity: usize,
+    /// Requested UDP socket send and receive buffer sizes (the kernel caps
+    /// them at `net.core.wmem_max` / `rmem_max`). Small buffers drop
+    /// bursts of large messages, and QUIC then slows down.
+    pub socket_buffer_bytes: usize,
     /// How many artifact ids are remembered for deduplication.
     pub seen_capacity: usize,
     /// Payload bytes of recent artifacts kept to answer pull requests.
@@ -57,6 +61,7 @@ impl Default for TransportConfig {
             send_queue_capacity: 4096,
             send_queue_bytes: 64 << 20,
             inbound_capacity: 4096,
+            socket_buffer_bytes: 4 << 20,
             seen_capacity: 100_000,
             cache_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(5),

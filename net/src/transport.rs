@@ -19,7 +19,7 @@ use quinn::{Endpoint, EndpointConfig, VarInt};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::artifact::{Artifact, ArtifactId};
 use crate::config::TransportConfig;
@@ -398,6 +398,14 @@ fn bind_endpoint(
     });
 
     let socket = std::net::UdpSocket::bind(bind).map_err(|e| NetError::Bind(bind, e))?;
+    let sock = socket2::SockRef::from(&socket);
+    let size = config.socket_buffer_bytes;
+    if let Err(e) = sock
+        .set_recv_buffer_size(size)
+        .and_then(|()| sock.set_send_buffer_size(size))
+    {
+        warn!(error = %e, size, "cannot size the UDP socket buffers");
+    }
     Endpoint::new(
         endpoint_config,
         Some(server),
