@@ -12,11 +12,14 @@ pub struct TransportConfig {
     /// membership (set it to bind e.g. `0.0.0.0:port` behind a public one).
     pub bind_addr: Option<SocketAddr>,
     /// The largest message body accepted or sent, in bytes (the artifact
-    /// payload plus 2). A peer announcing a larger frame is disconnected.
+    /// payload plus 2). A peer announcing a larger frame is disconnected,
+    /// so every member of a subnet should use the same value.
     pub max_message_size: usize,
     /// Delay added to every message before it is written (for tests and
     /// benchmarks that simulate wide-area latency). Messages to one peer
     /// stay pipelined: the delay adds latency, not a limit on throughput.
+    /// [`TransportHandle::set_injected_delay`](crate::TransportHandle::set_injected_delay)
+    /// changes it while running.
     pub injected_delay: Option<Duration>,
     /// The first wait before redialing a peer after a failure.
     pub backoff_min: Duration,

@@ -155,6 +155,8 @@ pub(crate) struct Shared {
     pub(crate) inbound: mpsc::Sender<Received>,
     /// Counters.
     pub(crate) counters: Counters,
+    /// The injected delay in nanoseconds, [`NO_DELAY`] for none.
+    pub(crate) delay_nanos: AtomicU64,
 }
 
 /// Locks `mutex`, ignoring poisoning (no critical section here leaves
@@ -163,13 +165,30 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// [`Shared::delay_nanos`] when no delay is injected.
+const NO_DELAY: u64 = u64::MAX;
+
+/// A delay as stored in [`Shared::delay_nanos`].
+fn delay_nanos(delay: Option<Duration>) -> u64 {
+    delay.map_or(NO_DELAY, |d| {
+        u64::try_from(d.as_nanos()).unwrap_or(NO_DELAY - 1)
+    })
+}
+
 impl Shared {
+    /// The delay added to messages now.
+    fn injected_delay(&self) -> Option<Duration> {
+        match self.delay_nanos.load(Ordering::Relaxed) {
+            NO_DELAY => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
+    }
+
     /// Queues raw bytes for `to`, never blocking.
     pub(crate) fn enqueue(&self, to: NodeIndex, bytes: Bytes) -> Result<(), SendError> {
         let queue = self.queues.get(&to).ok_or(SendError::UnknownPeer(to))?;
         let due = self
-            .config
-            .injected_delay
+            .injected_delay()
             .map(|d| tokio::time::Instant::now() + d);
         let len = bytes.len();
         let before = queue.queued_bytes.fetch_add(len, Ordering::Relaxed);
@@ -337,6 +356,7 @@ impl Transport {
             cache: Mutex::new(ArtifactCache::new(config.cache_bytes)),
             inbound: inbound_tx,
             counters: Counters::default(),
+            delay_nanos: AtomicU64::new(delay_nanos(config.injected_delay)),
             config,
         });
 
@@ -514,6 +534,15 @@ impl TransportHandle {
     /// Asks node `from` for the artifact `id` (see [`Self::request`]).
     pub fn request_from(&self, from: NodeIndex, id: ArtifactId) -> Result<(), SendError> {
         self.shared().enqueue(from, Message::Request(id).encode())
+    }
+
+    /// Changes the delay added to every message sent from now on (see
+    /// [`TransportConfig::injected_delay`]); for fault tests that slow a
+    /// node down or heal it during a run. Messages already queued keep
+    /// their order.
+    pub fn set_injected_delay(&self, delay: Option<Duration>) {
+        let nanos = delay_nanos(delay);
+        self.shared().delay_nanos.store(nanos, Ordering::Relaxed);
     }
 
     /// Writes `bytes` as they are onto the stream to `to`, without framing

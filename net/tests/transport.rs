@@ -384,7 +384,7 @@ async fn a_missing_artifact_is_pulled_once_from_any_peer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn injected_delay_still_delivers_in_order() {
+async fn injected_delay_still_delivers_in_order_and_can_change() {
     init_tracing();
     let delay = Duration::from_millis(50);
     let config = TransportConfig {
@@ -412,6 +412,27 @@ async fn injected_delay_still_delivers_in_order() {
     // serialized (200 × 50 ms would be 10 s).
     let elapsed = started.elapsed();
     assert!(elapsed >= delay, "{elapsed:?}");
+
+    // The delay can change while running: raised, a round trip takes at
+    // least twice as long; removed, messages flow at once again.
+    let more = Duration::from_millis(200);
+    for node in &nodes {
+        node.net.set_injected_delay(Some(more));
+    }
+    let started = tokio::time::Instant::now();
+    nodes[0].net.send(1, &artifact("ping")).unwrap();
+    assert_eq!(next(&mut nodes[1].inbox).await.artifact, artifact("ping"));
+    nodes[1].net.send(0, &artifact("pong")).unwrap();
+    assert_eq!(next(&mut nodes[0].inbox).await.artifact, artifact("pong"));
+    assert!(started.elapsed() >= 2 * more);
+    for node in &nodes {
+        node.net.set_injected_delay(None);
+    }
+    nodes[2].net.send(0, &artifact("no delay")).unwrap();
+    assert_eq!(
+        next(&mut nodes[0].inbox).await.artifact,
+        artifact("no delay")
+    );
     for node in nodes {
         node.net.shutdown().await;
     }
