@@ -48,6 +48,8 @@ mod transport;
 mod wire;
 
 pub use artifact::{Artifact, ArtifactId, ArtifactKind};
+/// The byte buffer type of artifact payloads (re-exported from `bytes`).
+pub use bytes::Bytes;
 pub use config::TransportConfig;
 pub use error::{NetError, SendError};
 pub use identity::NodeKeyPair;

@@ -558,7 +558,9 @@ impl TransportHandle {
         lock(&self.shared().seen).contains(id)
     }
 
-    /// The peers this node currently has an outgoing connection to.
+    /// The peers this node currently has an outgoing connection to. (A
+    /// peer that refuses this node may appear for a moment: in TLS 1.3 the
+    /// dialer completes its handshake before the listener checks its key.)
     pub fn connected_peers(&self) -> Vec<NodeIndex> {
         let mut peers: Vec<NodeIndex> = self
             .shared()
