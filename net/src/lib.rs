@@ -35,6 +35,7 @@
 #![warn(missing_docs)]
 
 mod artifact;
+mod backlog;
 mod backoff;
 mod config;
 mod error;

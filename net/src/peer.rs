@@ -1,7 +1,6 @@
 //! The outgoing side of one peer: dial it (again and again, with backoff),
 //! and write its queued frames onto one unidirectional stream.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -11,6 +10,7 @@ use quinn::{Connection, Endpoint};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use crate::backlog::Backlog;
 use crate::backoff::Backoff;
 use crate::membership::PeerInfo;
 use crate::tls;
@@ -26,13 +26,14 @@ enum Stop {
 
 /// Runs until the transport shuts down: keeps a connection to `peer` and
 /// writes the frames from `queue` to it. Frames whose write failed are
-/// written again on the next connection.
+/// written again on the next connection; while the peer is unreachable
+/// the oldest frames beyond the queue bounds are dropped.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     endpoint: Endpoint,
     peer: PeerInfo,
     client: quinn::ClientConfig,
-    mut queue: mpsc::Receiver<OutFrame>,
+    queue: mpsc::Receiver<OutFrame>,
 ) {
     let config = &shared.config;
     let index = peer.node_index;
@@ -40,14 +41,27 @@ pub(crate) async fn run(
         return;
     };
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
-    let mut pending: VecDeque<OutFrame> = VecDeque::new();
+    let mut outbox = Outbox {
+        shared: &shared,
+        slot,
+        queue,
+        backlog: Backlog::new(config.send_queue_capacity, config.send_queue_bytes),
+    };
     loop {
-        let conn = match dial(&shared, &endpoint, &peer, &client).await {
+        let Some(dialed) = outbox
+            .meanwhile(dial(&shared, &endpoint, &peer, &client))
+            .await
+        else {
+            return;
+        };
+        let conn = match dialed {
             Ok(conn) => conn,
             Err(reason) => {
                 let wait = backoff.next_wait();
                 debug!(peer = index, %reason, ?wait, "dial failed");
-                tokio::time::sleep(wait).await;
+                if outbox.meanwhile(tokio::time::sleep(wait)).await.is_none() {
+                    return;
+                }
                 continue;
             }
         };
@@ -55,7 +69,7 @@ pub(crate) async fn run(
         Counters::bump(&shared.counters.connects);
         slot.connected.store(true, Ordering::Relaxed);
         let since = Instant::now();
-        let stop = pump(&conn, slot, &mut queue, &mut pending).await;
+        let stop = pump(&conn, &mut outbox).await;
         slot.connected.store(false, Ordering::Relaxed);
         match stop {
             Stop::Shutdown => {
@@ -70,7 +84,10 @@ pub(crate) async fn run(
         if since.elapsed() >= config.backoff_max {
             backoff.reset();
         }
-        tokio::time::sleep(backoff.next_wait()).await;
+        let wait = backoff.next_wait();
+        if outbox.meanwhile(tokio::time::sleep(wait)).await.is_none() {
+            return;
+        }
     }
 }
 
@@ -97,63 +114,96 @@ const MAX_BATCH_FRAMES: usize = 64;
 /// Frames are added to a batch while it is smaller than this.
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
-/// Takes the next frame out of the queue, waiting; `None` when the queue
-/// closed (shutdown).
-async fn take(slot: &PeerQueue, queue: &mut mpsc::Receiver<OutFrame>) -> Option<OutFrame> {
-    let frame = queue.recv().await?;
-    slot.queued_bytes
-        .fetch_sub(frame.bytes.len(), Ordering::Relaxed);
-    Some(frame)
+/// A peer's queue and the backlog of frames taken out of it.
+struct Outbox<'a> {
+    /// For the counters.
+    shared: &'a Shared,
+    /// The peer's queue state (byte count).
+    slot: &'a PeerQueue,
+    /// The queue.
+    queue: mpsc::Receiver<OutFrame>,
+    /// Frames taken out of the queue and not written yet.
+    backlog: Backlog,
+}
+
+impl Outbox<'_> {
+    /// Moves `frame` (just taken out of the queue) into the backlog.
+    fn keep(&mut self, frame: OutFrame) {
+        let len = frame.bytes.len();
+        self.slot.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        let dropped = self.backlog.push(frame);
+        if dropped > 0 {
+            let counter = &self.shared.counters.send_dropped;
+            counter.fetch_add(dropped as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits until the backlog has a frame; false when the queue closed.
+    async fn wait_for_frame(&mut self) -> bool {
+        if self.backlog.is_empty() {
+            match self.queue.recv().await {
+                Some(frame) => self.keep(frame),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Moves what is in the queue now into the backlog (up to `limit`).
+    fn take_ready(&mut self, limit: usize) {
+        while self.backlog.len() < limit {
+            match self.queue.try_recv() {
+                Ok(frame) => self.keep(frame),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Runs `work` while moving queued frames into the backlog, so that
+    /// while the peer is unreachable the oldest frames are dropped, not the
+    /// newest. `None` when the queue closed.
+    async fn meanwhile<F: Future>(&mut self, work: F) -> Option<F::Output> {
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Some(out),
+                frame = self.queue.recv() => self.keep(frame?),
+            }
+        }
+    }
 }
 
 /// Writes queued frames to `conn` until it fails or the queue closes.
 /// Frames already due are written in batches (without copying: the bytes
-/// of a broadcast are shared by every peer's queue). Frames taken from the
-/// queue stay in `pending` until written, so a failed batch is written
-/// again on the next connection.
-async fn pump(
-    conn: &Connection,
-    slot: &PeerQueue,
-    queue: &mut mpsc::Receiver<OutFrame>,
-    pending: &mut VecDeque<OutFrame>,
-) -> Stop {
+/// of a broadcast are shared by every peer's queue). Frames stay in the
+/// backlog until written, so a failed batch is written again on the next
+/// connection.
+async fn pump(conn: &Connection, outbox: &mut Outbox<'_>) -> Stop {
     let mut stream = match conn.open_uni().await {
         Ok(stream) => stream,
         Err(e) => return Stop::Lost(e.to_string()),
     };
     let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_BATCH_FRAMES);
     loop {
-        if pending.is_empty() {
-            tokio::select! {
-                frame = take(slot, queue) => match frame {
-                    Some(frame) => pending.push_back(frame),
-                    None => return Stop::Shutdown,
-                },
-                e = conn.closed() => return Stop::Lost(e.to_string()),
-            }
+        tokio::select! {
+            more = outbox.wait_for_frame() => if !more {
+                return Stop::Shutdown;
+            },
+            e = conn.closed() => return Stop::Lost(e.to_string()),
         }
-        if let Some(due) = pending.front().and_then(|f| f.due) {
+        if let Some(due) = outbox.backlog.front().and_then(|f| f.due) {
             tokio::select! {
                 () = tokio::time::sleep_until(due) => {}
                 e = conn.closed() => return Stop::Lost(e.to_string()),
             }
         }
-        while pending.len() < MAX_BATCH_FRAMES {
-            match queue.try_recv() {
-                Ok(frame) => {
-                    slot.queued_bytes
-                        .fetch_sub(frame.bytes.len(), Ordering::Relaxed);
-                    pending.push_back(frame);
-                }
-                Err(_) => break,
-            }
-        }
+        outbox.take_ready(MAX_BATCH_FRAMES);
         let now = tokio::time::Instant::now();
         let mut bytes = 0;
         batch.clear();
-        for frame in pending.iter() {
+        for frame in outbox.backlog.iter() {
             let due = frame.due.is_none_or(|d| d <= now);
-            if !due || bytes >= MAX_BATCH_BYTES {
+            if !due || bytes >= MAX_BATCH_BYTES || batch.len() == MAX_BATCH_FRAMES {
                 break;
             }
             bytes += frame.bytes.len();
@@ -163,6 +213,6 @@ async fn pump(
         if let Err(e) = stream.write_all_chunks(&mut batch).await {
             return Stop::Lost(e.to_string());
         }
-        pending.drain(..written);
+        outbox.backlog.remove_oldest(written);
     }
 }

@@ -546,3 +546,39 @@ async fn a_killed_peer_is_reconnected_after_it_restarts() {
         node.net.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_was_unreachable_gets_the_newest_messages() {
+    init_tracing();
+    let config = TransportConfig {
+        send_queue_capacity: 10,
+        ..test_config()
+    };
+    let (keys, membership) = subnet(2);
+    let (node0, _inbox0) = Transport::start(config.clone(), keys[0].clone(), membership.clone())
+        .await
+        .unwrap();
+    // Node 1 is not up: node 0 keeps only the newest messages for it.
+    let count = 100;
+    let mut last_queued = None;
+    for i in 0..count {
+        if node0.send(1, &artifact(&format!("m{i}"))).is_ok() {
+            last_queued = Some(i);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let last = last_queued.expect("some messages were queued");
+    assert!(last >= 2 * config.send_queue_capacity, "{last}");
+    let (node1, mut inbox1) = Transport::start(config.clone(), keys[1].clone(), membership)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !got.contains(&artifact(&format!("m{last}"))) {
+        got.push(next(&mut inbox1).await.artifact);
+    }
+    assert!(!got.contains(&artifact("m0")), "the oldest were dropped");
+    assert!(got.len() <= 2 * config.send_queue_capacity, "{}", got.len());
+    assert!(node0.stats().send_dropped >= (count - 2 * config.send_queue_capacity) as u64);
+    node0.shutdown().await;
+    node1.shutdown().await;
+}
