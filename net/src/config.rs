@@ -25,8 +25,11 @@ pub struct TransportConfig {
     pub backoff_min: Duration,
     /// The longest wait between dials (the wait doubles up to it).
     pub backoff_max: Duration,
-    /// Messages queued per peer while it is slow or unreachable; more are
-    /// dropped (and counted) rather than blocking the caller.
+    /// Messages queued per peer while it is slow or unreachable. Sending
+    /// never blocks: while the peer is unreachable the oldest queued
+    /// messages are dropped; while it is connected but slow, new messages
+    /// are refused with [`SendError::QueueFull`](crate::SendError::QueueFull).
+    /// Both are counted in `TransportStats::send_dropped`.
     pub send_queue_capacity: usize,
     /// Bytes queued per peer at most (whichever limit is reached first);
     /// at least `max_message_size + 4`.

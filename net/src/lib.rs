@@ -13,7 +13,10 @@
 //! mesh, nobody relays), and receivers deliver each id once. A node that
 //! missed artifacts (it was down) pulls them by id with
 //! [`TransportHandle::request`]; peers answer from a bounded cache of recent
-//! artifacts.
+//! artifacts. So that a node can pull what later artifacts refer to, refer
+//! to artifacts by their [`ArtifactId`] (e.g. use a block artifact's id as
+//! the block hash). While a peer is unreachable its queue keeps the newest
+//! messages and drops the oldest.
 //!
 //! Dialing retries with bounded exponential backoff; frames larger than the
 //! configured maximum or undecodable get the sender disconnected, banned for
