@@ -344,7 +344,8 @@ impl Transport {
                 connected: AtomicBool::new(false),
             };
             queues.insert(peer.node_index, queue);
-            receivers.push((peer.clone(), rx));
+            let client = client_config(&config, &keys, peer)?;
+            receivers.push((peer.clone(), client, rx));
         }
         let shared = Arc::new(Shared {
             own_index,
@@ -361,8 +362,7 @@ impl Transport {
         });
 
         let mut tasks = Vec::new();
-        for (peer, rx) in receivers {
-            let client = client_config(&shared.config, &keys, &peer)?;
+        for (peer, client, rx) in receivers {
             let task = peer::run(shared.clone(), endpoint.clone(), peer, client, rx);
             tasks.push(tokio::spawn(task));
         }
