@@ -6,13 +6,11 @@
 //! cargo run --release -p cellar-net --example loopback_bench
 //! ```
 
-use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cellar_net::{
-    Artifact, ArtifactKind, Membership, NodeKeyPair, PeerInfo, Received, SendError, Transport,
-    TransportConfig, TransportHandle,
+    Artifact, ArtifactKind, Received, SendError, Transport, TransportConfig, TransportHandle,
 };
 use tokio::sync::mpsc::Receiver;
 
@@ -21,22 +19,7 @@ type Node = (TransportHandle, Receiver<Received>);
 
 /// Starts `n` connected nodes on loopback.
 async fn start(n: usize) -> Vec<Node> {
-    let keys: Vec<NodeKeyPair> = (0..n).map(|_| NodeKeyPair::generate().unwrap()).collect();
-    let sockets: Vec<UdpSocket> = (0..n)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let peers = keys
-        .iter()
-        .zip(&sockets)
-        .enumerate()
-        .map(|(i, (k, s))| PeerInfo {
-            node_index: i as u32,
-            address: s.local_addr().unwrap(),
-            public_key: k.public_key(),
-        })
-        .collect();
-    drop(sockets);
-    let membership = Membership::new(peers).unwrap();
+    let (keys, membership) = cellar_net::testing::loopback_subnet(n).unwrap();
     let config = TransportConfig {
         send_queue_capacity: 1024,
         ..TransportConfig::default()

@@ -47,6 +47,7 @@ mod inbound;
 mod membership;
 mod peer;
 mod pool;
+pub mod testing;
 mod tls;
 mod transport;
 mod wire;

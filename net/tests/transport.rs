@@ -42,20 +42,9 @@ fn free_addrs(n: usize) -> Vec<SocketAddr> {
     sockets.iter().map(|s| s.local_addr().unwrap()).collect()
 }
 
-/// `n` key pairs and the membership listing them.
+/// `n` key pairs and the membership listing them on loopback.
 fn subnet(n: usize) -> (Vec<NodeKeyPair>, Membership) {
-    let keys: Vec<NodeKeyPair> = (0..n).map(|_| NodeKeyPair::generate().unwrap()).collect();
-    let peers = keys
-        .iter()
-        .zip(free_addrs(n))
-        .enumerate()
-        .map(|(i, (k, address))| PeerInfo {
-            node_index: i as u32,
-            address,
-            public_key: k.public_key(),
-        })
-        .collect();
-    (keys, Membership::new(peers).unwrap())
+    cellar_net::testing::loopback_subnet(n).expect("a loopback subnet")
 }
 
 /// A started node.
