@@ -516,7 +516,8 @@ impl TransportHandle {
 
     /// Queues `artifact` for every other member (never blocks); returns the
     /// number of peers it was queued for (peers with full queues are
-    /// skipped and counted in [`TransportStats::send_dropped`]).
+    /// skipped and counted in [`TransportStats::send_dropped`]). The node's
+    /// own artifacts never come back on its receiver.
     pub fn broadcast(&self, artifact: &Artifact) -> Result<usize, SendError> {
         let frame = self.shared().encode(&Message::Artifact(artifact.clone()))?;
         self.shared().remember(artifact);
