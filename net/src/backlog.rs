@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use crate::transport::OutFrame;
+use crate::shared::OutFrame;
 
 /// A bounded FIFO of frames.
 #[derive(Debug)]

@@ -8,8 +8,9 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::membership::NodeIndex;
+use crate::shared::{CLOSE_BANNED, CLOSE_PROTOCOL, CLOSE_SUPERSEDED, Shared, lock};
+use crate::stats::Counters;
 use crate::tls;
-use crate::transport::{CLOSE_BANNED, CLOSE_PROTOCOL, CLOSE_SUPERSEDED, Counters, Shared, lock};
 use crate::wire::{FrameError, Message, read_frame};
 
 /// Connections handled at once beyond two per member (each member has

@@ -13,8 +13,9 @@ use tracing::{debug, info};
 use crate::backlog::Backlog;
 use crate::backoff::Backoff;
 use crate::membership::PeerInfo;
+use crate::shared::{CLOSE_SHUTDOWN, OutFrame, PeerQueue, Shared};
+use crate::stats::Counters;
 use crate::tls;
-use crate::transport::{CLOSE_SHUTDOWN, Counters, OutFrame, PeerQueue, Shared};
 
 /// Why writing to a connection stopped.
 enum Stop {
