@@ -522,6 +522,31 @@ fn measure_call_cost() {
         std::hint::black_box(rust.payload_limits());
     });
     println!("payload-limits       component {w:8.2} µs   memoized {m:6.3} µs   rust {r:6.3} µs");
+    // The alternative to a fresh instance per call: one live instance (per
+    // height, say), called again and again.
+    let component = wasmtime::component::Component::new(engine(), ICC_CONSENSUS_POLICY).unwrap();
+    let linker = wasmtime::component::Linker::<()>::new(engine());
+    let mut store = wasmtime::Store::new(engine(), ());
+    store.set_fuel(u64::MAX).unwrap();
+    let instance = linker.instantiate(&mut store, &component).unwrap();
+    let delay = instance
+        .get_typed_func::<(u32,), (u64,)>(&mut store, "block-maker-delay-ms")
+        .unwrap();
+    let ranking = instance
+        .get_typed_func::<(u64, &[u8], u32), (Vec<u32>,)>(&mut store, "ranking")
+        .unwrap();
+    let w = per_call_us(it, |i| {
+        std::hint::black_box(delay.call(&mut store, (i % 13,)).unwrap());
+    });
+    // The bump allocator never frees: keep the instance's memory small.
+    let r = per_call_us(200, |i| {
+        std::hint::black_box(
+            ranking
+                .call(&mut store, (u64::from(i), &beacon.0[..], 13))
+                .unwrap(),
+        );
+    });
+    println!("live instance: block-maker-delay-ms {w:6.3} µs   ranking n=13 {r:8.2} µs");
     let start = Instant::now();
     let loaded = load(ICC_CONSENSUS_POLICY);
     println!(
