@@ -51,8 +51,8 @@ use crate::policy::{PolicyError, PolicyState, compile};
 pub const DEFAULT_CONSENSUS_POLICY_INSTRUCTIONS: u64 = 10_000_000;
 
 /// Instructions `ranking` may execute for each node of the subnet, on top of
-/// the base limit (the ICC permutation hashes once per node, ~7,000
-/// instructions).
+/// the base limit (the ICC permutation hashes once per node, ~16,000
+/// instructions: 1.6 M for 100 nodes).
 pub const DEFAULT_CONSENSUS_POLICY_INSTRUCTIONS_PER_NODE: u64 = 50_000;
 
 /// Linear memory a consensus-policy instance may use.
@@ -176,6 +176,7 @@ struct Shared {
     payload_limits: Option<PayloadLimits>,
     last_error: Option<ConsensusPolicyFailure>,
     failures: u64,
+    last_instructions: u64,
 }
 
 /// A compiled consensus-policy component, checked against the WIT world;
@@ -394,6 +395,13 @@ impl WasmConsensusPolicy {
         self.lock().failures
     }
 
+    /// Instructions (fuel) the most recent call that ran the component
+    /// executed, instantiation included (memoized answers run nothing);
+    /// shared by clones. The same call costs the same on every replica.
+    pub fn last_instructions(&self) -> u64 {
+        self.lock().last_instructions
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -433,6 +441,7 @@ impl WasmConsensusPolicy {
             let (r,) = func.call(&mut store, params)?;
             Ok(r)
         })();
+        self.lock().last_instructions = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         result.map_err(|e| match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::OutOfFuel) => {
                 format!("ran past its limit of {fuel} instructions")

@@ -240,6 +240,34 @@ fn misbehaving_policy_falls_back_with_a_reason() {
 }
 
 #[test]
+fn instruction_counts_are_deterministic() {
+    let counts = || {
+        let policy = load(ICC_CONSENSUS_POLICY).with_memoization(false);
+        let mut counts = Vec::new();
+        for n in [1, 4, 13, 100] {
+            policy.ranking(42, &Hash32([9; 32]), n);
+            counts.push(policy.last_instructions());
+        }
+        policy.notary_delay_ms(3);
+        counts.push(policy.last_instructions());
+        policy.payload_limits();
+        counts.push(policy.last_instructions());
+        counts
+    };
+    let a = counts();
+    assert_eq!(a, counts());
+    // More nodes, more hashing.
+    assert!(a[0] < a[1] && a[1] < a[2] && a[2] < a[3], "{a:?}");
+    assert!(a.iter().all(|&c| c > 0));
+    // A ranking of 100 nodes stays well within its limit.
+    assert!(
+        a[3] < load(ICC_CONSENSUS_POLICY).instruction_limit(100) / 5,
+        "{a:?}"
+    );
+    println!("instructions: ranking n=1,4,13,100, notary delay, limits: {a:?}");
+}
+
+#[test]
 fn instruction_limit_is_per_call_and_scales_with_n() {
     let policy = load(ICC_CONSENSUS_POLICY);
     assert_eq!(
@@ -547,6 +575,23 @@ fn measure_call_cost() {
         );
     });
     println!("live instance: block-maker-delay-ms {w:6.3} µs   ranking n=13 {r:8.2} µs");
+    // The same on an engine with fuel but wasmtime's own memories (no
+    // host-owned memory reservations): what the engine's memory creator costs.
+    let mut config = wasmtime::Config::new();
+    config.consume_fuel(true);
+    let plain = wasmtime::Engine::new(&config).unwrap();
+    let light = WasmConsensusPolicy::from_component(&plain, ICC_CONSENSUS_POLICY)
+        .unwrap()
+        .with_memoization(false);
+    let w = per_call_us(it, |i| {
+        std::hint::black_box(light.block_maker_delay_ms(i % 13));
+    });
+    let r = per_call_us(it, |i| {
+        std::hint::black_box(light.ranking(u64::from(i), &beacon, 13));
+    });
+    println!(
+        "plain engine, fresh instance: block-maker-delay-ms {w:6.2} µs   ranking n=13 {r:8.2} µs"
+    );
     let start = Instant::now();
     let loaded = load(ICC_CONSENSUS_POLICY);
     println!(
