@@ -3,6 +3,8 @@
 //! restarts and Byzantine behaviours. Same seed, same run.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
 
 use crate::artifacts::{Artifact, CatchUpPackage, Hash32, Height};
 use crate::bls::NodeIndex;
@@ -50,6 +52,18 @@ pub enum PolicyKind {
     RoundRobin,
 }
 
+/// Makes the policy of a node (given its index), for policies that
+/// [`PolicyKind`] cannot name, such as a Wasm component run by the host.
+/// Called once per node at start and again when a node rejoins.
+#[derive(Clone)]
+pub struct PolicyFactory(pub Arc<dyn Fn(NodeIndex) -> Box<dyn ConsensusPolicy> + Send + Sync>);
+
+impl fmt::Debug for PolicyFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PolicyFactory(..)")
+    }
+}
+
 /// Parameters of a simulation.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -67,6 +81,8 @@ pub struct SimConfig {
     pub consensus: ConsensusConfig,
     /// The policy.
     pub policy: PolicyKind,
+    /// If set, makes each node's policy instead of [`SimConfig::policy`].
+    pub policy_factory: Option<PolicyFactory>,
     /// Policy delays.
     pub delays: IccDelays,
     /// Submit one ingress message to a random node this often (ms); 0 for none.
@@ -87,6 +103,7 @@ impl Default for SimConfig {
                 ..ConsensusConfig::default()
             },
             policy: PolicyKind::Icc,
+            policy_factory: None,
             delays: IccDelays::default(),
             ingress_every_ms: 50,
         }
@@ -177,7 +194,10 @@ pub struct Simulation {
 /// Bound on events one `run_until` may process.
 const MAX_EVENTS: u64 = 50_000_000;
 
-fn make_policy(cfg: &SimConfig) -> Box<dyn ConsensusPolicy> {
+fn make_policy(cfg: &SimConfig, node: NodeIndex) -> Box<dyn ConsensusPolicy> {
+    if let Some(factory) = &cfg.policy_factory {
+        return (factory.0)(node);
+    }
     match cfg.policy {
         PolicyKind::Icc => Box::new(IccPolicy {
             delays: cfg.delays,
@@ -204,7 +224,7 @@ impl Simulation {
                 dealing.public.clone(),
                 s.clone(),
                 genesis.clone(),
-                make_policy(&cfg),
+                make_policy(&cfg, s.index),
             )?;
             nodes.push(SimNode {
                 node,
@@ -291,7 +311,7 @@ impl Simulation {
             self.dealing.public.clone(),
             secret,
             cup.clone(),
-            make_policy(&self.cfg),
+            make_policy(&self.cfg, i),
         )?;
         let was_up = self.nodes[i as usize].up;
         self.nodes[i as usize] = SimNode {

@@ -1,5 +1,5 @@
 //! Builds the guest workspaces `components/` (canisters) and
-//! `components/policies/` (scheduler policies, `no_std`) for `wasm32-wasip2`
+//! `components/policies/` (scheduler and consensus policies, `no_std`) for `wasm32-wasip2`
 //! in release mode with nested cargo invocations and copies the resulting
 //! components into `OUT_DIR`, where `src/lib.rs` embeds them with
 //! `include_bytes!`.
@@ -11,8 +11,16 @@ use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
 const COMPONENTS: &[&str] = &["counter", "kv", "ledger", "testbed", "relay"];
-/// Scheduler policies (workspace `components/policies`), by output file stem.
-const POLICIES: &[&str] = &["round_robin", "accumulated_priority", "misbehaving_policy"];
+/// Scheduler and consensus policies (workspace `components/policies`), by
+/// output file stem.
+const POLICIES: &[&str] = &[
+    "round_robin",
+    "accumulated_priority",
+    "misbehaving_policy",
+    "icc_consensus",
+    "round_robin_consensus",
+    "misbehaving_consensus",
+];
 
 /// Variables that would break or pollute the nested build: flags, wrappers
 /// and target directory of the outer build, and the per-package variables

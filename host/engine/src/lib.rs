@@ -13,6 +13,7 @@
 
 mod cache;
 mod config;
+mod consensus_policy;
 mod exec;
 mod interface;
 mod memory;
@@ -29,6 +30,12 @@ mod wasi;
 
 pub use cache::{CanisterCode, CodeCache, InstallError};
 pub use config::{Limits, new_engine};
+pub use consensus_policy::{
+    CONSENSUS_POLICY_EXPORTS, CONSENSUS_POLICY_MEMORY_BYTES, ConsensusPolicyFailure,
+    ConsensusPolicyLoadError, DEFAULT_CONSENSUS_POLICY_INSTRUCTIONS,
+    DEFAULT_CONSENSUS_POLICY_INSTRUCTIONS_PER_NODE, MAX_CONSENSUS_POLICY_BYTES,
+    MAX_CONSENSUS_POLICY_NAME, WasmConsensusPolicy,
+};
 pub use exec::{
     LogLevel, LogRecord, MessageContext, MessageKind, MessageOutcome, PausedExecution, Progress,
     WarmInstance, execute, execute_sliced,

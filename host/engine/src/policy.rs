@@ -258,10 +258,11 @@ pub enum PolicyError {
 }
 
 /// The store data of a policy instance: its resource limits, and whether
-/// one of them refused a request (to explain the trap that follows).
-struct PolicyState {
-    limits: StoreLimits,
-    refused_memory: bool,
+/// one of them refused a request (to explain the trap that follows). Shared
+/// with the consensus policies (`consensus_policy.rs`).
+pub(crate) struct PolicyState {
+    pub(crate) limits: StoreLimits,
+    pub(crate) refused_memory: bool,
 }
 
 impl ResourceLimiter for PolicyState {
@@ -330,7 +331,13 @@ static COMPILED: Mutex<Vec<(Engine, [u8; 32], Component)>> = Mutex::new(Vec::new
 /// How many compiled policies [`COMPILED`] keeps (oldest dropped first).
 const COMPILED_CAPACITY: usize = 16;
 
-fn compile(engine: &Engine, wasm: &[u8], hash: &[u8; 32]) -> Result<Component, PolicyError> {
+/// Compiles `wasm` (whose SHA-256 is `hash`) for `engine`, or takes it from
+/// [`COMPILED`]. Shared with the consensus policies.
+pub(crate) fn compile(
+    engine: &Engine,
+    wasm: &[u8],
+    hash: &[u8; 32],
+) -> Result<Component, PolicyError> {
     let mut cache = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, _, c)) = cache
         .iter()

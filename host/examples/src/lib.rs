@@ -8,7 +8,11 @@
 //! The scheduler policies of `components/policies` are embedded too:
 //! [`ROUND_ROBIN_POLICY`], [`ACCUMULATED_PRIORITY_POLICY`] and the test
 //! fixture [`MISBEHAVING_POLICY`]. They implement the world
-//! `cellar:scheduler/scheduler-policy` and import nothing.
+//! `cellar:scheduler/scheduler-policy` and import nothing. So are the
+//! consensus policies: [`ICC_CONSENSUS_POLICY`],
+//! [`ROUND_ROBIN_CONSENSUS_POLICY`] and the fixture
+//! [`MISBEHAVING_CONSENSUS_POLICY`], of the world
+//! `cellar:consensus-policy/consensus-policy`, importing nothing.
 
 /// An embedded canister.
 #[derive(Debug)]
@@ -46,6 +50,26 @@ pub const ACCUMULATED_PRIORITY_POLICY: &[u8] =
 /// out of bounds, memory exhaustion.
 pub const MISBEHAVING_POLICY: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/misbehaving_policy.wasm"));
+
+/// The ICC default consensus policy component: block makers ranked by a
+/// permutation drawn from the random beacon, delays 2δr and 2δr + ε
+/// (δ = 150 ms, ε = 100 ms), default payload limits; the same answers as
+/// `cellar_consensus::IccPolicy`.
+pub const ICC_CONSENSUS_POLICY: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/icc_consensus.wasm"));
+
+/// The fixed round-robin consensus policy component (leader of height h is
+/// node h mod n), ICC delays and limits; the same answers as
+/// `cellar_consensus::RoundRobinPolicy`.
+pub const ROUND_ROBIN_CONSENSUS_POLICY: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/round_robin_consensus.wasm"));
+
+/// A consensus-policy test fixture that misbehaves by its arguments:
+/// rankings by `height % 8` (valid, trap, endless loop, duplicate, too
+/// short, unknown node, memory exhaustion, too long), delays by `rank % 4`
+/// (valid, over the cap, trap, endless loop), payload limits over the caps.
+pub const MISBEHAVING_CONSENSUS_POLICY: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/misbehaving_consensus.wasm"));
 
 static EXAMPLES: [Example; 4] = [
     Example {
@@ -130,6 +154,9 @@ mod tests {
             ROUND_ROBIN_POLICY,
             ACCUMULATED_PRIORITY_POLICY,
             MISBEHAVING_POLICY,
+            ICC_CONSENSUS_POLICY,
+            ROUND_ROBIN_CONSENSUS_POLICY,
+            MISBEHAVING_CONSENSUS_POLICY,
         ] {
             assert_eq!(&policy[..8], b"\0asm\x0d\0\x01\0");
         }

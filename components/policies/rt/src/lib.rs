@@ -1,16 +1,18 @@
-//! Runtime for Cellar's scheduler-policy components.
+//! Runtime for Cellar's policy components (scheduler and consensus).
 //!
 //! A policy component imports nothing, so it cannot use Rust's `std` on
 //! `wasm32-wasip2` (std imports WASI). Linking this `no_std` crate gives a
 //! policy what std would have: a global allocator, a panic handler (a panic
-//! traps, and the host then runs its built-in default policy for the round)
+//! traps, and the host then uses its built-in default for that answer)
 //! and the `cabi_realloc` export the component model needs to pass lists in.
 //!
 //! The allocator is a bump allocator that never frees: the host runs every
-//! `schedule` call on a fresh instance, so memory lives for one call only.
+//! call (`schedule`, `ranking`, ...) on a fresh instance, so memory lives
+//! for one call only.
 //!
-//! [`algorithm`] holds the policies' arithmetic; the host compiles the same
-//! file as its built-in default.
+//! [`algorithm`] holds the scheduler policies' arithmetic; the host compiles
+//! the same file as its built-in default. [`consensus`] holds the consensus
+//! policies' (ICC beacon permutation, round robin, ICC delays).
 
 #![no_std]
 #![warn(missing_docs)]
@@ -18,6 +20,7 @@
 extern crate alloc;
 
 pub mod algorithm;
+pub mod consensus;
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicUsize, Ordering};
