@@ -570,6 +570,11 @@ impl Node {
         registry.canisters.values().map(Canister::status).collect()
     }
 
+    /// The last committed round (cheap: no state hash).
+    pub fn round(&self) -> u64 {
+        self.registry.read().expect("registry lock").round
+    }
+
     /// The node's status, with the [`state_hash`](Self::state_hash) of the
     /// same round.
     pub fn node_status(&self) -> NodeStatus {
