@@ -215,6 +215,10 @@ pub struct Job {
     pub reply: Option<tokio::sync::oneshot::Sender<Result<CallResponse, NodeError>>>,
 }
 
+/// The ingress queue is full (or stopped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
 /// The ingress queue: updates execute one after the other, in arrival
 /// order, on one worker thread.
 pub struct Ingress {
@@ -240,14 +244,12 @@ impl Ingress {
         Ingress { sender, queued }
     }
 
-    /// Queues an update; fails when the queue is full.
-    pub fn push(&self, job: Job) -> Result<(), Job> {
+    /// Queues an update; fails (dropping it) when the queue is full.
+    pub fn push(&self, job: Job) -> Result<(), QueueFull> {
         self.queued.fetch_add(1, Ordering::Relaxed);
-        self.sender.try_send(job).map_err(|e| {
+        self.sender.try_send(job).map_err(|_| {
             self.queued.fetch_sub(1, Ordering::Relaxed);
-            match e {
-                mpsc::TrySendError::Full(job) | mpsc::TrySendError::Disconnected(job) => job,
-            }
+            QueueFull
         })
     }
 
