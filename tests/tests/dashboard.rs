@@ -95,7 +95,9 @@ fn dashboard_shows_the_node_moving_in_chromium() {
             .call(&kv, &CallRequest::wave("add", &format!("\"a{i}\", {i}")))
             .unwrap();
     }
-    agent.query(&kv, &CallRequest::wave("get", "\"a1\"")).unwrap();
+    agent
+        .query(&kv, &CallRequest::wave("get", "\"a1\""))
+        .unwrap();
 
     let page = format!("{url}/dashboard");
     let first = load(&browser, &page, &dir.path().join("profile-1"));

@@ -205,7 +205,11 @@ fn identities_canister_management_json_and_completions() {
     let shown = json(cellar_in(&url, &config, &["--json", "identity", "show"]));
     assert_eq!(shown["name"], "default");
     let default_principal = shown["principal"].as_str().unwrap().to_string();
-    let created = json(cellar_in(&url, &config, &["identity", "new", "ops", "--json"]));
+    let created = json(cellar_in(
+        &url,
+        &config,
+        &["identity", "new", "ops", "--json"],
+    ));
     let ops = created["principal"].as_str().unwrap().to_string();
     assert_ne!(ops, default_principal);
     use std::os::unix::fs::PermissionsExt;
@@ -231,7 +235,11 @@ fn identities_canister_management_json_and_completions() {
     ));
     assert_eq!(controllers.as_array().unwrap().len(), 2, "{controllers}");
     ok(cellar_in(&url, &config, &["identity", "use", "ops"]));
-    let stopped = json(cellar_in(&url, &config, &["canister", "stop", &kv, "--json"]));
+    let stopped = json(cellar_in(
+        &url,
+        &config,
+        &["canister", "stop", &kv, "--json"],
+    ));
     assert_eq!(stopped["status"], "stopped");
     let err = failed(cellar_in(&url, &config, &["call", &kv, "add(\"x\", 1)"]));
     assert!(err.contains("stopped"), "{err}");

@@ -82,7 +82,12 @@ fn new_build_deploy(lang: &str, greeting: &str) {
     let me = dir.path().join("me.key");
     let (_node, url) = start(&dir.path().join("node"), &me);
     let name = format!("hello-{lang}");
-    ok(cellar(dir.path(), &url, &me, &["new", &name, "--lang", lang]));
+    ok(cellar(
+        dir.path(),
+        &url,
+        &me,
+        &["new", &name, "--lang", lang],
+    ));
     let project = dir.path().join(&name);
     assert!(project.join("wit/world.wit").is_file());
     assert!(project.join("cellar.toml").is_file());
@@ -90,18 +95,38 @@ fn new_build_deploy(lang: &str, greeting: &str) {
     let wasm = ok(cellar(&project, &url, &me, &["build"]));
     assert!(Path::new(&wasm).is_file(), "{wasm}");
     let id = ok(cellar(&project, &url, &me, &["deploy"]));
-    ok(cellar(&project, &url, &me, &["call", &id, "add(\"apple\", 5)"]));
+    ok(cellar(
+        &project,
+        &url,
+        &me,
+        &["call", &id, "add(\"apple\", 5)"],
+    ));
     assert_eq!(
-        ok(cellar(&project, &url, &me, &["query", &id, "get(\"apple\")"])),
+        ok(cellar(
+            &project,
+            &url,
+            &me,
+            &["query", &id, "get(\"apple\")"]
+        )),
         "some(5)"
     );
-    let hello = ok(cellar(&project, &url, &me, &["query", &id, "hello(\"you\")"]));
+    let hello = ok(cellar(
+        &project,
+        &url,
+        &me,
+        &["query", &id, "hello(\"you\")"],
+    ));
     assert!(hello.contains(greeting), "{hello}");
 
     // Deploying again upgrades the same canister.
     let again = ok(cellar(&project, &url, &me, &["deploy"]));
     assert_eq!(again, id);
-    let status = ok(cellar(&project, &url, &me, &["--json", "canister", "status", &id]));
+    let status = ok(cellar(
+        &project,
+        &url,
+        &me,
+        &["--json", "canister", "status", &id],
+    ));
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert!(status["module_hash"].is_string(), "{status}");
 }

@@ -237,7 +237,21 @@ impl Ingress {
             .spawn(move || {
                 for job in receiver {
                     counter.fetch_sub(1, Ordering::Relaxed);
-                    run_job(&node, &requests, &metrics, job);
+                    let id = job.request_id.clone();
+                    // A bug in one update must not stop the queue.
+                    let run =
+                        std::panic::AssertUnwindSafe(|| run_job(&node, &requests, &metrics, job));
+                    if std::panic::catch_unwind(run).is_err() {
+                        tracing::error!(request = %id, "an update panicked");
+                        let reject = CallResponse::Rejected {
+                            reject: Reject::new(
+                                RejectCode::SystemTransient,
+                                "the node failed while executing the update",
+                            ),
+                            instructions: 0,
+                        };
+                        requests.set(&id, RequestState::Rejected, Some(reject));
+                    }
                 }
             })
             .expect("cannot start the ingress thread");
