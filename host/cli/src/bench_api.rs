@@ -99,6 +99,20 @@ pub fn run(args: &ApiBenchArgs, json: bool) -> Result<()> {
                 })
             }));
         }
+        rows.push(measure(
+            "http submit+poll",
+            "update",
+            clients,
+            duration,
+            |_| {
+                let agent = Agent::new(&url, Identity::generate().expect("randomness"));
+                let kv = kv.clone();
+                Box::new(move |n| {
+                    let request = CallRequest::wave("add", &format!("\"s{n}\", {n}"));
+                    agent.call_and_wait(&kv, &request).is_ok()
+                })
+            },
+        ));
     }
     runtime.block_on(running.shutdown())?;
     if json {
@@ -130,7 +144,8 @@ pub fn run(args: &ApiBenchArgs, json: bool) -> Result<()> {
     );
     println!(
         "\nkv `get` queries and `add` updates ({}); HTTP: signed requests on loopback, \
-         updates through the ingress queue with a synchronous answer.",
+         updates through the ingress queue answered synchronously (`http`) or submitted and \
+         polled from 1 ms with backoff (`http submit+poll`).",
         if args.fsync {
             "journal synced per update"
         } else {
