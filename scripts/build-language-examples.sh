@@ -15,8 +15,10 @@
 # version is kept, and a component newer than all of its sources (and of the
 # toolchain and of this script) is not rebuilt, so a second run takes well under a second.
 #
-# Usage: scripts/build-language-examples.sh [--force]
-#   --force   rebuild both components even when they are up to date
+# Usage: scripts/build-language-examples.sh [--force | --toolchains py|js|all]
+#   --force       rebuild both components even when they are up to date
+#   --toolchains  only install the toolchain(s) and exit (`cellar build`
+#                 uses this for Python and JavaScript projects)
 #
 # Environment: PYTHON (default python3), NPM (default npm), NODE (default node).
 set -euo pipefail
@@ -33,11 +35,13 @@ NPM="${NPM:-npm}"
 NODE="${NODE:-node}"
 
 FORCE=0
+TOOLCHAINS_ONLY=""
 case "${1:-}" in
     --force) FORCE=1 ;;
+    --toolchains) TOOLCHAINS_ONLY="${2:-all}" ;;
     "") ;;
     *)
-        echo "usage: $0 [--force]" >&2
+        echo "usage: $0 [--force | --toolchains py|js|all]" >&2
         exit 2
         ;;
 esac
@@ -151,6 +155,16 @@ build_js_kv() {
         die "componentize-js failed to build $src"
     mv "$out.tmp" "$out"
 }
+
+if [[ -n "$TOOLCHAINS_ONLY" ]]; then
+    case "$TOOLCHAINS_ONLY" in
+        py) ensure_componentize_py ;;
+        js) ensure_componentize_js ;;
+        all) ensure_componentize_py && ensure_componentize_js ;;
+        *) die "unknown toolchain '$TOOLCHAINS_ONLY' (py, js or all)" ;;
+    esac
+    exit 0
+fi
 
 mkdir -p "$OUT"
 build_python_kv

@@ -1,195 +1,205 @@
-//! The HTTP API on loopback with signed requests: deploy, call, query,
-//! describe, logs, and the refusals (bad signature, non-controller, unknown
-//! canister, malformed body and module).
+//! The HTTP API on loopback with signed requests (through `cellar-agent`):
+//! deploy, call, submit and poll, query, read state, describe, logs,
+//! metrics, and the refusals (bad signature, replay, expiry, body size,
+//! non-controller, unknown canister, malformed body and module).
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cellar_agent::{Agent, AgentError, Identity, RawResponse};
 use cellar_types::Principal;
 use cellar_types::api::{
-    CallResponse, CanisterStatus, InterfaceInfo, LogEntry, NodeStatus, PUBLIC_KEY_HEADER,
-    SIGNATURE_HEADER, signing_payload,
+    CallRequest, CallResponse, CanisterStatus, InterfaceInfo, LogEntry, MAX_CALL_BODY_BYTES,
+    NodeStatus, RequestState,
 };
-use data_encoding::{BASE64, HEXLOWER};
-use ed25519_dalek::{Signer, SigningKey};
+use data_encoding::BASE64;
 use serde_json::{Value, json};
 
-struct Client {
-    base: String,
-    key: Option<SigningKey>,
-    agent: ureq::Agent,
+/// Sends a signed request built by `agent` and returns status and JSON.
+fn send(agent: &Agent, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let bytes = body
+        .map(|b| serde_json::to_vec(&b).unwrap())
+        .unwrap_or_default();
+    let response = agent
+        .send_raw(&agent.sign(method, path, bytes).unwrap())
+        .unwrap();
+    (response.status, response.json())
 }
 
-impl Client {
-    fn new(base: &str, seed: Option<u8>) -> Self {
-        Client {
-            base: base.to_string(),
-            key: seed.map(|s| SigningKey::from_bytes(&[s; 32])),
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .new_agent(),
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+struct Fixture {
+    runtime: tokio::runtime::Runtime,
+    running: Option<cellar_node::RunningNode>,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// A node whose examples are controlled by `controller`.
+    fn start(controller: &Identity) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let mut config = cellar_node::NodeConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+        config.example_controllers = vec![controller.principal().clone()];
+        let running = runtime.block_on(cellar_node::start(config)).unwrap();
+        let base = format!("http://{}", running.addr);
+        Fixture {
+            runtime,
+            running: Some(running),
+            base,
+            _dir: dir,
         }
     }
 
-    fn principal(&self) -> Principal {
-        match &self.key {
-            Some(k) => Principal::self_authenticating(k.verifying_key().as_bytes()),
-            None => Principal::anonymous(),
-        }
+    fn agent(&self, identity: &Identity) -> Agent {
+        Agent::new(&self.base, identity.clone())
     }
 
-    fn send(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let bytes = body
-            .map(|b| serde_json::to_vec(&b).unwrap())
-            .unwrap_or_default();
-        let url = format!("{}{path}", self.base);
-        let mut headers = Vec::new();
-        if let Some(key) = &self.key {
-            let signature = key.sign(&signing_payload(method, path, &bytes));
-            headers.push((
-                PUBLIC_KEY_HEADER,
-                HEXLOWER.encode(key.verifying_key().as_bytes()),
-            ));
-            headers.push((SIGNATURE_HEADER, HEXLOWER.encode(&signature.to_bytes())));
+    fn example(&self, name: &str) -> Principal {
+        let running = self.running.as_ref().unwrap();
+        running
+            .examples
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1
+            .clone()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            self.runtime.block_on(running.shutdown()).unwrap();
         }
-        let response = match method {
-            "GET" => {
-                let mut request = self.agent.get(&url);
-                for (k, v) in &headers {
-                    request = request.header(*k, v);
-                }
-                request.call()
-            }
-            _ => {
-                let mut request = match method {
-                    "POST" => self.agent.post(&url),
-                    "PUT" => self.agent.put(&url),
-                    _ => unreachable!(),
-                };
-                for (k, v) in &headers {
-                    request = request.header(*k, v);
-                }
-                request
-                    .header("content-type", "application/json")
-                    .send(&bytes[..])
-            }
-        };
-        let mut response = response.unwrap();
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
     }
 }
 
 #[test]
 fn signed_requests_over_loopback() {
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let alice = Client::new("", Some(1));
-    let mut config = cellar_node::NodeConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
-    config.example_controllers = vec![alice.principal()];
-    let running = runtime.block_on(cellar_node::start(config)).unwrap();
-    let base = format!("http://{}", running.addr);
-    let alice = Client::new(&base, Some(1));
-    let bob = Client::new(&base, Some(2));
-    let anonymous = Client::new(&base, None);
+    let alice_id = Identity::from_seed([1; 32]);
+    let node = Fixture::start(&alice_id);
+    let alice = node.agent(&alice_id);
+    let bob = node.agent(&Identity::from_seed([2; 32]));
+    let anonymous = node.agent(&Identity::anonymous());
 
-    // The examples are deployed and controlled by the configured principal.
-    let names: Vec<&str> = running.examples.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["counter", "kv", "ledger", "relay"]);
-    let kv = running.examples[1].1.to_text();
-    let (code, status) = anonymous.send("GET", &format!("/api/v1/canisters/{kv}"), None);
-    assert_eq!(code, 200);
-    let status: CanisterStatus = serde_json::from_value(status).unwrap();
-    assert_eq!(status.controllers, vec![alice.principal()]);
+    let kv = node.example("kv");
+    let kv_text = kv.to_text();
+    let status = anonymous.canister_status(&kv).unwrap();
+    assert_eq!(status.controllers, vec![alice_id.principal().clone()]);
 
     // Update then query, in WAVE and in JSON.
-    let call = json!({"method": "add", "args": {"wave": "\"apple\", 5"}});
-    let (code, answer) = bob.send("POST", &format!("/api/v1/canisters/{kv}/call"), Some(call));
-    assert_eq!(code, 200, "{answer}");
-    assert!(matches!(
-        serde_json::from_value(answer).unwrap(),
-        CallResponse::Replied { .. }
-    ));
-    let query = json!({"method": "get", "args": {"json": ["apple"]}, "reply_encoding": "json"});
-    let (_, answer) = anonymous.send(
-        "POST",
-        &format!("/api/v1/canisters/{kv}/query"),
-        Some(query),
-    );
-    assert_eq!(answer["status"], "replied", "{answer}");
-    assert_eq!(answer["reply"], json!(5));
-    let query = json!({"method": "get", "args": {"wave": "\"apple\""}});
-    let (_, answer) = anonymous.send(
-        "POST",
-        &format!("/api/v1/canisters/{kv}/query"),
-        Some(query),
-    );
-    assert_eq!(answer["reply"], json!("some(5)"));
+    let answer = bob
+        .call(&kv, &CallRequest::wave("add", "\"apple\", 5"))
+        .unwrap();
+    assert!(matches!(answer, CallResponse::Replied { .. }), "{answer:?}");
+    let reply = anonymous
+        .query(&kv, &CallRequest::json("get", json!(["apple"])))
+        .unwrap();
+    assert_eq!(cellar_agent::replied(reply).unwrap(), json!(5));
+    let reply = anonymous
+        .query(&kv, &CallRequest::wave("get", "\"apple\""))
+        .unwrap();
+    assert_eq!(cellar_agent::replied(reply).unwrap(), json!("some(5)"));
 
     // A reject is a 200 with the reject inside.
-    let bad = json!({"method": "add", "args": {"wave": "5"}});
-    let (code, answer) = bob.send("POST", &format!("/api/v1/canisters/{kv}/call"), Some(bad));
+    let (code, answer) = send(
+        &bob,
+        "POST",
+        &format!("/api/v1/canisters/{kv_text}/call"),
+        Some(json!({"method": "add", "args": {"wave": "5"}})),
+    );
     assert_eq!(code, 200);
     assert_eq!(answer["status"], "rejected");
     assert_eq!(answer["reject"]["code"], "destination-invalid");
 
     // Interface and node status.
-    let (_, interface) = anonymous.send("GET", &format!("/api/v1/canisters/{kv}/interface"), None);
-    let interface: InterfaceInfo = serde_json::from_value(interface).unwrap();
+    let interface: InterfaceInfo = anonymous.interface(&kv).unwrap();
     assert!(
         interface
             .methods
             .iter()
             .any(|m| m.name == "query.get" && m.kind == "query")
     );
-    let (_, node) = anonymous.send("GET", "/api/v1/status", None);
-    let node: NodeStatus = serde_json::from_value(node).unwrap();
-    assert_eq!(node.canisters, 4);
+    let status: NodeStatus = anonymous.status().unwrap();
+    assert_eq!(status.canisters, 4);
 
     // Deploy a component by bytes; the creator controls it; logs are served.
-    let testbed = BASE64.encode(cellar_examples::testbed());
-    let create = json!({"module": {"wasm": testbed}, "arg": "some(\"hi\")"});
-    let (code, created) = bob.send("POST", "/api/v1/canisters", Some(create));
+    let (code, created) = send(
+        &bob,
+        "POST",
+        "/api/v1/canisters",
+        Some(
+            json!({"module": {"wasm": BASE64.encode(cellar_examples::testbed())}, "arg": "some(\"hi\")"}),
+        ),
+    );
     assert_eq!(code, 201, "{created}");
     let created: CanisterStatus = serde_json::from_value(created).unwrap();
-    assert_eq!(created.controllers, vec![bob.principal()]);
-    let id = created.canister_id.to_text();
-    let log = json!({"method": "log-line", "args": {"wave": "\"over http\""}});
-    bob.send("POST", &format!("/api/v1/canisters/{id}/call"), Some(log));
-    let (_, logs) = anonymous.send("GET", &format!("/api/v1/canisters/{id}/logs"), None);
-    let logs: Vec<LogEntry> = serde_json::from_value(logs).unwrap();
+    assert_eq!(
+        created.controllers,
+        vec![bob.identity().principal().clone()]
+    );
+    let testbed = created.canister_id;
+    bob.call(&testbed, &CallRequest::wave("log-line", "\"over http\""))
+        .unwrap();
+    let logs: Vec<LogEntry> = anonymous.logs(&testbed).unwrap();
     assert!(
         logs.iter().any(|l| l.message.contains("over http")),
         "{logs:?}"
     );
 
-    // Refusals.
-    let (code, _) = bob.send("POST", &format!("/api/v1/canisters/{kv}/stop"), None);
-    assert_eq!(code, 403);
-    let (code, _) = anonymous.send("POST", &format!("/api/v1/canisters/{kv}/stop"), None);
-    assert_eq!(code, 403);
-    let (code, answer) = alice.send("POST", &format!("/api/v1/canisters/{kv}/stop"), None);
-    assert_eq!(code, 200, "{answer}");
-    let missing = Principal::canister(999).to_text();
-    let call = json!({"method": "get", "args": {"wave": "\"a\""}});
-    let (code, _) = bob.send(
+    // Management: only controllers.
+    let forbidden = |r: Result<CanisterStatus, AgentError>| {
+        matches!(r, Err(AgentError::Http { status: 403, .. }))
+    };
+    assert!(forbidden(bob.stop(&kv)));
+    assert!(forbidden(anonymous.stop(&kv)));
+    assert!(forbidden(
+        bob.set_controllers(&kv, vec![Principal::anonymous()])
+    ));
+    assert!(forbidden(bob.delete(&kv)));
+    alice.stop(&kv).unwrap();
+    alice.start(&kv).unwrap();
+
+    // Unknown canisters, bad ids and bodies.
+    let missing = Principal::canister(999);
+    assert!(matches!(
+        bob.query(&missing, &CallRequest::wave("get", "\"a\"")),
+        Err(AgentError::Http { status: 404, .. })
+    ));
+    assert!(matches!(
+        bob.submit(&missing, &CallRequest::wave("get", "\"a\"")),
+        Err(AgentError::Http { status: 404, .. })
+    ));
+    let (code, _) = send(
+        &bob,
         "POST",
-        &format!("/api/v1/canisters/{missing}/query"),
-        Some(call),
+        "/api/v1/canisters/not-an-id/query",
+        Some(json!({})),
     );
-    assert_eq!(code, 404);
-    let (code, _) = bob.send("POST", "/api/v1/canisters/not-an-id/query", Some(json!({})));
     assert_eq!(code, 400);
-    let (code, _) = bob.send(
+    let (code, answer) = send(
+        &bob,
         "POST",
-        &format!("/api/v1/canisters/{kv}/call"),
+        &format!("/api/v1/canisters/{kv_text}/call"),
         Some(json!({"nope": 1})),
     );
     assert_eq!(code, 400);
-    let junk = json!({"module": {"wasm": BASE64.encode(b"\0asm\x01\0\0\0")}});
-    let (code, answer) = bob.send("POST", "/api/v1/canisters", Some(junk));
+    assert!(
+        answer["error"].as_str().unwrap().contains("not valid"),
+        "{answer}"
+    );
+    let (code, answer) = send(
+        &bob,
+        "POST",
+        "/api/v1/canisters",
+        Some(json!({"module": {"wasm": BASE64.encode(b"\0asm\x01\0\0\0")}})),
+    );
     assert_eq!(code, 400);
     assert!(
         answer["error"]
@@ -198,25 +208,144 @@ fn signed_requests_over_loopback() {
             .contains("core WebAssembly module"),
         "{answer}"
     );
+    let (code, answer) = send(&bob, "GET", "/api/v2/nothing", None);
+    assert_eq!(code, 404);
+    assert!(answer["error"].is_string(), "{answer}");
 
-    // A forged signature: bob's key, alice's signature.
-    let body = serde_json::to_vec(&json!({"method": "get", "args": {"wave": "\"a\""}})).unwrap();
-    let path = format!("/api/v1/canisters/{kv}/query");
-    let key = SigningKey::from_bytes(&[1; 32]);
-    let forged = key.sign(&signing_payload("POST", &path, b"other body"));
-    let response = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .new_agent()
-        .post(format!("{base}{path}"))
-        .header(
-            PUBLIC_KEY_HEADER,
-            HEXLOWER.encode(key.verifying_key().as_bytes()),
-        )
-        .header(SIGNATURE_HEADER, HEXLOWER.encode(&forged.to_bytes()))
-        .send(&body[..])
+    // A forged signature: alice's key and signature on other content.
+    let path = format!("/api/v1/canisters/{kv_text}/call");
+    let body = serde_json::to_vec(&json!({"method": "add", "args": {"wave": "\"x\", 1"}})).unwrap();
+    let mut forged = alice.sign("POST", &path, b"{}".to_vec()).unwrap();
+    forged.body = body;
+    let response: RawResponse = alice.send_raw(&forged).unwrap();
+    assert_eq!(response.status, 401, "{:?}", response.json());
+}
+
+#[test]
+fn submit_and_poll_replays_expiry_and_limits() {
+    let alice_id = Identity::from_seed([1; 32]);
+    let node = Fixture::start(&alice_id);
+    let alice = node.agent(&alice_id);
+    let bob = node.agent(&Identity::from_seed([2; 32]));
+    let kv = node.example("kv");
+    let call_path = format!("/api/v1/canisters/{}/call", kv.to_text());
+    let submit_path = format!("/api/v1/canisters/{}/submit", kv.to_text());
+
+    // Submit answers with the id derived from the signed content; polling
+    // reaches replied with the result; only the sender sees it.
+    let body = serde_json::to_vec(&CallRequest::wave("add", "\"pear\", 7")).unwrap();
+    let request = alice.sign("POST", &submit_path, body).unwrap();
+    let response = alice.send_raw(&request).unwrap();
+    assert_eq!(response.status, 202, "{:?}", response.json());
+    assert_eq!(response.json()["request_id"], request.request_id());
+    let answer = alice.wait(request.request_id()).unwrap();
+    assert!(matches!(answer, CallResponse::Replied { .. }), "{answer:?}");
+    let status = alice.request_status(request.request_id()).unwrap();
+    assert_eq!(status.status, RequestState::Replied);
+    assert_eq!(
+        bob.request_status(request.request_id()).unwrap().status,
+        RequestState::Unknown
+    );
+    assert_eq!(
+        alice.request_status(&"0".repeat(64)).unwrap().status,
+        RequestState::Unknown
+    );
+    // A rejected update is reported as rejected.
+    let id = alice
+        .submit(&kv, &CallRequest::wave("add", "\"only-key\""))
         .unwrap();
-    assert_eq!(response.status().as_u16(), 401);
+    let answer = alice.wait(&id).unwrap();
+    assert!(
+        matches!(answer, CallResponse::Rejected { .. }),
+        "{answer:?}"
+    );
+    assert_eq!(
+        alice.request_status(&id).unwrap().status,
+        RequestState::Rejected
+    );
+    assert_eq!(
+        alice
+            .call_and_wait(&kv, &CallRequest::json("add", json!(["fig", 3])))
+            .unwrap(),
+        Value::Null
+    );
 
-    runtime.block_on(running.shutdown()).unwrap();
+    // The same signed request again is a replay: refused, not executed.
+    let replay = alice.send_raw(&request).unwrap();
+    assert_eq!(replay.status, 409, "{:?}", replay.json());
+    let body = serde_json::to_vec(&CallRequest::wave("add", "\"plum\", 1")).unwrap();
+    let call = alice.sign("POST", &call_path, body).unwrap();
+    assert_eq!(alice.send_raw(&call).unwrap().status, 200);
+    let replay = alice.send_raw(&call).unwrap();
+    assert_eq!(replay.status, 409);
+    assert!(
+        replay.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("already received"),
+        "{:?}",
+        replay.json()
+    );
+    let updates_before = alice.canister_status(&kv).unwrap().updates;
+    let _ = alice.send_raw(&call).unwrap();
+    assert_eq!(alice.canister_status(&kv).unwrap().updates, updates_before);
+    // The same content with another nonce is a new request.
+    let again = alice.sign_with(
+        "POST",
+        &call_path,
+        call.body.clone(),
+        call.ingress_expiry,
+        b"another nonce".to_vec(),
+    );
+    assert_eq!(alice.send_raw(&again).unwrap().status, 200);
+
+    // Expired, too far ahead, or without an expiry: 400 with a message.
+    let now = now_nanos();
+    let body = serde_json::to_vec(&CallRequest::wave("add", "\"x\", 1")).unwrap();
+    for (expiry, needle) in [
+        (now - 1_000_000_000, "expired"),
+        (now + 3_600 * 1_000_000_000, "future"),
+        (0, "expired"),
+    ] {
+        let request = alice.sign_with("POST", &call_path, body.clone(), expiry, vec![1]);
+        let response = alice.send_raw(&request).unwrap();
+        assert_eq!(response.status, 400, "{:?}", response.json());
+        let error = response.json()["error"].as_str().unwrap().to_string();
+        assert!(error.contains(needle), "{error}");
+    }
+
+    // Bodies over the limit: 413, and the node goes on.
+    let big = json!({"method": "add", "args": {"wave": format!("\"{}\", 1", "a".repeat(MAX_CALL_BODY_BYTES))}});
+    let (code, _) = send(&alice, "POST", &call_path, Some(big));
+    assert_eq!(code, 413);
+    let (code, answer) = send(&alice, "POST", &call_path, Some(json!("garbage")));
+    assert_eq!(code, 400, "{answer}");
+
+    // Read state: module hash and certified data of the committed state.
+    let state = bob.read_state(&kv).unwrap();
+    let status = bob.canister_status(&kv).unwrap();
+    assert_eq!(state.module_hash, status.module_hash);
+    assert_eq!(state.certified_data, status.certified_data);
+    assert!(state.round >= 4, "{state:?}");
+
+    // Metrics moved with what happened above.
+    let text = alice.metrics().unwrap();
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or_else(|| panic!("no {name} in\n{text}")) as u64
+    };
+    assert!(value("cellar_messages_total{kind=\"update\",outcome=\"replied\"}") >= 4);
+    assert!(value("cellar_messages_total{kind=\"update\",outcome=\"rejected\"}") >= 1);
+    assert!(value("cellar_http_responses_total{class=\"4xx\"}") >= 5);
+    assert!(value("cellar_message_duration_seconds_count{kind=\"update\"}") >= 5);
+    assert!(value("cellar_instructions_total{kind=\"update\"}") > 0);
+    assert_eq!(value("cellar_canisters{status=\"running\"}"), 3);
+    assert!(value("cellar_memory_bytes{kind=\"heap\"}") > 0);
+    let activity = alice.activity().unwrap();
+    assert!(activity.messages.updates >= 5);
+    assert!(activity.recent.iter().any(|c| c.method == "add"));
 }

@@ -32,9 +32,6 @@ pub struct MemoryBenchArgs {
     /// Messages measured per data point (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub repeat: usize,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// One message-cost measurement.
@@ -136,7 +133,7 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 }
 
 /// Runs the benchmark and prints its report.
-pub fn memory(args: &MemoryBenchArgs) -> Result<()> {
+pub fn memory(args: &MemoryBenchArgs, json: bool) -> Result<()> {
     let mut trackers = vec![MemoryTracker::Signal];
     match MemoryTracker::Userfaultfd.check_available() {
         Ok(()) => trackers.push(MemoryTracker::Userfaultfd),
@@ -211,7 +208,7 @@ pub fn memory(args: &MemoryBenchArgs) -> Result<()> {
         }
     }
     checkpoints_and_restarts(args, &mut report)?;
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report);

@@ -24,9 +24,6 @@ pub struct SchedulerBenchArgs {
     /// Update messages timed per round-time measurement.
     #[arg(long, default_value_t = 300)]
     pub messages: usize,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Serialize, Debug, Default)]
@@ -103,7 +100,7 @@ fn round_micros(node: &Node, kv: &Principal, messages: usize) -> Result<f64> {
 }
 
 /// Runs the benchmark and prints its figures.
-pub fn scheduler(args: &SchedulerBenchArgs) -> Result<()> {
+pub fn scheduler(args: &SchedulerBenchArgs, json: bool) -> Result<()> {
     let mut report = Report {
         canisters: args.canisters,
         ..Report::default()
@@ -230,7 +227,7 @@ pub fn scheduler(args: &SchedulerBenchArgs) -> Result<()> {
     }
     report.sequential_call_millis = start.elapsed().as_secs_f64() * 1e3 / n as f64;
 
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }

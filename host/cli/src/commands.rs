@@ -12,8 +12,11 @@ use cellar_types::api::{
 };
 use data_encoding::BASE64;
 
-use crate::agent::Agent;
+use cellar_agent::{Agent, AgentError};
+
 use crate::call_text;
+use crate::output::Output;
+use crate::progress::Steps;
 use crate::render;
 
 /// Update call or query.
@@ -26,15 +29,40 @@ pub enum CallKind {
 }
 
 /// `cellar deploy`: creates a canister with the module and prints its id.
-pub fn deploy(agent: &Agent, module: &str, arg: Option<String>) -> Result<()> {
+pub fn deploy(agent: &Agent, module: &str, arg: Option<String>, out: Output) -> Result<()> {
+    let steps = Steps::new(2);
+    steps.step(&format!("reading {module}"));
+    let source = module_source(module)?;
+    let status = create_with(agent, source, arg, &steps)?;
+    steps.finish();
+    print_deployed(&status, out)
+}
+
+/// Creates a canister with `source` installed, as a step of `steps`.
+pub fn create_with(
+    agent: &Agent,
+    source: ModuleSource,
+    arg: Option<String>,
+    steps: &Steps,
+) -> Result<CanisterStatus> {
+    let size = match &source {
+        ModuleSource::Wasm(b64) => render::bytes(b64.len() as u64 * 3 / 4),
+        ModuleSource::Example(_) => "example".to_string(),
+    };
+    steps.step(&format!(
+        "creating the canister and installing the code ({size})"
+    ));
     let request = CreateRequest {
-        module: Some(module_source(module)?),
+        module: Some(source),
         arg,
         controllers: vec![],
     };
-    let status = agent.create(&request)?;
-    println!("{}", status.canister_id);
-    Ok(())
+    Ok(agent.create(&request)?)
+}
+
+/// Prints a deployed canister: its id, or its status as JSON.
+pub fn print_deployed(status: &CanisterStatus, out: Output) -> Result<()> {
+    out.value(status, || status.canister_id.to_text())
 }
 
 /// `cellar upgrade`: upgrades the canister's code, keeping stable memory.
@@ -43,32 +71,52 @@ pub fn upgrade(
     canister: &Principal,
     module: &str,
     arg: Option<String>,
+    out: Output,
 ) -> Result<()> {
+    let steps = Steps::new(2);
+    steps.step(&format!("reading {module}"));
+    let module = module_source(module)?;
+    steps.step("upgrading the canister");
+    let status = upgrade_with(agent, canister, module, arg)?;
+    steps.finish();
+    out.value(&status, || {
+        format!(
+            "upgraded {} (module {})",
+            status.canister_id,
+            status.module_hash.as_deref().unwrap_or("none")
+        )
+    })
+}
+
+/// Upgrades `canister` to `module`.
+pub fn upgrade_with(
+    agent: &Agent,
+    canister: &Principal,
+    module: ModuleSource,
+    arg: Option<String>,
+) -> Result<CanisterStatus> {
     let request = InstallRequest {
         mode: InstallMode::Upgrade,
-        module: module_source(module)?,
+        module,
         arg,
     };
-    let status = agent.install(canister, &request)?;
-    println!(
-        "upgraded {} (module {})",
-        status.canister_id,
-        status.module_hash.as_deref().unwrap_or("none")
-    );
-    Ok(())
+    Ok(agent.install(canister, &request)?)
 }
 
 /// `cellar call` and `cellar query`: sends the message and prints the reply.
-/// `args_json`, when given, replaces the WAVE arguments of `text`; `json`
-/// asks for the reply as JSON.
+/// `args_json`, when given, replaces the WAVE arguments of `text`; `--json`
+/// asks for the reply as JSON. Updates are submitted and polled; with
+/// `no_wait` the request id is printed at once.
 pub fn call(
     agent: &Agent,
     kind: CallKind,
     canister: &Principal,
     text: &str,
     args_json: Option<&str>,
-    json: bool,
+    no_wait: bool,
+    out: Output,
 ) -> Result<()> {
+    let json = out.json;
     let parsed = call_text::parse(text)?;
     let args = match args_json {
         None => Args::Wave(parsed.args),
@@ -95,22 +143,47 @@ pub fn call(
         cycles: 0,
     };
     let response = match kind {
-        CallKind::Update => agent.call(canister, &request)?,
+        CallKind::Update if no_wait => {
+            let request_id = agent.submit(canister, &request)?;
+            return out.value(&serde_json::json!({ "request_id": request_id }), || {
+                request_id.clone()
+            });
+        }
+        CallKind::Update => {
+            let request_id = agent.submit(canister, &request)?;
+            agent.wait(&request_id)?
+        }
         CallKind::Query => agent.query(canister, &request)?,
     };
-    match response {
-        CallResponse::Replied { reply, .. } => {
+    print_response(response, json)
+}
+
+/// Prints a reply, or fails with the reject.
+fn print_response(response: CallResponse, json: bool) -> Result<()> {
+    match cellar_agent::replied(response) {
+        Ok(reply) => {
             let text = render_reply(&reply, json)?;
             if !text.is_empty() {
                 println!("{text}");
             }
             Ok(())
         }
-        CallResponse::Rejected { reject, .. } => {
-            let code = serde_json::to_value(reject.code)?;
-            let code = code.as_str().unwrap_or("unknown");
-            bail!("rejected ({code}): {}", reject.message)
-        }
+        Err(e @ AgentError::Rejected(_)) => bail!("{e}"),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `cellar request`: a submitted request's status, and its reply when done.
+pub fn request(agent: &Agent, request_id: &str, out: Output) -> Result<()> {
+    let status = agent.request_status(request_id)?;
+    if out.json {
+        return out.value(&status, String::new);
+    }
+    let state = serde_json::to_value(status.status)?;
+    println!("{}", state.as_str().unwrap_or("unknown"));
+    match status.response {
+        Some(response) => print_response(response, false),
+        None => Ok(()),
     }
 }
 
@@ -123,13 +196,19 @@ fn render_reply(reply: &serde_json::Value, json: bool) -> Result<String> {
 }
 
 /// `cellar status`: the node and its canisters, or one canister.
-pub fn status(agent: &Agent, canister: Option<&Principal>) -> Result<()> {
+pub fn status(agent: &Agent, canister: Option<&Principal>, out: Output) -> Result<()> {
     if let Some(id) = canister {
-        print!("{}", canister_details(&agent.canister_status(id)?));
-        return Ok(());
+        let status = agent.canister_status(id)?;
+        return out.value(&status, || canister_details(&status));
     }
     let node = agent.status()?;
     let canisters = agent.canisters()?;
+    if out.json {
+        return out.value(
+            &serde_json::json!({"node": node, "canisters": canisters}),
+            String::new,
+        );
+    }
     println!("node       {}", agent.base_url());
     println!("version    {}", node.version);
     println!("round      {}", node.round);
@@ -141,17 +220,19 @@ pub fn status(agent: &Agent, canister: Option<&Principal>) -> Result<()> {
         println!("no canisters: deploy one with `cellar deploy kv`");
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = canisters.iter().map(canister_row).collect();
-    print!(
-        "{}",
-        render::table(
-            &[
-                "CANISTER", "STATUS", "MODULE", "HEAP", "STABLE", "CYCLES", "UPDATES"
-            ],
-            &rows
-        )
-    );
+    print!("{}", canister_table(&canisters));
     Ok(())
+}
+
+/// The table of canisters.
+pub fn canister_table(canisters: &[CanisterStatus]) -> String {
+    let rows: Vec<Vec<String>> = canisters.iter().map(canister_row).collect();
+    render::table(
+        &[
+            "CANISTER", "STATUS", "MODULE", "HEAP", "STABLE", "CYCLES", "UPDATES",
+        ],
+        &rows,
+    )
 }
 
 /// One line of the canister table.
@@ -170,7 +251,7 @@ fn canister_row(c: &CanisterStatus) -> Vec<String> {
 }
 
 /// One canister's status, a field per line.
-fn canister_details(c: &CanisterStatus) -> String {
+pub fn canister_details(c: &CanisterStatus) -> String {
     let controllers: Vec<String> = c.controllers.iter().map(Principal::to_text).collect();
     let mut out = String::new();
     let _ = writeln!(out, "canister     {}", c.canister_id);
@@ -200,8 +281,11 @@ fn canister_details(c: &CanisterStatus) -> String {
 }
 
 /// `cellar describe`: the canister's interface.
-pub fn describe(agent: &Agent, canister: &Principal) -> Result<()> {
+pub fn describe(agent: &Agent, canister: &Principal, out: Output) -> Result<()> {
     let info = agent.interface(canister)?;
+    if out.json {
+        return out.value(&info, String::new);
+    }
     print!("{}", info.text);
     if !info.text.ends_with('\n') {
         println!();
@@ -210,8 +294,11 @@ pub fn describe(agent: &Agent, canister: &Principal) -> Result<()> {
 }
 
 /// `cellar logs`: the canister's log, one entry per line.
-pub fn logs(agent: &Agent, canister: &Principal) -> Result<()> {
+pub fn logs(agent: &Agent, canister: &Principal, out: Output) -> Result<()> {
     let entries = agent.logs(canister)?;
+    if out.json {
+        return out.value(&entries, String::new);
+    }
     if entries.is_empty() {
         eprintln!("no log entries");
     }
@@ -228,7 +315,7 @@ pub fn logs(agent: &Agent, canister: &Principal) -> Result<()> {
 
 /// Resolves `deploy`/`upgrade`'s module argument: a component file or the
 /// name of an example.
-fn module_source(spec: &str) -> Result<ModuleSource> {
+pub fn module_source(spec: &str) -> Result<ModuleSource> {
     let path = Path::new(spec);
     if path.is_file() {
         let wasm =

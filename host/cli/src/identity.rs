@@ -1,186 +1,174 @@
-//! The user's identity: an Ed25519 key kept in a file, and request signing.
+//! The user's identities: named Ed25519 keys under the config directory,
+//! and which one is current.
 //!
-//! The file holds the 32-byte secret seed as lower-case hex. The default file
-//! is created on first use, readable by its owner only (mode 0600).
+//! ```text
+//! <config>/identity.key           the identity named `default`
+//! <config>/identities/<name>.key  the others (mode 0600, seed as hex)
+//! <config>/current-identity       the current identity's name
+//! ```
+//!
+//! `<config>` is `$CELLAR_CONFIG_DIR`, or `<user config dir>/cellar`.
 
 use std::fs;
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use cellar_types::Principal;
-use cellar_types::api::signing_payload;
-use data_encoding::HEXLOWER;
-use ed25519_dalek::{Signer, SigningKey};
+use cellar_agent::Identity;
 
-/// An Ed25519 key pair and the principal it authenticates as.
-pub struct Identity {
-    /// The secret key.
-    key: SigningKey,
-    /// `Principal::self_authenticating` of the public key.
-    principal: Principal,
+/// The name of the identity created on first use.
+pub const DEFAULT: &str = "default";
+
+/// The identities in one config directory.
+pub struct Store {
+    dir: PathBuf,
 }
 
-/// The two signature headers of one request, hex encoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignatureHeaders {
-    /// The 32-byte public key.
-    pub public_key: String,
-    /// The 64-byte signature of [`signing_payload`].
-    pub signature: String,
-}
-
-impl Identity {
-    /// The identity of a secret seed.
-    pub fn from_seed(seed: [u8; 32]) -> Self {
-        let key = SigningKey::from_bytes(&seed);
-        let principal = Principal::self_authenticating(key.verifying_key().as_bytes());
-        Identity { key, principal }
+impl Store {
+    /// The store under `$CELLAR_CONFIG_DIR` or the user's config directory.
+    pub fn open_default() -> Self {
+        let dir = std::env::var_os("CELLAR_CONFIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                dirs::config_dir()
+                    .unwrap_or_else(|| PathBuf::from(".cellar"))
+                    .join("cellar")
+            });
+        Store { dir }
     }
 
-    /// Loads the identity in `path`, creating a new random one (file mode
-    /// 0600, parent directories as needed) when the file does not exist.
-    pub fn load_or_create(path: &Path) -> Result<Self> {
-        match fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text)
-                .with_context(|| format!("invalid identity file {}", path.display())),
-            Err(e) if e.kind() == ErrorKind::NotFound => Self::create(path),
-            Err(e) => {
-                Err(e).with_context(|| format!("cannot read identity file {}", path.display()))
+    /// The store in `dir`.
+    #[cfg(test)]
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Store { dir: dir.into() }
+    }
+
+    /// The key file of identity `name`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        if name == DEFAULT {
+            self.dir.join("identity.key")
+        } else {
+            self.dir.join("identities").join(format!("{name}.key"))
+        }
+    }
+
+    /// The current identity's name (`default` unless changed).
+    pub fn current(&self) -> String {
+        fs::read_to_string(self.dir.join("current-identity"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| DEFAULT.to_string())
+    }
+
+    /// Loads the current identity; `default` is created on first use.
+    pub fn load_current(&self) -> Result<(String, Identity)> {
+        let name = self.current();
+        let path = self.path(&name);
+        let identity = if name == DEFAULT {
+            Identity::load_or_create(&path)?
+        } else {
+            Identity::load(&path).with_context(|| {
+                format!("the current identity `{name}` is missing; `cellar identity use default`")
+            })?
+        };
+        Ok((name, identity))
+    }
+
+    /// Creates identity `name`.
+    pub fn create(&self, name: &str) -> Result<Identity> {
+        check_name(name)?;
+        let path = self.path(name);
+        if path.exists() {
+            bail!("identity `{name}` already exists ({})", path.display());
+        }
+        let identity = Identity::generate()?;
+        identity.save(&path)?;
+        Ok(identity)
+    }
+
+    /// Every identity's name, sorted (`default` always included).
+    pub fn list(&self) -> Result<Vec<String>> {
+        let mut names = vec![DEFAULT.to_string()];
+        let dir = self.dir.join("identities");
+        if dir.is_dir() {
+            for entry in
+                fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
+            {
+                let path = entry?.path();
+                if path.extension().is_some_and(|e| e == "key")
+                    && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+                    && stem != DEFAULT
+                {
+                    names.push(stem.to_string());
+                }
             }
         }
+        names.sort();
+        Ok(names)
     }
 
-    /// Creates a new random identity in `path`, which must not exist yet.
-    fn create(path: &Path) -> Result<Self> {
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    /// Makes `name` the current identity.
+    pub fn set_current(&self, name: &str) -> Result<()> {
+        check_name(name)?;
+        if name != DEFAULT && !self.path(name).exists() {
+            bail!("there is no identity `{name}`; create it with `cellar identity new {name}`");
         }
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot create identity file {}", path.display()))?;
-        writeln!(file, "{}", HEXLOWER.encode(&seed))
-            .with_context(|| format!("cannot write identity file {}", path.display()))?;
-        Ok(Self::from_seed(seed))
+        fs::create_dir_all(&self.dir)?;
+        fs::write(self.dir.join("current-identity"), format!("{name}\n"))
+            .with_context(|| format!("cannot write to {}", self.dir.display()))
     }
 
-    /// Parses the file contents: 64 hex digits, surrounding whitespace allowed.
-    fn parse(text: &str) -> Result<Self> {
-        let bytes = HEXLOWER
-            .decode(text.trim().to_ascii_lowercase().as_bytes())
-            .context("expected 64 hex digits")?;
-        let Ok(seed) = <[u8; 32]>::try_from(bytes.as_slice()) else {
-            bail!("expected a 32-byte seed, got {} bytes", bytes.len());
-        };
-        Ok(Self::from_seed(seed))
-    }
-
-    /// The principal requests signed by this identity come from.
-    pub fn principal(&self) -> &Principal {
-        &self.principal
-    }
-
-    /// The 32-byte public key.
-    pub fn public_key(&self) -> [u8; 32] {
-        self.key.verifying_key().to_bytes()
-    }
-
-    /// Signs a request: `path` is the path and query exactly as sent.
-    pub fn sign(&self, method: &str, path: &str, body: &[u8]) -> SignatureHeaders {
-        let signature = self.key.sign(&signing_payload(method, path, body));
-        SignatureHeaders {
-            public_key: HEXLOWER.encode(&self.public_key()),
-            signature: HEXLOWER.encode(&signature.to_bytes()),
+    /// Loads identity `name` (`default` is created on first use).
+    pub fn load(&self, name: &str) -> Result<Identity> {
+        check_name(name)?;
+        let path = self.path(name);
+        if name == DEFAULT {
+            return Ok(Identity::load_or_create(&path)?);
         }
+        if !path.exists() {
+            bail!("there is no identity `{name}`");
+        }
+        Ok(Identity::load(&path)?)
     }
 }
 
-/// The default identity file: `<config dir>/cellar/identity.key`.
-pub fn default_path() -> PathBuf {
-    dirs::config_dir()
-        .unwrap_or_else(|| PathBuf::from(".cellar"))
-        .join("cellar")
-        .join("identity.key")
+/// Names are short and safe as file names.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !name.starts_with('.');
+    if !ok {
+        bail!("`{name}` is not a valid identity name (letters, digits, '-', '_', '.')");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ed25519_dalek::{Signature, Verifier, VerifyingKey};
     use std::os::unix::fs::PermissionsExt;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("cellar-cli-test-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
-    }
-
     #[test]
-    fn created_with_mode_0600_and_reloads_the_same() {
-        let dir = temp_dir("identity");
-        let path = dir.join("nested").join("identity.key");
-        let first = Identity::load_or_create(&path).unwrap();
-        let mode = fs::metadata(&path).unwrap().permissions().mode();
+    fn identities_are_created_listed_and_switched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path());
+        assert_eq!(store.current(), DEFAULT);
+        let (name, default) = store.load_current().unwrap();
+        assert_eq!(name, DEFAULT);
+        let ci = store.create("ci").unwrap();
+        assert_ne!(ci.principal(), default.principal());
+        assert!(store.create("ci").is_err());
+        assert!(store.create("../x").is_err());
+        let mode = fs::metadata(store.path("ci")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let again = Identity::load_or_create(&path).unwrap();
-        assert_eq!(first.principal(), again.principal());
-        assert_eq!(first.public_key(), again.public_key());
-        assert_eq!(
-            first.principal(),
-            &Principal::self_authenticating(&first.public_key())
-        );
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn rejects_a_malformed_file() {
-        let dir = temp_dir("bad-identity");
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("identity.key");
-        fs::write(&path, "not hex").unwrap();
-        assert!(Identity::load_or_create(&path).is_err());
-        fs::write(&path, "abcd").unwrap();
-        assert!(Identity::load_or_create(&path).is_err());
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn signature_verifies_against_the_payload() {
-        let identity = Identity::from_seed([7; 32]);
-        let body = br#"{"method":"add"}"#;
-        let path = "/api/v1/canisters/abc/call";
-        let headers = identity.sign("POST", path, body);
-
-        let key_bytes: [u8; 32] = HEXLOWER
-            .decode(headers.public_key.as_bytes())
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let sig_bytes: [u8; 64] = HEXLOWER
-            .decode(headers.signature.as_bytes())
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let key = VerifyingKey::from_bytes(&key_bytes).unwrap();
-        let signature = Signature::from_bytes(&sig_bytes);
-        key.verify(&signing_payload("POST", path, body), &signature)
-            .unwrap();
-        // Another path or body does not verify.
-        assert!(
-            key.verify(&signing_payload("POST", "/other", body), &signature)
-                .is_err()
-        );
-        assert!(
-            key.verify(&signing_payload("GET", path, body), &signature)
-                .is_err()
-        );
+        assert_eq!(store.list().unwrap(), ["ci", "default"]);
+        assert!(store.set_current("nobody").is_err());
+        store.set_current("ci").unwrap();
+        let (name, current) = store.load_current().unwrap();
+        assert_eq!(name, "ci");
+        assert_eq!(current.principal(), ci.principal());
     }
 }

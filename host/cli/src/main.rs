@@ -2,24 +2,33 @@
 //!
 //! ```text
 //! cellar start [--data-dir DIR] [--listen ADDR]
+//! cellar new <NAME> --lang rust|python|js      cellar build      cellar deploy
 //! cellar deploy <EXAMPLE|FILE.wasm> [--arg WAVE]
-//! cellar call <CANISTER> 'method(args)' [--json] [--args-json JSON]
-//! cellar query <CANISTER> 'method(args)' [--json] [--args-json JSON]
+//! cellar call <CANISTER> 'method(args)' [--args-json JSON] [--no-wait]
+//! cellar query <CANISTER> 'method(args)' [--args-json JSON]
+//! cellar request <REQUEST-ID>
 //! cellar upgrade <CANISTER> <EXAMPLE|FILE.wasm> [--arg WAVE]
-//! cellar status [CANISTER]
-//! cellar describe <CANISTER>
-//! cellar logs <CANISTER>
+//! cellar status [CANISTER]      cellar describe <CANISTER>      cellar logs <CANISTER>
+//! cellar canister list|status|stop|start|delete|controllers ...
+//! cellar identity new|list|use|show
+//! cellar completions bash|zsh|fish|...
+//! cellar bench memory|api
 //! ```
 //!
-//! Client commands sign every request with the identity in `--identity`
-//! (created on first use) and talk to the node at `--url` (`CELLAR_URL`).
+//! Client commands sign every request with the current identity (`cellar
+//! identity use`, or `--identity FILE`), talk to the node at `--url`
+//! (`CELLAR_URL`) and print JSON with `--json`.
 
-mod agent;
 mod bench;
+mod bench_api;
 mod bench_scheduler;
 mod call_text;
+mod canister;
 mod commands;
 mod identity;
+mod output;
+mod progress;
+mod project;
 mod render;
 mod start;
 
@@ -28,14 +37,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use cellar_agent::{Agent, Identity};
 use cellar_node::engine::MemoryTracker;
 use cellar_types::Principal;
 use cellar_types::api::DEFAULT_LISTEN;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::agent::Agent;
 use crate::commands::CallKind;
-use crate::identity::Identity;
+use crate::output::Output;
 
 /// The command line.
 #[derive(Parser, Debug)]
@@ -48,10 +57,13 @@ struct Cli {
     /// The node to talk to.
     #[arg(long, global = true, env = "CELLAR_URL", default_value_t = default_url())]
     url: String,
-    /// The identity file (an Ed25519 seed, hex); created on first use.
-    /// [default: <config dir>/cellar/identity.key]
+    /// An identity file (an Ed25519 seed, hex; created on first use) instead
+    /// of the current identity.
     #[arg(long, global = true, value_name = "FILE")]
     identity: Option<PathBuf>,
+    /// Print results as JSON (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
     /// What to do.
     #[command(subcommand)]
     command: Command,
@@ -76,18 +88,36 @@ enum Command {
         #[arg(long, value_name = "ROUNDS", default_value_t = 500)]
         checkpoint_interval: u64,
     },
-    /// Create a canister running an example or a component file; prints its id.
+    /// Create a canister project: `cellar new hello --lang rust`.
+    New(project::NewArgs),
+    /// Build the canister project in the current directory (or --project).
+    Build {
+        /// The project directory.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        project: PathBuf,
+    },
+    /// Deploy an example, a component file, or (with no argument) the
+    /// project in the current directory; prints the canister id.
     Deploy {
-        /// An example name (counter, kv, ledger) or a path to a .wasm component.
-        module: String,
+        /// An example name (counter, kv, ledger), a path to a .wasm
+        /// component; omit to build and deploy the project.
+        module: Option<String>,
         /// The init argument list as WAVE, e.g. '(some(5))'.
         #[arg(long, value_name = "WAVE")]
         arg: Option<String>,
+        /// The project directory when no module is given.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        project: PathBuf,
     },
     /// Send an update call, e.g. `cellar call <id> 'add("apple", 5)'`.
     Call(CallArgs),
     /// Send a query, e.g. `cellar query <id> 'get("apple")'`.
     Query(CallArgs),
+    /// Show a submitted request's status and result.
+    Request {
+        /// The request id printed by `cellar call --no-wait`.
+        request_id: String,
+    },
     /// Upgrade a canister's code, keeping its stable memory.
     Upgrade {
         /// The canister id.
@@ -113,9 +143,39 @@ enum Command {
         /// The canister id.
         canister: Principal,
     },
-    /// Run a benchmark in-process and print its figures.
+    /// Manage canisters: list, status, stop, start, delete, controllers.
+    #[command(subcommand)]
+    Canister(canister::CanisterCommand),
+    /// Manage identities: new, list, use, show.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+    /// Print a shell completion script: `cellar completions bash > ...`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// `cellar identity ...`.
+#[derive(Subcommand, Debug)]
+enum IdentityCommand {
+    /// Create a new identity (a random Ed25519 key, mode 0600).
+    New {
+        /// Its name.
+        name: String,
+    },
+    /// List identities; the current one is marked with `*`.
+    List,
+    /// Make an identity the current one.
+    Use {
+        /// Its name.
+        name: String,
+    },
+    /// Show the current identity's name and principal.
+    Show,
 }
 
 /// The benchmarks of `cellar bench`.
@@ -127,6 +187,9 @@ enum BenchCommand {
     /// Rounds at scale: install time and memory for many canisters, round
     /// time with idle canisters, latency under a flood, call round trips.
     Scheduler(bench_scheduler::SchedulerBenchArgs),
+    /// Queries and updates per second through HTTP on loopback against the
+    /// same calls in-process, with p50/p99 latency.
+    Api(bench_api::ApiBenchArgs),
 }
 
 /// Arguments of `call` and `query`.
@@ -137,13 +200,14 @@ struct CallArgs {
     /// The method and its WAVE arguments: `add("apple", 5)`, `get()` or `get`.
     #[arg(value_name = "METHOD(ARGS)")]
     call: String,
-    /// Print the reply as JSON instead of WAVE.
-    #[arg(long)]
-    json: bool,
     /// The arguments as JSON (an array, or an object by name) instead of
     /// WAVE; the call text is then just the method name.
     #[arg(long, value_name = "JSON")]
     args_json: Option<String>,
+    /// Updates: print the request id at once instead of waiting for the
+    /// reply (see `cellar request`).
+    #[arg(long)]
+    no_wait: bool,
 }
 
 /// `http://` + [`DEFAULT_LISTEN`].
@@ -162,70 +226,157 @@ fn main() -> ExitCode {
     }
 }
 
+/// The identity requests are signed with: `--identity FILE`, else the
+/// current identity of the store.
+fn load_identity(file: Option<&PathBuf>) -> Result<Identity> {
+    match file {
+        Some(path) => Ok(Identity::load_or_create(path)?),
+        None => Ok(identity::Store::open_default().load_current()?.1),
+    }
+}
+
 /// Runs one command.
 fn run(cli: Cli) -> Result<()> {
-    let identity_path = cli.identity.unwrap_or_else(identity::default_path);
-    if let Command::Start {
-        data_dir,
-        listen,
-        memory_tracker,
-        checkpoint_interval,
-    } = cli.command
-    {
-        let data_dir = data_dir.unwrap_or_else(start::default_data_dir);
-        let mut limits = cellar_node::engine::Limits::default();
-        if let Some(tracker) = memory_tracker {
-            tracker.check_available().map_err(anyhow::Error::msg)?;
-            limits.memory_tracker = tracker;
-        }
-        let settings = start::Settings {
+    let out = Output { json: cli.json };
+    match cli.command {
+        Command::Start {
             data_dir,
             listen,
-            limits,
+            memory_tracker,
             checkpoint_interval,
-        };
-        return start::run(settings, &identity_path);
-    }
-    match &cli.command {
-        Command::Bench(BenchCommand::Memory(args)) => return bench::memory(args),
-        Command::Bench(BenchCommand::Scheduler(args)) => {
-            return bench_scheduler::scheduler(args);
+        } => {
+            let data_dir = data_dir.unwrap_or_else(start::default_data_dir);
+            let mut limits = cellar_node::engine::Limits::default();
+            if let Some(tracker) = memory_tracker {
+                tracker.check_available().map_err(anyhow::Error::msg)?;
+                limits.memory_tracker = tracker;
+            }
+            let settings = start::Settings {
+                data_dir,
+                listen,
+                limits,
+                checkpoint_interval,
+            };
+            start::run(settings, load_identity(cli.identity.as_ref())?)
         }
-        _ => {}
+        Command::Bench(BenchCommand::Memory(args)) => bench::memory(&args, cli.json),
+        Command::Bench(BenchCommand::Api(args)) => bench_api::run(&args, cli.json),
+        Command::Bench(BenchCommand::Scheduler(args)) => bench_scheduler::scheduler(&args, cli.json),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cellar", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::New(args) => project::new(&args, out),
+        Command::Build { project } => project::build(&project, out).map(|_| ()),
+        Command::Identity(command) => identity_command(command, cli.identity.as_ref(), out),
+        command => {
+            let agent = Agent::new(&cli.url, load_identity(cli.identity.as_ref())?);
+            client_command(&agent, command, out)
+        }
     }
-    let agent = Agent::new(&cli.url, Identity::load_or_create(&identity_path)?);
-    match cli.command {
-        Command::Start { .. } | Command::Bench(_) => unreachable!("handled above"),
-        Command::Deploy { module, arg } => commands::deploy(&agent, &module, arg),
-        Command::Call(a) => call(&agent, CallKind::Update, a),
-        Command::Query(a) => call(&agent, CallKind::Query, a),
+}
+
+/// The commands that talk to a node.
+fn client_command(agent: &Agent, command: Command, out: Output) -> Result<()> {
+    match command {
+        Command::Deploy {
+            module: Some(module),
+            arg,
+            ..
+        } => commands::deploy(agent, &module, arg, out),
+        Command::Deploy {
+            module: None,
+            arg,
+            project,
+        } => project::deploy(agent, &project, arg, out),
+        Command::Call(a) => call(agent, CallKind::Update, a, out),
+        Command::Query(a) => call(agent, CallKind::Query, a, out),
+        Command::Request { request_id } => commands::request(agent, &request_id, out),
         Command::Upgrade {
             canister,
             module,
             arg,
-        } => commands::upgrade(&agent, &canister, &module, arg),
-        Command::Status { canister } => commands::status(&agent, canister.as_ref()),
-        Command::Describe { canister } => commands::describe(&agent, &canister),
-        Command::Logs { canister } => commands::logs(&agent, &canister),
+        } => commands::upgrade(agent, &canister, &module, arg, out),
+        Command::Status { canister } => commands::status(agent, canister.as_ref(), out),
+        Command::Describe { canister } => commands::describe(agent, &canister, out),
+        Command::Logs { canister } => commands::logs(agent, &canister, out),
+        Command::Canister(command) => canister::run(agent, command, out),
+        _ => unreachable!("handled in run"),
+    }
+}
+
+/// `cellar identity ...`.
+fn identity_command(command: IdentityCommand, file: Option<&PathBuf>, out: Output) -> Result<()> {
+    let store = identity::Store::open_default();
+    match command {
+        IdentityCommand::New { name } => {
+            let identity = store.create(&name)?;
+            out.value(
+                &serde_json::json!({"name": name, "principal": identity.principal()}),
+                || format!("created identity `{name}`: {}", identity.principal()),
+            )
+        }
+        IdentityCommand::List => {
+            let current = store.current();
+            let names = store.list()?;
+            let rows: Vec<serde_json::Value> = names
+                .iter()
+                .map(|n| {
+                    let principal = store.load(n).ok().map(|i| i.principal().to_text());
+                    serde_json::json!({"name": n, "current": *n == current, "principal": principal})
+                })
+                .collect();
+            out.value(&rows, || {
+                rows.iter()
+                    .map(|r| {
+                        let mark = if r["current"] == true { "*" } else { " " };
+                        format!(
+                            "{mark} {:<16} {}",
+                            r["name"].as_str().unwrap_or_default(),
+                            r["principal"].as_str().unwrap_or("(unreadable)")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        IdentityCommand::Use { name } => {
+            store.set_current(&name)?;
+            let identity = store.load(&name)?;
+            out.value(
+                &serde_json::json!({"name": name, "principal": identity.principal()}),
+                || format!("using identity `{name}`: {}", identity.principal()),
+            )
+        }
+        IdentityCommand::Show => {
+            let (name, identity) = match file {
+                Some(path) => (path.display().to_string(), Identity::load_or_create(path)?),
+                None => store.load_current()?,
+            };
+            out.value(
+                &serde_json::json!({"name": name, "principal": identity.principal()}),
+                || format!("{name}\n{}", identity.principal()),
+            )
+        }
     }
 }
 
 /// Dispatches `call`/`query`.
-fn call(agent: &Agent, kind: CallKind, a: CallArgs) -> Result<()> {
+fn call(agent: &Agent, kind: CallKind, a: CallArgs, out: Output) -> Result<()> {
     commands::call(
         agent,
         kind,
         &a.canister,
         &a.call,
         a.args_json.as_deref(),
-        a.json,
+        a.no_wait,
+        out,
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn command_line_is_consistent() {
@@ -246,12 +397,22 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.url, "http://127.0.0.1:7171");
-        assert!(matches!(
-            cli.command,
-            Command::Call(CallArgs { json: true, .. })
-        ));
-        assert!(Cli::try_parse_from(["cellar", "status"]).is_ok());
-        assert!(Cli::try_parse_from(["cellar", "start", "--listen", "127.0.0.1:7171"]).is_ok());
+        assert!(cli.json);
+        assert!(matches!(cli.command, Command::Call(_)));
+        for args in [
+            &["cellar", "status"][..],
+            &["cellar", "start", "--listen", "127.0.0.1:7171"],
+            &["cellar", "canister", "list"],
+            &["cellar", "canister", "controllers", &id, "--add", &id],
+            &["cellar", "identity", "use", "ci"],
+            &["cellar", "new", "hello", "--lang", "python"],
+            &["cellar", "deploy"],
+            &["cellar", "completions", "bash"],
+            &["cellar", "bench", "api", "--clients", "4"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_ok(), "{args:?}");
+        }
         assert!(Cli::try_parse_from(["cellar", "logs", "not-a-principal"]).is_err());
+        assert!(Cli::try_parse_from(["cellar", "new", "x", "--lang", "cobol"]).is_err());
     }
 }

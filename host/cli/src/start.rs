@@ -1,15 +1,14 @@
 //! `cellar start`: runs a node in the foreground.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use cellar_types::Principal;
 use cellar_types::api::DEFAULT_LISTEN;
 
-use crate::agent::Agent;
-use crate::identity::Identity;
 use crate::render;
+use cellar_agent::{Agent, Identity};
 
 /// The default data directory: `<local data dir>/cellar/node`, or `./.cellar`.
 pub fn default_data_dir() -> PathBuf {
@@ -31,13 +30,13 @@ pub struct Settings {
 }
 
 /// Starts a node, prints how to reach it and serves until Ctrl-C.
-pub fn run(settings: Settings, identity_path: &Path) -> Result<()> {
+pub fn run(settings: Settings, identity: Identity) -> Result<()> {
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(settings, identity_path))
+    runtime.block_on(serve(settings, identity))
 }
 
 /// Logs of the node to stderr, filtered by `RUST_LOG` (default `info`).
@@ -51,7 +50,7 @@ fn init_logging() {
 }
 
 /// The async part of [`run`].
-async fn serve(settings: Settings, identity_path: &Path) -> Result<()> {
+async fn serve(settings: Settings, identity: Identity) -> Result<()> {
     let Settings {
         data_dir,
         listen,
@@ -60,7 +59,6 @@ async fn serve(settings: Settings, identity_path: &Path) -> Result<()> {
     } = settings;
     // The examples are controlled by whoever starts the node, so that for
     // example the ledger's `mint` works for them.
-    let identity = Identity::load_or_create(identity_path)?;
     let me = identity.principal().clone();
     let mut config = cellar_node::NodeConfig::new(&data_dir, listen);
     tracing::info!(tracker = limits.memory_tracker.name(), "memory tracker");

@@ -177,3 +177,114 @@ fn the_documented_commands_work_against_a_running_node() {
     let err = failed(cellar(&url, &me, &["status"]));
     assert!(err.contains("cellar start"), "{err}");
 }
+
+/// `cellar` with identities from the store in `config` (no `--identity`).
+fn cellar_in(url: &str, config: &Path, args: &[&str]) -> Output {
+    Command::new(CELLAR)
+        .env("CELLAR_CONFIG_DIR", config)
+        .env("CELLAR_URL", url)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn json(output: Output) -> serde_json::Value {
+    serde_json::from_str(&ok(output)).unwrap()
+}
+
+#[test]
+fn identities_canister_management_json_and_completions() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    let me = config.join("identity.key");
+    // The node's examples belong to the default identity of `config`.
+    let (node, url, examples) = start(&dir.path().join("node"), &me);
+    let kv = examples[1].1.clone();
+
+    // Identities: default exists, `ops` is created 0600, listed, used.
+    let shown = json(cellar_in(&url, &config, &["--json", "identity", "show"]));
+    assert_eq!(shown["name"], "default");
+    let default_principal = shown["principal"].as_str().unwrap().to_string();
+    let created = json(cellar_in(
+        &url,
+        &config,
+        &["identity", "new", "ops", "--json"],
+    ));
+    let ops = created["principal"].as_str().unwrap().to_string();
+    assert_ne!(ops, default_principal);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(config.join("identities/ops.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let list = ok(cellar_in(&url, &config, &["identity", "list"]));
+    assert!(list.contains("* default") && list.contains("ops"), "{list}");
+    ok(cellar_in(&url, &config, &["identity", "use", "ops"]));
+    let shown = ok(cellar_in(&url, &config, &["identity", "show"]));
+    assert!(shown.contains(&ops), "{shown}");
+
+    // `ops` signs now: not a controller of kv until default adds it.
+    let err = failed(cellar_in(&url, &config, &["canister", "stop", &kv]));
+    assert!(err.contains("not a controller"), "{err}");
+    ok(cellar_in(&url, &config, &["identity", "use", "default"]));
+    let controllers = json(cellar_in(
+        &url,
+        &config,
+        &["--json", "canister", "controllers", &kv, "--add", &ops],
+    ));
+    assert_eq!(controllers.as_array().unwrap().len(), 2, "{controllers}");
+    ok(cellar_in(&url, &config, &["identity", "use", "ops"]));
+    let stopped = json(cellar_in(
+        &url,
+        &config,
+        &["canister", "stop", &kv, "--json"],
+    ));
+    assert_eq!(stopped["status"], "stopped");
+    let err = failed(cellar_in(&url, &config, &["call", &kv, "add(\"x\", 1)"]));
+    assert!(err.contains("stopped"), "{err}");
+    ok(cellar_in(&url, &config, &["canister", "start", &kv]));
+    let list = json(cellar_in(&url, &config, &["canister", "list", "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    let status = ok(cellar_in(&url, &config, &["canister", "status", &kv]));
+    assert!(status.contains("running"), "{status}");
+
+    // Updates submitted without waiting, then polled by request id.
+    let id = ok(cellar_in(
+        &url,
+        &config,
+        &["call", &kv, "add(\"later\", 9)", "--no-wait"],
+    ));
+    assert_eq!(id.len(), 64, "{id}");
+    let mut state = String::new();
+    for _ in 0..200 {
+        state = ok(cellar_in(&url, &config, &["request", &id]));
+        if state.starts_with("replied") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(state.starts_with("replied"), "{state}");
+    let reply = json(cellar_in(
+        &url,
+        &config,
+        &["--json", "query", &kv, "get(\"later\")"],
+    ));
+    assert_eq!(reply, serde_json::json!(9));
+
+    // Delete: stop first, then delete; it is gone from the list.
+    let testbed = ok(cellar_in(&url, &config, &["deploy", "counter"]));
+    ok(cellar_in(&url, &config, &["canister", "stop", &testbed]));
+    ok(cellar_in(&url, &config, &["canister", "delete", &testbed]));
+    let list = ok(cellar_in(&url, &config, &["canister", "list"]));
+    assert!(!list.contains(&testbed), "{list}");
+    let status = json(cellar_in(&url, &config, &["status", "--json"]));
+    assert_eq!(status["node"]["canisters"], 3);
+
+    // Shell completions.
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ok(cellar_in(&url, &config, &["completions", shell]));
+        assert!(script.contains("canister"), "{shell}: {script}");
+    }
+    drop(node);
+}

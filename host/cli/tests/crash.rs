@@ -27,9 +27,7 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cellar_types::api::{PUBLIC_KEY_HEADER, SIGNATURE_HEADER, signing_payload};
-use data_encoding::HEXLOWER;
-use ed25519_dalek::{Signer, SigningKey};
+use cellar_agent::{Agent, AgentError, AgentOptions, Identity};
 use serde_json::{Value, json};
 
 const CELLAR: &str = env!("CARGO_BIN_EXE_cellar");
@@ -225,42 +223,30 @@ fn start(
 /// Signed requests over HTTP, like any client.
 #[derive(Clone)]
 struct Client {
-    key: SigningKey,
-    agent: ureq::Agent,
+    identity: Identity,
 }
 
 impl Client {
     fn new() -> Self {
         Client {
-            key: SigningKey::from_bytes(&[7; 32]),
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(60)))
-                .build()
-                .new_agent(),
+            identity: Identity::from_seed([7; 32]),
         }
     }
 
+    fn agent(&self, url: &str) -> Agent {
+        let options = AgentOptions {
+            timeout: Duration::from_secs(60),
+            ..AgentOptions::default()
+        };
+        Agent::with_options(url, self.identity.clone(), options)
+    }
+
     /// POSTs a signed request; `Err` is a transport error (a dead node).
-    fn post(&self, url: &str, path: &str, body: &Value) -> Result<(u16, Value), ureq::Error> {
-        let bytes = serde_json::to_vec(body).unwrap();
-        let signature = self.key.sign(&signing_payload("POST", path, &bytes));
-        let mut response = self
-            .agent
-            .post(&format!("{url}{path}"))
-            .header(
-                PUBLIC_KEY_HEADER,
-                HEXLOWER.encode(self.key.verifying_key().as_bytes()),
-            )
-            .header(SIGNATURE_HEADER, HEXLOWER.encode(&signature.to_bytes()))
-            .header("content-type", "application/json")
-            .send(&bytes[..])?;
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string()?;
-        Ok((
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        ))
+    fn post(&self, url: &str, path: &str, body: &Value) -> Result<(u16, Value), AgentError> {
+        let agent = self.agent(url);
+        let request = agent.sign("POST", path, serde_json::to_vec(body).unwrap())?;
+        let response = agent.send_raw(&request)?;
+        Ok((response.status, response.json()))
     }
 
     /// `add("k<i>", i)`: `Ok(true)` when acknowledged, `Ok(false)` when
@@ -296,17 +282,8 @@ impl Client {
 
     /// The node's round and state hash.
     fn status(&self, url: &str) -> (u64, String) {
-        let mut response = self
-            .agent
-            .get(&format!("{url}/api/v1/status"))
-            .call()
-            .unwrap();
-        let status: Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap())
-            .expect("status is JSON");
-        (
-            status["round"].as_u64().unwrap(),
-            status["state_hash"].as_str().unwrap().to_string(),
-        )
+        let status = self.agent(url).status().unwrap();
+        (status.round, status.state_hash)
     }
 }
 

@@ -1,25 +1,33 @@
-//! The node's HTTP API (`/api/v1`, see [`cellar_types::api`]).
+//! The node's HTTP API (`/api/v1`, see [`cellar_types::api`]), `/metrics`
+//! and `/dashboard`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use cellar_engine::{Encoding, encode_results};
 use cellar_types::Principal;
 use cellar_types::api::{
-    ApiError, CallRequest, CallResponse, ControllersRequest, CreateRequest, InstallMode,
-    InstallRequest, ModuleSource, PUBLIC_KEY_HEADER, ReplyEncoding, SIGNATURE_HEADER,
-    SetPolicyRequest, TopUpRequest,
+    Activity, ApiError, CallRequest, CallResponse, ControllersRequest, CreateRequest,
+    INGRESS_EXPIRY_HEADER, InstallMode, InstallRequest, MAX_CALL_BODY_BYTES, ModuleSource,
+    NONCE_HEADER, PUBLIC_KEY_HEADER, ReadState, SIGNATURE_HEADER, SetPolicyRequest,
+    SubmitResponse, TopUpRequest,
 };
 use data_encoding::BASE64;
 use serde::de::DeserializeOwned;
 
-use crate::auth::authenticate;
-use crate::node::{CallOutcome, Node, NodeError};
+use crate::auth::{Credentials, authenticate};
+use crate::dashboard;
+use crate::metrics::{Gauges, Kind, Metrics};
+use crate::node::{Node, NodeError};
+use crate::requests::{
+    DEFAULT_CAPACITY, Ingress, Job, Refusal, Requests, call_response, check_expiry, now_nanos,
+};
 
 /// An error answer.
 struct HttpError(StatusCode, String);
@@ -46,13 +54,36 @@ impl From<NodeError> for HttpError {
     }
 }
 
+impl From<Refusal> for HttpError {
+    fn from(r: Refusal) -> Self {
+        let status = match r {
+            Refusal::Replay(_) => StatusCode::CONFLICT,
+            Refusal::Full => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        HttpError(status, r.to_string())
+    }
+}
+
 fn bad_request(message: impl Into<String>) -> HttpError {
     HttpError(StatusCode::BAD_REQUEST, message.into())
 }
 
-/// A request body together with its authenticated sender.
+/// The state the handlers share.
+#[derive(Clone)]
+struct Api {
+    node: Arc<Node>,
+    requests: Arc<Requests>,
+    metrics: Arc<Metrics>,
+    ingress: Arc<Ingress>,
+}
+
+/// A request body with its authenticated sender and id. Requests that
+/// change anything (every method but `GET`) are admitted by the replay
+/// cache: they need a valid ingress expiry and an id not seen before.
 struct Signed {
     caller: Principal,
+    request_id: String,
     body: Bytes,
 }
 
@@ -63,11 +94,14 @@ impl Signed {
     }
 }
 
-impl<S: Send + Sync> FromRequest<S> for Signed {
+impl FromRequest<Api> for Signed {
     type Rejection = HttpError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(request: Request, api: &Api) -> Result<Self, Self::Rejection> {
         let method = request.method().as_str().to_string();
+        // Queries change nothing: their expiry is checked when they have
+        // one, but they are not remembered.
+        let is_query = request.uri().path().ends_with("/query");
         let path = request
             .uri()
             .path_and_query()
@@ -75,18 +109,34 @@ impl<S: Send + Sync> FromRequest<S> for Signed {
             .unwrap_or_default();
         let public_key = header(&request, PUBLIC_KEY_HEADER);
         let signature = header(&request, SIGNATURE_HEADER);
-        let body = Bytes::from_request(request, state)
+        let expiry = header(&request, INGRESS_EXPIRY_HEADER);
+        let nonce = header(&request, NONCE_HEADER);
+        let body = Bytes::from_request(request, &())
             .await
             .map_err(|e| HttpError(e.status(), e.body_text()))?;
-        let caller = authenticate(
-            &method,
-            &path,
-            &body,
-            public_key.as_deref(),
-            signature.as_deref(),
-        )
-        .map_err(|e| HttpError(StatusCode::UNAUTHORIZED, e))?;
-        Ok(Signed { caller, body })
+        let credentials = Credentials {
+            public_key: public_key.as_deref(),
+            signature: signature.as_deref(),
+            ingress_expiry: expiry.as_deref(),
+            nonce: nonce.as_deref(),
+        };
+        let auth = authenticate(&method, &path, &body, credentials)
+            .map_err(|e| HttpError(StatusCode::UNAUTHORIZED, e))?;
+        if method != "GET" && !is_query {
+            api.requests.admit(
+                &auth.request_id,
+                &auth.caller,
+                auth.ingress_expiry,
+                now_nanos(),
+            )?;
+        } else if auth.ingress_expiry.is_some() {
+            check_expiry(auth.ingress_expiry, now_nanos())?;
+        }
+        Ok(Signed {
+            caller: auth.caller,
+            request_id: auth.request_id,
+            body,
+        })
     }
 }
 
@@ -97,8 +147,6 @@ fn header(request: &Request, name: &str) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
 }
-
-type AppState = Arc<Node>;
 
 /// Runs blocking node work off the async executor.
 async fn blocking<T: Send + 'static>(
@@ -136,49 +184,50 @@ fn module_bytes(source: &ModuleSource) -> Result<(Vec<u8>, Option<&'static str>)
     }
 }
 
-fn call_response(outcome: CallOutcome, encoding: ReplyEncoding) -> CallResponse {
-    let encoding = match encoding {
-        ReplyEncoding::Wave => Encoding::Wave,
-        ReplyEncoding::Json => Encoding::Json,
-    };
-    match outcome.result {
-        Ok(values) => match encode_results(&values, encoding) {
-            Ok(reply) => CallResponse::Replied {
-                reply,
-                instructions: outcome.instructions,
-            },
-            Err(e) => CallResponse::Rejected {
-                reject: cellar_types::Reject::new(
-                    cellar_types::RejectCode::CanisterError,
-                    format!("the reply cannot be encoded: {e}"),
-                ),
-                instructions: outcome.instructions,
-            },
-        },
-        Err(reject) => CallResponse::Rejected {
-            reject,
-            instructions: outcome.instructions,
-        },
-    }
-}
-
-/// The API router over a node.
+/// The API router over a node; bodies of installs may be up to
+/// `max_body_bytes`, those of calls up to [`MAX_CALL_BODY_BYTES`].
 pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
+    let metrics = Arc::new(Metrics::new());
+    let requests = Arc::new(Requests::new(DEFAULT_CAPACITY));
+    let ingress = Arc::new(Ingress::start(
+        node.clone(),
+        requests.clone(),
+        metrics.clone(),
+    ));
+    let api = Api {
+        node,
+        requests,
+        metrics,
+        ingress,
+    };
+    let small = || DefaultBodyLimit::max(MAX_CALL_BODY_BYTES);
     Router::new()
         .route("/api/v1/status", get(node_status))
+        .route("/api/v1/activity", get(activity))
         .route("/api/v1/canisters", get(list).post(create))
-        .route("/api/v1/canisters/{id}", get(status).delete(delete))
+        .route(
+            "/api/v1/canisters/{id}",
+            get(status).delete(delete).layer(small()),
+        )
         .route("/api/v1/canisters/{id}/install", post(install))
-        .route("/api/v1/canisters/{id}/call", post(call))
-        .route("/api/v1/canisters/{id}/query", post(query))
-        .route("/api/v1/canisters/{id}/stop", post(stop))
-        .route("/api/v1/canisters/{id}/start", post(start))
-        .route("/api/v1/canisters/{id}/controllers", put(controllers))
+        .route("/api/v1/canisters/{id}/call", post(call).layer(small()))
+        .route("/api/v1/canisters/{id}/submit", post(submit).layer(small()))
+        .route("/api/v1/canisters/{id}/query", post(query).layer(small()))
+        .route("/api/v1/canisters/{id}/stop", post(stop).layer(small()))
+        .route("/api/v1/canisters/{id}/start", post(start).layer(small()))
+        .route(
+            "/api/v1/canisters/{id}/controllers",
+            put(controllers).layer(small()),
+        )
         .route("/api/v1/canisters/{id}/interface", get(interface))
         .route("/api/v1/canisters/{id}/logs", get(logs))
-        .route("/api/v1/canisters/{id}/top-up", post(top_up))
+        .route("/api/v1/canisters/{id}/top-up", post(top_up).layer(small()))
         .route("/api/v1/policy", get(policy))
         .route("/api/v1/policy/scheduler", put(set_scheduler_policy))
+        .route("/api/v1/canisters/{id}/read-state", get(read_state))
+        .route("/api/v1/requests/{request_id}", get(request_status))
+        .route("/metrics", get(metrics_text))
+        .route("/dashboard", get(dashboard::page))
         .fallback(|| async {
             HttpError(
                 StatusCode::NOT_FOUND,
@@ -186,60 +235,146 @@ pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(node)
+        .layer(middleware::from_fn_with_state(api.clone(), count_answers))
+        .with_state(api)
 }
 
-async fn node_status(State(node): State<AppState>) -> impl IntoResponse {
-    Json(node.node_status())
+/// Counts every answer by status class; 4xx answers are refused requests.
+async fn count_answers(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    api.metrics.record_http(status);
+    if (400..500).contains(&status) {
+        api.metrics.record_refused();
+    }
+    response
 }
 
-async fn list(State(node): State<AppState>) -> impl IntoResponse {
-    Json(node.list())
+async fn node_status(State(api): State<Api>) -> impl IntoResponse {
+    let node = api.node.clone();
+    blocking(move || Ok(Json(node.node_status()))).await
 }
 
-async fn status(
-    State(node): State<AppState>,
+fn gauges(api: &Api) -> Gauges {
+    Gauges {
+        round: api.node.round(),
+        queued: api.ingress.queued(),
+        tracked_requests: api.requests.len() as u64,
+        canisters: api.node.list(),
+    }
+}
+
+async fn activity(State(api): State<Api>) -> impl IntoResponse {
+    let gauges = gauges(&api);
+    Json(Activity {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        time_ms: now_nanos() / 1_000_000,
+        uptime_seconds: api.metrics.uptime().as_secs(),
+        round: gauges.round,
+        queued: gauges.queued,
+        messages: api.metrics.counts(),
+        canisters: gauges.canisters,
+        recent: api.metrics.recent(),
+    })
+}
+
+async fn metrics_text(State(api): State<Api>) -> impl IntoResponse {
+    let text = api.metrics.render(&gauges(&api));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+async fn list(State(api): State<Api>) -> impl IntoResponse {
+    Json(api.node.list())
+}
+
+async fn status(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, HttpError> {
+    Ok(Json(api.node.status(&canister_id(&id)?)?).into_response())
+}
+
+async fn read_state(
+    State(api): State<Api>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, HttpError> {
-    Ok(Json(node.status(&canister_id(&id)?)?))
+    let id = canister_id(&id)?;
+    let round = api.node.round();
+    let status = api.node.status(&id)?;
+    Ok(Json(ReadState {
+        canister_id: status.canister_id,
+        round,
+        status: status.status,
+        module_hash: status.module_hash,
+        certified_data: status.certified_data,
+        controllers: status.controllers,
+    }))
 }
 
 async fn interface(
-    State(node): State<AppState>,
+    State(api): State<Api>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, HttpError> {
-    Ok(Json(node.interface(&canister_id(&id)?)?))
+    Ok(Json(api.node.interface(&canister_id(&id)?)?))
 }
 
 async fn logs(
-    State(node): State<AppState>,
+    State(api): State<Api>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, HttpError> {
-    Ok(Json(node.logs(&canister_id(&id)?)?))
+    Ok(Json(api.node.logs(&canister_id(&id)?)?))
 }
 
-async fn create(
-    State(node): State<AppState>,
+async fn request_status(
+    State(api): State<Api>,
+    Path(request_id): Path<String>,
     signed: Signed,
-) -> Result<impl IntoResponse, HttpError> {
-    let request: CreateRequest = signed.json()?;
-    let module = request.module.as_ref().map(module_bytes).transpose()?;
+) -> impl IntoResponse {
+    Json(
+        api.requests
+            .status(&request_id, &signed.caller, now_nanos()),
+    )
+}
+
+/// Runs a management request, counting it.
+async fn management<T: Send + 'static>(
+    api: &Api,
+    f: impl FnOnce(&Node) -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, HttpError> {
+    let node = api.node.clone();
+    let metrics = api.metrics.clone();
     blocking(move || {
-        let id = node.create(&signed.caller, request.controllers)?;
-        let status = match module {
-            None => node.status(&id)?,
-            Some((wasm, default_arg)) => {
-                let arg = request.arg.or(default_arg.map(str::to_string));
-                node.install(&signed.caller, &id, InstallMode::Install, &wasm, arg)?
-            }
-        };
-        Ok((StatusCode::CREATED, Json(status)))
+        let started = Instant::now();
+        let result = f(&node);
+        metrics.record_management(result.is_ok(), started.elapsed());
+        Ok(result?)
     })
     .await
 }
 
+async fn create(State(api): State<Api>, signed: Signed) -> Result<impl IntoResponse, HttpError> {
+    let request: CreateRequest = signed.json()?;
+    let module = request.module.as_ref().map(module_bytes).transpose()?;
+    let caller = signed.caller;
+    let status = management(&api, move |node| {
+        let id = node.create(&caller, request.controllers)?;
+        match module {
+            None => node.status(&id),
+            Some((wasm, default_arg)) => {
+                let arg = request.arg.or(default_arg.map(str::to_string));
+                node.install(&caller, &id, InstallMode::Install, &wasm, arg)
+            }
+        }
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(status)))
+}
+
 async fn install(
-    State(node): State<AppState>,
+    State(api): State<Api>,
     Path(id): Path<String>,
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
@@ -250,34 +385,66 @@ async fn install(
         InstallMode::Upgrade => request.arg,
         _ => request.arg.or(default_arg.map(str::to_string)),
     };
-    blocking(move || {
-        Ok(Json(node.install(
-            &signed.caller,
-            &id,
-            request.mode,
-            &wasm,
-            arg,
-        )?))
+    let caller = signed.caller;
+    let status = management(&api, move |node| {
+        node.install(&caller, &id, request.mode, &wasm, arg)
     })
-    .await
+    .await?;
+    Ok(Json(status))
+}
+
+/// Parses a call and checks its canister exists.
+fn parse_call(api: &Api, id: &str, signed: &Signed) -> Result<(Principal, CallRequest), HttpError> {
+    let id = canister_id(id)?;
+    let request: CallRequest = signed.json()?;
+    if request.cycles > 0 {
+        return Err(bad_request("calls from users cannot carry cycles"));
+    }
+    api.node.status(&id)?;
+    Ok((id, request))
+}
+
+/// Queues an update in the ingress queue.
+fn enqueue(
+    api: &Api,
+    signed: Signed,
+    canister: Principal,
+    request: CallRequest,
+    reply: Option<tokio::sync::oneshot::Sender<Result<CallResponse, NodeError>>>,
+) -> Result<(), HttpError> {
+    let job = Job {
+        request_id: signed.request_id,
+        caller: signed.caller,
+        canister,
+        request,
+        reply,
+    };
+    api.ingress.push(job).map_err(|_| {
+        HttpError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the ingress queue is full; retry later".into(),
+        )
+    })
 }
 
 async fn top_up(
-    State(node): State<AppState>,
+    State(api): State<Api>,
     Path(id): Path<String>,
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
     let request: TopUpRequest = signed.json()?;
-    blocking(move || Ok(Json(node.top_up(&signed.caller, &id, request.cycles)?))).await
+    let caller = signed.caller;
+    let status = management(&api, move |node| node.top_up(&caller, &id, request.cycles)).await?;
+    Ok(Json(status))
 }
 
-async fn policy(State(node): State<AppState>) -> impl IntoResponse {
-    Json(node.policy_info())
+async fn policy(State(api): State<Api>) -> impl IntoResponse {
+    Json(api.node.policy_info())
 }
 
 async fn set_scheduler_policy(
-    State(node): State<AppState>,
+    State(api): State<Api>,
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
     let request: SetPolicyRequest = signed.json()?;
@@ -295,92 +462,110 @@ async fn set_scheduler_policy(
         ),
         Some(source) => Some(module_bytes(source)?.0),
     };
-    blocking(move || {
-        Ok(Json(
-            node.set_scheduler_policy(&signed.caller, wasm.as_deref())?,
-        ))
+    let caller = signed.caller;
+    let info = management(&api, move |node| {
+        node.set_scheduler_policy(&caller, wasm.as_deref())
     })
-    .await
+    .await?;
+    Ok(Json(info))
 }
 
 async fn call(
-    State(node): State<AppState>,
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> Result<Json<CallResponse>, HttpError> {
+    let (id, request) = parse_call(&api, &id, &signed)?;
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    enqueue(&api, signed, id, request, Some(sender))?;
+    let result = receiver.await.map_err(|_| {
+        HttpError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the ingress queue stopped".into(),
+        )
+    })?;
+    Ok(Json(result?))
+}
+
+async fn submit(
+    State(api): State<Api>,
     Path(id): Path<String>,
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
-    run_call(node, id, signed, false).await
+    let (id, request) = parse_call(&api, &id, &signed)?;
+    let request_id = signed.request_id.clone();
+    enqueue(&api, signed, id, request, None)?;
+    Ok((StatusCode::ACCEPTED, Json(SubmitResponse { request_id })))
 }
 
 async fn query(
-    State(node): State<AppState>,
+    State(api): State<Api>,
     Path(id): Path<String>,
     signed: Signed,
-) -> Result<impl IntoResponse, HttpError> {
-    run_call(node, id, signed, true).await
-}
-
-async fn run_call(
-    node: AppState,
-    id: String,
-    signed: Signed,
-    is_query: bool,
 ) -> Result<Json<CallResponse>, HttpError> {
     let id = canister_id(&id)?;
     let request: CallRequest = signed.json()?;
     if request.cycles > 0 {
         return Err(bad_request("calls from users cannot carry cycles"));
     }
+    let node = api.node.clone();
+    let metrics = api.metrics.clone();
     blocking(move || {
-        let outcome = if is_query {
-            node.query(&signed.caller, &id, &request.method, request.args)?
-        } else {
-            node.update(&signed.caller, &id, &request.method, request.args)?
-        };
+        let started = Instant::now();
+        let outcome = node.query(&signed.caller, &id, &request.method, request.args)?;
+        metrics.record_call(
+            Kind::Query,
+            &id,
+            &request.method,
+            outcome.result.is_ok(),
+            outcome.instructions,
+            started.elapsed(),
+        );
         Ok(Json(call_response(outcome, request.reply_encoding)))
     })
     .await
 }
 
 async fn stop(
-    State(node): State<AppState>,
+    State(api): State<Api>,
     Path(id): Path<String>,
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
-    blocking(move || Ok(Json(node.stop(&signed.caller, &id)?))).await
+    let status = management(&api, move |node| node.stop(&signed.caller, &id)).await?;
+    Ok(Json(status))
 }
 
 async fn start(
-    State(node): State<AppState>,
+    State(api): State<Api>,
     Path(id): Path<String>,
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
-    blocking(move || Ok(Json(node.start(&signed.caller, &id)?))).await
+    let status = management(&api, move |node| node.start(&signed.caller, &id)).await?;
+    Ok(Json(status))
 }
 
 async fn delete(
-    State(node): State<AppState>,
+    State(api): State<Api>,
     Path(id): Path<String>,
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
-    blocking(move || Ok(Json(node.delete(&signed.caller, &id)?))).await
+    let status = management(&api, move |node| node.delete(&signed.caller, &id)).await?;
+    Ok(Json(status))
 }
 
 async fn controllers(
-    State(node): State<AppState>,
+    State(api): State<Api>,
     Path(id): Path<String>,
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
     let request: ControllersRequest = signed.json()?;
-    blocking(move || {
-        Ok(Json(node.set_controllers(
-            &signed.caller,
-            &id,
-            request.controllers,
-        )?))
+    let status = management(&api, move |node| {
+        node.set_controllers(&signed.caller, &id, request.controllers)
     })
-    .await
+    .await?;
+    Ok(Json(status))
 }

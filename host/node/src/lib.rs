@@ -9,10 +9,13 @@ mod auth;
 mod canister;
 mod checkpoint;
 mod cycles;
+mod dashboard;
 pub mod http;
 mod journal;
 mod messages;
+pub mod metrics;
 mod node;
+pub mod requests;
 mod round;
 mod scheduler;
 mod state_hash;
@@ -102,7 +105,6 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let addr = listener.local_addr()?;
     let node = tokio::task::spawn_blocking(move || Node::open(options)).await??;
     let node = Arc::new(node);
     let mut examples = Vec::new();
@@ -116,6 +118,27 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             tokio::task::spawn_blocking(move || deploy_examples(&deployer, controllers)).await??;
         std::fs::write(&marker, b"")?;
     }
+    let mut running = serve_listener(node, listener, max_body)?;
+    running.examples = examples;
+    Ok(running)
+}
+
+/// Serves the HTTP API of an open node on `listen` (no examples are
+/// deployed): for benchmarks and tests that open the node themselves.
+pub async fn serve(node: Arc<Node>, listen: SocketAddr) -> anyhow::Result<RunningNode> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let max_body = cellar_engine::Limits::default().max_component_bytes * 4 / 3 + (1 << 20);
+    serve_listener(node, listener, max_body)
+}
+
+fn serve_listener(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    max_body: usize,
+) -> anyhow::Result<RunningNode> {
+    let addr = listener.local_addr()?;
     spawn_round_ticker(&node);
     let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
     let app = http::router(node.clone(), max_body);
@@ -129,7 +152,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     tracing::info!(%addr, "serving the HTTP API");
     Ok(RunningNode {
         addr,
-        examples,
+        examples: Vec::new(),
         node,
         server,
         shutdown,

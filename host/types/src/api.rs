@@ -15,13 +15,23 @@
 //! | `PUT  /api/v1/canisters/{id}/controllers`| [`ControllersRequest`]| [`CanisterStatus`]   |
 //! | `GET  /api/v1/canisters/{id}/interface`  |                       | [`InterfaceInfo`]    |
 //! | `GET  /api/v1/canisters/{id}/logs`       |                       | `[LogEntry]`         |
+//! | `GET  /api/v1/canisters/{id}/read-state` |                       | [`ReadState`]        |
+//! | `POST /api/v1/canisters/{id}/submit`     | [`CallRequest`]       | 202 [`SubmitResponse`] |
+//! | `GET  /api/v1/requests/{request_id}`     |                       | [`RequestStatus`]    |
+//! | `GET  /api/v1/activity`                  |                       | [`Activity`]         |
+//! | `GET  /metrics`                          |                       | Prometheus text      |
+//! | `GET  /dashboard`                        |                       | the web dashboard    |
 //!
 //! Errors of the request itself (bad JSON, unknown canister, a caller who is
 //! not a controller, a malformed component) are 4xx answers with an
 //! [`ApiError`] body. A message that reaches a canister always answers 200
 //! with a [`CallResponse`], replied or rejected.
 //!
-//! Requests that change anything are signed: see [`signing_payload`].
+//! Requests that change anything carry an ingress expiry ([`INGRESS_EXPIRY_HEADER`],
+//! at most [`MAX_INGRESS_EXPIRY_NANOS`] ahead) and are usually signed (see
+//! [`signing_payload`]); the node refuses a request whose [`request_id`] it
+//! has already seen before the request expires (409), an expired one or
+//! one too far in the future (400), and bodies over the limits (413).
 
 use serde::{Deserialize, Serialize};
 
@@ -31,21 +41,65 @@ use crate::{Principal, Reject};
 pub const PUBLIC_KEY_HEADER: &str = "x-cellar-public-key";
 /// Header carrying the Ed25519 signature of [`signing_payload`], hex encoded.
 pub const SIGNATURE_HEADER: &str = "x-cellar-signature";
+/// Header carrying the request's ingress expiry: nanoseconds since the Unix
+/// epoch, decimal. Signed; required on every request that changes anything.
+pub const INGRESS_EXPIRY_HEADER: &str = "x-cellar-ingress-expiry";
+/// Header carrying the request's nonce, hex encoded (at most
+/// [`MAX_NONCE_BYTES`] bytes). Signed; makes otherwise equal requests distinct.
+pub const NONCE_HEADER: &str = "x-cellar-nonce";
 /// The address `cellar start` listens on by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// How far in the future a request's ingress expiry may lie (5 minutes).
+pub const MAX_INGRESS_EXPIRY_NANOS: u64 = 5 * 60 * 1_000_000_000;
+/// Clock skew tolerated beyond [`MAX_INGRESS_EXPIRY_NANOS`] (30 seconds).
+pub const INGRESS_EXPIRY_SKEW_NANOS: u64 = 30 * 1_000_000_000;
+/// The longest nonce, in bytes.
+pub const MAX_NONCE_BYTES: usize = 32;
+/// The largest body of a call, query or submission (2 MiB); larger bodies are
+/// refused with 413. Installs take modules up to the node's component limit.
+pub const MAX_CALL_BODY_BYTES: usize = 2 << 20;
 
 /// The bytes a client signs for a request: a domain separator, the HTTP
-/// method, the path (with query string) and the body. A request without
-/// signature headers comes from the anonymous principal.
-pub fn signing_payload(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32 + path.len() + body.len());
-    out.extend_from_slice(b"cellar-request-v1\0");
+/// method, the path (with query string), the ingress expiry (0 when absent),
+/// the nonce and the body. A request without signature headers comes from
+/// the anonymous principal.
+pub fn signing_payload(
+    method: &str,
+    path: &str,
+    ingress_expiry: u64,
+    nonce: &[u8],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + path.len() + nonce.len() + body.len());
+    out.extend_from_slice(b"cellar-request-v2\0");
     out.extend_from_slice(method.as_bytes());
     out.push(0);
     out.extend_from_slice(path.as_bytes());
     out.push(0);
+    out.extend_from_slice(&ingress_expiry.to_be_bytes());
+    out.extend_from_slice(&(nonce.len() as u32).to_be_bytes());
+    out.extend_from_slice(nonce);
     out.extend_from_slice(body);
     out
+}
+
+/// The id of a request: SHA-256 of its sender's public key (empty for
+/// anonymous requests) and its [`signing_payload`], hex. Two requests have
+/// the same id exactly when they are the same signed content, so the id
+/// names a request before it is sent and a replay has the id of the original.
+pub fn request_id(public_key: Option<&[u8; 32]>, payload: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"cellar-request-id\0");
+    match public_key {
+        Some(key) => {
+            hasher.update([1]);
+            hasher.update(key);
+        }
+        None => hasher.update([0]),
+    }
+    hasher.update(payload);
+    data_encoding::HEXLOWER.encode(&hasher.finalize())
 }
 
 /// An error answer.
@@ -144,6 +198,29 @@ pub struct CallRequest {
     /// Cycles attached to the call.
     #[serde(default)]
     pub cycles: u64,
+}
+
+impl CallRequest {
+    /// A call with WAVE arguments (`"apple", 5`) and a WAVE reply.
+    pub fn wave(method: &str, args: &str) -> Self {
+        CallRequest {
+            method: method.to_string(),
+            args: Args::Wave(args.to_string()),
+            reply_encoding: ReplyEncoding::Wave,
+            cycles: 0,
+        }
+    }
+
+    /// A call with JSON arguments (an array, or an object by name) and a
+    /// JSON reply.
+    pub fn json(method: &str, args: serde_json::Value) -> Self {
+        CallRequest {
+            method: method.to_string(),
+            args: Args::Json(args),
+            reply_encoding: ReplyEncoding::Json,
+            cycles: 0,
+        }
+    }
 }
 
 /// How the reply should be encoded.
@@ -278,4 +355,123 @@ pub struct SetPolicyRequest {
 pub struct TopUpRequest {
     /// Cycles to add.
     pub cycles: u64,
+}
+
+/// The answer to a submitted update: its id, to poll with
+/// `GET /api/v1/requests/{request_id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitResponse {
+    /// The request id (see [`request_id`]).
+    pub request_id: String,
+}
+
+/// Where a request is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RequestState {
+    /// Accepted and queued.
+    Received,
+    /// Executing.
+    Processing,
+    /// Done: the canister replied.
+    Replied,
+    /// Done: the message was rejected (by the canister or the system).
+    Rejected,
+    /// Never seen, or forgotten after its expiry.
+    Unknown,
+}
+
+impl RequestState {
+    /// Whether the request is finished (replied or rejected).
+    pub fn is_done(self) -> bool {
+        matches!(self, RequestState::Replied | RequestState::Rejected)
+    }
+}
+
+/// A request's status and, once done, its result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestStatus {
+    /// The request id.
+    pub request_id: String,
+    /// Where it is.
+    pub status: RequestState,
+    /// The result once replied or rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<CallResponse>,
+}
+
+/// The replicated state of one canister a client may read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadState {
+    /// The canister.
+    pub canister_id: Principal,
+    /// The round the state is of.
+    pub round: u64,
+    /// Running or stopped.
+    pub status: RunStatus,
+    /// SHA-256 of the module, hex; `None` when empty.
+    pub module_hash: Option<String>,
+    /// Certified data, hex.
+    pub certified_data: String,
+    /// Controllers.
+    pub controllers: Vec<Principal>,
+}
+
+/// Counters of messages since the node started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageCounts {
+    /// Update calls executed (replied or rejected).
+    pub updates: u64,
+    /// Queries executed.
+    pub queries: u64,
+    /// Management requests (create, install, stop, start, delete, controllers).
+    pub management: u64,
+    /// Messages the canister replied to.
+    pub replied: u64,
+    /// Messages rejected (by the canister or the system).
+    pub rejected: u64,
+    /// Requests refused before reaching a canister (4xx).
+    pub refused: u64,
+    /// Instructions executed by updates and queries.
+    pub instructions: u64,
+}
+
+/// One recent call, for the dashboard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentCall {
+    /// Wall-clock time it finished, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The canister.
+    pub canister_id: String,
+    /// The method.
+    pub method: String,
+    /// `update` or `query`.
+    pub kind: String,
+    /// `replied` or `rejected`.
+    pub outcome: String,
+    /// Instructions executed.
+    pub instructions: u64,
+    /// Time the node took, microseconds.
+    pub micros: u64,
+}
+
+/// A cheap snapshot of the node's activity (what the dashboard polls).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activity {
+    /// The node's software version.
+    pub version: String,
+    /// Milliseconds since the Unix epoch when taken.
+    pub time_ms: u64,
+    /// Seconds since the node started serving.
+    pub uptime_seconds: u64,
+    /// Rounds executed so far.
+    pub round: u64,
+    /// Updates waiting in the ingress queue.
+    pub queued: u64,
+    /// Message counters.
+    pub messages: MessageCounts,
+    /// Every canister's status.
+    pub canisters: Vec<CanisterStatus>,
+    /// The most recent calls, newest first.
+    pub recent: Vec<RecentCall>,
 }

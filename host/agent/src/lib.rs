@@ -1,0 +1,501 @@
+//! `cellar-agent`: a blocking client of a Cellar node's HTTP API
+//! (`/api/v1`, see [`cellar_types::api`]).
+//!
+//! Every request is signed by the agent's [`Identity`] with a fresh nonce
+//! and an ingress expiry, so the node can refuse replays. Updates can be
+//! sent synchronously ([`Agent::call`]) or submitted and polled
+//! ([`Agent::submit`], [`Agent::request_status`], [`Agent::wait`],
+//! [`Agent::call_and_wait`]).
+//!
+//! ```no_run
+//! use cellar_agent::{Agent, Identity};
+//! use cellar_types::api::{Args, CallRequest};
+//! # fn main() -> Result<(), cellar_agent::AgentError> {
+//! let agent = Agent::new("http://127.0.0.1:7070", Identity::generate()?);
+//! let kv = "rwlgt-iiaaa-aaaaa-aaaaa-cai".parse().unwrap();
+//! agent.call_and_wait(&kv, &CallRequest::wave("add", "\"apple\", 5"))?;
+//! let reply = agent.query(&kv, &CallRequest::wave("get", "\"apple\""))?;
+//! # Ok(()) }
+//! ```
+
+mod identity;
+
+use std::io::ErrorKind;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cellar_types::api::{
+    Activity, ApiError, CallRequest, CallResponse, CanisterStatus, ControllersRequest,
+    CreateRequest, INGRESS_EXPIRY_HEADER, InstallRequest, InterfaceInfo, LogEntry, NONCE_HEADER,
+    NodeStatus, PUBLIC_KEY_HEADER, ReadState, RequestState, RequestStatus, SIGNATURE_HEADER,
+    SubmitResponse,
+};
+use cellar_types::{Principal, Reject};
+use data_encoding::HEXLOWER;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use ureq::http::{Method, Request, Uri};
+
+pub use identity::{Identity, Signature};
+
+/// What can go wrong talking to a node.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Nothing answers at the node's address.
+    #[error("cannot reach the node at {url}: is `cellar start` running? ({message})")]
+    Unreachable {
+        /// The node's URL.
+        url: String,
+        /// The transport's message.
+        message: String,
+    },
+    /// The node refused the request (4xx/5xx) with a message.
+    #[error("{message}")]
+    Http {
+        /// The HTTP status.
+        status: u16,
+        /// The node's explanation.
+        message: String,
+    },
+    /// Another transport failure.
+    #[error("request to the node failed: {0}")]
+    Transport(String),
+    /// The answer is not what the API promises.
+    #[error("unexpected answer: {0}")]
+    Decode(String),
+    /// The node's URL is not valid.
+    #[error("invalid node URL {0}: expected http://HOST:PORT")]
+    Url(String),
+    /// A key file problem.
+    #[error("{0}")]
+    Identity(String),
+    /// The call reached the canister and was rejected.
+    #[error("rejected ({}): {}", .0.code_text(), .0.message)]
+    Rejected(Reject),
+    /// A submitted request did not finish before the agent gave up.
+    #[error("request {0} did not finish in time")]
+    Timeout(String),
+}
+
+/// Extension to print reject codes as the API spells them.
+trait CodeText {
+    fn code_text(&self) -> String;
+}
+
+impl CodeText for Reject {
+    fn code_text(&self) -> String {
+        serde_json::to_value(self.code)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("{:?}", self.code))
+    }
+}
+
+/// A request signed and ready to send (possibly more than once, to test
+/// replay protection).
+#[derive(Debug, Clone)]
+pub struct SignedRequest {
+    /// `GET`, `POST`, `PUT` or `DELETE`.
+    pub method: String,
+    /// Path and query, as signed.
+    pub path: String,
+    /// Nanoseconds since the Unix epoch after which the node refuses it.
+    pub ingress_expiry: u64,
+    /// The nonce.
+    pub nonce: Vec<u8>,
+    /// The body.
+    pub body: Vec<u8>,
+    /// The signature headers and the request id.
+    pub signature: Signature,
+}
+
+impl SignedRequest {
+    /// The request's id, as the node computes it.
+    pub fn request_id(&self) -> &str {
+        &self.signature.request_id
+    }
+}
+
+/// A raw answer.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// How long requests live and how submitted requests are polled.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Ingress expiry of requests, from now (at most 5 minutes).
+    pub ingress_expiry: Duration,
+    /// The longest [`Agent::wait`] polls a request.
+    pub max_wait: Duration,
+    /// Timeout of one HTTP exchange.
+    pub timeout: Duration,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            ingress_expiry: Duration::from_secs(240),
+            max_wait: Duration::from_secs(120),
+            timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A client of one node, acting as one identity.
+pub struct Agent {
+    base_url: String,
+    identity: Identity,
+    options: AgentOptions,
+    http: ureq::Agent,
+}
+
+/// Nanoseconds since the Unix epoch.
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// `/api/v1/canisters/{id}{suffix}`.
+fn canister_path(id: &Principal, suffix: &str) -> String {
+    format!("/api/v1/canisters/{}{suffix}", id.to_text())
+}
+
+impl Agent {
+    /// A client of the node at `base_url` (`http://127.0.0.1:7070`).
+    pub fn new(base_url: &str, identity: Identity) -> Self {
+        Self::with_options(base_url, identity, AgentOptions::default())
+    }
+
+    /// A client with explicit options.
+    pub fn with_options(base_url: &str, identity: Identity, options: AgentOptions) -> Self {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_global(Some(options.timeout))
+            .build();
+        Agent {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            identity,
+            options,
+            http: ureq::Agent::new_with_config(config),
+        }
+    }
+
+    /// The identity requests come from.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The node's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// `GET /api/v1/status`.
+    pub fn status(&self) -> Result<NodeStatus, AgentError> {
+        self.get("/api/v1/status")
+    }
+
+    /// `GET /api/v1/activity`: counters, canisters and recent calls.
+    pub fn activity(&self) -> Result<Activity, AgentError> {
+        self.get("/api/v1/activity")
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub fn metrics(&self) -> Result<String, AgentError> {
+        let response = self.send_raw(&self.sign("GET", "/metrics", Vec::new())?)?;
+        let body = check(response)?;
+        String::from_utf8(body).map_err(|e| AgentError::Decode(e.to_string()))
+    }
+
+    /// `GET /api/v1/canisters`.
+    pub fn canisters(&self) -> Result<Vec<CanisterStatus>, AgentError> {
+        self.get("/api/v1/canisters")
+    }
+
+    /// `POST /api/v1/canisters`: creates a canister, installing its code when given.
+    pub fn create(&self, request: &CreateRequest) -> Result<CanisterStatus, AgentError> {
+        self.send_json("POST", "/api/v1/canisters", Some(request))
+    }
+
+    /// `GET /api/v1/canisters/{id}`.
+    pub fn canister_status(&self, id: &Principal) -> Result<CanisterStatus, AgentError> {
+        self.get(&canister_path(id, ""))
+    }
+
+    /// `GET /api/v1/canisters/{id}/read-state`.
+    pub fn read_state(&self, id: &Principal) -> Result<ReadState, AgentError> {
+        self.get(&canister_path(id, "/read-state"))
+    }
+
+    /// `POST /api/v1/canisters/{id}/install`.
+    pub fn install(
+        &self,
+        id: &Principal,
+        request: &InstallRequest,
+    ) -> Result<CanisterStatus, AgentError> {
+        self.send_json("POST", &canister_path(id, "/install"), Some(request))
+    }
+
+    /// `POST /api/v1/canisters/{id}/stop`.
+    pub fn stop(&self, id: &Principal) -> Result<CanisterStatus, AgentError> {
+        self.send_json::<(), _>("POST", &canister_path(id, "/stop"), None)
+    }
+
+    /// `POST /api/v1/canisters/{id}/start`.
+    pub fn start(&self, id: &Principal) -> Result<CanisterStatus, AgentError> {
+        self.send_json::<(), _>("POST", &canister_path(id, "/start"), None)
+    }
+
+    /// `DELETE /api/v1/canisters/{id}`.
+    pub fn delete(&self, id: &Principal) -> Result<CanisterStatus, AgentError> {
+        self.send_json::<(), _>("DELETE", &canister_path(id, ""), None)
+    }
+
+    /// `PUT /api/v1/canisters/{id}/controllers`.
+    pub fn set_controllers(
+        &self,
+        id: &Principal,
+        controllers: Vec<Principal>,
+    ) -> Result<CanisterStatus, AgentError> {
+        let body = ControllersRequest { controllers };
+        self.send_json("PUT", &canister_path(id, "/controllers"), Some(&body))
+    }
+
+    /// `POST /api/v1/canisters/{id}/call`: an update, answered when done.
+    pub fn call(&self, id: &Principal, request: &CallRequest) -> Result<CallResponse, AgentError> {
+        self.send_json("POST", &canister_path(id, "/call"), Some(request))
+    }
+
+    /// `POST /api/v1/canisters/{id}/submit`: queues an update and returns
+    /// its request id at once.
+    pub fn submit(&self, id: &Principal, request: &CallRequest) -> Result<String, AgentError> {
+        let answer: SubmitResponse =
+            self.send_json("POST", &canister_path(id, "/submit"), Some(request))?;
+        Ok(answer.request_id)
+    }
+
+    /// `GET /api/v1/requests/{request_id}`: a submitted request's status.
+    pub fn request_status(&self, request_id: &str) -> Result<RequestStatus, AgentError> {
+        self.get(&format!("/api/v1/requests/{request_id}"))
+    }
+
+    /// Polls a submitted request until it is replied or rejected (backing
+    /// off from 1 ms to 100 ms), for at most the agent's `max_wait`.
+    pub fn wait(&self, request_id: &str) -> Result<CallResponse, AgentError> {
+        let deadline = Instant::now() + self.options.max_wait;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let status = self.request_status(request_id)?;
+            if status.status.is_done() {
+                return status
+                    .response
+                    .ok_or_else(|| AgentError::Decode("a finished request without result".into()));
+            }
+            if status.status == RequestState::Unknown {
+                return Err(AgentError::Decode(format!(
+                    "the node does not know request {request_id}"
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(AgentError::Timeout(request_id.to_string()));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Submits an update and polls it: the reply, or [`AgentError::Rejected`].
+    pub fn call_and_wait(
+        &self,
+        id: &Principal,
+        request: &CallRequest,
+    ) -> Result<serde_json::Value, AgentError> {
+        let request_id = self.submit(id, request)?;
+        replied(self.wait(&request_id)?)
+    }
+
+    /// `POST /api/v1/canisters/{id}/query`: a query.
+    pub fn query(&self, id: &Principal, request: &CallRequest) -> Result<CallResponse, AgentError> {
+        self.send_json("POST", &canister_path(id, "/query"), Some(request))
+    }
+
+    /// `GET /api/v1/canisters/{id}/interface`.
+    pub fn interface(&self, id: &Principal) -> Result<InterfaceInfo, AgentError> {
+        self.get(&canister_path(id, "/interface"))
+    }
+
+    /// `GET /api/v1/canisters/{id}/logs`.
+    pub fn logs(&self, id: &Principal) -> Result<Vec<LogEntry>, AgentError> {
+        self.get(&canister_path(id, "/logs"))
+    }
+
+    /// Signs a request with a fresh nonce and the agent's ingress expiry.
+    pub fn sign(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<SignedRequest, AgentError> {
+        let nonce = identity::random_bytes::<16>()?.to_vec();
+        let expiry = now_nanos() + self.options.ingress_expiry.as_nanos() as u64;
+        Ok(self.sign_with(method, path, body, expiry, nonce))
+    }
+
+    /// Signs a request with the given expiry and nonce.
+    pub fn sign_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        ingress_expiry: u64,
+        nonce: Vec<u8>,
+    ) -> SignedRequest {
+        let signature = self
+            .identity
+            .sign(method, path, ingress_expiry, &nonce, &body);
+        SignedRequest {
+            method: method.to_string(),
+            path: path.to_string(),
+            ingress_expiry,
+            nonce,
+            body,
+            signature,
+        }
+    }
+
+    /// Sends a signed request as it is and returns the raw answer.
+    pub fn send_raw(&self, request: &SignedRequest) -> Result<RawResponse, AgentError> {
+        let url = format!("{}{}", self.base_url, request.path);
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| AgentError::Url(self.base_url.clone()))?;
+        if uri.scheme().is_none() || uri.host().is_none() {
+            return Err(AgentError::Url(self.base_url.clone()));
+        }
+        let method: Method = request
+            .method
+            .parse()
+            .map_err(|_| AgentError::Transport(format!("bad method {}", request.method)))?;
+        let mut builder = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header(INGRESS_EXPIRY_HEADER, request.ingress_expiry.to_string())
+            .header(NONCE_HEADER, HEXLOWER.encode(&request.nonce));
+        if let (Some(key), Some(signature)) =
+            (&request.signature.public_key, &request.signature.signature)
+        {
+            builder = builder
+                .header(PUBLIC_KEY_HEADER, key)
+                .header(SIGNATURE_HEADER, signature);
+        }
+        let sent = if method == Method::GET {
+            self.http.run(
+                builder
+                    .body(())
+                    .map_err(|e| AgentError::Transport(e.to_string()))?,
+            )
+        } else {
+            self.http.run(
+                builder
+                    .header("content-type", "application/json")
+                    .body(request.body.clone())
+                    .map_err(|e| AgentError::Transport(e.to_string()))?,
+            )
+        };
+        let mut response = sent.map_err(|e| self.transport_error(e))?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_vec()
+            .map_err(|e| self.transport_error(e))?;
+        Ok(RawResponse { status, body })
+    }
+
+    /// A signed `GET`, decoded.
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, AgentError> {
+        self.send_json::<(), T>("GET", path, None)
+    }
+
+    /// A signed request with an optional JSON body, decoded.
+    fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, AgentError> {
+        let body = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| AgentError::Decode(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let bytes = check(self.send_raw(&self.sign(method, path, body)?)?)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| AgentError::Decode(format!("{method} {path}: {e}")))
+    }
+
+    /// Explains a transport failure, pointing at `cellar start` when
+    /// nothing listens.
+    fn transport_error(&self, error: ureq::Error) -> AgentError {
+        let unreachable = match &error {
+            ureq::Error::Io(io) => matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::NotFound
+                    | ErrorKind::AddrNotAvailable
+            ),
+            ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
+            _ => false,
+        };
+        if unreachable {
+            AgentError::Unreachable {
+                url: self.base_url.clone(),
+                message: error.to_string(),
+            }
+        } else {
+            AgentError::Transport(error.to_string())
+        }
+    }
+}
+
+/// The body of a successful answer, or the node's error.
+fn check(response: RawResponse) -> Result<Vec<u8>, AgentError> {
+    if (200..300).contains(&response.status) {
+        return Ok(response.body);
+    }
+    let message = match serde_json::from_slice::<ApiError>(&response.body) {
+        Ok(ApiError { error }) => error,
+        Err(_) => format!(
+            "the node answered {}: {}",
+            response.status,
+            String::from_utf8_lossy(&response.body).trim()
+        ),
+    };
+    Err(AgentError::Http {
+        status: response.status,
+        message,
+    })
+}
+
+/// The reply of a call, or [`AgentError::Rejected`].
+pub fn replied(response: CallResponse) -> Result<serde_json::Value, AgentError> {
+    match response {
+        CallResponse::Replied { reply, .. } => Ok(reply),
+        CallResponse::Rejected { reject, .. } => Err(AgentError::Rejected(reject)),
+    }
+}

@@ -1,0 +1,108 @@
+//! `cellar canister list|status|stop|start|delete|controllers`.
+
+use anyhow::{Result, bail};
+use cellar_agent::Agent;
+use cellar_types::Principal;
+use clap::Subcommand;
+
+use crate::commands::{canister_details, canister_table};
+use crate::output::Output;
+
+/// The canister management commands.
+#[derive(Subcommand, Debug)]
+pub enum CanisterCommand {
+    /// List the node's canisters.
+    List,
+    /// Show a canister's status.
+    Status {
+        /// The canister id.
+        canister: Principal,
+    },
+    /// Stop a canister: calls are rejected until it is started.
+    Stop {
+        /// The canister id.
+        canister: Principal,
+    },
+    /// Start a stopped canister.
+    Start {
+        /// The canister id.
+        canister: Principal,
+    },
+    /// Delete a canister (it must be stopped first).
+    Delete {
+        /// The canister id.
+        canister: Principal,
+    },
+    /// Show or change a canister's controllers.
+    Controllers {
+        /// The canister id.
+        canister: Principal,
+        /// Add a controller.
+        #[arg(long, value_name = "PRINCIPAL")]
+        add: Vec<Principal>,
+        /// Remove a controller.
+        #[arg(long, value_name = "PRINCIPAL")]
+        remove: Vec<Principal>,
+        /// Replace the controllers with these.
+        #[arg(long, value_name = "PRINCIPAL", conflicts_with_all = ["add", "remove"])]
+        set: Vec<Principal>,
+    },
+}
+
+/// Runs one canister command.
+pub fn run(agent: &Agent, command: CanisterCommand, out: Output) -> Result<()> {
+    let status = match command {
+        CanisterCommand::List => {
+            let list = agent.canisters()?;
+            return out.value(&list, || {
+                if list.is_empty() {
+                    "no canisters: deploy one with `cellar deploy kv`".to_string()
+                } else {
+                    canister_table(&list)
+                }
+            });
+        }
+        CanisterCommand::Status { canister } => agent.canister_status(&canister)?,
+        CanisterCommand::Stop { canister } => agent.stop(&canister)?,
+        CanisterCommand::Start { canister } => agent.start(&canister)?,
+        CanisterCommand::Delete { canister } => agent.delete(&canister)?,
+        CanisterCommand::Controllers {
+            canister,
+            add,
+            remove,
+            set,
+        } => {
+            let current = agent.canister_status(&canister)?;
+            let new = if !set.is_empty() {
+                Some(set)
+            } else if add.is_empty() && remove.is_empty() {
+                None
+            } else {
+                let mut list = current.controllers.clone();
+                for p in add {
+                    if !list.contains(&p) {
+                        list.push(p);
+                    }
+                }
+                list.retain(|p| !remove.contains(p));
+                if list.is_empty() {
+                    bail!("a canister keeps at least one controller");
+                }
+                Some(list)
+            };
+            let status = match new {
+                Some(list) => agent.set_controllers(&canister, list)?,
+                None => current,
+            };
+            return out.value(&status.controllers, || {
+                status
+                    .controllers
+                    .iter()
+                    .map(Principal::to_text)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+    };
+    out.value(&status, || canister_details(&status))
+}

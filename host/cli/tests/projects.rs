@@ -1,0 +1,147 @@
+//! `cellar new` → `cellar build` → `cellar deploy` for each template
+//! language, against a node started by the test: the scaffolded project
+//! builds and deploys as it is, answers its calls, keeps its state, and a
+//! second deploy upgrades the same canister.
+//!
+//! Rust projects build with cargo for wasm32-wasip2 (a shared target
+//! directory under the workspace's target keeps later runs fast); Python and
+//! JavaScript projects with the toolchains that
+//! `scripts/build-language-examples.sh` installs (PyPI and npm are needed
+//! the first time; a missing toolchain is an error, not a skip).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+const CELLAR: &str = env!("CARGO_BIN_EXE_cellar");
+
+/// Kills the node when the test ends, however it ends.
+struct NodeProcess(Child);
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cellar start` on a free port; returns it and its URL.
+fn start(dir: &Path, identity: &Path) -> (NodeProcess, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(CELLAR)
+        .arg("--identity")
+        .arg(identity)
+        .args(["start", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", &listen])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let node = NodeProcess(child);
+    for line in BufReader::new(stdout).lines() {
+        if line.unwrap().contains("Press Ctrl-C") {
+            break;
+        }
+    }
+    (node, format!("http://{listen}"))
+}
+
+fn cellar(dir: &Path, url: &str, identity: &Path, args: &[&str]) -> Output {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cellar-new-target");
+    Command::new(CELLAR)
+        .current_dir(dir)
+        .env("CELLAR_URL", url)
+        .env("CELLAR_CARGO_TARGET_DIR", target)
+        .arg("--identity")
+        .arg(identity)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// Scaffolds, builds and deploys a project in `lang`, then calls it.
+fn new_build_deploy(lang: &str, greeting: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let me = dir.path().join("me.key");
+    let (_node, url) = start(&dir.path().join("node"), &me);
+    let name = format!("hello-{lang}");
+    ok(cellar(
+        dir.path(),
+        &url,
+        &me,
+        &["new", &name, "--lang", lang],
+    ));
+    let project = dir.path().join(&name);
+    assert!(project.join("wit/world.wit").is_file());
+    assert!(project.join("cellar.toml").is_file());
+
+    let wasm = ok(cellar(&project, &url, &me, &["build"]));
+    assert!(Path::new(&wasm).is_file(), "{wasm}");
+    let id = ok(cellar(&project, &url, &me, &["deploy"]));
+    ok(cellar(
+        &project,
+        &url,
+        &me,
+        &["call", &id, "add(\"apple\", 5)"],
+    ));
+    assert_eq!(
+        ok(cellar(
+            &project,
+            &url,
+            &me,
+            &["query", &id, "get(\"apple\")"]
+        )),
+        "some(5)"
+    );
+    let hello = ok(cellar(
+        &project,
+        &url,
+        &me,
+        &["query", &id, "hello(\"you\")"],
+    ));
+    assert!(hello.contains(greeting), "{hello}");
+
+    // Deploying again upgrades the same canister.
+    let again = ok(cellar(&project, &url, &me, &["deploy"]));
+    assert_eq!(again, id);
+    let status = ok(cellar(
+        &project,
+        &url,
+        &me,
+        &["--json", "canister", "status", &id],
+    ));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(status["module_hash"].is_string(), "{status}");
+}
+
+#[test]
+fn rust_project_builds_and_deploys_as_scaffolded() {
+    new_build_deploy("rust", "in Rust");
+}
+
+#[test]
+fn python_project_builds_and_deploys_as_scaffolded() {
+    new_build_deploy("python", "in Python");
+}
+
+#[test]
+fn js_project_builds_and_deploys_as_scaffolded() {
+    new_build_deploy("js", "in JavaScript");
+}
