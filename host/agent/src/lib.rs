@@ -265,6 +265,27 @@ impl Agent {
         self.send_json::<(), _>("DELETE", &canister_path(id, ""), None)
     }
 
+    /// `POST /api/v1/canisters/{id}/top-up`: adds cycles.
+    pub fn top_up(&self, id: &Principal, cycles: u64) -> Result<CanisterStatus, AgentError> {
+        let body = cellar_types::api::TopUpRequest { cycles };
+        self.send_json("POST", &canister_path(id, "/top-up"), Some(&body))
+    }
+
+    /// `GET /api/v1/policy`: the policies the node runs.
+    pub fn policy(&self) -> Result<cellar_types::api::PolicyInfo, AgentError> {
+        self.get("/api/v1/policy")
+    }
+
+    /// `PUT /api/v1/policy/scheduler`: replaces the scheduler policy (a
+    /// component, a shipped policy by name, or `None` for the built-in).
+    pub fn set_scheduler_policy(
+        &self,
+        module: Option<cellar_types::api::ModuleSource>,
+    ) -> Result<cellar_types::api::PolicyInfo, AgentError> {
+        let body = cellar_types::api::SetPolicyRequest { module };
+        self.send_json("PUT", "/api/v1/policy/scheduler", Some(&body))
+    }
+
     /// `PUT /api/v1/canisters/{id}/controllers`.
     pub fn set_controllers(
         &self,

@@ -1,8 +1,10 @@
-//! `cellar canister list|status|stop|start|delete|controllers`.
+//! `cellar canister list|status|stop|start|delete|top-up|controllers` and
+//! `cellar policy show|set`.
 
 use anyhow::{Result, bail};
 use cellar_agent::Agent;
 use cellar_types::Principal;
+use cellar_types::api::ModuleSource;
 use clap::Subcommand;
 
 use crate::commands::{canister_details, canister_table};
@@ -32,6 +34,13 @@ pub enum CanisterCommand {
     Delete {
         /// The canister id.
         canister: Principal,
+    },
+    /// Add cycles to a canister's balance (unfreezes a canister that ran dry).
+    TopUp {
+        /// The canister id.
+        canister: Principal,
+        /// Cycles to add.
+        cycles: u64,
     },
     /// Show or change a canister's controllers.
     Controllers {
@@ -66,6 +75,7 @@ pub fn run(agent: &Agent, command: CanisterCommand, out: Output) -> Result<()> {
         CanisterCommand::Stop { canister } => agent.stop(&canister)?,
         CanisterCommand::Start { canister } => agent.start(&canister)?,
         CanisterCommand::Delete { canister } => agent.delete(&canister)?,
+        CanisterCommand::TopUp { canister, cycles } => agent.top_up(&canister, cycles)?,
         CanisterCommand::Controllers {
             canister,
             add,
@@ -105,4 +115,58 @@ pub fn run(agent: &Agent, command: CanisterCommand, out: Output) -> Result<()> {
         }
     };
     out.value(&status, || canister_details(&status))
+}
+
+/// `cellar policy ...`: which policies the node runs.
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Show the policies in force and the last time one failed.
+    Show,
+    /// Replace a policy; it applies from the next round on.
+    Set {
+        /// Which policy: `scheduler`.
+        #[arg(value_parser = ["scheduler"])]
+        kind: String,
+        /// A policy component file (`.wasm`), a shipped policy
+        /// (`round-robin`, `accumulated-priority`), or `builtin`.
+        policy: String,
+    },
+}
+
+/// Runs one policy command.
+pub fn policy(agent: &Agent, command: PolicyCommand, out: Output) -> Result<()> {
+    let info = match command {
+        PolicyCommand::Show => agent.policy()?,
+        PolicyCommand::Set { policy, .. } => {
+            let module = match policy.as_str() {
+                "builtin" => None,
+                name if !name.ends_with(".wasm") && !std::path::Path::new(name).exists() => {
+                    Some(ModuleSource::Example(name.to_string()))
+                }
+                path => {
+                    let bytes = std::fs::read(path)
+                        .map_err(|e| anyhow::anyhow!("cannot read {path}: {e}"))?;
+                    Some(ModuleSource::Wasm(data_encoding::BASE64.encode(&bytes)))
+                }
+            };
+            agent.set_scheduler_policy(module)?
+        }
+    };
+    out.value(&info, || {
+        let mut text = format!(
+            "scheduler policy: {}",
+            info.scheduler_module_hash
+                .as_deref()
+                .map_or("built-in accumulated priority".to_string(), |h| format!(
+                    "component {h}"
+                ))
+        );
+        if let (Some(round), Some(reason)) = (info.last_fallback_round, &info.last_fallback_reason)
+        {
+            text.push_str(&format!(
+                "\nlast failure: round {round}: {reason} (the built-in ran)"
+            ));
+        }
+        text
+    })
 }

@@ -143,9 +143,12 @@ enum Command {
         /// The canister id.
         canister: Principal,
     },
-    /// Manage canisters: list, status, stop, start, delete, controllers.
+    /// Manage canisters: list, status, stop, start, delete, top-up, controllers.
     #[command(subcommand)]
     Canister(canister::CanisterCommand),
+    /// Show or replace the node's policies (the scheduler policy).
+    #[command(subcommand)]
+    Policy(canister::PolicyCommand),
     /// Manage identities: new, list, use, show.
     #[command(subcommand)]
     Identity(IdentityCommand),
@@ -261,7 +264,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Memory(args)) => bench::memory(&args, cli.json),
         Command::Bench(BenchCommand::Api(args)) => bench_api::run(&args, cli.json),
-        Command::Bench(BenchCommand::Scheduler(args)) => bench_scheduler::scheduler(&args, cli.json),
+        Command::Bench(BenchCommand::Scheduler(args)) => {
+            bench_scheduler::scheduler(&args, cli.json)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cellar", &mut std::io::stdout());
             Ok(())
@@ -301,6 +306,7 @@ fn client_command(agent: &Agent, command: Command, out: Output) -> Result<()> {
         Command::Describe { canister } => commands::describe(agent, &canister, out),
         Command::Logs { canister } => commands::logs(agent, &canister, out),
         Command::Canister(command) => canister::run(agent, command, out),
+        Command::Policy(command) => canister::policy(agent, command, out),
         _ => unreachable!("handled in run"),
     }
 }

@@ -288,3 +288,61 @@ fn identities_canister_management_json_and_completions() {
     }
     drop(node);
 }
+
+#[test]
+fn policies_top_up_and_calls_between_canisters_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = dir.path().join("me.key");
+    let (_node, url, examples) = start(&dir.path().join("node"), &me);
+    let id = |name: &str| {
+        examples
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, id)| id.clone())
+            .unwrap()
+    };
+    let (kv, relay) = (id("kv"), id("relay"));
+
+    assert!(ok(cellar(&url, &me, &["policy", "show"])).contains("built-in"));
+    let set = ok(cellar(
+        &url,
+        &me,
+        &["policy", "set", "scheduler", "round-robin"],
+    ));
+    assert!(set.contains("component"), "{set}");
+    let err = failed(cellar(
+        &url,
+        &me,
+        &["policy", "set", "scheduler", "no-such-policy"],
+    ));
+    assert!(err.contains("no scheduler policy named"), "{err}");
+
+    // A call that travels kv <- relay, with the round-robin policy running.
+    ok(cellar(&url, &me, &["call", &kv, "add(\"apple\", 5)"]));
+    let got = ok(cellar(
+        &url,
+        &me,
+        &["call", &relay, &format!("lookup(\"{kv}\", \"apple\")")],
+    ));
+    assert_eq!(got, "some(5)");
+    assert!(
+        ok(cellar(
+            &url,
+            &me,
+            &["policy", "set", "scheduler", "builtin"]
+        ))
+        .contains("built-in")
+    );
+
+    let before: u64 = json(cellar(&url, &me, &["--json", "canister", "status", &kv]))["cycles"]
+        .as_u64()
+        .unwrap();
+    let after: u64 = json(cellar(
+        &url,
+        &me,
+        &["--json", "canister", "top-up", &kv, "1000000"],
+    ))["cycles"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(after, before + 1_000_000);
+}

@@ -15,8 +15,8 @@ use cellar_types::Principal;
 use cellar_types::api::{
     Activity, ApiError, CallRequest, CallResponse, ControllersRequest, CreateRequest,
     INGRESS_EXPIRY_HEADER, InstallMode, InstallRequest, MAX_CALL_BODY_BYTES, ModuleSource,
-    NONCE_HEADER, PUBLIC_KEY_HEADER, ReadState, SIGNATURE_HEADER, SetPolicyRequest,
-    SubmitResponse, TopUpRequest,
+    NONCE_HEADER, PUBLIC_KEY_HEADER, ReadState, SIGNATURE_HEADER, SetPolicyRequest, SubmitResponse,
+    TopUpRequest,
 };
 use data_encoding::BASE64;
 use serde::de::DeserializeOwned;
