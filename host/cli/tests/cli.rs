@@ -245,7 +245,7 @@ fn identities_canister_management_json_and_completions() {
     assert!(err.contains("stopped"), "{err}");
     ok(cellar_in(&url, &config, &["canister", "start", &kv]));
     let list = json(cellar_in(&url, &config, &["canister", "list", "--json"]));
-    assert_eq!(list.as_array().unwrap().len(), 3);
+    assert_eq!(list.as_array().unwrap().len(), 4);
     let status = ok(cellar_in(&url, &config, &["canister", "status", &kv]));
     assert!(status.contains("running"), "{status}");
 
