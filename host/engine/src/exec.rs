@@ -184,6 +184,7 @@ pub fn execute(
         params,
         instruction_limit,
         limits,
+        kind.persists(),
     );
     let mut sys_logs = std::mem::take(&mut store.data_mut().sys.logs);
     let instructions = instruction_limit.saturating_sub(store.get_fuel().unwrap_or(0));
@@ -255,6 +256,7 @@ fn run(
     params: &[Val],
     instruction_limit: u64,
     limits: &Limits,
+    persists: bool,
 ) -> Result<(Vec<Val>, HeapSnapshot, TrackingStats), Reject> {
     let started = std::time::Instant::now();
     let sizes: Vec<usize> = state
@@ -306,7 +308,16 @@ fn run(
     let setup_nanos = started.elapsed().as_nanos() as u64;
     let called = {
         let _armed = ArmGuard::new(&mut tracked);
-        func.call(&mut *store, params, &mut results)
+        // Persisted mutable globals (see `globals`): loaded before the call,
+        // saved after it when the message's changes may persist.
+        let globals = code.globals;
+        globals
+            .map_or(Ok(()), |g| g.restore(store, &instance))
+            .and_then(|()| func.call(&mut *store, params, &mut results))
+            .and_then(|()| match globals {
+                Some(g) if persists => g.save(store, &instance),
+                _ => Ok(()),
+            })
     };
     let call_nanos = started.elapsed().as_nanos() as u64 - setup_nanos;
     called.map_err(|e| trap_reject(e, "execution", instruction_limit))?;

@@ -14,6 +14,7 @@
 mod cache;
 mod config;
 mod exec;
+mod globals;
 mod interface;
 mod memory;
 mod paging;
@@ -31,6 +32,7 @@ pub use config::{Limits, new_engine};
 pub use exec::{
     LogLevel, LogRecord, MessageContext, MessageKind, MessageOutcome, WarmInstance, execute,
 };
+pub use globals::{Instrumented, RESTORE_EXPORT, SAVE_EXPORT, instrument};
 pub use interface::{CanisterInterface, Hook, Method, MethodKind, MethodLookupError, render_type};
 pub use paging::{MAX_PAGES, MemoryImage, PAGE_SIZE, Page, PageMap, page_from_slice};
 pub use stable::{STABLE_PAGE_SIZE, StableMemory};
