@@ -321,16 +321,22 @@ fn run(
     };
     let call_nanos = started.elapsed().as_nanos() as u64 - setup_nanos;
     called.map_err(|e| trap_reject(e, "execution", instruction_limit))?;
-    let heap = HeapSnapshot {
-        memories: views
-            .iter()
-            .zip(&tracked)
-            // SAFETY: the store is alive, no wasm runs, the guard is gone.
-            .map(|(view, memory)| MemoryImage {
-                size: view.len() as u64,
-                pages: unsafe { memory.commit() },
-            })
-            .collect(),
+    // A query's writes are discarded: nothing to build (and a memory image
+    // must keep the committed version).
+    let heap = if !persists {
+        state.heap.clone()
+    } else {
+        HeapSnapshot {
+            memories: views
+                .iter()
+                .zip(&tracked)
+                // SAFETY: the store is alive, no wasm runs, the guard is gone.
+                .map(|(view, memory)| MemoryImage {
+                    size: view.len() as u64,
+                    pages: unsafe { memory.commit() },
+                })
+                .collect(),
+        }
     };
     let stats = TrackingStats {
         setup_nanos,

@@ -15,6 +15,7 @@ mod cache;
 mod config;
 mod exec;
 mod globals;
+mod image;
 mod interface;
 mod memory;
 mod paging;
