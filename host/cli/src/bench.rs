@@ -135,12 +135,18 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 
 /// Runs the benchmark and prints its report.
 pub fn memory(args: &MemoryBenchArgs) -> Result<()> {
-    let mut trackers = vec![MemoryTracker::Signal];
+    // (tracker, memory images on, name in the table): the userfaultfd
+    // tracker maps large memories from images; its lazy mode (every page
+    // mapped on first touch) is measured too, side by side.
+    let mut trackers = vec![(MemoryTracker::Signal, false, "signal")];
     match MemoryTracker::Userfaultfd.check_available() {
-        Ok(()) => trackers.push(MemoryTracker::Userfaultfd),
+        Ok(()) => {
+            trackers.push((MemoryTracker::Userfaultfd, false, "uffd-lazy"));
+            trackers.push((MemoryTracker::Userfaultfd, true, "uffd-image"));
+        }
         Err(why) => eprintln!("userfaultfd tracker skipped: {why}"),
     }
-    trackers.push(MemoryTracker::CopyAll);
+    trackers.push((MemoryTracker::CopyAll, false, "copy-all"));
     let engine = cellar_node::engine::new_engine()?;
     let cache = CodeCache::new(engine, None, 64 << 20)?;
     let code = cache.load(cellar_examples::testbed())?;
@@ -155,11 +161,9 @@ pub fn memory(args: &MemoryBenchArgs) -> Result<()> {
             (1..=4).contains(&gib),
             "--heap-gib takes values from 1 to 4"
         );
-        for &tracker in &trackers {
-            eprintln!(
-                "heap {gib} GiB, tracker {}: growing the heap",
-                tracker.name()
-            );
+        for &(tracker, images, name) in &trackers {
+            cellar_node::engine::set_memory_images(images);
+            eprintln!("heap {gib} GiB, tracker {name}: growing the heap");
             let mut subject = Subject {
                 code: code.clone(),
                 state: ExecutionState::default(),
@@ -192,7 +196,7 @@ pub fn memory(args: &MemoryBenchArgs) -> Result<()> {
                     let micros = median(samples).as_secs_f64() * 1e6;
                     let tracking = last.unwrap_or_default();
                     report.messages.push(MessageRow {
-                        tracker: tracker.name(),
+                        tracker: name,
                         heap_gib: gib,
                         access,
                         pages: k,
@@ -208,6 +212,7 @@ pub fn memory(args: &MemoryBenchArgs) -> Result<()> {
             }
         }
     }
+    cellar_node::engine::set_memory_images(true);
     checkpoints_and_restarts(args, &mut report)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -390,11 +390,20 @@ impl Drop for ImageMemory {
     }
 }
 
-/// Whether images work here: a private mapping of a memfd, one page read
-/// and one written, and `PAGEMAP_SCAN` finding exactly the written one.
+static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns memory images off (or back on) for this process: the userfaultfd
+/// tracker then maps every memory lazily. For benchmarks that compare both.
+pub fn set_memory_images(enabled: bool) {
+    DISABLED.store(!enabled, Ordering::Relaxed);
+}
+
+/// Whether images are enabled and work here: a private mapping of a
+/// memfd, one page read and one written, and `PAGEMAP_SCAN` finding
+/// exactly the written one.
 fn supported() -> bool {
     static SUPPORTED: OnceLock<bool> = OnceLock::new();
-    *SUPPORTED.get_or_init(|| probe().is_ok())
+    !DISABLED.load(Ordering::Relaxed) && *SUPPORTED.get_or_init(|| probe().is_ok())
 }
 
 fn probe() -> io::Result<()> {
