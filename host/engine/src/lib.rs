@@ -37,7 +37,7 @@ pub use globals::{Instrumented, RESTORE_EXPORT, SAVE_EXPORT, instrument};
 pub use image::set_memory_images;
 pub use interface::{CanisterInterface, Hook, Method, MethodKind, MethodLookupError, render_type};
 pub use paging::{MAX_PAGES, MemoryImage, PAGE_SIZE, Page, PageMap, page_from_slice};
-pub use stable::{STABLE_PAGE_SIZE, StableMemory};
+pub use stable::{MAX_STABLE_BYTES, STABLE_PAGE_SIZE, StableMemory};
 pub use state::{ExecutionState, HeapSnapshot, StateChanges, Timer};
 pub use tracker::{MemoryTracker, TrackingStats};
 pub use values::{
