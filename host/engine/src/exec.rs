@@ -184,7 +184,6 @@ pub fn execute(
         params,
         instruction_limit,
         limits,
-        kind.persists(),
     );
     let mut sys_logs = std::mem::take(&mut store.data_mut().sys.logs);
     let instructions = instruction_limit.saturating_sub(store.get_fuel().unwrap_or(0));
@@ -256,8 +255,8 @@ fn run(
     params: &[Val],
     instruction_limit: u64,
     limits: &Limits,
-    persists: bool,
 ) -> Result<(Vec<Val>, HeapSnapshot, TrackingStats), Reject> {
+    let persists = store.data().sys.ctx.kind.persists();
     let started = std::time::Instant::now();
     let sizes: Vec<usize> = state
         .heap

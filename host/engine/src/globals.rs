@@ -120,10 +120,8 @@ pub fn instrument(component: &[u8]) -> Result<Instrumented, String> {
         }
         let raw = payload.as_section();
         match &payload {
-            Payload::Version { encoding, .. } => {
-                if *encoding != wasmparser::Encoding::Component {
-                    return Err("not a component".into());
-                }
+            Payload::Version { encoding, .. } if *encoding != wasmparser::Encoding::Component => {
+                return Err("not a component".into());
             }
             Payload::ModuleSection {
                 unchecked_range, ..

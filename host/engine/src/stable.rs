@@ -61,7 +61,8 @@ impl StableMemory {
 
     /// A new version with `updates` applied (`None` makes a chunk zero).
     fn with_chunks(&self, updates: impl IntoIterator<Item = (u64, Option<Arc<Page>>)>) -> Self {
-        let mut by_segment: BTreeMap<usize, Vec<(u64, Option<Arc<Page>>)>> = BTreeMap::new();
+        type Updates = Vec<(u64, Option<Arc<Page>>)>;
+        let mut by_segment: BTreeMap<usize, Updates> = BTreeMap::new();
         for (index, content) in updates {
             assert!(
                 index < MAX_STABLE_BYTES / CHUNK,
