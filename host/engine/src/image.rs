@@ -154,30 +154,34 @@ fn cache() -> &'static Mutex<Cache> {
 /// is none), grown to `len` bytes. `None` when it is lent to another
 /// message right now (the caller arms lazily) or cannot be built.
 fn lend(version: &PageMap, len: usize) -> Option<Image> {
-    {
+    let cached = {
         let mut cache = cache().lock().ok()?;
         cache.clock += 1;
-        if let Some(entry) = cache
+        match cache
             .entries
             .iter_mut()
             .find(|e| e.version.same_version(version))
         {
             // `None`: lent out; the entry stays as a marker until returned.
-            let mut image = entry.image.take()?;
-            image.resize(len).ok()?;
-            return Some(image);
+            Some(entry) => Some(entry.image.take()?),
+            None => {
+                cache.entries.push(Entry {
+                    version: version.clone(),
+                    image: None,
+                    last_used: 0,
+                });
+                None
+            }
         }
-        cache.entries.push(Entry {
-            version: version.clone(),
-            image: None,
-            last_used: 0,
-        });
-    }
-    let built = Image::build(version, len).ok();
-    if built.is_none() {
+    };
+    let image = match cached {
+        Some(mut image) => image.resize(len).map(|()| image),
+        None => Image::build(version, len),
+    };
+    if image.is_err() {
         forget(version);
     }
-    built
+    image.ok()
 }
 
 /// Drops the lent marker of `version`.
