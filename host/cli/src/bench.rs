@@ -212,6 +212,8 @@ pub fn memory(args: &MemoryBenchArgs) -> Result<()> {
             }
         }
     }
+    // Free the images of the last heap before the node measurements.
+    cellar_node::engine::set_memory_images(false);
     cellar_node::engine::set_memory_images(true);
     checkpoints_and_restarts(args, &mut report)?;
     if args.json {

@@ -42,7 +42,7 @@ use crate::paging::{PAGE_SIZE, PageMap};
 /// an image would cost more than it saves).
 pub(crate) const MIN_IMAGE_PAGES: u64 = 1024;
 /// Bytes of images kept in the cache (least recently used go first).
-const CACHE_BYTES: usize = 12 << 30;
+const CACHE_BYTES: usize = 6 << 30;
 /// Images kept in the cache.
 const CACHE_ENTRIES: usize = 64;
 
@@ -398,8 +398,12 @@ static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 
 /// Turns memory images off (or back on) for this process: the userfaultfd
 /// tracker then maps every memory lazily. For benchmarks that compare both.
+/// Turning them off frees the cached images.
 pub fn set_memory_images(enabled: bool) {
     DISABLED.store(!enabled, Ordering::Relaxed);
+    if !enabled && let Ok(mut cache) = cache().lock() {
+        cache.entries.retain(|e| e.image.is_none());
+    }
 }
 
 /// Whether images are enabled and work here: a private mapping of a
