@@ -625,6 +625,43 @@ impl GlobalsAccess {
         Self::call(store, instance, self.save)
     }
 
+    /// [`Self::restore`] for stores driven asynchronously (sliced
+    /// execution polls the message as a future).
+    #[allow(dead_code)]
+    pub(crate) async fn restore_async<T: Send + 'static>(
+        &self,
+        store: &mut Store<T>,
+        instance: &wasmtime::component::Instance,
+    ) -> wasmtime::Result<()> {
+        Self::call_async(store, instance, self.restore).await
+    }
+
+    /// [`Self::save`] for stores driven asynchronously.
+    #[allow(dead_code)]
+    pub(crate) async fn save_async<T: Send + 'static>(
+        &self,
+        store: &mut Store<T>,
+        instance: &wasmtime::component::Instance,
+    ) -> wasmtime::Result<()> {
+        Self::call_async(store, instance, self.save).await
+    }
+
+    /// As [`Self::call`], through `call_async`.
+    async fn call_async<T: Send + 'static>(
+        store: &mut Store<T>,
+        instance: &wasmtime::component::Instance,
+        index: ComponentExportIndex,
+    ) -> wasmtime::Result<()> {
+        let func = instance
+            .get_func(&mut *store, index)
+            .ok_or_else(|| wasmtime::format_err!("the globals accessor is missing"))?;
+        let fuel = store.get_fuel()?;
+        store.set_fuel(ACCESS_FUEL)?;
+        let called = func.call_async(&mut *store, &[], &mut []).await;
+        store.set_fuel(fuel)?;
+        called
+    }
+
     /// Calls an accessor function on its own fuel, leaving the message's
     /// fuel as it was (the accessor's instructions are not the canister's).
     fn call<T: 'static>(
