@@ -134,14 +134,13 @@ build_python_kv() {
 # kv-js: componentize-js (its own CLI, which works on Node 20, unlike
 # `jco componentize`). Disabled features:
 # * http, fetch-event: the node does not link wasi:http.
-# * clocks: with it, every call reads the clock through the bundled
-#   wasi_snapshot_preview1 adapter, whose lazily allocated stack and state
-#   (2 x 64 KiB from the JS heap) are found through mutable globals. The node
-#   does not persist globals, so each message allocated them again and the
-#   persisted heap grew by 128 KiB per update. (console.log goes through the
-#   adapter as well, so a canister that logs on every call still leaks.)
-# stdio (uncaught errors reach the canister log) and random (the node's
-# per-round tape) stay.
+# Clocks (Date.now() gives the round's time), stdio and random (the node's
+# per-round tape) stay. The bundled wasi_snapshot_preview1 adapter finds its
+# lazily allocated state through mutable globals, which the node persists
+# (until it did, every message that read the clock allocated 128 KiB again).
+# console.log is another matter: the adapter caches the stdout handle of the
+# first message that logs, and the next message's fresh instance does not
+# have it (see components/js/README.md).
 build_js_kv() {
     local src="$ROOT/components/js/kv" out="$OUT/kv-js.wasm"
     if [[ $FORCE == 0 ]] && up_to_date "$out" "$src/kv.js" "$src/wit" "$COMPONENTIZE_JS_PKG/package.json" "$SCRIPT"; then
@@ -151,7 +150,7 @@ build_js_kv() {
     ensure_componentize_js
     log "building kv-js.wasm with componentize-js $COMPONENTIZE_JS_VERSION"
     (cd "$src" && "$NODE" "$COMPONENTIZE_JS_PKG/src/cli.js" kv.js --wit wit --world-name kv \
-        --disable http fetch-event clocks --out "$out.tmp") ||
+        --disable http fetch-event --out "$out.tmp") ||
         die "componentize-js failed to build $src"
     mv "$out.tmp" "$out"
 }

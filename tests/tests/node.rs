@@ -446,3 +446,59 @@ fn replay_that_cannot_reproduce_a_round_fails_loudly() {
     let error = format!("{:#}", Node::open(options(dir.path())).err().unwrap());
     assert!(error.contains("cannot replay round 2"), "{error}");
 }
+
+/// Mutable wasm globals are canister state: they survive journal replay and
+/// checkpoints, are part of the state hash, and an upgrade resets them with
+/// the heap.
+#[test]
+fn mutable_globals_survive_restarts_and_count_in_the_state_hash() {
+    let wasm = wat::parse_str(include_str!("../../host/engine/tests/globals.wat")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bump =
+        |node: &Node, id: &Principal| reply(node.update(&alice(), id, "bump", wave("")).unwrap());
+    let id;
+    let hash;
+    {
+        let node = Node::open(options(dir.path())).unwrap();
+        id = node.create(&alice(), vec![]).unwrap();
+        node.install(&alice(), &id, InstallMode::Install, &wasm, None)
+            .unwrap();
+        assert_eq!(bump(&node, &id), "1");
+        let before = node.state_hash();
+        assert_eq!(bump(&node, &id), "2");
+        assert_ne!(
+            node.state_hash(),
+            before,
+            "a global's change changes the hash"
+        );
+        // A trap rolls the globals back.
+        let trapped = node
+            .update(&alice(), &id, "bump-then-trap", wave(""))
+            .unwrap();
+        assert!(trapped.result.is_err());
+        assert_eq!(
+            reply(node.query(&bob(), &id, "peek", wave("")).unwrap()),
+            "2"
+        );
+        hash = node.state_hash();
+    }
+    // Replay of the journal.
+    let node = Node::open(options(dir.path())).unwrap();
+    assert_eq!(node.state_hash(), hash);
+    assert_eq!(bump(&node, &id), "3");
+    node.checkpoint().unwrap();
+    let hash = node.state_hash();
+    drop(node);
+    // Loading the checkpoint.
+    let node = Node::open(options(dir.path())).unwrap();
+    assert_eq!(node.state_hash(), hash);
+    assert_eq!(
+        reply(node.query(&bob(), &id, "peek", wave("")).unwrap()),
+        "3"
+    );
+    assert_eq!(bump(&node, &id), "4");
+    // An upgrade starts the instance afresh: globals from their initial values.
+    node.install(&alice(), &id, InstallMode::Upgrade, &wasm, None)
+        .unwrap();
+    assert_eq!(bump(&node, &id), "1");
+}

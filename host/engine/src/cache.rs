@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, InstancePre, Linker};
 
+use crate::globals::{self, GlobalsAccess};
 use crate::interface::CanisterInterface;
 use crate::system_api::{HostState, add_to_linker};
 
@@ -55,6 +56,9 @@ pub struct CanisterCode {
     /// What the canister exports.
     pub interface: CanisterInterface,
     pub(crate) pre: InstancePre<HostState>,
+    /// The save and restore exports added at install, when there are
+    /// globals to persist.
+    pub(crate) globals: Option<GlobalsAccess>,
 }
 
 impl CanisterCode {
@@ -150,6 +154,7 @@ impl CodeCache {
             return Ok(code.clone());
         }
         let component = self.compile(wasm, &hash)?;
+        let globals = GlobalsAccess::of(&component);
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -159,16 +164,21 @@ impl CodeCache {
             size: wasm.len(),
             interface: CanisterInterface::of(&component),
             pre,
+            globals,
         });
         let mut loaded = self.loaded.lock().expect("cache lock");
         Ok(loaded.entry(hash).or_insert(code).clone())
     }
 
+    /// Instruments (see [`globals::instrument`]) and compiles `wasm`, or
+    /// loads the compiled code from disk.
     fn compile(&self, wasm: &[u8], hash: &[u8; 32]) -> Result<Component, InstallError> {
+        // The instrumentation version is part of the name: code compiled
+        // from another instrumentation is never loaded.
         let cached = self
             .disk_dir
             .as_ref()
-            .map(|dir| dir.join(format!("{}.cwasm", hex(hash))));
+            .map(|dir| dir.join(format!("{}.g{}.cwasm", hex(hash), globals::VERSION)));
         if let Some(path) = &cached
             && path.exists()
         {
@@ -182,8 +192,20 @@ impl CodeCache {
                 }
             }
         }
-        let component = Component::new(&self.engine, wasm)
-            .map_err(|e| InstallError::Invalid(format!("{e:#}")))?;
+        let invalid = |e: String| {
+            // Errors must point at the canister's code, not at the
+            // instrumented version: report the original's validation error
+            // when there is one.
+            match wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+                .validate_all(wasm)
+            {
+                Err(original) => InstallError::Invalid(original.to_string()),
+                Ok(_) => InstallError::Invalid(e),
+            }
+        };
+        let instrumented = globals::instrument(wasm).map_err(invalid)?;
+        let component = Component::new(&self.engine, &instrumented.wasm)
+            .map_err(|e| invalid(format!("{e:#}")))?;
         if let Some(path) = cached
             && let Err(e) = write_atomically(&path, &component)
         {

@@ -321,15 +321,27 @@ fn run(
     let mut results = vec![Val::Bool(false); method.results.len()];
     let called = {
         let _armed = ArmGuard::new(&mut prepared.tracked);
-        prepared.func.call(&mut *store, params, &mut results)
+        // Persisted mutable globals (see `globals`): loaded before the call,
+        // saved after it when the message's changes may persist.
+        let (globals, instance, persists) = (code.globals, prepared.instance, prepared.persists);
+        globals
+            .map_or(Ok(()), |g| g.restore(store, &instance))
+            .and_then(|()| prepared.func.call(&mut *store, params, &mut results))
+            .and_then(|()| match globals {
+                Some(g) if persists => g.save(store, &instance),
+                _ => Ok(()),
+            })
     };
     called.map_err(|e| trap_reject(e, "execution", instruction_limit))?;
-    complete(store, prepared, results, limits)
+    complete(store, state, prepared, results, limits)
 }
 
 /// An instance ready to run a message: its function, its memories armed
 /// with the committed heap.
 struct Prepared {
+    instance: wasmtime::component::Instance,
+    /// Whether the message's changes may persist (not a query).
+    persists: bool,
     func: wasmtime::component::Func,
     views: Vec<crate::memory::MemoryView>,
     tracked: Vec<Armed>,
@@ -395,6 +407,8 @@ fn prepare(
     store.set_fuel(instruction_limit).map_err(host_error)?;
     let setup_nanos = started.elapsed().as_nanos() as u64;
     Ok(Prepared {
+        instance,
+        persists: store.data().sys.ctx.kind.persists(),
         func,
         views,
         tracked,
@@ -407,12 +421,14 @@ fn prepare(
 /// tracking figures; too many dirty pages reject the message.
 fn complete(
     store: &mut Store<HostState>,
+    state: &ExecutionState,
     prepared: Prepared,
     results: Vec<Val>,
     limits: &Limits,
 ) -> Result<(Vec<Val>, HeapSnapshot, TrackingStats), Reject> {
     let _ = &store;
     let Prepared {
+        persists,
         views,
         tracked,
         started,
@@ -420,16 +436,22 @@ fn complete(
         ..
     } = prepared;
     let call_nanos = (started.elapsed().as_nanos() as u64).saturating_sub(setup_nanos);
-    let heap = HeapSnapshot {
-        memories: views
-            .iter()
-            .zip(&tracked)
-            // SAFETY: the store is alive, no wasm runs, no guard is armed.
-            .map(|(view, memory)| MemoryImage {
-                size: view.len() as u64,
-                pages: unsafe { memory.commit() },
-            })
-            .collect(),
+    // A query's writes are discarded: nothing to build (and a memory image
+    // must keep the committed version).
+    let heap = if !persists {
+        state.heap.clone()
+    } else {
+        HeapSnapshot {
+            memories: views
+                .iter()
+                .zip(&tracked)
+                // SAFETY: the store is alive, no wasm runs, no guard is armed.
+                .map(|(view, memory)| MemoryImage {
+                    size: view.len() as u64,
+                    pages: unsafe { memory.commit() },
+                })
+                .collect(),
+        }
     };
     let stats = TrackingStats {
         setup_nanos,
@@ -469,6 +491,8 @@ type CallFuture =
 /// which every replica does at the same rounds.
 pub struct PausedExecution {
     execution: Execution,
+    /// The committed state the message started from.
+    state: ExecutionState,
     call: CallFuture,
     prepared: Prepared,
     limits: Limits,
@@ -509,7 +533,15 @@ impl PausedExecution {
                 let instruction_limit = self.execution.instruction_limit;
                 let outcome = called
                     .map_err(|e| trap_reject(e, "execution", instruction_limit))
-                    .and_then(|()| complete(&mut store, self.prepared, results, &self.limits));
+                    .and_then(|()| {
+                        complete(
+                            &mut store,
+                            &self.state,
+                            self.prepared,
+                            results,
+                            &self.limits,
+                        )
+                    });
                 Progress::Done(self.execution.finish(store, outcome))
             }
         }
@@ -543,16 +575,28 @@ pub fn execute_sliced(
     if let Err(e) = store.fuel_async_yield_interval(Some(limits.slice_instructions.max(1))) {
         return Progress::Done(execution.finish(store, Err(host_error(e))));
     }
-    let func = prepared.func;
+    let (func, instance, persists) = (prepared.func, prepared.instance, prepared.persists);
+    let globals = code.globals;
     let params = params.to_vec();
     let results_len = method.results.len();
     let call: CallFuture = Box::pin(async move {
         let mut results = vec![Val::Bool(false); results_len];
-        let called = func.call_async(&mut store, &params, &mut results).await;
+        let called = async {
+            if let Some(g) = globals {
+                g.restore_async(&mut store, &instance).await?;
+            }
+            func.call_async(&mut store, &params, &mut results).await?;
+            match globals {
+                Some(g) if persists => g.save_async(&mut store, &instance).await,
+                _ => Ok(()),
+            }
+        }
+        .await;
         (store, called, results)
     });
     PausedExecution {
         execution,
+        state: state.clone(),
         call,
         prepared,
         limits: limits.clone(),

@@ -137,6 +137,9 @@ impl CanisterInterface {
         let mut interface = CanisterInterface::default();
         for (export_name, item) in ty.exports(engine) {
             match item.ty {
+                // The host's own accessors (see `globals`), never a method.
+                ComponentItem::ComponentFunc(_)
+                    if export_name.starts_with(crate::globals::RESERVED_PREFIX) => {}
                 ComponentItem::ComponentFunc(func) => {
                     let Some(index) = component.get_export_index(None, export_name) else {
                         continue;

@@ -15,6 +15,8 @@ mod cache;
 mod config;
 mod consensus_policy;
 mod exec;
+mod globals;
+mod image;
 mod interface;
 mod memory;
 mod paging;
@@ -40,6 +42,8 @@ pub use exec::{
     LogLevel, LogRecord, MessageContext, MessageKind, MessageOutcome, PausedExecution, Progress,
     WarmInstance, execute, execute_sliced,
 };
+pub use globals::{Instrumented, RESTORE_EXPORT, SAVE_EXPORT, instrument};
+pub use image::set_memory_images;
 pub use interface::{CanisterInterface, Hook, Method, MethodKind, MethodLookupError, render_type};
 pub use paging::{MAX_PAGES, MemoryImage, PAGE_SIZE, Page, PageMap, page_from_slice};
 pub use policy::{
@@ -48,7 +52,7 @@ pub use policy::{
     PlanOutcome, PolicyError, RoundInput, RoundPlan, SCHEDULE_EXPORT, SchedulerPolicy,
     builtin_default, builtin_round_robin, guaranteed_share, plan_round, validate,
 };
-pub use stable::{STABLE_PAGE_SIZE, StableMemory};
+pub use stable::{MAX_STABLE_BYTES, STABLE_PAGE_SIZE, StableMemory};
 pub use state::{ExecutionState, HeapSnapshot, LateReply, OutgoingCall, StateChanges, Timer};
 pub use tracker::{MemoryTracker, TrackingStats};
 pub use values::{

@@ -132,6 +132,9 @@ fn slot(index: u64, level: u32) -> usize {
     ((index >> (BITS * (level - 1))) as usize) & (FANOUT - 1)
 }
 
+/// A map without pages, for borrowing where a version is absent.
+pub(crate) static EMPTY_MAP: PageMap = PageMap { root: None, len: 0 };
+
 impl PageMap {
     /// The page at `index`, or `None` when it is zero.
     pub fn get(&self, index: u64) -> Option<&Arc<Page>> {

@@ -198,6 +198,12 @@ fn handle(address: usize, write: Option<bool>) -> bool {
                     return memory.register_growth();
                 }
             }
+            // Pages grown beyond an image are inaccessible until opened.
+            Armed::Image(memory) => {
+                if memory.covers_grown(address) {
+                    return memory.open_growth();
+                }
+            }
             Armed::CopyAll(_) => {}
         }
     }
@@ -568,6 +574,9 @@ pub(crate) enum Armed {
     Signal(TrackedMemory),
     /// userfaultfd.
     Userfaultfd(crate::uffd::UffdMemory),
+    /// A private mapping of a memory image (the userfaultfd tracker's
+    /// choice for large memories).
+    Image(crate::image::ImageMemory),
     /// Whole-heap copies.
     CopyAll(CopyMemory),
 }
@@ -587,7 +596,10 @@ impl Armed {
             Ok(match tracker {
                 MemoryTracker::Signal => Armed::Signal(TrackedMemory::arm(view, committed)?),
                 MemoryTracker::Userfaultfd => {
-                    Armed::Userfaultfd(crate::uffd::UffdMemory::arm(view, committed)?)
+                    match crate::image::ImageMemory::arm(view, &committed)? {
+                        Some(memory) => Armed::Image(memory),
+                        None => Armed::Userfaultfd(crate::uffd::UffdMemory::arm(view, committed)?),
+                    }
                 }
                 MemoryTracker::CopyAll => Armed::CopyAll(CopyMemory::arm(view, committed)),
             })
@@ -604,6 +616,7 @@ impl Armed {
             match self {
                 Armed::Signal(m) => m.commit(),
                 Armed::Userfaultfd(m) => m.commit(),
+                Armed::Image(m) => m.commit(),
                 Armed::CopyAll(m) => m.commit(),
             }
         }
@@ -613,6 +626,7 @@ impl Armed {
         match self {
             Armed::Signal(m) => m.faults(),
             Armed::Userfaultfd(m) => m.faults(),
+            Armed::Image(m) => m.faults(),
             Armed::CopyAll(_) => 0,
         }
     }
@@ -621,6 +635,7 @@ impl Armed {
         match self {
             Armed::Signal(m) => m.dirty_pages(),
             Armed::Userfaultfd(m) => m.dirty_pages(),
+            Armed::Image(m) => m.dirty_pages(),
             Armed::CopyAll(m) => m.dirty.get(),
         }
     }

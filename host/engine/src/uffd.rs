@@ -445,6 +445,43 @@ fn zero(kernel: &Kernel, dst: usize, pages: usize) -> io::Result<usize> {
 /// "written" for the kernel (nothing protects them), hence the presence
 /// condition.
 fn scan_written(kernel: &Kernel, start: usize, len: usize) -> io::Result<Vec<usize>> {
+    scan(
+        kernel,
+        start,
+        len,
+        PAGE_IS_PFNZERO,
+        PAGE_IS_WRITTEN | PAGE_IS_PFNZERO,
+    )
+}
+
+/// `PAGE_IS_FILE` (include/uapi/linux/fs.h): the page belongs to a file.
+const PAGE_IS_FILE: u64 = 1 << 2;
+
+/// Indices (from `start`) of the pages in `[start, start + len)` that are
+/// private anonymous copies: present, not from a file, not the zero page.
+/// In a private mapping of a file these are exactly the pages written
+/// since it was mapped (copy on write), with no write protection at all.
+pub(crate) fn scan_copied(start: usize, len: usize) -> io::Result<Vec<usize>> {
+    let kernel = kernel().map_err(io::Error::other)?;
+    scan(
+        kernel,
+        start,
+        len,
+        PAGE_IS_FILE | PAGE_IS_PFNZERO,
+        PAGE_IS_FILE | PAGE_IS_PFNZERO,
+    )
+}
+
+/// `PAGEMAP_SCAN` of `[start, start + len)` for present (or swapped)
+/// pages whose categories under `mask` equal `!inverted` (see the kernel's
+/// documentation of `category_inverted`/`category_mask`).
+fn scan(
+    kernel: &Kernel,
+    start: usize,
+    len: usize,
+    inverted: u64,
+    mask: u64,
+) -> io::Result<Vec<usize>> {
     let mut pages = Vec::new();
     if len == 0 {
         return Ok(pages);
@@ -457,10 +494,10 @@ fn scan_written(kernel: &Kernel, start: usize, len: usize) -> io::Result<Vec<usi
         end,
         vec: regions.as_mut_ptr() as u64,
         vec_len: SCAN_BATCH as u64,
-        category_inverted: PAGE_IS_PFNZERO,
-        category_mask: PAGE_IS_WRITTEN | PAGE_IS_PFNZERO,
+        category_inverted: inverted,
+        category_mask: mask,
         category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-        return_mask: PAGE_IS_WRITTEN,
+        return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
         ..Default::default()
     };
     loop {

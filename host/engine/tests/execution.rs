@@ -405,7 +405,8 @@ fn a_message_costs_the_pages_it_touches_not_the_heap() {
 fn out_of_bounds_accesses_still_trap_and_memory_growth_is_tracked() {
     let mut t = testbed();
     t.update("set(\"a\", \"1\")");
-    let size = t.state.heap.total_bytes();
+    // Memory 0 is the canister's heap (the last one holds its globals).
+    let size = t.state.heap.memories[0].size;
     let reject = t
         .update(&format!("peek({})", size + 70_000))
         .result
@@ -419,7 +420,7 @@ fn out_of_bounds_accesses_still_trap_and_memory_growth_is_tracked() {
     assert_eq!(Harness::reply(&t.update("peek(0)")), "0");
     // Growth inside a message: new pages are mapped on first touch.
     let pages: u64 = Harness::reply(&t.update("grow-heap(4)")).parse().unwrap();
-    assert_eq!(pages * 65536, t.state.heap.total_bytes());
+    assert_eq!(pages * 65536, t.state.heap.memories[0].size);
     assert_eq!(Harness::reply(&t.query("get(\"a\")")), "some(\"1\")");
 }
 
@@ -494,4 +495,103 @@ fn scattered_writes_do_not_exhaust_kernel_mappings() {
         .parse()
         .unwrap();
     assert_eq!(sum, again);
+}
+
+// ---- Persisted mutable globals ---------------------------------------------
+
+/// A canister whose whole state is in mutable globals (see `globals.wat`).
+fn globals_canister() -> Vec<u8> {
+    wat::parse_str(include_str!("globals.wat")).unwrap()
+}
+
+#[test]
+fn mutable_globals_persist_across_messages_and_roll_back_on_traps() {
+    let mut g = Harness::new(&globals_canister());
+    for expected in 1..=3 {
+        assert_eq!(Harness::reply(&g.update("bump()")), expected.to_string());
+    }
+    // Every value type keeps its exact bits.
+    assert_eq!(Harness::reply(&g.query("wide()")), "3000000000005");
+    assert_eq!(Harness::reply(&g.query("float()")), "12");
+    assert_eq!(Harness::reply(&g.query("vector-high()")), "10");
+    assert_eq!(Harness::reply(&g.query("constant()")), "42");
+    // Two instances of one module keep their globals apart.
+    assert_eq!(Harness::reply(&g.update("tick-a()")), "1");
+    assert_eq!(Harness::reply(&g.update("tick-a()")), "2");
+    assert_eq!(Harness::reply(&g.update("tick-b()")), "1");
+
+    // A trap rolls the globals back with the rest of the state.
+    let before = g.state.clone();
+    let trapped = g.update("bump-then-trap()");
+    assert!(trapped.result.unwrap_err().message.contains("trapped"));
+    assert_eq!(g.state, before);
+    assert_eq!(Harness::reply(&g.query("peek()")), "3");
+
+    // A query sees the committed globals and its changes are discarded.
+    assert_eq!(Harness::reply(&g.query("bump-in-query()")), "4");
+    assert_eq!(Harness::reply(&g.query("bump-in-query()")), "4");
+    assert_eq!(Harness::reply(&g.update("bump()")), "4");
+
+    // A fresh engine and code cache (a restarted node) given the committed
+    // state continues from the saved globals.
+    let state = g.state.clone();
+    let mut restarted = Harness::new(&globals_canister());
+    restarted.state = state;
+    assert_eq!(Harness::reply(&restarted.update("bump()")), "5");
+    assert_eq!(Harness::reply(&restarted.update("tick-b()")), "2");
+    assert_eq!(Harness::reply(&restarted.query("float()")), "48");
+}
+
+#[test]
+fn unchanged_globals_dirty_no_page() {
+    // The Rust kv's only mutable global is its stack pointer, which returns
+    // to the same value after every call: after the first update (which
+    // writes the globals page once), an update dirties only heap pages.
+    let mut kv = Harness::new(cellar_examples::get("kv").unwrap().wasm);
+    let memories = |kv: &Harness| kv.state.heap.memories.len();
+    kv.update("add(\"a\", 1)");
+    let globals_page = kv.state.heap.memories.last().unwrap().pages.clone();
+    assert_eq!(globals_page.len(), 1, "the globals page is written once");
+    for i in 0..10 {
+        kv.update(&format!("add(\"a\", {i})"));
+    }
+    let after = &kv.state.heap.memories.last().unwrap().pages;
+    assert!(after.same_version(&globals_page));
+    assert!(memories(&kv) >= 2);
+}
+
+#[test]
+fn instrumentation_leaves_the_interface_and_global_free_components_alone() {
+    let instrumented = cellar_engine::instrument(&globals_canister()).unwrap();
+    // count, wide, float, vector in one instance, ticks in two.
+    assert_eq!(instrumented.globals, 6);
+    let g = Harness::new(&globals_canister());
+    let names: Vec<String> = g
+        .code
+        .interface
+        .methods
+        .iter()
+        .map(|m| m.qualified_name())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("cellar-globals")),
+        "{names:?}"
+    );
+    assert!(
+        g.code
+            .interface
+            .resolve(cellar_engine::SAVE_EXPORT)
+            .is_err()
+    );
+
+    let plain = wat::parse_str(
+        r#"(component
+             (core module $m (func (export "f") (result i32) (i32.const 1)))
+             (core instance $i (instantiate $m))
+             (func (export "f") (result u32) (canon lift (core func $i "f"))))"#,
+    )
+    .unwrap();
+    let out = cellar_engine::instrument(&plain).unwrap();
+    assert_eq!(out.globals, 0);
+    assert_eq!(out.wasm, plain);
 }

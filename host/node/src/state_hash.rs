@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::canister::Canister;
 
 /// Domain separation (and the version of the encoding below).
-const DOMAIN: &[u8] = b"cellar-state-hash-v1\0";
+const DOMAIN: &[u8] = b"cellar-state-hash-v2\0";
 
 /// Size and content hash of every linear memory of a canister, in order.
 ///
@@ -65,9 +65,11 @@ impl Encoder {
 /// for each canister in id order, its id, controllers, run status, module
 /// hash, cycles, certified data, timers, stable memory and linear memories.
 ///
-/// Stable memory is hashed by contents: its size in pages and every chunk
-/// that holds a non-zero byte (a chunk of zeros reads the same as an absent
-/// one, so whether it is stored does not change the hash).
+/// Stable memory is hashed by contents ([`StableMemory::hash`]: its size and
+/// the Merkle hashes of its chunk maps, maintained incrementally; chunks of
+/// zeros are never stored, so they do not change the hash).
+///
+/// [`StableMemory::hash`]: cellar_engine::StableMemory::hash
 pub(crate) fn hash(
     round: u64,
     next_index: u64,
@@ -103,15 +105,7 @@ pub(crate) fn hash(
         // Queues, deferred replies and outstanding calls: their canonical
         // JSON (struct fields in declaration order, maps sorted by key).
         e.bytes(&serde_json::to_vec(&canister.messaging).expect("messaging serializes"));
-        e.u64(state.stable.size_pages());
-        for (index, chunk) in state.stable.chunks() {
-            if chunk.iter().any(|b| *b != 0) {
-                e.0.update([1u8]);
-                e.u64(index);
-                e.bytes(chunk);
-            }
-        }
-        e.0.update([0u8]);
+        e.0.update(state.stable.hash());
         let memories = heap_memories(state);
         e.u64(memories.len() as u64);
         for (size, hash) in &memories {

@@ -1,0 +1,599 @@
+//! Memory images: the committed contents of a large linear memory kept in a
+//! `memfd`, mapped privately into each new instance.
+//!
+//! The lazy trackers pay a signal (and a copy ioctl) for the first touch of
+//! every page, because a fresh instance starts with nothing mapped. An
+//! image avoids that: it is a memfd holding exactly the pages of one
+//! [`PageMap`] version, and arming a memory maps it `MAP_PRIVATE` over the
+//! memory's reservation. Then
+//!
+//! - a read is an ordinary minor fault on the memfd's page cache, resolved
+//!   by the kernel (with fault-around), with no signal;
+//! - a write is a kernel copy-on-write fault: the page becomes a private
+//!   anonymous copy, and the memfd is not changed;
+//! - after the message, `PAGEMAP_SCAN` lists the pages that are present and
+//!   *not file pages* (nor the zero page): exactly the copies, i.e. the
+//!   pages written. No write protection, no userfaultfd registration.
+//!
+//! A successful message's commit copies its dirty pages into the image (a
+//! shared writable view of the memfd), which then holds the new version,
+//! ready for the next message; a trap or a query leaves it untouched
+//! because their writes were private. Pages grown during the message lie
+//! beyond the mapped image, in the reservation's anonymous part: their
+//! first access faults (they are inaccessible while tracked), the handler
+//! makes them accessible, and written ones are found by the same scan.
+//!
+//! Images live in a process-wide cache of bounded size, looked up by page
+//! map version (two maps of the same version hold the same pages). An image
+//! is used by one message at a time; another message that needs the same
+//! version meanwhile (a concurrent query) uses the lazy path. A miss builds
+//! the image (a copy of every stored page, once), so only memories with at
+//! least [`MIN_IMAGE_PAGES`] stored pages get one.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::memory::MemoryView;
+use crate::paging::{PAGE_SIZE, PageMap};
+
+/// Memories with fewer stored pages are armed lazily (building and keeping
+/// an image would cost more than it saves).
+pub(crate) const MIN_IMAGE_PAGES: u64 = 1024;
+/// Bytes of images kept in the cache (least recently used go first).
+const CACHE_BYTES: usize = 6 << 30;
+/// Images kept in the cache.
+const CACHE_ENTRIES: usize = 64;
+
+/// One image: a memfd and a shared writable view of it.
+struct Image {
+    fd: OwnedFd,
+    /// The shared view (`MAP_SHARED`), `capacity` bytes.
+    view: usize,
+    capacity: usize,
+    /// Bytes of the memfd (its size).
+    len: usize,
+}
+
+// SAFETY: the view is a mapping owned by the image; access is serialized
+// by the cache (an image is lent to one message at a time).
+unsafe impl Send for Image {}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, no longer lent to anyone.
+        unsafe { libc::munmap(self.view as *mut libc::c_void, self.capacity) };
+    }
+}
+
+impl Image {
+    /// A new image of `len` bytes holding `pages`.
+    fn build(pages: &PageMap, len: usize) -> io::Result<Image> {
+        // SAFETY: memfd_create with a static name.
+        let fd = unsafe { libc::memfd_create(c"cellar-image".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let capacity = 4usize << 30;
+        // SAFETY: a shared mapping of our memfd; the reserved size is the
+        // largest wasm32 memory, only the file's length is ever touched.
+        let view = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                capacity,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if view == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut image = Image {
+            fd,
+            view: view as usize,
+            capacity,
+            len: 0,
+        };
+        image.resize(len)?;
+        pages.for_each(|index, page| {
+            let at = index as usize * PAGE_SIZE;
+            if at + PAGE_SIZE <= image.len {
+                // SAFETY: inside the file's length, in our shared view.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        page.as_ptr(),
+                        (image.view + at) as *mut u8,
+                        PAGE_SIZE,
+                    )
+                };
+            }
+        });
+        Ok(image)
+    }
+
+    /// Grows the memfd to at least `len` bytes (new bytes are zero).
+    fn resize(&mut self, len: usize) -> io::Result<()> {
+        if len <= self.len {
+            return Ok(());
+        }
+        if len > self.capacity {
+            return Err(io::Error::other("an image is at most 4 GiB"));
+        }
+        // SAFETY: ftruncate of our memfd.
+        if unsafe { libc::ftruncate(self.fd.as_raw_fd(), len as libc::off_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.len = len;
+        Ok(())
+    }
+}
+
+struct Entry {
+    version: PageMap,
+    image: Option<Image>,
+    last_used: u64,
+}
+
+#[derive(Default)]
+struct Cache {
+    entries: Vec<Entry>,
+    clock: u64,
+}
+
+fn cache() -> &'static Mutex<Cache> {
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
+    CACHE.get_or_init(Mutex::default)
+}
+
+/// Takes the image of `version` out of the cache (building one when there
+/// is none), grown to `len` bytes. `None` when it is lent to another
+/// message right now (the caller arms lazily) or cannot be built.
+fn lend(version: &PageMap, len: usize) -> Option<Image> {
+    let cached = {
+        let mut cache = cache().lock().ok()?;
+        cache.clock += 1;
+        match cache
+            .entries
+            .iter_mut()
+            .find(|e| e.version.same_version(version))
+        {
+            // `None`: lent out; the entry stays as a marker until returned.
+            Some(entry) => Some(entry.image.take()?),
+            None => {
+                cache.entries.push(Entry {
+                    version: version.clone(),
+                    image: None,
+                    last_used: 0,
+                });
+                None
+            }
+        }
+    };
+    let image = match cached {
+        Some(mut image) => image.resize(len).map(|()| image),
+        None => Image::build(version, len),
+    };
+    if image.is_err() {
+        forget(version);
+    }
+    image.ok()
+}
+
+/// Drops the lent marker of `version`.
+fn forget(version: &PageMap) {
+    if let Ok(mut cache) = cache().lock()
+        && let Some(i) = cache
+            .entries
+            .iter()
+            .position(|e| e.image.is_none() && e.version.same_version(version))
+    {
+        cache.entries.remove(i);
+    }
+}
+
+/// Puts `image`, lent for `lent` and now holding `version`, back into the
+/// cache.
+fn give_back(lent: &PageMap, version: PageMap, image: Image) {
+    forget(lent);
+    let Ok(mut cache) = cache().lock() else {
+        return;
+    };
+    cache.clock += 1;
+    let clock = cache.clock;
+    cache.entries.push(Entry {
+        version,
+        image: Some(image),
+        last_used: clock,
+    });
+    // Evict the least recently used images beyond the bounds.
+    loop {
+        let (count, bytes) = cache
+            .entries
+            .iter()
+            .filter_map(|e| e.image.as_ref().map(|i| i.len))
+            .fold((0, 0), |(n, b), len| (n + 1, b + len));
+        if count <= CACHE_ENTRIES && bytes <= CACHE_BYTES {
+            break;
+        }
+        let Some(oldest) = cache
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.image.is_some())
+            .min_by_key(|(_, e)| e.last_used)
+            .map(|(i, _)| i)
+        else {
+            break;
+        };
+        cache.entries.remove(oldest);
+    }
+}
+
+/// A memory armed with a private mapping of an image.
+pub(crate) struct ImageMemory {
+    base: usize,
+    size: Arc<AtomicUsize>,
+    /// Bytes made accessible so far (grown pages beyond `mapped`).
+    accessible: usize,
+    committed: PageMap,
+    image: std::cell::Cell<Option<Image>>,
+    faults: u64,
+    written: std::cell::OnceCell<Vec<usize>>,
+}
+
+impl ImageMemory {
+    /// Arms `view` with the image of `committed`, when the memory is large
+    /// enough to deserve one and the kernel provides it; `Ok(None)`
+    /// otherwise (the caller arms it lazily).
+    ///
+    /// # Safety
+    /// The store owning the memory must be alive and no wasm may run.
+    pub(crate) unsafe fn arm(view: &MemoryView, committed: &PageMap) -> io::Result<Option<Self>> {
+        let (base, size) = (view.base(), view.len());
+        if committed.len() < MIN_IMAGE_PAGES || size == 0 || !supported() {
+            return Ok(None);
+        }
+        let Some(image) = lend(committed, size) else {
+            return Ok(None);
+        };
+        view.set_tracked(true);
+        // SAFETY: replaces the accessible part of our own reservation with
+        // a private mapping of the image.
+        let mapped = unsafe {
+            libc::mmap(
+                base as *mut libc::c_void,
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                image.fd.as_raw_fd(),
+                0,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            let error = io::Error::last_os_error();
+            give_back(committed, committed.clone(), image);
+            return Err(error);
+        }
+        Ok(Some(ImageMemory {
+            base,
+            size: view.size_handle(),
+            accessible: size,
+            committed: committed.clone(),
+            image: std::cell::Cell::new(Some(image)),
+            faults: 0,
+            written: std::cell::OnceCell::new(),
+        }))
+    }
+
+    /// Whether `address` lies in pages grown during the message and not
+    /// accessible yet.
+    pub(crate) fn covers_grown(&self, address: usize) -> bool {
+        address >= self.base + self.accessible
+            && address < self.base + self.size.load(Ordering::Acquire)
+    }
+
+    /// Makes the grown pages accessible (anonymous, zero). Async-signal-safe.
+    pub(crate) fn open_growth(&mut self) -> bool {
+        let size = self.size.load(Ordering::Acquire);
+        self.faults += 1;
+        // SAFETY: the range lies in the memory's reservation, below its
+        // accessible size.
+        let rc = unsafe {
+            libc::mprotect(
+                (self.base + self.accessible) as *mut libc::c_void,
+                size - self.accessible,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        };
+        if rc != 0 {
+            return false;
+        }
+        self.accessible = size;
+        true
+    }
+
+    /// Pages written during the message, scanned once.
+    fn written(&self) -> &[usize] {
+        self.written.get_or_init(|| {
+            crate::uffd::scan_copied(self.base, self.accessible).unwrap_or_else(|e| {
+                // Losing writes would corrupt the canister's state.
+                panic!("PAGEMAP_SCAN of an armed memory failed: {e}")
+            })
+        })
+    }
+
+    /// The committed map with this message's written pages applied. The
+    /// image is brought to the new version.
+    ///
+    /// # Safety
+    /// The store must be alive and no wasm may run.
+    pub(crate) unsafe fn commit(&self) -> PageMap {
+        let written = self.written().to_vec();
+        let mut updates = Vec::with_capacity(written.len());
+        for page in written {
+            // SAFETY: written pages are mapped and readable.
+            let bytes = unsafe {
+                std::slice::from_raw_parts((self.base + page * PAGE_SIZE) as *const u8, PAGE_SIZE)
+            };
+            let content = if bytes.iter().all(|b| *b == 0) {
+                None
+            } else {
+                Some(crate::paging::page_from_slice(bytes))
+            };
+            updates.push((page as u64, content));
+        }
+        let next = self.committed.with_updates(updates.iter().cloned());
+        if let Some(mut image) = self.image.take() {
+            let size = self.size.load(Ordering::Acquire);
+            if image.resize(size).is_ok() {
+                for (page, content) in &updates {
+                    let at = *page as usize * PAGE_SIZE;
+                    let target = (image.view + at) as *mut u8;
+                    // SAFETY: inside the image's length, in its shared view,
+                    // which this memory holds exclusively.
+                    unsafe {
+                        match content {
+                            Some(bytes) => {
+                                std::ptr::copy_nonoverlapping(bytes.as_ptr(), target, PAGE_SIZE)
+                            }
+                            None => std::ptr::write_bytes(target, 0, PAGE_SIZE),
+                        }
+                    }
+                }
+                give_back(&self.committed, next.clone(), image);
+            } else {
+                forget(&self.committed);
+            }
+        }
+        next
+    }
+
+    /// Faults handled (only growth; page faults are the kernel's).
+    pub(crate) fn faults(&self) -> u64 {
+        self.faults
+    }
+
+    /// Pages written by the message (scans the memory on first use).
+    pub(crate) fn dirty_pages(&self) -> usize {
+        self.written().len()
+    }
+}
+
+impl Drop for ImageMemory {
+    fn drop(&mut self) {
+        // Not committed (a trap, a query, a rejected message): the image
+        // still holds the committed version.
+        if let Some(image) = self.image.take() {
+            give_back(&self.committed, self.committed.clone(), image);
+        }
+    }
+}
+
+static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns memory images off (or back on) for this process: the userfaultfd
+/// tracker then maps every memory lazily. For benchmarks that compare both.
+/// Turning them off frees the cached images.
+pub fn set_memory_images(enabled: bool) {
+    DISABLED.store(!enabled, Ordering::Relaxed);
+    if !enabled && let Ok(mut cache) = cache().lock() {
+        cache.entries.retain(|e| e.image.is_none());
+    }
+}
+
+/// Whether images are enabled and work here: a private mapping of a
+/// memfd, one page read and one written, and `PAGEMAP_SCAN` finding
+/// exactly the written one.
+fn supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    !DISABLED.load(Ordering::Relaxed) && *SUPPORTED.get_or_init(|| probe().is_ok())
+}
+
+fn probe() -> io::Result<()> {
+    let pages = PageMap::default()
+        .with_updates((0..4u64).map(|i| (i, Some(Arc::new([i as u8 + 1; PAGE_SIZE])))));
+    let image = Image::build(&pages, 4 * PAGE_SIZE)?;
+    // SAFETY: a fresh private mapping of the probe image.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            8 * PAGE_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+            image.fd.as_raw_fd(),
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let base = base as usize;
+    // SAFETY: inside the mapping (pages 0..4 are in the file).
+    let (read, _) = unsafe {
+        let read = std::ptr::read_volatile((base + PAGE_SIZE) as *const u8);
+        std::ptr::write_volatile((base + 2 * PAGE_SIZE + 5) as *mut u8, 9);
+        (read, ())
+    };
+    let written = crate::uffd::scan_copied(base, 4 * PAGE_SIZE);
+    // SAFETY: our own mapping.
+    unsafe { libc::munmap(base as *mut libc::c_void, 8 * PAGE_SIZE) };
+    let written = written?;
+    // The image itself is unchanged by the private write.
+    // SAFETY: the shared view covers the file.
+    let shared = unsafe { std::ptr::read_volatile((image.view + 2 * PAGE_SIZE + 5) as *const u8) };
+    if read != 2 || written != [2] || shared != 3 {
+        return Err(io::Error::other(format!(
+            "memory images unsupported: read {read}, written {written:?}, image {shared}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{HostMemoryCreator, with_memory_plan};
+    use crate::tracker::{self, ArmGuard, Armed};
+    use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
+
+    fn page_of(byte: u8) -> Option<Arc<crate::paging::Page>> {
+        Some(Arc::new([byte; PAGE_SIZE]))
+    }
+
+    /// A host memory of `pages` pages, filled with garbage as if
+    /// instantiation had written it.
+    fn memory(pages: usize) -> (Box<dyn LinearMemory>, MemoryView) {
+        let size = pages * PAGE_SIZE;
+        let (memory, views) = with_memory_plan(vec![size], || {
+            HostMemoryCreator
+                .new_memory(MemoryType::new(0, None), 0, None, None, 0)
+                .unwrap()
+        });
+        let view = views.into_iter().next().unwrap();
+        // SAFETY: the memory is accessible up to its size.
+        unsafe { std::ptr::write_bytes(view.base() as *mut u8, 0xEE, size) };
+        (memory, view)
+    }
+
+    fn read(view: &MemoryView, page: usize) -> u8 {
+        // SAFETY: inside the memory; faults are resolved while armed.
+        unsafe { std::ptr::read_volatile((view.base() + page * PAGE_SIZE + 7) as *const u8) }
+    }
+
+    fn write(view: &MemoryView, page: usize, value: u8) {
+        // SAFETY: as above.
+        unsafe { std::ptr::write_volatile((view.base() + page * PAGE_SIZE + 7) as *mut u8, value) }
+    }
+
+    /// Arms a fresh memory of `pages` pages with `committed`.
+    fn arm(pages: usize, committed: &PageMap) -> (Box<dyn LinearMemory>, MemoryView, ImageMemory) {
+        let (linear, view) = memory(pages);
+        // SAFETY: no wasm runs; the memory is alive.
+        let armed = unsafe { ImageMemory::arm(&view, committed) }
+            .unwrap()
+            .expect("an image for a large memory");
+        (linear, view, armed)
+    }
+
+    #[test]
+    fn images_track_writes_commit_reuse_and_roll_back() {
+        if let Err(e) = probe() {
+            eprintln!("skipping: {e}");
+            return;
+        }
+        tracker::install_handler();
+        let pages = 4096usize;
+        // Distinct contents per test run, so that no other test's image
+        // of an equal-looking map is involved (versions are identities).
+        let committed = PageMap::default()
+            .with_updates((0..2048u64).map(|i| (i, page_of((i % 200) as u8 + 1))));
+
+        // Message 1: reads, writes (a stored page, a zero page, a page
+        // written back to zeros), growth; then commit.
+        let (mut linear, view, armed) = arm(pages, &committed);
+        let mut armed = [Armed::Image(armed)];
+        {
+            let _guard = ArmGuard::new(&mut armed);
+            assert_eq!(read(&view, 5), 6);
+            assert_eq!(read(&view, 3000), 0);
+            write(&view, 10, 0xAB);
+            write(&view, 3001, 0xCD);
+            // SAFETY: inside the memory.
+            unsafe {
+                std::ptr::write_bytes((view.base() + 20 * PAGE_SIZE) as *mut u8, 0, PAGE_SIZE)
+            };
+            linear.grow_to((pages + 16) * PAGE_SIZE).unwrap();
+            assert_eq!(read(&view, pages + 3), 0);
+            write(&view, pages + 4, 0x22);
+        }
+        let Armed::Image(memory) = &armed[0] else {
+            unreachable!()
+        };
+        assert_eq!(memory.written(), &[10, 20, 3001, pages + 4]);
+        // SAFETY: the guard is gone, the memory alive.
+        let next = unsafe { armed[0].commit() };
+        let mut ten = [11u8; PAGE_SIZE];
+        ten[7] = 0xAB;
+        let mut zero_page_written = [0u8; PAGE_SIZE];
+        zero_page_written[7] = 0xCD;
+        let mut grown = [0u8; PAGE_SIZE];
+        grown[7] = 0x22;
+        let expected = committed.with_updates([
+            (10, Some(Arc::new(ten))),
+            (20, None),
+            (3001, Some(Arc::new(zero_page_written))),
+            (pages as u64 + 4, Some(Arc::new(grown))),
+        ]);
+        assert_eq!(next, expected);
+        drop(armed);
+        drop(linear);
+
+        // Message 2 on the new version: the image was brought up to date.
+        let (linear, view, armed) = arm(pages + 16, &next);
+        let mut armed = [Armed::Image(armed)];
+        {
+            let _guard = ArmGuard::new(&mut armed);
+            assert_eq!(read(&view, 10), 0xAB);
+            assert_eq!(read(&view, 20), 0);
+            assert_eq!(read(&view, 3001), 0xCD);
+            assert_eq!(read(&view, pages + 4), 0x22);
+            assert_eq!(read(&view, 11), 12);
+            // A write that is then discarded (a trap: no commit).
+            write(&view, 11, 0x77);
+        }
+        drop(armed);
+        drop(linear);
+
+        // Message 3 sees the committed contents, not the discarded write.
+        let (linear, view, armed) = arm(pages + 16, &next);
+        let mut armed = [Armed::Image(armed)];
+        {
+            let _guard = ArmGuard::new(&mut armed);
+            assert_eq!(read(&view, 11), 12);
+            assert_eq!(read(&view, 10), 0xAB);
+        }
+        let Armed::Image(memory) = &armed[0] else {
+            unreachable!()
+        };
+        assert_eq!(memory.dirty_pages(), 0);
+        drop(armed);
+        drop(linear);
+    }
+
+    #[test]
+    fn small_memories_get_no_image() {
+        let (_linear, view) = memory(64);
+        let committed = PageMap::default().with_updates([(1, page_of(1))]);
+        // SAFETY: no wasm runs; the memory is alive.
+        assert!(
+            unsafe { ImageMemory::arm(&view, &committed) }
+                .unwrap()
+                .is_none()
+        );
+    }
+}
