@@ -279,7 +279,7 @@ fn identities_canister_management_json_and_completions() {
     let list = ok(cellar_in(&url, &config, &["canister", "list"]));
     assert!(!list.contains(&testbed), "{list}");
     let status = json(cellar_in(&url, &config, &["status", "--json"]));
-    assert_eq!(status["node"]["canisters"], 3);
+    assert_eq!(status["node"]["canisters"], 4);
 
     // Shell completions.
     for shell in ["bash", "zsh", "fish"] {
