@@ -102,7 +102,7 @@ fn dashboard_shows_the_node_moving_in_chromium() {
     let page = format!("{url}/dashboard");
     let first = load(&browser, &page, &dir.path().join("profile-1"));
     assert!(value(&first, "polls") >= 2.0, "the page polled:\n{first}");
-    assert_eq!(value(&first, "canister-count"), 3.0);
+    assert_eq!(value(&first, "canister-count"), 4.0);
     assert_eq!(value(&first, "updates"), 3.0);
     assert_eq!(value(&first, "queries"), 1.0);
     assert!(value(&first, "memory") > 0.0);

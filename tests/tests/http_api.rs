@@ -343,7 +343,7 @@ fn submit_and_poll_replays_expiry_and_limits() {
     assert!(value("cellar_http_responses_total{class=\"4xx\"}") >= 5);
     assert!(value("cellar_message_duration_seconds_count{kind=\"update\"}") >= 5);
     assert!(value("cellar_instructions_total{kind=\"update\"}") > 0);
-    assert_eq!(value("cellar_canisters{status=\"running\"}"), 3);
+    assert_eq!(value("cellar_canisters{status=\"running\"}"), 4);
     assert!(value("cellar_memory_bytes{kind=\"heap\"}") > 0);
     let activity = alice.activity().unwrap();
     assert!(activity.messages.updates >= 5);

@@ -357,8 +357,10 @@ fn a_flood_from_many_canisters_does_not_delay_a_light_one() {
         }
         let before = node.round();
         assert_eq!(call(&node, &light, "increment", "").unwrap(), "1");
+        // At most: the round running when it was sent, the round that had
+        // already taken its batch, and the round that runs it.
         let waited = node.round() - before;
-        assert!(waited <= 2, "the light call waited {waited} rounds");
+        assert!(waited <= 3, "the light call waited {waited} rounds");
     });
 }
 
@@ -453,14 +455,17 @@ fn a_long_message_runs_across_rounds_and_others_wait_for_it() {
             let value = call(&node, &relay, "burn", iterations).unwrap();
             (value, node.round() - before)
         });
-        // While it is paused: queries answer from the state before it,
-        // other canisters run, and the relay's next message waits.
+        // While it runs across rounds: queries answer from the state before
+        // it, other canisters run, and the relay's next message waits. It
+        // needs about 20 slices, so three rounds in it is still running.
+        let start_round = node.round();
         let start = std::time::Instant::now();
-        while node.paused_executions() == 0 && start.elapsed() < std::time::Duration::from_secs(60)
+        while node.round() < start_round + 3
+            && start.elapsed() < std::time::Duration::from_secs(120)
         {
             std::thread::yield_now();
         }
-        assert_eq!(node.paused_executions(), 1, "the message never paused");
+        assert!(!long.is_finished(), "the message did not run across rounds");
         assert_eq!(query(&node, &relay, "ticks", ""), "0");
         call(&node, &kv, "add", "\"during\", 1").unwrap();
         let (value, rounds) = long.join().unwrap();
@@ -497,10 +502,12 @@ fn a_checkpoint_during_a_long_message_restarts_it_and_loses_nothing() {
     let node = Node::open(sliced_options(dir.path(), 20_000_000, 60)).unwrap();
     assert_eq!(node.state_hash(), hash);
     assert_eq!(node.paused_executions(), 0);
-    // A checkpoint interval too short for the longest message is refused.
-    let err = Node::open(sliced_options(dir.path(), 20_000_000, 10))
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(err.contains("slices"), "{err}");
+    // A checkpoint interval too short for the longest message makes the
+    // slices bigger: messages still finish.
+    drop(node);
+    let node = Node::open(sliced_options(dir.path(), 20_000_000, 10)).unwrap();
+    let before = node.aborted_executions();
+    assert_eq!(call(&node, &relay, "burn", "15000000").unwrap(), values[0]);
+    assert_eq!(node.paused_executions(), 0);
+    assert_eq!(node.aborted_executions(), before);
 }

@@ -299,17 +299,24 @@ impl Node {
     pub fn open(options: NodeOptions) -> anyhow::Result<Self> {
         // Checkpoints abort paused executions; a message that needs more
         // slices than a checkpoint interval has rounds would never finish.
-        let slices = options
-            .limits
+        // Slices grow until the longest message fits between checkpoints
+        // (every replica has the same settings, so the same slices).
+        let mut options = options;
+        let interval = options.checkpoint_interval.max(2);
+        let limits = &mut options.limits;
+        if limits
             .update_instructions
-            .div_ceil(options.limits.slice_instructions.max(1));
-        anyhow::ensure!(
-            slices < options.checkpoint_interval,
-            "a message may need {slices} slices of {} instructions but checkpoints come every {} \
-             rounds: raise the checkpoint interval or the slice size",
-            options.limits.slice_instructions,
-            options.checkpoint_interval
-        );
+            .div_ceil(limits.slice_instructions.max(1))
+            >= interval
+        {
+            let slice = limits.update_instructions.div_ceil(interval - 1);
+            tracing::warn!(
+                checkpoint_interval = interval,
+                slice,
+                "slices raised so that the longest message fits between two checkpoints"
+            );
+            limits.slice_instructions = slice;
+        }
         let modules_dir = options.data_dir.join("modules");
         let state_dir = options.data_dir.join("state");
         std::fs::create_dir_all(&modules_dir)?;
