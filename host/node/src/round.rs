@@ -75,6 +75,10 @@ struct Source<'a> {
     sliceable: Option<InputMessage>,
 }
 
+/// A canister the scheduler picked for the round: its copy, its paused
+/// execution if any, and its instruction allowance.
+type Scheduled = (Canister, Option<PausedMessage>, u64);
+
 /// What one canister did in a round.
 struct CanisterRun {
     canister: Canister,
@@ -402,12 +406,7 @@ impl Node {
 
     /// Executes the canisters (each with its allowance) on the configured
     /// number of threads; the results come back in the given order.
-    fn run_canisters(
-        &self,
-        ordered: Vec<(Canister, Option<PausedMessage>, u64)>,
-        round: u64,
-        time: u64,
-    ) -> Vec<CanisterRun> {
+    fn run_canisters(&self, ordered: Vec<Scheduled>, round: u64, time: u64) -> Vec<CanisterRun> {
         let threads = self.options.execution_threads.min(ordered.len()).max(1);
         if threads == 1 {
             return ordered
@@ -415,7 +414,7 @@ impl Node {
                 .map(|(c, paused, allowance)| self.run_canister(c, paused, allowance, round, time))
                 .collect();
         }
-        let inputs: Vec<Mutex<Option<(Canister, Option<PausedMessage>, u64)>>> =
+        let inputs: Vec<Mutex<Option<Scheduled>>> =
             ordered.into_iter().map(|x| Mutex::new(Some(x))).collect();
         let outputs: Vec<Mutex<Option<CanisterRun>>> =
             inputs.iter().map(|_| Mutex::new(None)).collect();
