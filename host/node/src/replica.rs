@@ -285,6 +285,10 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
         cup_path,
         reported: BTreeMap::new(),
         stalled: false,
+        recent: VecDeque::new(),
+        syncing: None,
+        deferred: VecDeque::new(),
+        last_sync_request_ms: 0,
     };
     tokio::spawn(replica.run(inbound, submits));
     let max_body = cellar_engine::Limits::default().max_component_bytes * 4 / 3 + (1 << 20);
@@ -300,6 +304,40 @@ struct Replica {
     reported: BTreeMap<u64, [u8; 32]>,
     /// Execution cannot continue (it would need state sync).
     stalled: bool,
+    /// The last batches executed, served to replicas catching up.
+    recent: VecDeque<SyncBatch>,
+    /// Catching up to this catch-up package from peers' batches.
+    syncing: Option<CatchUpPackage>,
+    /// Finalized batches above the package, kept until the sync is done.
+    deferred: VecDeque<FinalizedBatch>,
+    last_sync_request_ms: u64,
+}
+
+/// Batches kept for replicas that catch up.
+const RECENT_BATCHES: usize = 8192;
+
+/// Most batches in one sync answer.
+const SYNC_CHUNK: usize = 256;
+
+/// The transport kind of catch-up messages between replicas (not consensus).
+const SYNC_KIND: ArtifactKind = ArtifactKind(200);
+
+/// An executed batch as a replica that catches up replays it.
+#[derive(Clone, Serialize, Deserialize)]
+struct SyncBatch {
+    height: u64,
+    time_nanos: u64,
+    items: Vec<([u8; 32], Vec<u8>)>,
+}
+
+/// Catch-up messages: a replica behind a catch-up package asks for the
+/// batches after its round; peers answer with what they still hold. The
+/// answer is not trusted: after replaying up to the package's height the
+/// state hash must equal the one the package certifies.
+#[derive(Serialize, Deserialize)]
+enum SyncMessage {
+    Request { from: u64, nonce: u64 },
+    Batches(Vec<SyncBatch>),
 }
 
 fn kind_of(a: &ConsensusArtifact) -> ArtifactKind {
@@ -322,6 +360,10 @@ impl Replica {
         loop {
             let actions = tokio::select! {
                 Some(r) = inbound.recv() => {
+                    if r.artifact.kind() == SYNC_KIND {
+                        self.on_sync(r).await;
+                        continue;
+                    }
                     match ConsensusArtifact::from_bytes(r.artifact.payload()) {
                         Ok(a) => self.consensus.on_artifact(r.from, a),
                         Err(e) => {
@@ -337,7 +379,10 @@ impl Replica {
                         continue;
                     }
                 },
-                _ = tick.tick() => self.consensus.on_tick(now_ms()),
+                _ = tick.tick() => {
+                    self.maybe_request_sync();
+                    self.consensus.on_tick(now_ms())
+                }
                 else => break,
             };
             self.act(actions).await;
@@ -353,6 +398,9 @@ impl Replica {
                     if let Err(e) = self.transport.broadcast(&artifact) {
                         tracing::warn!("broadcast failed: {e}");
                     }
+                }
+                Action::Deliver(batch) if self.syncing.is_some() => {
+                    self.deferred.push_back(batch);
                 }
                 Action::Deliver(batch) => {
                     if let Some(more) = self.execute(batch).await {
@@ -373,17 +421,116 @@ impl Replica {
                 Action::StateSync(cup) => {
                     self.check(&cup);
                     if cup.content.height > self.node.round() {
-                        tracing::error!(
+                        tracing::warn!(
                             height = cup.content.height,
                             round = self.node.round(),
-                            "this replica fell behind a catch-up package; state sync is not \
-                             implemented yet: execution stops here"
+                            "behind a catch-up package: fetching the batches from peers"
                         );
-                        self.stalled = true;
+                        self.deferred.retain(|b| b.height > cup.content.height);
+                        self.syncing = Some(cup);
+                        self.last_sync_request_ms = 0;
+                        self.maybe_request_sync();
                     }
                 }
                 Action::PolicyError(e) => tracing::warn!("consensus policy error: {e}"),
             }
+        }
+    }
+
+    /// Asks the peers for the batches after this replica's round while it
+    /// catches up (again every second until it is done).
+    fn maybe_request_sync(&mut self) {
+        if self.syncing.is_none() || now_ms() < self.last_sync_request_ms + 1000 {
+            return;
+        }
+        self.last_sync_request_ms = now_ms();
+        let request = SyncMessage::Request {
+            from: self.node.round() + 1,
+            nonce: now_nanos(),
+        };
+        if let Ok(bytes) = serde_json::to_vec(&request) {
+            let _ = self.transport.broadcast(&NetArtifact::new(SYNC_KIND, bytes));
+        }
+    }
+
+    /// A catch-up message from a peer.
+    async fn on_sync(&mut self, r: Received) {
+        let Ok(message) = serde_json::from_slice::<SyncMessage>(r.artifact.payload()) else {
+            tracing::warn!(from = r.from, "undecodable sync message");
+            return;
+        };
+        match message {
+            SyncMessage::Request { from, .. } => {
+                let batches: Vec<SyncBatch> = self
+                    .recent
+                    .iter()
+                    .filter(|b| b.height >= from)
+                    .take(SYNC_CHUNK)
+                    .cloned()
+                    .collect();
+                if batches.is_empty() {
+                    return;
+                }
+                if let Ok(bytes) = serde_json::to_vec(&SyncMessage::Batches(batches)) {
+                    let _ = self
+                        .transport
+                        .send(r.from, &NetArtifact::new(SYNC_KIND, bytes));
+                }
+            }
+            SyncMessage::Batches(batches) => {
+                let Some(target) = self.syncing.clone() else {
+                    return;
+                };
+                let top = target.content.height;
+                for b in batches {
+                    if b.height != self.node.round() + 1 || b.height > top {
+                        continue;
+                    }
+                    let node = self.node.clone();
+                    let sb = b.clone();
+                    let result = tokio::task::spawn_blocking(move || {
+                        node.apply_finalized(sb.height, sb.time_nanos, &sb.items)?;
+                        Ok::<_, NodeError>(node.state_hash())
+                    })
+                    .await;
+                    let hash = match result {
+                        Ok(Ok(hash)) => hash,
+                        Ok(Err(e)) => {
+                            tracing::error!(height = b.height, "cannot replay a batch: {e}");
+                            self.stalled = true;
+                            self.syncing = None;
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::error!("replay panicked: {e}");
+                            std::process::exit(4);
+                        }
+                    };
+                    self.remember(b);
+                    if self.node.round() == top {
+                        self.reported.insert(top, hash);
+                        self.check(&target);
+                        tracing::info!(height = top, "caught up; the state hash matches");
+                        self.syncing = None;
+                        let deferred: Vec<FinalizedBatch> = self.deferred.drain(..).collect();
+                        for batch in deferred {
+                            if let Some(more) = self.execute(batch).await {
+                                Box::pin(self.act(more)).await;
+                            }
+                        }
+                        return;
+                    }
+                }
+                self.last_sync_request_ms = 0;
+                self.maybe_request_sync();
+            }
+        }
+    }
+
+    fn remember(&mut self, batch: SyncBatch) {
+        self.recent.push_back(batch);
+        while self.recent.len() > RECENT_BATCHES {
+            self.recent.pop_front();
         }
     }
 
@@ -423,9 +570,11 @@ impl Replica {
         let node = self.node.clone();
         let height = batch.height;
         let time_nanos = batch.time_ms.saturating_mul(1_000_000);
+        let wants_hash = batch.needs_state_hash;
         let result = tokio::task::spawn_blocking(move || {
             let ran = node.apply_finalized(height, time_nanos, &items)?;
-            Ok::<_, NodeError>((ran, node.state_hash()))
+            let hash = if wants_hash { node.state_hash() } else { [0; 32] };
+            Ok::<_, NodeError>((ran, hash))
         })
         .await;
         let (ran, hash) = match result {
@@ -440,6 +589,18 @@ impl Replica {
                 std::process::exit(4);
             }
         };
+        if ran {
+            self.remember(SyncBatch {
+                height,
+                time_nanos,
+                items: batch
+                    .payload
+                    .ingress
+                    .iter()
+                    .map(|m| (m.id().0, m.content.clone()))
+                    .collect(),
+            });
+        }
         if !batch.needs_state_hash || !ran {
             return None;
         }
