@@ -22,10 +22,7 @@ pub fn key_file(i: usize) -> String {
 pub fn subnet_new(addresses: &[SocketAddr], out: &Path) -> Result<Genesis> {
     let (genesis, keys) = cellar_node::replica::new_subnet(addresses)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    std::fs::write(
-        out.join(GENESIS_FILE),
-        serde_json::to_vec_pretty(&genesis)?,
-    )?;
+    std::fs::write(out.join(GENESIS_FILE), serde_json::to_vec_pretty(&genesis)?)?;
     for (i, key) in keys.iter().enumerate() {
         write_secret(&out.join(key_file(i)), &serde_json::to_vec_pretty(key)?)?;
     }

@@ -366,7 +366,11 @@ fn run(cli: Cli) -> Result<()> {
             for url in &urls {
                 println!("{url}");
             }
-            eprintln!("fleet of {} replicas up; files in {}", urls.len(), dir.display());
+            eprintln!(
+                "fleet of {} replicas up; files in {}",
+                urls.len(),
+                dir.display()
+            );
             Ok(())
         }
         Command::Fleet(FleetCommand::Down { dir }) => {

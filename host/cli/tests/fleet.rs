@@ -3,7 +3,8 @@
 //! them. Checked: updates sent to different replicas are all applied; every
 //! replica answers a query alike and reports the same state hash at the
 //! same round; after SIGKILL of one replica the others still acknowledge
-//! updates. Waits are bounded by generous deadlines; nothing is timed.
+//! updates; restarted, it catches up (from peers' batches, checked against
+//! the certified state hash) and agrees again. Waits are bounded by generous deadlines; nothing is timed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -148,4 +149,85 @@ fn four_replicas_agree_and_survive_a_kill() {
         assert_eq!(reply, expected.to_string(), "after the kill, via {url}");
     }
     common_state_hash(&fleet.urls[..3]);
+
+    // Restart replica 3 on its data directory: it catches up.
+    let listen = fleet.urls[3].trim_start_matches("http://").to_string();
+    let dir = &fleet.dir;
+    let child = Command::new(CELLAR)
+        .args(["node", "start", "--config"])
+        .arg(dir.join("genesis.json"))
+        .arg("--key")
+        .arg(dir.join("node-3.key.json"))
+        .arg("--data-dir")
+        .arg(dir.join("node-3"))
+        .args(["--listen", &listen])
+        .stdout(std::fs::File::create(dir.join("node-3-restarted.log")).unwrap())
+        .stderr(std::fs::File::create(dir.join("node-3-restarted.err")).unwrap())
+        .spawn()
+        .expect("restart replica 3");
+    let _restarted = KillOnDrop(child);
+    // Keep the subnet busy while it catches up.
+    for url in &fleet.urls[..3] {
+        cellar(&fleet, url, &["call", &id, "increment()"]).expect("update");
+        expected += 1;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let answer = cellar(&fleet, &fleet.urls[3], &["query", &id, "get()"]);
+        if answer.as_deref() == Ok(expected.to_string().as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restarted replica answers {answer:?}, want {expected}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    common_state_hash(&fleet.urls);
+    // And it takes updates again.
+    let reply = cellar(&fleet, &fleet.urls[3], &["call", &id, "increment()"]).expect("update");
+    assert_eq!(reply, (expected + 1).to_string());
+}
+
+/// SIGKILLs a replica this test started when the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn subnet_new_writes_genesis_and_private_key_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(CELLAR)
+        .args([
+            "subnet",
+            "new",
+            "--nodes",
+            "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103,127.0.0.1:7104",
+            "--out",
+        ])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let genesis: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("genesis.json")).unwrap()).unwrap();
+    let members = genesis["members"].as_array().unwrap();
+    assert_eq!(members.len(), 4);
+    assert_eq!(members[2]["address"], "127.0.0.1:7103");
+    assert_eq!(members[2]["node_index"], 2);
+    assert_eq!(genesis["keys"]["node_keys"].as_array().unwrap().len(), 4);
+    for i in 0..4 {
+        let meta = std::fs::metadata(tmp.path().join(format!("node-{i}.key.json"))).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
 }

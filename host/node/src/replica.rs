@@ -31,8 +31,8 @@ use cellar_consensus::{
     Action, CatchUpPackage, ConsensusConfig, ConsensusNode, FinalizedBatch, Hash32, IccPolicy,
 };
 use cellar_net::{
-    Artifact as NetArtifact, ArtifactKind, Membership, NodeKeyPair, PeerInfo, Received,
-    Transport, TransportConfig, TransportHandle,
+    Artifact as NetArtifact, ArtifactKind, Membership, NodeKeyPair, PeerInfo, Received, Transport,
+    TransportConfig, TransportHandle,
 };
 use data_encoding::HEXLOWER;
 use serde::{Deserialize, Serialize};
@@ -222,8 +222,8 @@ pub struct ReplicaConfig {
 
 /// Reads a JSON file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("bad {}: {e}", path.display()))
 }
 
@@ -449,7 +449,9 @@ impl Replica {
             nonce: now_nanos(),
         };
         if let Ok(bytes) = serde_json::to_vec(&request) {
-            let _ = self.transport.broadcast(&NetArtifact::new(SYNC_KIND, bytes));
+            let _ = self
+                .transport
+                .broadcast(&NetArtifact::new(SYNC_KIND, bytes));
         }
     }
 
@@ -573,7 +575,11 @@ impl Replica {
         let wants_hash = batch.needs_state_hash;
         let result = tokio::task::spawn_blocking(move || {
             let ran = node.apply_finalized(height, time_nanos, &items)?;
-            let hash = if wants_hash { node.state_hash() } else { [0; 32] };
+            let hash = if wants_hash {
+                node.state_hash()
+            } else {
+                [0; 32]
+            };
             Ok::<_, NodeError>((ran, hash))
         })
         .await;
