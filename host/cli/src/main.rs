@@ -21,6 +21,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_fleet;
 mod bench_scheduler;
 mod call_text;
 mod canister;
@@ -264,6 +265,9 @@ enum BenchCommand {
     /// Queries and updates per second through HTTP on loopback against the
     /// same calls in-process, with p50/p99 latency.
     Api(bench_api::ApiBenchArgs),
+    /// Update throughput, p50/p99 latency and blocks per second through a
+    /// local subnet of replica processes, with and without injected delay.
+    Fleet(bench_fleet::FleetBenchArgs),
 }
 
 /// Arguments of `call` and `query`.
@@ -335,6 +339,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Memory(args)) => bench::memory(&args, cli.json),
         Command::Bench(BenchCommand::Api(args)) => bench_api::run(&args, cli.json),
+        Command::Bench(BenchCommand::Fleet(args)) => bench_fleet::run(&args, cli.json),
         Command::Bench(BenchCommand::Scheduler(args)) => {
             bench_scheduler::scheduler(&args, cli.json)
         }
