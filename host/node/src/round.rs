@@ -415,8 +415,8 @@ impl Node {
                 .map(|(c, paused, allowance)| self.run_canister(c, paused, allowance, round, time))
                 .collect();
         }
-        let inputs: Vec<Mutex<Option<(Canister, Option<PausedMessage>, u64)>>> =
-            ordered.into_iter().map(|x| Mutex::new(Some(x))).collect();
+        type Input = Mutex<Option<(Canister, Option<PausedMessage>, u64)>>;
+        let inputs: Vec<Input> = ordered.into_iter().map(|x| Mutex::new(Some(x))).collect();
         let outputs: Vec<Mutex<Option<CanisterRun>>> =
             inputs.iter().map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
