@@ -57,8 +57,14 @@ fn cellar(fleet: &Fleet, url: &str, args: &[&str]) -> Result<String, String> {
 }
 
 fn up(dir: &Path) -> Fleet {
+    up_with_delay(dir, 0)
+}
+
+fn up_with_delay(dir: &Path, delay_ms: u64) -> Fleet {
     let out = Command::new(CELLAR)
-        .args(["fleet", "up", "--nodes", "4", "--dir"])
+        .args(["fleet", "up", "--nodes", "4", "--delay-ms"])
+        .arg(delay_ms.to_string())
+        .arg("--dir")
         .arg(dir)
         .output()
         .expect("run cellar fleet up");
@@ -197,6 +203,18 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+#[test]
+fn live_with_50ms_injected_delay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = up_with_delay(tmp.path(), 50);
+    let id = cellar(&fleet, &fleet.urls[2], &["deploy", "counter"]).expect("deploy");
+    for (i, url) in fleet.urls.iter().enumerate() {
+        let reply = cellar(&fleet, url, &["call", &id, "increment()"]).expect("update");
+        assert_eq!(reply, (i + 1).to_string());
+    }
+    common_state_hash(&fleet.urls);
 }
 
 #[test]

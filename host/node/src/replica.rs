@@ -623,3 +623,45 @@ impl Replica {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Op;
+    use cellar_types::Principal;
+
+    #[test]
+    fn requests_round_trip_and_answers_reach_their_caller() {
+        let link = ReplicaLink::default();
+        assert!(!link.is_on());
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let log = sent.clone();
+        link.turn_on(Box::new(move |content| {
+            let id = Hash32::digest(b"test", &[&content]).0;
+            log.lock().unwrap().push((id, content));
+            Ok(id)
+        }));
+        let ingress = Ingress {
+            caller: Principal::anonymous(),
+            op: Op::Create {
+                controllers: vec![],
+            },
+        };
+        let answer = link.submit(&ingress, Some(vec![1, 2, 3])).unwrap();
+        let twice = link.submit(&ingress, None).unwrap();
+        let sent = sent.lock().unwrap().clone();
+        assert_ne!(sent[0].0, sent[1].0, "the nonce keeps equal requests apart");
+        let (decoded, module) = decode_request(&sent[0].1).unwrap();
+        assert_eq!(decoded.caller, ingress.caller);
+        assert_eq!(module, Some(vec![1, 2, 3]));
+        assert!(decode_request(b"garbage").is_none());
+
+        let at = IngressId { round: 7, index: 0 };
+        link.expect(at, &sent[0].0);
+        link.answer(at, Ok(Applied::Created(Principal::anonymous())));
+        assert!(matches!(answer.try_recv(), Ok(Ok(Applied::Created(_)))));
+        // An answer for a message nobody here waits for goes nowhere.
+        link.answer(IngressId { round: 7, index: 1 }, Ok(Applied::Policy));
+        assert!(twice.try_recv().is_err());
+    }
+}
