@@ -249,3 +249,50 @@ fn subnet_new_writes_genesis_and_private_key_files() {
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
 }
+
+/// Starts replica `i` of the fleet again on its data directory.
+fn restart(fleet: &Fleet, i: usize) -> KillOnDrop {
+    let listen = fleet.urls[i].trim_start_matches("http://").to_string();
+    let dir = &fleet.dir;
+    let child = Command::new(CELLAR)
+        .args(["node", "start", "--config"])
+        .arg(dir.join("genesis.json"))
+        .arg("--key")
+        .arg(dir.join(format!("node-{i}.key.json")))
+        .arg("--data-dir")
+        .arg(dir.join(format!("node-{i}")))
+        .args(["--listen", &listen])
+        .stdout(std::fs::File::create(dir.join(format!("node-{i}-again.log"))).unwrap())
+        .stderr(std::fs::File::create(dir.join(format!("node-{i}-again.err"))).unwrap())
+        .spawn()
+        .expect("restart a replica");
+    KillOnDrop(child)
+}
+
+#[test]
+fn two_of_four_down_then_one_back_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = up(tmp.path());
+    let id = cellar(&fleet, &fleet.urls[0], &["deploy", "counter"]).expect("deploy");
+    assert_eq!(
+        cellar(&fleet, &fleet.urls[1], &["call", &id, "increment()"]).unwrap(),
+        "1"
+    );
+    let pids = pids(&fleet.dir);
+    for victim in [pids[2], pids[3]] {
+        // SAFETY: a plain signal to a replica this test started.
+        assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+    }
+    // Two of four cannot finalize: the update is only submitted.
+    cellar(
+        &fleet,
+        &fleet.urls[0],
+        &["call", &id, "increment()", "--no-wait"],
+    )
+    .expect("submit while two are down");
+    let _back = restart(&fleet, 2);
+    // With three again, the subnet resumes: the submitted update and a new one.
+    let reply = cellar(&fleet, &fleet.urls[1], &["call", &id, "increment()"]).expect("update");
+    assert_eq!(reply, "3");
+    common_state_hash(&fleet.urls[..3]);
+}
