@@ -21,10 +21,12 @@
 
 mod bench;
 mod bench_api;
+mod bench_fleet;
 mod bench_scheduler;
 mod call_text;
 mod canister;
 mod commands;
+mod fleet;
 mod identity;
 mod output;
 mod progress;
@@ -160,6 +162,76 @@ enum Command {
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Subnets: `cellar subnet new` writes a genesis and key files.
+    #[command(subcommand)]
+    Subnet(SubnetCommand),
+    /// One replica of a subnet: `cellar node start`.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// A local subnet of replica processes: `cellar fleet up|down`.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+}
+
+/// `cellar subnet ...`.
+#[derive(Subcommand, Debug)]
+enum SubnetCommand {
+    /// Deal the keys of a new subnet: writes `genesis.json` and one key
+    /// file per node (0600; a trusted dealer for now, a DKG is future work).
+    New {
+        /// The nodes' consensus (QUIC) addresses: `127.0.0.1:7001,...`.
+        #[arg(long)]
+        nodes: String,
+        /// Where to write the files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// `cellar node ...`.
+#[derive(Subcommand, Debug)]
+enum NodeCommand {
+    /// Run one replica of a subnet in the foreground.
+    Start {
+        /// The subnet's genesis file.
+        #[arg(long)]
+        config: PathBuf,
+        /// This node's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Where the replica keeps its state.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The HTTP API's address.
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// One-way delay injected into every message sent (ms).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+    },
+}
+
+/// `cellar fleet ...`.
+#[derive(Subcommand, Debug)]
+enum FleetCommand {
+    /// Start a fresh local subnet of replica processes on loopback.
+    Up {
+        /// How many replicas.
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Where the fleet keeps its files (default: a temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// One-way delay injected between replicas (ms).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+    },
+    /// Stop the replicas of a fleet.
+    Down {
+        /// The fleet's directory (default: the temp dir `up` uses).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// `cellar identity ...`.
@@ -193,6 +265,9 @@ enum BenchCommand {
     /// Queries and updates per second through HTTP on loopback against the
     /// same calls in-process, with p50/p99 latency.
     Api(bench_api::ApiBenchArgs),
+    /// Update throughput, p50/p99 latency and blocks per second through a
+    /// local subnet of replica processes, with and without injected delay.
+    Fleet(bench_fleet::FleetBenchArgs),
 }
 
 /// Arguments of `call` and `query`.
@@ -264,8 +339,50 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Memory(args)) => bench::memory(&args, cli.json),
         Command::Bench(BenchCommand::Api(args)) => bench_api::run(&args, cli.json),
+        Command::Bench(BenchCommand::Fleet(args)) => bench_fleet::run(&args, cli.json),
         Command::Bench(BenchCommand::Scheduler(args)) => {
             bench_scheduler::scheduler(&args, cli.json)
+        }
+        Command::Subnet(SubnetCommand::New { nodes, out }) => {
+            let addresses = fleet::parse_nodes(&nodes)?;
+            fleet::subnet_new(&addresses, &out)?;
+            println!(
+                "wrote {} and {} key files to {}",
+                fleet::GENESIS_FILE,
+                addresses.len(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Node(NodeCommand::Start {
+            config,
+            key,
+            data_dir,
+            listen,
+            delay_ms,
+        }) => fleet::node_start(&config, &key, data_dir, listen, delay_ms),
+        Command::Fleet(FleetCommand::Up {
+            nodes,
+            dir,
+            delay_ms,
+        }) => {
+            let dir = dir.unwrap_or_else(fleet::default_dir);
+            let urls = fleet::fleet_up(nodes, &dir, delay_ms)?;
+            for url in &urls {
+                println!("{url}");
+            }
+            eprintln!(
+                "fleet of {} replicas up; files in {}",
+                urls.len(),
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Fleet(FleetCommand::Down { dir }) => {
+            let dir = dir.unwrap_or_else(fleet::default_dir);
+            let n = fleet::fleet_down(&dir)?;
+            println!("stopped {n} replicas");
+            Ok(())
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cellar", &mut std::io::stdout());

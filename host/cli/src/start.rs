@@ -40,7 +40,7 @@ pub fn run(settings: Settings, identity: Identity) -> Result<()> {
 }
 
 /// Logs of the node to stderr, filtered by `RUST_LOG` (default `info`).
-fn init_logging() {
+pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

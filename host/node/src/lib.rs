@@ -4,6 +4,8 @@
 //! * [`Node`] is the node itself, usable in-process (tests, benchmarks).
 //! * [`start`] opens a node, deploys the example canisters on a fresh data
 //!   directory and serves the HTTP API ([`http`]).
+//! * [`replica::start_replica`] runs the node as one replica of a subnet:
+//!   rounds are the batches ICC consensus finalizes.
 
 mod auth;
 mod canister;
@@ -15,6 +17,7 @@ mod journal;
 mod messages;
 pub mod metrics;
 mod node;
+pub mod replica;
 pub mod requests;
 mod round;
 mod scheduler;
@@ -118,7 +121,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             tokio::task::spawn_blocking(move || deploy_examples(&deployer, controllers)).await??;
         std::fs::write(&marker, b"")?;
     }
-    let mut running = serve_listener(node, listener, max_body)?;
+    let mut running = serve_listener(node, listener, max_body, true)?;
     running.examples = examples;
     Ok(running)
 }
@@ -130,16 +133,19 @@ pub async fn serve(node: Arc<Node>, listen: SocketAddr) -> anyhow::Result<Runnin
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let max_body = cellar_engine::Limits::default().max_component_bytes * 4 / 3 + (1 << 20);
-    serve_listener(node, listener, max_body)
+    serve_listener(node, listener, max_body, true)
 }
 
 fn serve_listener(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
     max_body: usize,
+    ticker: bool,
 ) -> anyhow::Result<RunningNode> {
     let addr = listener.local_addr()?;
-    spawn_round_ticker(&node);
+    if ticker {
+        spawn_round_ticker(&node);
+    }
     let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
     let app = http::router(node.clone(), max_body);
     let server = tokio::spawn(async move {

@@ -216,6 +216,9 @@ pub struct Node {
     checkpointer: Mutex<Checkpointer>,
     last_checkpoint: Mutex<CheckpointStats>,
     fresh: bool,
+    /// Replica mode (see `replica.rs`): where requests go instead of the
+    /// local pool, and who waits for which ingress message id.
+    replica: crate::replica::ReplicaLink,
 }
 
 fn now_nanos() -> u64 {
@@ -351,6 +354,7 @@ impl Node {
             pending: Mutex::new(Vec::new()),
             waiters: Mutex::new(BTreeMap::new()),
             fresh: true,
+            replica: crate::replica::ReplicaLink::default(),
         };
         node.recover()?;
         Ok(node)
@@ -578,6 +582,9 @@ impl Node {
     /// Puts `op` into the ingress pool and waits for its answer, driving
     /// rounds while there is work and nobody else drives them.
     fn submit(&self, caller: &Principal, op: Op) -> Result<Applied, NodeError> {
+        if self.replica.is_on() {
+            return self.submit_replicated(caller, op);
+        }
         let (reply, answer) = mpsc::channel();
         self.pending.lock().expect("pending lock").push(Pending {
             ingress: Ingress {
@@ -652,6 +659,9 @@ impl Node {
     /// Nodes started with [`crate::start`] call this periodically so that
     /// timers fire and queued messages drain without new requests.
     pub fn tick(&self) -> Result<bool, NodeError> {
+        if self.replica.is_on() {
+            return Ok(false);
+        }
         let mut writer = self.writer.lock().expect("writer lock");
         if !self.has_work() {
             return Ok(false);
@@ -673,6 +683,104 @@ impl Node {
     /// The number of the last executed round.
     pub fn round(&self) -> u64 {
         self.registry.read().expect("registry lock").round
+    }
+
+    /// Replica mode: sends `op` to consensus (with the module for an
+    /// install) and waits for the finalized batch that answers it.
+    fn submit_replicated(&self, caller: &Principal, op: Op) -> Result<Applied, NodeError> {
+        let module = match &op {
+            Op::Install { module_hash, .. } => Some(
+                std::fs::read(self.modules_dir.join(format!("{module_hash}.wasm")))
+                    .map_err(|e| NodeError::Internal(e.into()))?,
+            ),
+            _ => None,
+        };
+        let ingress = Ingress {
+            caller: caller.clone(),
+            op,
+        };
+        let answer = self.replica.submit(&ingress, module)?;
+        match answer.recv_timeout(self.options.reply_timeout) {
+            Ok(result) => result,
+            Err(_) => Err(NodeError::BadRequest(format!(
+                "no finalized answer within {:?}; the message may still execute",
+                self.options.reply_timeout
+            ))),
+        }
+    }
+
+    /// Replica mode: journals and executes the finalized batch at `height`
+    /// (the round number) with the block's time; `items` are the payload's
+    /// ingress (message id, content). Answers the local callers waiting for
+    /// those ids. Heights already executed (a restart replaying) are
+    /// skipped; returns whether the batch ran.
+    pub fn apply_finalized(
+        &self,
+        height: u64,
+        time_nanos: u64,
+        items: &[([u8; 32], Vec<u8>)],
+    ) -> Result<bool, NodeError> {
+        let mut writer = self.writer.lock().expect("writer lock");
+        let (round, last_time) = {
+            let registry = self.registry.read().expect("registry lock");
+            (registry.round, registry.time_nanos)
+        };
+        if height <= round {
+            return Ok(false);
+        }
+        if height != round + 1 {
+            return Err(NodeError::Internal(anyhow::anyhow!(
+                "finalized height {height} does not follow the executed round {round}: \
+                 state sync is needed"
+            )));
+        }
+        let mut ingress = Vec::new();
+        for (id, content) in items {
+            // Undecodable content is skipped on every replica alike.
+            let Some((request, module)) = crate::replica::decode_request(content) else {
+                continue;
+            };
+            if let (Op::Install { module_hash, .. }, Some(wasm)) = (&request.op, module) {
+                let hash: [u8; 32] = Sha256::digest(&wasm).into();
+                if HEXLOWER.encode(&hash) == *module_hash {
+                    self.store_module(module_hash, &wasm)?;
+                }
+            }
+            let index = IngressId {
+                round: height,
+                index: ingress.len() as u32,
+            };
+            self.replica.expect(index, id);
+            ingress.push(request);
+        }
+        let record = Record {
+            round: height,
+            time_nanos: time_nanos.max(last_time + 1),
+            ingress,
+        };
+        let w = writer.as_mut().expect("journal open");
+        w.journal.append(&record).map_err(NodeError::Internal)?;
+        let answered = self.execute_round(&record);
+        for (index, result) in answered {
+            self.replica.answer(index, result);
+        }
+        w.since_checkpoint += 1;
+        if w.since_checkpoint >= self.options.checkpoint_interval {
+            self.checkpoint_locked(&mut writer)?;
+        }
+        Ok(true)
+    }
+
+    /// Switches the node to replica mode: requests go to `sink` (which
+    /// hands them to consensus and returns the ingress message id) and
+    /// rounds run only through [`Node::apply_finalized`].
+    pub fn set_replica_sink(&self, sink: crate::replica::IngressSink) {
+        self.replica.turn_on(sink);
+    }
+
+    /// Whether the node runs as a replica of a subnet.
+    pub fn is_replica(&self) -> bool {
+        self.replica.is_on()
     }
 
     /// Takes a batch from the pool, journals it and executes the round;

@@ -1,0 +1,298 @@
+//! A subnet of 4 real replica processes on 127.0.0.1 (`cellar fleet up`):
+//! ICC consensus over real QUIC orders the updates, every replica executes
+//! them. Checked: updates sent to different replicas are all applied; every
+//! replica answers a query alike and reports the same state hash at the
+//! same round; after SIGKILL of one replica the others still acknowledge
+//! updates; restarted, it catches up (from peers' batches, checked against
+//! the certified state hash) and agrees again. Waits are bounded by generous deadlines; nothing is timed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cellar_agent::{Agent, Identity};
+
+const CELLAR: &str = env!("CARGO_BIN_EXE_cellar");
+
+/// Stops the fleet however the test ends.
+struct Fleet {
+    dir: PathBuf,
+    urls: Vec<String>,
+    identity: PathBuf,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for pid in pids(&self.dir) {
+            // SAFETY: a plain signal to a replica this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn pids(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("fleet.pids"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn cellar(fleet: &Fleet, url: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(CELLAR)
+        .arg("--url")
+        .arg(url)
+        .arg("--identity")
+        .arg(&fleet.identity)
+        .args(args)
+        .env("HOME", fleet.dir.join("home"))
+        .output()
+        .expect("run cellar");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+fn up(dir: &Path) -> Fleet {
+    up_with_delay(dir, 0)
+}
+
+fn up_with_delay(dir: &Path, delay_ms: u64) -> Fleet {
+    let out = Command::new(CELLAR)
+        .args(["fleet", "up", "--nodes", "4", "--delay-ms"])
+        .arg(delay_ms.to_string())
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .expect("run cellar fleet up");
+    assert!(
+        out.status.success(),
+        "fleet up failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let urls: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(urls.len(), 4, "one URL per replica");
+    Fleet {
+        dir: dir.to_path_buf(),
+        urls,
+        identity: dir.join("identity"),
+    }
+}
+
+/// Polls every replica until one round was seen on all of them; returns
+/// the hashes seen per round (each must be one hash).
+fn common_state_hash(urls: &[String]) -> String {
+    let agents: Vec<Agent> = urls
+        .iter()
+        .map(|u| Agent::new(u, Identity::anonymous()))
+        .collect();
+    let mut seen: BTreeMap<u64, BTreeMap<usize, String>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        for (i, agent) in agents.iter().enumerate() {
+            let status = agent.status().expect("status");
+            let hashes = seen.entry(status.round).or_default();
+            hashes.insert(i, status.state_hash);
+            let distinct: std::collections::BTreeSet<&String> = hashes.values().collect();
+            assert_eq!(
+                distinct.len(),
+                1,
+                "replicas disagree at round {}: {hashes:?}",
+                status.round
+            );
+            if hashes.len() == agents.len() {
+                return hashes[&0].clone();
+            }
+        }
+    }
+    panic!("no round was observed on every replica");
+}
+
+#[test]
+fn four_replicas_agree_and_survive_a_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = up(tmp.path());
+    let id = cellar(&fleet, &fleet.urls[0], &["deploy", "counter"]).expect("deploy");
+
+    // Updates through every replica, in turn.
+    let mut expected = 0;
+    for round in 0..3 {
+        for url in &fleet.urls {
+            let reply = cellar(&fleet, url, &["call", &id, "increment()"]).expect("update");
+            expected += 1;
+            assert_eq!(reply, expected.to_string(), "round {round} via {url}");
+        }
+    }
+    // Every replica answers the query alike, once it executed the last
+    // update (queries read the replica's own executed state).
+    for url in &fleet.urls {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answer = cellar(&fleet, url, &["query", &id, "get()"]).expect("query");
+            if answer == expected.to_string() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{url} answers {answer}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let hash = common_state_hash(&fleet.urls);
+    assert_eq!(hash.len(), 64);
+
+    // SIGKILL replica 3: the other three (n - f = 3) still make progress.
+    let victim = pids(&fleet.dir)[3];
+    // SAFETY: a plain signal to a replica this test started.
+    assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+    for url in &fleet.urls[..3] {
+        let reply = cellar(&fleet, url, &["call", &id, "increment()"]).expect("update");
+        expected += 1;
+        assert_eq!(reply, expected.to_string(), "after the kill, via {url}");
+    }
+    common_state_hash(&fleet.urls[..3]);
+
+    // Restart replica 3 on its data directory: it catches up.
+    let listen = fleet.urls[3].trim_start_matches("http://").to_string();
+    let dir = &fleet.dir;
+    let child = Command::new(CELLAR)
+        .args(["node", "start", "--config"])
+        .arg(dir.join("genesis.json"))
+        .arg("--key")
+        .arg(dir.join("node-3.key.json"))
+        .arg("--data-dir")
+        .arg(dir.join("node-3"))
+        .args(["--listen", &listen])
+        .stdout(std::fs::File::create(dir.join("node-3-restarted.log")).unwrap())
+        .stderr(std::fs::File::create(dir.join("node-3-restarted.err")).unwrap())
+        .spawn()
+        .expect("restart replica 3");
+    let _restarted = KillOnDrop(child);
+    // Keep the subnet busy while it catches up.
+    for url in &fleet.urls[..3] {
+        cellar(&fleet, url, &["call", &id, "increment()"]).expect("update");
+        expected += 1;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let answer = cellar(&fleet, &fleet.urls[3], &["query", &id, "get()"]);
+        if answer.as_deref() == Ok(expected.to_string().as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restarted replica answers {answer:?}, want {expected}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    common_state_hash(&fleet.urls);
+    // And it takes updates again.
+    let reply = cellar(&fleet, &fleet.urls[3], &["call", &id, "increment()"]).expect("update");
+    assert_eq!(reply, (expected + 1).to_string());
+}
+
+/// SIGKILLs a replica this test started when the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn live_with_50ms_injected_delay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = up_with_delay(tmp.path(), 50);
+    let id = cellar(&fleet, &fleet.urls[2], &["deploy", "counter"]).expect("deploy");
+    for (i, url) in fleet.urls.iter().enumerate() {
+        let reply = cellar(&fleet, url, &["call", &id, "increment()"]).expect("update");
+        assert_eq!(reply, (i + 1).to_string());
+    }
+    common_state_hash(&fleet.urls);
+}
+
+#[test]
+fn subnet_new_writes_genesis_and_private_key_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(CELLAR)
+        .args([
+            "subnet",
+            "new",
+            "--nodes",
+            "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103,127.0.0.1:7104",
+            "--out",
+        ])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let genesis: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("genesis.json")).unwrap()).unwrap();
+    let members = genesis["members"].as_array().unwrap();
+    assert_eq!(members.len(), 4);
+    assert_eq!(members[2]["address"], "127.0.0.1:7103");
+    assert_eq!(members[2]["node_index"], 2);
+    assert_eq!(genesis["keys"]["node_keys"].as_array().unwrap().len(), 4);
+    for i in 0..4 {
+        let meta = std::fs::metadata(tmp.path().join(format!("node-{i}.key.json"))).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+}
+
+/// Starts replica `i` of the fleet again on its data directory.
+fn restart(fleet: &Fleet, i: usize) -> KillOnDrop {
+    let listen = fleet.urls[i].trim_start_matches("http://").to_string();
+    let dir = &fleet.dir;
+    let child = Command::new(CELLAR)
+        .args(["node", "start", "--config"])
+        .arg(dir.join("genesis.json"))
+        .arg("--key")
+        .arg(dir.join(format!("node-{i}.key.json")))
+        .arg("--data-dir")
+        .arg(dir.join(format!("node-{i}")))
+        .args(["--listen", &listen])
+        .stdout(std::fs::File::create(dir.join(format!("node-{i}-again.log"))).unwrap())
+        .stderr(std::fs::File::create(dir.join(format!("node-{i}-again.err"))).unwrap())
+        .spawn()
+        .expect("restart a replica");
+    KillOnDrop(child)
+}
+
+#[test]
+fn two_of_four_down_then_one_back_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = up(tmp.path());
+    let id = cellar(&fleet, &fleet.urls[0], &["deploy", "counter"]).expect("deploy");
+    assert_eq!(
+        cellar(&fleet, &fleet.urls[1], &["call", &id, "increment()"]).unwrap(),
+        "1"
+    );
+    let pids = pids(&fleet.dir);
+    for victim in [pids[2], pids[3]] {
+        // SAFETY: a plain signal to a replica this test started.
+        assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+    }
+    // Two of four cannot finalize: the update is only submitted.
+    cellar(
+        &fleet,
+        &fleet.urls[0],
+        &["call", &id, "increment()", "--no-wait"],
+    )
+    .expect("submit while two are down");
+    let _back = restart(&fleet, 2);
+    // With three again, the subnet resumes: the submitted update and a new one.
+    let reply = cellar(&fleet, &fleet.urls[1], &["call", &id, "increment()"]).expect("update");
+    assert_eq!(reply, "3");
+    common_state_hash(&fleet.urls[..3]);
+}

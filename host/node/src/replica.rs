@@ -1,0 +1,667 @@
+//! Replica mode: a node that is one member of a subnet.
+//!
+//! The replica task owns an ICC [`ConsensusNode`] and a QUIC
+//! [`TransportHandle`]. It feeds the consensus node the artifacts peers send
+//! and a clock tick, broadcasts what consensus asks to broadcast, and turns
+//! every finalized batch into a journal record executed by [`Node`] with
+//! [`Node::apply_finalized`] (round = height, time = the block's time, the
+//! batch = the block's ingress, decoded). Update requests that arrive over
+//! HTTP become ingress messages submitted to consensus; the caller waits for
+//! the answer of its message, keyed by the message id. At catch-up heights
+//! the state hash goes to consensus, whose catch-up package certifies the
+//! state n−f replicas agree on: a replica whose own hash differs logs the
+//! divergence loudly and stops.
+//!
+//! Keys: [`new_subnet`] deals the threshold BLS keys with a trusted dealer
+//! and puts each node's secret shares in its key file. A dealer-free DKG is
+//! future work (issue 6).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cellar_consensus::artifacts::Artifact as ConsensusArtifact;
+use cellar_consensus::ingress::IngressMessage;
+use cellar_consensus::keys::{NodeSecretKeys, SubnetPublicKeys, deal_subnet};
+use cellar_consensus::{
+    Action, CatchUpPackage, ConsensusConfig, ConsensusNode, FinalizedBatch, Hash32, IccPolicy,
+};
+use cellar_net::{
+    Artifact as NetArtifact, ArtifactKind, Membership, NodeKeyPair, PeerInfo, Received, Transport,
+    TransportConfig, TransportHandle,
+};
+use data_encoding::HEXLOWER;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc as tokio_mpsc;
+
+use crate::journal::Ingress;
+use crate::messages::IngressId;
+use crate::node::{Applied, Node, NodeError, NodeOptions};
+
+/// Hands the encoded request to consensus and returns its ingress message id.
+/// It must only enqueue: the answer must not arrive before it returns.
+pub type IngressSink = Box<dyn Fn(Vec<u8>) -> Result<[u8; 32], String> + Send + Sync>;
+
+type Waiter = mpsc::Sender<Result<Applied, NodeError>>;
+
+/// The node's side of replica mode: the sink and the waiting callers.
+#[derive(Default)]
+pub(crate) struct ReplicaLink {
+    sink: OnceLock<IngressSink>,
+    /// Callers on this node waiting for their message, by message id.
+    waiters: Mutex<HashMap<[u8; 32], Waiter>>,
+    /// Waited-for messages inducted into a round, by their place in it.
+    inducted: Mutex<HashMap<IngressId, [u8; 32]>>,
+}
+
+/// What travels in an ingress message's content: the request (whose caller
+/// the receiving replica authenticated), the module of an install, and a
+/// nonce that keeps identical requests distinct.
+#[derive(Serialize, Deserialize)]
+struct ReplicatedRequest {
+    ingress: Ingress,
+    module: Option<String>,
+    nonce: u64,
+}
+
+static NONCE: AtomicU64 = AtomicU64::new(0);
+
+/// Decodes a payload item into the request and the install's module.
+pub(crate) fn decode_request(content: &[u8]) -> Option<(Ingress, Option<Vec<u8>>)> {
+    let r: ReplicatedRequest = serde_json::from_slice(content).ok()?;
+    let module = match r.module {
+        Some(hex) => Some(HEXLOWER.decode(hex.as_bytes()).ok()?),
+        None => None,
+    };
+    Some((r.ingress, module))
+}
+
+impl ReplicaLink {
+    pub(crate) fn is_on(&self) -> bool {
+        self.sink.get().is_some()
+    }
+
+    pub(crate) fn turn_on(&self, sink: IngressSink) {
+        let _ = self.sink.set(sink);
+    }
+
+    /// Sends the request to consensus; the receiver gets its answer.
+    pub(crate) fn submit(
+        &self,
+        ingress: &Ingress,
+        module: Option<Vec<u8>>,
+    ) -> Result<mpsc::Receiver<Result<Applied, NodeError>>, NodeError> {
+        let nonce = now_nanos() ^ (NONCE.fetch_add(1, Ordering::Relaxed) << 40);
+        let content = serde_json::to_vec(&ReplicatedRequest {
+            ingress: ingress.clone(),
+            module: module.map(|m| HEXLOWER.encode(&m)),
+            nonce,
+        })
+        .map_err(|e| NodeError::Internal(e.into()))?;
+        let sink = self.sink.get().expect("replica mode is on");
+        let (reply, answer) = mpsc::channel();
+        // Hold the lock while submitting so the answer finds the waiter.
+        let mut waiters = self.waiters.lock().expect("waiters lock");
+        let id = sink(content).map_err(NodeError::BadRequest)?;
+        waiters.insert(id, reply);
+        Ok(answer)
+    }
+
+    /// Message `id` was inducted at `index`: remember it if someone waits.
+    pub(crate) fn expect(&self, index: IngressId, id: &[u8; 32]) {
+        if self.waiters.lock().expect("waiters lock").contains_key(id) {
+            self.inducted
+                .lock()
+                .expect("inducted lock")
+                .insert(index, *id);
+        }
+    }
+
+    /// The message at `index` finished: answer its caller if it is here.
+    pub(crate) fn answer(&self, index: IngressId, result: Result<Applied, NodeError>) {
+        let Some(id) = self.inducted.lock().expect("inducted lock").remove(&index) else {
+            return;
+        };
+        if let Some(reply) = self.waiters.lock().expect("waiters lock").remove(&id) {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn now_ms() -> u64 {
+    now_nanos() / 1_000_000
+}
+
+/// The genesis of a subnet: who is in it and the keys everyone checks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Genesis {
+    /// Members: index, QUIC address, Ed25519 public key (pinned in TLS).
+    pub members: Vec<PeerInfo>,
+    /// The subnet's BLS public keys (node keys, beacon and catch-up keys).
+    pub keys: SubnetPublicKeys,
+    /// The genesis catch-up package every node starts from.
+    pub catch_up: CatchUpPackage,
+    /// Consensus settings.
+    pub consensus: ConsensusConfig,
+}
+
+/// One node's key file (keep it 0600).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeKeyFile {
+    /// The node's index in the subnet.
+    pub index: u32,
+    /// The seed of the node's Ed25519 transport key (hex).
+    pub transport_seed: String,
+    /// The node's consensus secrets. For now a trusted dealer made them
+    /// (`deal_subnet`); a dealer-free DKG is future work.
+    pub consensus: NodeSecretKeys,
+}
+
+/// Deals a subnet for nodes at `addresses` (QUIC, UDP): the genesis and
+/// one key file per node.
+pub fn new_subnet(addresses: &[SocketAddr]) -> anyhow::Result<(Genesis, Vec<NodeKeyFile>)> {
+    anyhow::ensure!(!addresses.is_empty(), "a subnet needs at least one node");
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let dealing = deal_subnet(&seed, addresses.len() as u32)?;
+    let mut members = Vec::new();
+    let mut key_files = Vec::new();
+    for (i, address) in addresses.iter().enumerate() {
+        let keys = NodeKeyPair::generate()?;
+        members.push(PeerInfo {
+            node_index: i as u32,
+            address: *address,
+            public_key: keys.public_key(),
+        });
+        key_files.push(NodeKeyFile {
+            index: i as u32,
+            transport_seed: HEXLOWER.encode(&keys.seed()),
+            consensus: dealing.secrets[i].clone(),
+        });
+    }
+    let catch_up = cellar_consensus::catch_up::genesis(&dealing, now_ms(), Hash32([0; 32]))?;
+    let mut consensus = ConsensusConfig {
+        catch_up_interval: 10,
+        ..ConsensusConfig::default()
+    };
+    consensus.ingress.max_message_bytes = 2 << 20;
+    let genesis = Genesis {
+        members,
+        keys: dealing.public,
+        catch_up,
+        consensus,
+    };
+    Ok((genesis, key_files))
+}
+
+/// How to run one replica.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// The subnet's genesis.
+    pub genesis: Genesis,
+    /// This node's keys.
+    pub key: NodeKeyFile,
+    /// Where state lives.
+    pub data_dir: PathBuf,
+    /// The HTTP API's address.
+    pub listen: SocketAddr,
+    /// One-way delay added to every message sent (fault and latency tests).
+    pub injected_delay: Option<Duration>,
+}
+
+/// Reads a JSON file.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let bytes =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("bad {}: {e}", path.display()))
+}
+
+/// Starts a replica: opens the node, joins the subnet over QUIC, runs
+/// consensus and serves the HTTP API (no local round driver).
+pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::RunningNode> {
+    let membership = Membership::new(config.genesis.members.clone())?;
+    let seed: [u8; 32] = HEXLOWER
+        .decode(config.key.transport_seed.as_bytes())?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("the transport seed must be 32 bytes"))?;
+    let keys = NodeKeyPair::from_seed(seed);
+    let options = NodeOptions::new(&config.data_dir);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let node = Arc::new(tokio::task::spawn_blocking(move || Node::open(options)).await??);
+    let cup_path = config.data_dir.join("catch-up.json");
+    // Start from the newest catch-up package at or below what this node
+    // executed (a restart), else from the genesis.
+    let start = match read_json::<CatchUpPackage>(&cup_path) {
+        Ok(cup) if cup.content.height <= node.round() => cup,
+        _ => config.genesis.catch_up.clone(),
+    };
+    tracing::info!(
+        node = config.key.index,
+        round = node.round(),
+        start = start.content.height,
+        "replica starting"
+    );
+    let consensus = ConsensusNode::new(
+        config.genesis.consensus.clone(),
+        config.genesis.keys.clone(),
+        config.key.consensus.clone(),
+        start,
+        Box::new(IccPolicy::default()),
+    )?;
+    let transport_config = TransportConfig {
+        injected_delay: config.injected_delay,
+        ..TransportConfig::default()
+    };
+    let (transport, inbound) = Transport::start(transport_config, keys, membership).await?;
+    let (submit_tx, submits) = tokio_mpsc::unbounded_channel::<IngressMessage>();
+    node.set_replica_sink(Box::new(move |content| {
+        let msg = IngressMessage {
+            expiry_ms: now_ms() + 4 * 60 * 1000,
+            content,
+        };
+        let id = msg.id().0;
+        submit_tx
+            .send(msg)
+            .map_err(|_| "the replica has stopped".to_string())?;
+        Ok(id)
+    }));
+    let replica = Replica {
+        node: node.clone(),
+        consensus,
+        transport,
+        cup_path,
+        reported: BTreeMap::new(),
+        stalled: false,
+        recent: VecDeque::new(),
+        syncing: None,
+        deferred: VecDeque::new(),
+        last_sync_request_ms: 0,
+    };
+    tokio::spawn(replica.run(inbound, submits));
+    let max_body = cellar_engine::Limits::default().max_component_bytes * 4 / 3 + (1 << 20);
+    crate::serve_listener(node, listener, max_body, false)
+}
+
+struct Replica {
+    node: Arc<Node>,
+    consensus: ConsensusNode,
+    transport: TransportHandle,
+    cup_path: PathBuf,
+    /// State hashes this replica reported, by height.
+    reported: BTreeMap<u64, [u8; 32]>,
+    /// Execution cannot continue (it would need state sync).
+    stalled: bool,
+    /// The last batches executed, served to replicas catching up.
+    recent: VecDeque<SyncBatch>,
+    /// Catching up to this catch-up package from peers' batches.
+    syncing: Option<CatchUpPackage>,
+    /// Finalized batches above the package, kept until the sync is done.
+    deferred: VecDeque<FinalizedBatch>,
+    last_sync_request_ms: u64,
+}
+
+/// Batches kept for replicas that catch up.
+const RECENT_BATCHES: usize = 8192;
+
+/// Most batches in one sync answer.
+const SYNC_CHUNK: usize = 256;
+
+/// The transport kind of catch-up messages between replicas (not consensus).
+const SYNC_KIND: ArtifactKind = ArtifactKind(200);
+
+/// An executed batch as a replica that catches up replays it.
+#[derive(Clone, Serialize, Deserialize)]
+struct SyncBatch {
+    height: u64,
+    time_nanos: u64,
+    items: Vec<([u8; 32], Vec<u8>)>,
+}
+
+/// Catch-up messages: a replica behind a catch-up package asks for the
+/// batches after its round; peers answer with what they still hold. The
+/// answer is not trusted: after replaying up to the package's height the
+/// state hash must equal the one the package certifies.
+#[derive(Serialize, Deserialize)]
+enum SyncMessage {
+    Request { from: u64, nonce: u64 },
+    Batches(Vec<SyncBatch>),
+}
+
+fn kind_of(a: &ConsensusArtifact) -> ArtifactKind {
+    match a {
+        ConsensusArtifact::Ingress(_) => ArtifactKind::INGRESS,
+        ConsensusArtifact::Proposal(_) => ArtifactKind::BLOCK,
+        ConsensusArtifact::CatchUpPackage(_) => ArtifactKind::OTHER,
+        _ => ArtifactKind::SIGNATURE_SHARE,
+    }
+}
+
+impl Replica {
+    async fn run(
+        mut self,
+        mut inbound: tokio_mpsc::Receiver<Received>,
+        mut submits: tokio_mpsc::UnboundedReceiver<IngressMessage>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let actions = tokio::select! {
+                Some(r) = inbound.recv() => {
+                    if r.artifact.kind() == SYNC_KIND {
+                        self.on_sync(r).await;
+                        continue;
+                    }
+                    match ConsensusArtifact::from_bytes(r.artifact.payload()) {
+                        Ok(a) => self.consensus.on_artifact(r.from, a),
+                        Err(e) => {
+                            tracing::warn!(from = r.from, "undecodable artifact: {e}");
+                            continue;
+                        }
+                    }
+                }
+                Some(msg) = submits.recv() => match self.consensus.submit_ingress(msg) {
+                    Ok(actions) => actions,
+                    Err(e) => {
+                        tracing::warn!("ingress refused: {e}");
+                        continue;
+                    }
+                },
+                _ = tick.tick() => {
+                    self.maybe_request_sync();
+                    self.consensus.on_tick(now_ms())
+                }
+                else => break,
+            };
+            self.act(actions).await;
+        }
+    }
+
+    async fn act(&mut self, actions: Vec<Action>) {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Broadcast(a) => {
+                    let artifact = NetArtifact::new(kind_of(&a), a.to_bytes());
+                    if let Err(e) = self.transport.broadcast(&artifact) {
+                        tracing::warn!("broadcast failed: {e}");
+                    }
+                }
+                Action::Deliver(batch) if self.syncing.is_some() => {
+                    self.deferred.push_back(batch);
+                }
+                Action::Deliver(batch) => {
+                    if let Some(more) = self.execute(batch).await {
+                        queue.extend(more);
+                    }
+                }
+                Action::CatchUpPackage(cup) => {
+                    self.check(&cup);
+                    match serde_json::to_vec(&cup) {
+                        Ok(bytes) => {
+                            let tmp = self.cup_path.with_extension("tmp");
+                            let _ = std::fs::write(&tmp, bytes)
+                                .and_then(|()| std::fs::rename(&tmp, &self.cup_path));
+                        }
+                        Err(e) => tracing::warn!("cannot save the catch-up package: {e}"),
+                    }
+                }
+                Action::StateSync(cup) => {
+                    self.check(&cup);
+                    if cup.content.height > self.node.round() {
+                        tracing::warn!(
+                            height = cup.content.height,
+                            round = self.node.round(),
+                            "behind a catch-up package: fetching the batches from peers"
+                        );
+                        self.deferred.retain(|b| b.height > cup.content.height);
+                        self.syncing = Some(cup);
+                        self.last_sync_request_ms = 0;
+                        self.maybe_request_sync();
+                    }
+                }
+                Action::PolicyError(e) => tracing::warn!("consensus policy error: {e}"),
+            }
+        }
+    }
+
+    /// Asks the peers for the batches after this replica's round while it
+    /// catches up (again every second until it is done).
+    fn maybe_request_sync(&mut self) {
+        if self.syncing.is_none() || now_ms() < self.last_sync_request_ms + 1000 {
+            return;
+        }
+        self.last_sync_request_ms = now_ms();
+        let request = SyncMessage::Request {
+            from: self.node.round() + 1,
+            nonce: now_nanos(),
+        };
+        if let Ok(bytes) = serde_json::to_vec(&request) {
+            let _ = self
+                .transport
+                .broadcast(&NetArtifact::new(SYNC_KIND, bytes));
+        }
+    }
+
+    /// A catch-up message from a peer.
+    async fn on_sync(&mut self, r: Received) {
+        let Ok(message) = serde_json::from_slice::<SyncMessage>(r.artifact.payload()) else {
+            tracing::warn!(from = r.from, "undecodable sync message");
+            return;
+        };
+        match message {
+            SyncMessage::Request { from, .. } => {
+                let batches: Vec<SyncBatch> = self
+                    .recent
+                    .iter()
+                    .filter(|b| b.height >= from)
+                    .take(SYNC_CHUNK)
+                    .cloned()
+                    .collect();
+                if batches.is_empty() {
+                    return;
+                }
+                if let Ok(bytes) = serde_json::to_vec(&SyncMessage::Batches(batches)) {
+                    let _ = self
+                        .transport
+                        .send(r.from, &NetArtifact::new(SYNC_KIND, bytes));
+                }
+            }
+            SyncMessage::Batches(batches) => {
+                let Some(target) = self.syncing.clone() else {
+                    return;
+                };
+                let top = target.content.height;
+                for b in batches {
+                    if b.height != self.node.round() + 1 || b.height > top {
+                        continue;
+                    }
+                    let node = self.node.clone();
+                    let sb = b.clone();
+                    let result = tokio::task::spawn_blocking(move || {
+                        node.apply_finalized(sb.height, sb.time_nanos, &sb.items)?;
+                        Ok::<_, NodeError>(node.state_hash())
+                    })
+                    .await;
+                    let hash = match result {
+                        Ok(Ok(hash)) => hash,
+                        Ok(Err(e)) => {
+                            tracing::error!(height = b.height, "cannot replay a batch: {e}");
+                            self.stalled = true;
+                            self.syncing = None;
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::error!("replay panicked: {e}");
+                            std::process::exit(4);
+                        }
+                    };
+                    self.remember(b);
+                    if self.node.round() == top {
+                        self.reported.insert(top, hash);
+                        self.check(&target);
+                        tracing::info!(height = top, "caught up; the state hash matches");
+                        self.syncing = None;
+                        let deferred: Vec<FinalizedBatch> = self.deferred.drain(..).collect();
+                        for batch in deferred {
+                            if let Some(more) = self.execute(batch).await {
+                                Box::pin(self.act(more)).await;
+                            }
+                        }
+                        return;
+                    }
+                }
+                self.last_sync_request_ms = 0;
+                self.maybe_request_sync();
+            }
+        }
+    }
+
+    fn remember(&mut self, batch: SyncBatch) {
+        self.recent.push_back(batch);
+        while self.recent.len() > RECENT_BATCHES {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Compares the certified state hash with the one this replica reported.
+    fn check(&self, cup: &CatchUpPackage) {
+        let c = &cup.content;
+        if let Some(mine) = self.reported.get(&c.height)
+            && *mine != c.state_hash.0
+        {
+            tracing::error!(
+                height = c.height,
+                mine = %HEXLOWER.encode(mine),
+                subnet = %HEXLOWER.encode(&c.state_hash.0),
+                "STATE DIVERGENCE: this replica's state differs from the one the subnet \
+                 certified; stopping"
+            );
+            eprintln!(
+                "cellar replica: state divergence at height {}: stopping",
+                c.height
+            );
+            std::process::exit(3);
+        }
+    }
+
+    /// Executes a finalized batch; returns consensus's answer to the state
+    /// hash when the batch asked for one.
+    async fn execute(&mut self, batch: FinalizedBatch) -> Option<Vec<Action>> {
+        if self.stalled {
+            return None;
+        }
+        let items: Vec<([u8; 32], Vec<u8>)> = batch
+            .payload
+            .ingress
+            .iter()
+            .map(|m| (m.id().0, m.content.clone()))
+            .collect();
+        let node = self.node.clone();
+        let height = batch.height;
+        let time_nanos = batch.time_ms.saturating_mul(1_000_000);
+        let wants_hash = batch.needs_state_hash;
+        let result = tokio::task::spawn_blocking(move || {
+            let ran = node.apply_finalized(height, time_nanos, &items)?;
+            let hash = if wants_hash {
+                node.state_hash()
+            } else {
+                [0; 32]
+            };
+            Ok::<_, NodeError>((ran, hash))
+        })
+        .await;
+        let (ran, hash) = match result {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::error!(height, "cannot execute the finalized batch: {e}");
+                self.stalled = true;
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(height, "execution panicked: {e}");
+                std::process::exit(4);
+            }
+        };
+        if ran {
+            self.remember(SyncBatch {
+                height,
+                time_nanos,
+                items: batch
+                    .payload
+                    .ingress
+                    .iter()
+                    .map(|m| (m.id().0, m.content.clone()))
+                    .collect(),
+            });
+        }
+        if !batch.needs_state_hash || !ran {
+            return None;
+        }
+        self.reported.insert(height, hash);
+        while self.reported.len() > 64 {
+            self.reported.pop_first();
+        }
+        match self.consensus.on_execution_state(height, Hash32(hash)) {
+            Ok(actions) => Some(actions),
+            Err(e) => {
+                tracing::warn!(height, "state hash not taken: {e}");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Op;
+    use cellar_types::Principal;
+
+    #[test]
+    fn requests_round_trip_and_answers_reach_their_caller() {
+        let link = ReplicaLink::default();
+        assert!(!link.is_on());
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let log = sent.clone();
+        link.turn_on(Box::new(move |content| {
+            let id = Hash32::digest(b"test", &[&content]).0;
+            log.lock().unwrap().push((id, content));
+            Ok(id)
+        }));
+        let ingress = Ingress {
+            caller: Principal::anonymous(),
+            op: Op::Create {
+                controllers: vec![],
+            },
+        };
+        let answer = link.submit(&ingress, Some(vec![1, 2, 3])).unwrap();
+        let twice = link.submit(&ingress, None).unwrap();
+        let sent = sent.lock().unwrap().clone();
+        assert_ne!(sent[0].0, sent[1].0, "the nonce keeps equal requests apart");
+        let (decoded, module) = decode_request(&sent[0].1).unwrap();
+        assert_eq!(decoded.caller, ingress.caller);
+        assert_eq!(module, Some(vec![1, 2, 3]));
+        assert!(decode_request(b"garbage").is_none());
+
+        let at = IngressId { round: 7, index: 0 };
+        link.expect(at, &sent[0].0);
+        link.answer(at, Ok(Applied::Created(Principal::anonymous())));
+        assert!(matches!(answer.try_recv(), Ok(Ok(Applied::Created(_)))));
+        // An answer for a message nobody here waits for goes nowhere.
+        link.answer(IngressId { round: 7, index: 1 }, Ok(Applied::Policy));
+        assert!(twice.try_recv().is_err());
+    }
+}
