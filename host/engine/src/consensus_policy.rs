@@ -34,6 +34,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use crate::policy::BinaryKind;
 use cellar_consensus::artifacts::{Hash32, Height};
 use cellar_consensus::policy::{ConsensusPolicy, PayloadLimits};
 use sha2::{Digest, Sha256};
@@ -247,12 +248,10 @@ impl WasmConsensusPolicy {
                 limit: MAX_CONSENSUS_POLICY_BYTES,
             });
         }
-        if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
-            return Err(ConsensusPolicyLoadError::NotWasm);
-        }
-        // Core modules have version 1 and layer 0; components layer 1.
-        if wasm[4..8] == [1, 0, 0, 0] {
-            return Err(ConsensusPolicyLoadError::CoreModule);
+        match crate::policy::binary_kind(wasm) {
+            BinaryKind::NotWasm => return Err(ConsensusPolicyLoadError::NotWasm),
+            BinaryKind::CoreModule => return Err(ConsensusPolicyLoadError::CoreModule),
+            BinaryKind::Component => {}
         }
         let hash: [u8; 32] = Sha256::digest(wasm).into();
         let component = compile(engine, wasm, &hash).map_err(|e| match e {

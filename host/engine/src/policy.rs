@@ -372,12 +372,10 @@ impl SchedulerPolicy {
                 limit: MAX_POLICY_BYTES,
             });
         }
-        if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
-            return Err(PolicyError::NotWasm);
-        }
-        // Core modules have version 1 and layer 0; components layer 1.
-        if wasm[4..8] == [1, 0, 0, 0] {
-            return Err(PolicyError::CoreModule);
+        match binary_kind(wasm) {
+            BinaryKind::NotWasm => return Err(PolicyError::NotWasm),
+            BinaryKind::CoreModule => return Err(PolicyError::CoreModule),
+            BinaryKind::Component => {}
         }
         let hash: [u8; 32] = Sha256::digest(wasm).into();
         let component = compile(engine, wasm, &hash)?;
@@ -550,8 +548,25 @@ fn fallback(input: &RoundInput, why: String, instructions: u64) -> PlanOutcome {
 /// pay back what was handed out, in proportion to their allowances; idle
 /// canisters return to 0; priorities sum to zero. Always passes [`validate`].
 pub fn builtin_default(input: &RoundInput) -> RoundPlan {
-    let (schedule, priorities) =
-        algorithm::accumulated_priority(input.round, input.instruction_budget, &input.canisters);
+    to_plan(algorithm::accumulated_priority(
+        input.round,
+        input.instruction_budget,
+        &input.canisters,
+    ))
+}
+
+/// The round-robin policy in Rust (the same arithmetic as the `round-robin`
+/// component), for comparison with the components.
+pub fn builtin_round_robin(input: &RoundInput) -> RoundPlan {
+    to_plan(algorithm::round_robin(
+        input.round,
+        input.instruction_budget,
+        &input.canisters,
+    ))
+}
+
+/// A plan from the shared algorithms' `(schedule, priorities)`.
+fn to_plan((schedule, priorities): algorithm::RawPlan) -> RoundPlan {
     RoundPlan {
         schedule: schedule
             .into_iter()
@@ -564,20 +579,25 @@ pub fn builtin_default(input: &RoundInput) -> RoundPlan {
     }
 }
 
-/// The round-robin policy in Rust (the same arithmetic as the `round-robin`
-/// component), for comparison with the components.
-pub fn builtin_round_robin(input: &RoundInput) -> RoundPlan {
-    let (schedule, priorities) =
-        algorithm::round_robin(input.round, input.instruction_budget, &input.canisters);
-    RoundPlan {
-        schedule: schedule
-            .into_iter()
-            .map(|(index, instructions)| Allowance {
-                index,
-                instructions,
-            })
-            .collect(),
-        priorities,
+/// What a policy binary is, judged by its header.
+pub(crate) enum BinaryKind {
+    /// Not WebAssembly at all.
+    NotWasm,
+    /// A core module, not a component.
+    CoreModule,
+    /// A component (or something claiming to be one).
+    Component,
+}
+
+/// Reads a binary's header (magic, version and layer).
+pub(crate) fn binary_kind(wasm: &[u8]) -> BinaryKind {
+    if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
+        BinaryKind::NotWasm
+    } else if wasm[4..8] == [1, 0, 0, 0] {
+        // Core modules have version 1 and layer 0; components layer 1.
+        BinaryKind::CoreModule
+    } else {
+        BinaryKind::Component
     }
 }
 
