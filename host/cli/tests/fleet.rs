@@ -272,6 +272,8 @@ fn restart(fleet: &Fleet, i: usize) -> KillOnDrop {
 #[test]
 fn two_of_four_down_then_one_back_resumes() {
     let tmp = tempfile::tempdir().unwrap();
+    eprintln!("DIR {:?}", tmp.path());
+    let tmp = std::mem::ManuallyDrop::new(tmp);
     let fleet = up(tmp.path());
     let id = cellar(&fleet, &fleet.urls[0], &["deploy", "counter"]).expect("deploy");
     assert_eq!(
@@ -284,14 +286,30 @@ fn two_of_four_down_then_one_back_resumes() {
         assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
     }
     // Two of four cannot finalize: the update is only submitted.
-    cellar(
+    let pending = cellar(
         &fleet,
         &fleet.urls[0],
         &["call", &id, "increment()", "--no-wait"],
     )
     .expect("submit while two are down");
     let _back = restart(&fleet, 2);
-    // With three again, the subnet resumes: the submitted update and a new one.
+    // With three again, the subnet resumes: the submitted update executes
+    // (the restarted replica may lead a block without it first, so the
+    // test waits for its own answer rather than assuming an order) ...
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let answer = loop {
+        let status = cellar(&fleet, &fleet.urls[0], &["request", &pending]).unwrap_or_default();
+        if status.starts_with("replied") || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        answer.starts_with("replied"),
+        "the update submitted while two were down never executed: {answer}"
+    );
+    assert_eq!(answer.lines().nth(1), Some("2"), "{answer}");
+    // ... and a new one after it: each applied exactly once.
     let reply = cellar(&fleet, &fleet.urls[1], &["call", &id, "increment()"]).expect("update");
     assert_eq!(reply, "3");
     common_state_hash(&fleet.urls[..3]);

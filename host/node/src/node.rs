@@ -834,7 +834,14 @@ impl Node {
         Ok(())
     }
 
+    /// Refuses early a request the round would refuse anyway. A replica
+    /// cannot: its state may lag the subnet's (the canister may have been
+    /// created at a height it has not executed yet), so there the checks
+    /// run only at execution, alike on every replica.
     fn check_controller(&self, caller: &Principal, id: &Principal) -> Result<(), NodeError> {
+        if self.replica.is_on() {
+            return Ok(());
+        }
         let registry = self.registry.read().expect("registry lock");
         let canister = registry
             .canisters
@@ -899,13 +906,15 @@ impl Node {
         method: &str,
         args: Args,
     ) -> Result<CallOutcome, NodeError> {
-        // Unknown canisters are request errors; they never reach the journal.
-        if !self
-            .registry
-            .read()
-            .expect("registry lock")
-            .canisters
-            .contains_key(id)
+        // Unknown canisters are request errors; they never reach the journal
+        // (on a replica the round decides: see `check_controller`).
+        if !self.replica.is_on()
+            && !self
+                .registry
+                .read()
+                .expect("registry lock")
+                .canisters
+                .contains_key(id)
         {
             return Err(NodeError::NotFound(id.to_text()));
         }
@@ -1025,7 +1034,9 @@ impl Node {
         id: &Principal,
         amount: u64,
     ) -> Result<CanisterStatus, NodeError> {
-        self.status(id)?;
+        if !self.replica.is_on() {
+            self.status(id)?;
+        }
         self.status_op(
             caller,
             Op::TopUp {
@@ -1072,57 +1083,50 @@ impl Node {
     /// The node's status, with the [`state_hash`](Self::state_hash) of the
     /// same round.
     pub fn node_status(&self) -> NodeStatus {
-        let (round, next_index, canisters) = self.snapshot();
+        let snapshot = self.snapshot();
         NodeStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            round,
-            canisters: canisters.len() as u64,
+            round: snapshot.round,
+            canisters: snapshot.canisters.len() as u64,
             data_dir: self.options.data_dir.display().to_string(),
-            state_hash: HEXLOWER
-                .encode(&self.with_policy(state_hash::hash(round, next_index, &canisters))),
+            state_hash: HEXLOWER.encode(&snapshot.hash()),
         }
     }
 
     /// A SHA-256 of the replicated state after the last committed round:
     /// the round, the next canister index and every canister's id,
     /// controllers, run status, module hash, cycles, certified data, timers,
-    /// stable memory and linear memories, in a canonical order. Replicas
-    /// that executed the same rounds agree on it; logs and counters that are
-    /// not replicated state are left out.
+    /// stable memory and linear memories, in a canonical order, and the
+    /// scheduler policy in force. Replicas that executed the same rounds
+    /// agree on it; logs and counters that are not replicated state are
+    /// left out.
     ///
     /// Linear memories enter through their page maps' Merkle hashes, cached
     /// in the tree nodes versions share, so only pages dirtied since the
     /// last call are hashed again; stable memory and metadata are still
-    /// rehashed on every call (outside the registry lock, on a snapshot).
+    /// rehashed on every call (outside every lock, on a snapshot).
     pub fn state_hash(&self) -> [u8; 32] {
-        let (round, next_index, canisters) = self.snapshot();
-        self.with_policy(state_hash::hash(round, next_index, &canisters))
+        self.snapshot().hash()
     }
 
-    /// Folds the scheduler policy in force into a state hash (a node on the
-    /// built-in policy keeps the plain hash).
-    fn with_policy(&self, hash: [u8; 32]) -> [u8; 32] {
-        match &*self.scheduler_policy.read().expect("policy lock") {
-            None => hash,
-            Some((policy, _)) => {
-                let mut hasher = Sha256::new();
-                hasher.update(hash);
-                hasher.update(b"scheduler-policy\0");
-                hasher.update(policy.as_bytes());
-                hasher.finalize().into()
-            }
-        }
-    }
-
-    /// The committed round, next canister index and canisters, taken
-    /// together (canister state is behind `Arc`s, so this is cheap).
-    fn snapshot(&self) -> (u64, u64, BTreeMap<Principal, Canister>) {
+    /// The state between two rounds, taken together: the writer lock is
+    /// held while copying, so no round is half applied (a round commits
+    /// canister by canister). Canister state is behind `Arc`s, so this is
+    /// cheap.
+    fn snapshot(&self) -> StateSnapshot {
+        let _between_rounds = self.writer.lock().expect("writer lock");
         let registry = self.registry.read().expect("registry lock");
-        (
-            registry.round,
-            registry.next_index,
-            registry.canisters.clone(),
-        )
+        StateSnapshot {
+            round: registry.round,
+            next_index: registry.next_index,
+            canisters: registry.canisters.clone(),
+            policy: self
+                .scheduler_policy
+                .read()
+                .expect("policy lock")
+                .as_ref()
+                .map(|(hash, _)| hash.clone()),
+        }
     }
 
     /// A canister's interface.
@@ -1487,5 +1491,32 @@ impl Node {
         kept.next_log_index = attempted.next_log_index;
         self.commit(kept);
         error
+    }
+}
+
+/// The replicated state between two rounds (see [`Node::snapshot`]).
+struct StateSnapshot {
+    round: u64,
+    next_index: u64,
+    canisters: BTreeMap<Principal, Canister>,
+    /// Module hash of the scheduler policy in force; none: the built-in.
+    policy: Option<String>,
+}
+
+impl StateSnapshot {
+    /// The state hash; the policy in force is folded in (a node on the
+    /// built-in policy keeps the plain hash).
+    fn hash(&self) -> [u8; 32] {
+        let hash = state_hash::hash(self.round, self.next_index, &self.canisters);
+        match &self.policy {
+            None => hash,
+            Some(policy) => {
+                let mut hasher = Sha256::new();
+                hasher.update(hash);
+                hasher.update(b"scheduler-policy\0");
+                hasher.update(policy.as_bytes());
+                hasher.finalize().into()
+            }
+        }
     }
 }
