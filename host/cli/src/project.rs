@@ -250,6 +250,11 @@ pub fn build_quiet(dir: &Path) -> Result<PathBuf> {
     fs::create_dir_all(&out_dir)?;
     let out = out_dir.join(format!("{name}.wasm"));
     let tmp = out.with_extension("wasm.tmp");
+    // Cargo knows itself when a Rust build is fresh; the componentize
+    // tools rebuild (tens of seconds) unless told otherwise.
+    if manifest.canister.lang != Lang::Rust && is_fresh(&out, &dir)? {
+        return Ok(out);
+    }
     match manifest.canister.lang {
         Lang::Rust => {
             let target_dir = std::env::var_os("CELLAR_CARGO_TARGET_DIR")
@@ -318,6 +323,37 @@ pub fn build_quiet(dir: &Path) -> Result<PathBuf> {
     }
     fs::rename(&tmp, &out)?;
     Ok(out)
+}
+
+/// Whether the component at `out` is newer than every source file of the
+/// project in `dir` (build output, `.cellar` and hidden or `node_modules`
+/// directories are not sources).
+fn is_fresh(out: &Path, dir: &Path) -> Result<bool> {
+    let Ok(built) = fs::metadata(out).and_then(|m| m.modified()) else {
+        return Ok(false);
+    };
+    Ok(newest_source(dir)?.is_none_or(|newest| newest <= built))
+}
+
+/// The modification time of the newest source file under `dir`.
+fn newest_source(dir: &Path) -> Result<Option<std::time::SystemTime>> {
+    let mut newest = None;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let kind = entry.file_type()?;
+        let modified = if kind.is_dir() {
+            if name.starts_with('.') || name == "target" || name == "node_modules" {
+                continue;
+            }
+            newest_source(&entry.path())?
+        } else {
+            Some(entry.metadata()?.modified()?)
+        };
+        newest = newest.max(modified);
+    }
+    Ok(newest)
 }
 
 /// Installs a language toolchain with the source tree's script; returns

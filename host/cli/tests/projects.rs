@@ -54,7 +54,10 @@ fn start(dir: &Path, identity: &Path) -> (NodeProcess, String) {
 }
 
 fn cellar(dir: &Path, url: &str, identity: &Path, args: &[&str]) -> Output {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cellar-new-target");
+    // The target directory the example canisters were built in (by
+    // host/examples/build.rs, same profile and lockfile as a new project):
+    // a Rust project then compiles only its own crate.
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/components");
     Command::new(CELLAR)
         .current_dir(dir)
         .env("CELLAR_URL", url)
@@ -118,9 +121,25 @@ fn new_build_deploy(lang: &str, greeting: &str) {
     ));
     assert!(hello.contains(greeting), "{hello}");
 
-    // Deploying again upgrades the same canister.
+    // Deploying again upgrades the same canister, rebuilt from the edited
+    // source (an unchanged project is not rebuilt: see `deploy` above,
+    // which reused `build`'s component).
+    let source = project.join(match lang {
+        "rust" => "src/lib.rs",
+        "python" => "app.py",
+        _ => "app.js",
+    });
+    let text = std::fs::read_to_string(&source).unwrap();
+    std::fs::write(&source, text.replace(greeting, "edited")).unwrap();
     let again = ok(cellar(&project, &url, &me, &["deploy"]));
     assert_eq!(again, id);
+    let hello = ok(cellar(
+        &project,
+        &url,
+        &me,
+        &["query", &id, "hello(\"you\")"],
+    ));
+    assert!(hello.contains("edited"), "{hello}");
     let status = ok(cellar(
         &project,
         &url,
