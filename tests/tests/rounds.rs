@@ -511,3 +511,145 @@ fn a_checkpoint_during_a_long_message_restarts_it_and_loses_nothing() {
     assert_eq!(node.paused_executions(), 0);
     assert_eq!(node.aborted_executions(), before);
 }
+
+/// A query's reply or reject, as WAVE or the reject's text.
+fn try_query(node: &Node, id: &Principal, method: &str, args: &str) -> Result<String, String> {
+    match node.query(&bob(), id, method, wave(args)).unwrap().result {
+        Ok(values) => Ok(cellar_engine::results_to_wave(&values).unwrap()),
+        Err(reject) => Err(reject.to_string()),
+    }
+}
+
+/// `"<callee>", "<method>", "<args>"` for relay's forwarding methods.
+fn forward_args(callee: &Principal, method: &str, args: &str) -> String {
+    let args = args.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("{}, \"{method}\", \"{args}\"", text(callee))
+}
+
+#[test]
+fn a_composite_query_awaits_queries_and_nothing_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path(), 1000)).unwrap();
+    let kv = deploy(&node, "kv");
+    let testbed = deploy(&node, "testbed");
+    let relay = deploy(&node, "relay");
+    let other = deploy(&node, "relay");
+    call(&node, &kv, "add", "\"apple\", 5").unwrap();
+    call(&node, &testbed, "set", "\"k\", \"v\"").unwrap();
+    let (round, hash) = (node.round(), node.state_hash());
+
+    // A reply, through the Rust SDK's async calls, without any round.
+    assert_eq!(
+        try_query(
+            &node,
+            &relay,
+            "forward-query",
+            &forward_args(&kv, "get", "(\"apple\")")
+        )
+        .unwrap(),
+        "\"some(5)\""
+    );
+    // The caller's own changes carry over to its callback (the counter is 2
+    // there), and are discarded after: the next probe sees 2 again. The
+    // callee's write (in a query) is discarded too.
+    for _ in 0..2 {
+        assert_eq!(
+            try_query(
+                &node,
+                &relay,
+                "probe",
+                &forward_args(&testbed, "write-in-query", "(\"new\", \"x\")")
+            )
+            .unwrap(),
+            "(2, \"2\")"
+        );
+    }
+    assert_eq!(query(&node, &testbed, "count", ""), "1");
+    // Nested composite queries: relay -> other -> relay -> other.
+    let hops = format!("[{}, {}, {}]", text(&other), text(&relay), text(&other));
+    assert_eq!(try_query(&node, &relay, "chain", &hops).unwrap(), "3");
+    // Several calls in sequence; plain queries of the caller itself too.
+    assert_eq!(
+        try_query(
+            &node,
+            &relay,
+            "repeat",
+            &format!("{}, 3", forward_args(&relay, "spin", "(10)"))
+        )
+        .unwrap(),
+        "3"
+    );
+    // Nothing ran in a round and nothing changed.
+    assert_eq!(node.round(), round);
+    assert_eq!(node.state_hash(), hash);
+    assert_eq!(query(&node, &relay, "stats", ""), "(0, 0, 0)");
+}
+
+#[test]
+fn composite_query_failures_give_defined_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), 1000);
+    opts.limits.composite_query_instructions = 50_000_000;
+    let node = Node::open(opts).unwrap();
+    let kv = deploy(&node, "kv");
+    let relay = deploy(&node, "relay");
+    let hash = node.state_hash();
+    let forward = |callee: &Principal, method: &str, args: &str| {
+        try_query(
+            &node,
+            &relay,
+            "forward-query",
+            &forward_args(callee, method, args),
+        )
+    };
+
+    // An update method called from a query.
+    let err = forward(&kv, "add", "(\"apple\", 1)").unwrap_err();
+    assert!(err.contains("cannot call the update method"), "{err}");
+    // A missing canister, a missing method.
+    let err = forward(&Principal::canister(999), "get", "(\"a\")").unwrap_err();
+    assert!(err.contains("does not exist"), "{err}");
+    let err = forward(&kv, "nope", "()").unwrap_err();
+    assert!(err.contains("no method"), "{err}");
+    // A callee that traps.
+    let err = forward(&relay, "fail", "(\"on purpose\")").unwrap_err();
+    assert!(err.contains("trapped"), "{err}");
+    // Calls nested too deep.
+    let hops = format!("[{}]", vec![text(&relay); 8].join(", "));
+    let err = try_query(&node, &relay, "chain", &hops).unwrap_err();
+    assert!(err.contains("nest at most"), "{err}");
+    let hops = format!("[{}]", vec![text(&relay); 6].join(", "));
+    assert_eq!(try_query(&node, &relay, "chain", &hops).unwrap(), "6");
+    // The total instruction limit over the call graph: each spin fits the
+    // per-query limit, 40 of them do not fit the graph's.
+    let err = try_query(
+        &node,
+        &relay,
+        "repeat",
+        &format!("{}, 40", forward_args(&relay, "spin", "(500000)")),
+    )
+    .unwrap_err();
+    assert!(err.contains("exceeded its limit"), "{err}");
+    // A plain query cannot make calls (the SDK reports the call as not sent).
+    // A composite query sent as an update is rejected, as on the IC.
+    let err = call(
+        &node,
+        &relay,
+        "forward-query",
+        &forward_args(&kv, "get", "(\"a\")"),
+    )
+    .unwrap_err();
+    assert!(err.contains("composite query"), "{err}");
+    // And so is a composite query called by another canister's update.
+    let err = call(
+        &node,
+        &relay,
+        "forward",
+        &forward_args(&relay, "chain", "([])"),
+    )
+    .unwrap_err();
+    assert!(err.contains("composite query"), "{err}");
+    // The failures left nothing behind but the two update calls' rounds.
+    assert_eq!(query(&node, &relay, "stats", ""), "(0, 1, 0)");
+    assert_ne!(node.state_hash(), hash);
+}

@@ -10,6 +10,7 @@
 mod auth;
 mod canister;
 mod checkpoint;
+pub mod composite;
 mod cycles;
 mod dashboard;
 pub mod http;

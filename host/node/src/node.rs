@@ -929,7 +929,9 @@ impl Node {
         }
     }
 
-    /// Runs a query against the last committed state; its changes are discarded.
+    /// Runs a query against the last committed state; its changes are
+    /// discarded. A composite query method (see `composite.rs`) runs with
+    /// the queries it calls, all against the same committed state.
     pub fn query(
         &self,
         caller: &Principal,
@@ -956,6 +958,14 @@ impl Node {
                     });
                 }
             };
+        if resolved.kind == MessageKind::CompositeQuery {
+            let (result, instructions) =
+                self.composite_query(caller, id, method, &to_call_args(&args));
+            return Ok(CallOutcome {
+                result,
+                instructions,
+            });
+        }
         let ctx = message_context(
             &canister,
             caller,
@@ -1142,6 +1152,7 @@ impl Node {
                     kind: match m.kind {
                         MethodKind::Update => "update".into(),
                         MethodKind::Query => "query".into(),
+                        MethodKind::CompositeQuery => "composite-query".into(),
                     },
                     signature: m.signature(),
                 })
@@ -1345,6 +1356,18 @@ impl Node {
                 ));
             }
             (_, MethodKind::Query) => MessageKind::Query,
+            (MessageKind::Query, MethodKind::CompositeQuery) => MessageKind::CompositeQuery,
+            (_, MethodKind::CompositeQuery) => {
+                // As on the IC: a composite query never runs replicated.
+                return Err(Reject::new(
+                    RejectCode::DestinationInvalid,
+                    format!(
+                        "{} is a composite query; it can only be sent as a query, not as an \
+                         update (replicated) call",
+                        method.qualified_name()
+                    ),
+                ));
+            }
             (kind, MethodKind::Update) => kind,
         };
         if args.encoded_len() > self.options.limits.max_argument_bytes {

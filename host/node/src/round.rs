@@ -932,7 +932,7 @@ fn late_answer(
 }
 
 /// The arguments of an inter-canister call: a parenthesized WAVE list.
-fn request_args(text: &str) -> Result<CallArgs, String> {
+pub(crate) fn request_args(text: &str) -> Result<CallArgs, String> {
     let text = text.trim();
     let inner = text
         .strip_prefix('(')
@@ -942,7 +942,7 @@ fn request_args(text: &str) -> Result<CallArgs, String> {
 }
 
 /// The `call-result` value passed to `callbacks.on-reply`.
-fn call_result_val(answer: &Answer) -> Val {
+pub(crate) fn call_result_val(answer: &Answer) -> Val {
     match answer {
         Answer::Reply(text) => {
             Val::Variant("reply".into(), Some(Box::new(Val::String(text.clone()))))
