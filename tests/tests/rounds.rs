@@ -653,3 +653,127 @@ fn composite_query_failures_give_defined_rejects() {
     assert_eq!(query(&node, &relay, "stats", ""), "(0, 1, 0)");
     assert_ne!(node.state_hash(), hash);
 }
+
+/// A finalized batch as a replica executes it: height, time, items.
+type Batch = (u64, u64, Vec<([u8; 32], Vec<u8>)>);
+
+/// A node in replica mode whose requests are captured instead of going to
+/// consensus: the test finalizes them itself, and keeps the batches to
+/// feed them to other nodes.
+struct Subnet {
+    node: Node,
+    requests: std::sync::mpsc::Receiver<([u8; 32], Vec<u8>)>,
+    batches: Vec<Batch>,
+}
+
+impl Subnet {
+    fn new(opts: NodeOptions) -> Self {
+        let node = Node::open(opts).unwrap();
+        let (tx, requests) = std::sync::mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        let next = std::sync::atomic::AtomicU64::new(1);
+        node.set_replica_sink(Box::new(move |content| {
+            let mut id = [0u8; 32];
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            id[..8].copy_from_slice(&n.to_le_bytes());
+            tx.lock().unwrap().send((id, content)).unwrap();
+            Ok(id)
+        }));
+        Subnet {
+            node,
+            requests,
+            batches: Vec::new(),
+        }
+    }
+
+    /// Runs `request` on a thread, finalizes it, then empty heights until
+    /// nothing is paused or queued; returns its answer.
+    fn run<T: Send>(&mut self, request: impl FnOnce(&Node) -> T + Send) -> T {
+        let Subnet {
+            node,
+            requests,
+            batches,
+        } = self;
+        let node = &*node;
+        std::thread::scope(|s| {
+            let handle = s.spawn(move || request(node));
+            let item = requests.recv().unwrap();
+            finalize(node, batches, vec![item]);
+            while node.paused_executions() > 0 || node.queued_messages() > 0 {
+                finalize(node, batches, Vec::new());
+            }
+            handle.join().unwrap()
+        })
+    }
+}
+
+/// Finalizes the next height of `node` with `items` (the time follows from
+/// the height) and keeps the batch.
+fn finalize(node: &Node, batches: &mut Vec<Batch>, items: Vec<([u8; 32], Vec<u8>)>) {
+    let height = node.round() + 1;
+    let time = 1_700_000_000_000_000_000 + height * 1_000_000_000;
+    assert!(node.apply_finalized(height, time, &items).unwrap());
+    batches.push((height, time, items));
+}
+
+#[test]
+fn a_restart_keeps_paused_executions_so_replicas_agree() {
+    // Checkpoints every 1000 rounds: no message meets one. Every 10 rounds
+    // (slices grow to ~111 M instructions, 3 per message): three messages
+    // in a row meet the checkpoint at height 10, which aborts and restarts
+    // one of them on every replica.
+    for (interval, messages) in [(1000, 1), (10, 3)] {
+        let opts = |dir: &Path| sliced_options(dir, 20_000_000, interval);
+        // Replica A never stops.
+        let a_dir = tempfile::tempdir().unwrap();
+        let mut a = Subnet::new(opts(a_dir.path()));
+        let relay = a.run(|n| n.create(&alice(), vec![]).unwrap());
+        let e = cellar_examples::get("relay").unwrap();
+        a.run(|n| {
+            n.install(&alice(), &relay, InstallMode::Install, e.wasm, None)
+                .unwrap()
+        });
+        let mut values = Vec::new();
+        for _ in 0..messages {
+            values.push(a.run(|n| {
+                reply(
+                    n.update(&alice(), &relay, "burn", wave("15000000"))
+                        .unwrap(),
+                )
+            }));
+        }
+        assert!(values.windows(2).all(|w| w[0] == w[1]), "{values:?}");
+        assert_eq!(a.node.aborted_executions() > 0, interval == 10);
+        let hash = a.node.state_hash();
+
+        // Replica B executes the same batches and restarts (from its own
+        // directory) twice while a message is paused, at rounds that are
+        // not checkpoint rounds.
+        let b_dir = tempfile::tempdir().unwrap();
+        let open_b = || Node::open(opts(b_dir.path())).unwrap();
+        let mut b = open_b();
+        let mut paused_heights = 0;
+        for (height, time, items) in &a.batches {
+            assert!(b.apply_finalized(*height, *time, items).unwrap());
+            if b.paused_executions() > 0 {
+                paused_heights += 1;
+                if paused_heights == 2 || paused_heights == 4 {
+                    drop(b);
+                    b = open_b();
+                    assert_eq!(b.round(), *height);
+                    assert_eq!(b.paused_executions(), 1, "the restart lost the execution");
+                }
+            }
+        }
+        assert!(paused_heights >= 4, "{paused_heights} heights paused");
+        assert_eq!(b.paused_executions(), 0);
+        assert_eq!(
+            b.state_hash(),
+            hash,
+            "the restarted replica diverged (checkpoints every {interval})"
+        );
+        // Restarted once more, it still agrees.
+        drop(b);
+        assert_eq!(open_b().state_hash(), hash);
+    }
+}

@@ -83,7 +83,8 @@ pub struct NodeOptions {
     pub data_dir: PathBuf,
     /// Execution limits.
     pub limits: Limits,
-    /// Rounds between checkpoints.
+    /// Rounds between checkpoints: the node checkpoints after every round
+    /// that is a multiple of it (the same rounds on every replica).
     pub checkpoint_interval: u64,
     /// Journal durability.
     pub durability: Durability,
@@ -157,7 +158,6 @@ impl Registry {
 
 pub(crate) struct Writer {
     journal: Journal,
-    since_checkpoint: u64,
 }
 
 /// A request waiting for a round, with the channel its answer goes to.
@@ -399,7 +399,18 @@ impl Node {
             })
             .collect();
         journals.sort();
+        // Checkpoints happen at rounds that are multiples of the interval,
+        // on every replica alike (they abort paused executions, which
+        // changes what the next rounds do). Replay does what the live node
+        // did, or was about to do when it stopped: a checkpoint after each
+        // such round, and none anywhere else. So a restarted node keeps the
+        // executions paused at the end of the replay and continues them
+        // exactly as a node that never stopped.
+        let interval = self.options.checkpoint_interval.max(1);
         let mut replayed = 0u64;
+        // A checkpoint written during replay, and the records after it.
+        let mut checkpointed: Option<u64> = None;
+        let mut tail: Vec<Record> = Vec::new();
         for path in &journals {
             for record in read_records(path)? {
                 self.fresh = false;
@@ -427,24 +438,49 @@ impl Node {
                     }
                 }
                 replayed += 1;
+                if record.round.is_multiple_of(interval) {
+                    self.abort_paused(None);
+                    self.write_checkpoint()?;
+                    checkpointed = Some(record.round);
+                    tail.clear();
+                } else if checkpointed.is_some() {
+                    tail.push(record);
+                }
             }
         }
         let round = self.registry.read().expect("registry lock").round;
         if replayed > 0 {
             tracing::info!(replayed, round, "replayed the journal after the checkpoint");
-            self.write_checkpoint()?;
-            for path in journals {
-                std::fs::remove_file(path)?;
-            }
         }
-        let journal = Journal::open(
-            &journal_path(&self.state_dir, round + 1),
-            self.options.durability,
-        )?;
-        *self.writer.lock().expect("writer lock") = Some(Writer {
-            journal,
-            since_checkpoint: 0,
-        });
+        let journal = match (checkpointed, journals.last()) {
+            // The records after the new checkpoint move to a journal that
+            // starts after it; the older journals go.
+            (Some(at), _) => {
+                let path = journal_path(&self.state_dir, at + 1);
+                let staging = self.state_dir.join("journal-staging.tmp");
+                let _ = std::fs::remove_file(&staging);
+                let mut staged = Journal::open(&staging, self.options.durability)?;
+                for record in &tail {
+                    staged.append(record)?;
+                }
+                drop(staged);
+                for old in &journals {
+                    std::fs::remove_file(old)?;
+                }
+                std::fs::rename(&staging, &path)?;
+                if self.options.durability == Durability::Sync {
+                    std::fs::File::open(&self.state_dir)?.sync_all()?;
+                }
+                Journal::open(&path, self.options.durability)?
+            }
+            // The journal after the loaded checkpoint goes on.
+            (None, Some(last)) => Journal::open(last, self.options.durability)?,
+            (None, None) => Journal::open(
+                &journal_path(&self.state_dir, round + 1),
+                self.options.durability,
+            )?,
+        };
+        *self.writer.lock().expect("writer lock") = Some(Writer { journal });
         Ok(())
     }
 
@@ -466,6 +502,26 @@ impl Node {
         Ok(())
     }
 
+    /// Whether the node checkpoints after `round`: at multiples of the
+    /// checkpoint interval, so every replica aborts paused executions at
+    /// the same rounds, whenever each one started or restarted.
+    fn is_checkpoint_round(&self, round: u64) -> bool {
+        round.is_multiple_of(self.options.checkpoint_interval.max(1))
+    }
+
+    /// Writes a checkpoint now unless an execution is paused (a checkpoint
+    /// would abort it at a round the other replicas do not): for a node
+    /// that stops, a shorter replay when it starts again. Returns whether
+    /// it wrote one.
+    pub fn checkpoint_if_settled(&self) -> anyhow::Result<bool> {
+        let mut writer = self.writer.lock().expect("writer lock");
+        if !self.paused.lock().expect("paused lock").is_empty() {
+            return Ok(false);
+        }
+        self.checkpoint_locked(&mut writer)?;
+        Ok(true)
+    }
+
     /// What the last checkpoint wrote.
     pub fn last_checkpoint(&self) -> CheckpointStats {
         *self.last_checkpoint.lock().expect("stats lock")
@@ -483,10 +539,8 @@ impl Node {
         let round = self.registry.read().expect("registry lock").round;
         let new_path = journal_path(&self.state_dir, round + 1);
         let journal = Journal::open(&new_path, self.options.durability)?;
-        if let Some(old) = writer.replace(Writer {
-            journal,
-            since_checkpoint: 0,
-        }) && old.journal.path() != new_path
+        if let Some(old) = writer.replace(Writer { journal })
+            && old.journal.path() != new_path
         {
             std::fs::remove_file(old.journal.path())?;
         }
@@ -764,8 +818,7 @@ impl Node {
         for (index, result) in answered {
             self.replica.answer(index, result);
         }
-        w.since_checkpoint += 1;
-        if w.since_checkpoint >= self.options.checkpoint_interval {
+        if self.is_checkpoint_round(height) {
             self.checkpoint_locked(&mut writer)?;
         }
         Ok(true)
@@ -827,8 +880,7 @@ impl Node {
                 }
             }
         }
-        w.since_checkpoint += 1;
-        if w.since_checkpoint >= self.options.checkpoint_interval {
+        if self.is_checkpoint_round(record.round) {
             self.checkpoint_locked(writer)?;
         }
         Ok(())

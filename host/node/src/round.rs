@@ -1007,4 +1007,15 @@ impl Node {
     pub fn paused_executions(&self) -> usize {
         self.paused.lock().expect("paused lock").len()
     }
+
+    /// Messages waiting in input queues, over all canisters.
+    pub fn queued_messages(&self) -> usize {
+        let registry = self.registry.read().expect("registry lock");
+        registry
+            .active
+            .iter()
+            .filter_map(|id| registry.canisters.get(id))
+            .map(|c| c.messaging.input_queue.len())
+            .sum()
+    }
 }
