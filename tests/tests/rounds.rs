@@ -777,3 +777,74 @@ fn a_restart_keeps_paused_executions_so_replicas_agree() {
         assert_eq!(open_b().state_hash(), hash);
     }
 }
+
+#[test]
+fn deleting_or_stopping_a_canister_answers_everything_queued_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut subnet = Subnet::new(sliced_options(dir.path(), 20_000_000, 1000));
+    let deploy_relay = |subnet: &mut Subnet| {
+        let id = subnet.run(|n| n.create(&alice(), vec![]).unwrap());
+        let e = cellar_examples::get("relay").unwrap();
+        subnet.run(|n| {
+            n.install(&alice(), &id, InstallMode::Install, e.wasm, None)
+                .unwrap()
+        });
+        id
+    };
+    let caller = deploy_relay(&mut subnet);
+    let doomed = deploy_relay(&mut subnet);
+    let stopped = deploy_relay(&mut subnet);
+    let Subnet {
+        node,
+        requests,
+        batches,
+    } = &mut subnet;
+    let node = &*node;
+    std::thread::scope(|s| {
+        let (caller, doomed, stopped) = (&caller, &doomed, &stopped);
+        macro_rules! submit {
+            ($request:expr) => {{
+                let handle = s.spawn(move || $request);
+                (handle, requests.recv().unwrap())
+            }};
+        }
+        // Height 1: a long message on each of the two canisters (they pause),
+        // a short one queued behind each, and a call from another canister
+        // to `doomed` (its request reaches the queue at the end of the round).
+        let long = "15000000";
+        let (doomed_long, i1) = submit!(call(node, doomed, "burn", long));
+        let (doomed_short, i2) = submit!(call(node, doomed, "burn", "1"));
+        let (stopped_long, i3) = submit!(call(node, stopped, "burn", long));
+        let (stopped_short, i4) = submit!(call(node, stopped, "burn", "1"));
+        let (forwarded, i5) = submit!(call(
+            node,
+            caller,
+            "forward",
+            &forward_args(doomed, "burn", "(1)")
+        ));
+        finalize(node, batches, vec![i1, i2, i3, i4, i5]);
+        assert_eq!(node.paused_executions(), 2);
+        // Height 2: delete one, stop the other.
+        let (deleted, i6) = submit!(node.delete(&alice(), doomed).map_err(|e| e.to_string()));
+        let (stop, i7) = submit!(node.stop(&alice(), stopped).map_err(|e| e.to_string()));
+        finalize(node, batches, vec![i6, i7]);
+        while node.paused_executions() > 0 || node.queued_messages() > 0 {
+            finalize(node, batches, Vec::new());
+        }
+        deleted.join().unwrap().unwrap();
+        stop.join().unwrap().unwrap();
+        // Every waiter got a reject: the deleted canister's queued ingress
+        // (the paused one included) at once, its queued request as a reject
+        // response that ran the caller's callback, which rejected in turn.
+        for handle in [doomed_long, doomed_short, forwarded] {
+            let err = handle.join().unwrap().unwrap_err();
+            assert!(err.contains("was deleted"), "{err}");
+        }
+        for handle in [stopped_long, stopped_short] {
+            let err = handle.join().unwrap().unwrap_err();
+            assert!(err.contains("stopped"), "{err}");
+        }
+    });
+    assert_eq!(query(&subnet.node, &caller, "stats", ""), "(0, 1, 0)");
+    assert_eq!(subnet.node.queued_messages(), 0);
+}

@@ -209,6 +209,10 @@ pub struct Node {
     pub(crate) paused: Mutex<BTreeMap<Principal, crate::round::PausedMessage>>,
     /// Paused executions aborted since the node opened.
     pub(crate) aborted_executions: std::sync::atomic::AtomicU64,
+    /// Ingress messages answered by a management request of the round
+    /// being executed (the queue of a deleted canister), for the round to
+    /// hand to their waiters.
+    pub(crate) orphans: Mutex<crate::round::Answered>,
     /// Requests waiting for the next round.
     pending: Mutex<Vec<Pending>>,
     /// Requests inducted into a round and not answered yet.
@@ -351,6 +355,7 @@ impl Node {
             last_policy_fallback: Mutex::new(None),
             paused: Mutex::new(BTreeMap::new()),
             aborted_executions: std::sync::atomic::AtomicU64::new(0),
+            orphans: Mutex::new(Vec::new()),
             pending: Mutex::new(Vec::new()),
             waiters: Mutex::new(BTreeMap::new()),
             fresh: true,
@@ -1312,7 +1317,10 @@ impl Node {
                 let canister = controlled(id)?;
                 let status = canister.status();
                 let mut registry = self.registry.write().expect("registry lock");
-                registry.canisters.remove(id);
+                if let Some(deleted) = registry.canisters.remove(id) {
+                    let orphans = crate::round::reject_orphans(&mut registry, deleted);
+                    self.orphans.lock().expect("orphans lock").extend(orphans);
+                }
                 registry.reindex(id);
                 Ok(Applied::Status(status))
             }

@@ -34,7 +34,8 @@ use crate::cycles;
 use crate::journal::{Op, Record};
 use crate::messages::{Answer, IngressId, InputMessage, OpenContext, Origin, OutstandingCall};
 use crate::node::{
-    Applied, CallOutcome, Node, NodeError, Step, message_context, random_seed, to_call_args,
+    Applied, CallOutcome, Node, NodeError, Registry, Step, message_context, random_seed,
+    to_call_args,
 };
 use crate::scheduler::{self, Summary};
 
@@ -121,6 +122,7 @@ impl Node {
                         sequence: index as u64,
                     };
                     answered.push((id, self.apply_management(&step, op)));
+                    answered.append(&mut self.orphans.lock().expect("orphans lock"));
                 }
             }
         }
@@ -847,6 +849,66 @@ fn settle_owner(run: &mut CanisterRun, owner: Option<u64>, failure: Option<Rejec
         open.refund,
         0,
     );
+}
+
+/// Answers everything a deleted canister owed, so that nothing waits
+/// forever: its queued ingress messages and deferred ingress messages are
+/// rejected (returned, for the round to answer their waiters), its queued
+/// and deferred calls from other canisters get a reject response in their
+/// caller's queue (whose callback then runs), with the attached cycles
+/// refunded. Queued responses and timers need no answer.
+pub(crate) fn reject_orphans(registry: &mut Registry, deleted: Canister) -> Answered {
+    let id = deleted.id.clone();
+    let reason = || {
+        Reject::new(
+            RejectCode::DestinationInvalid,
+            format!("canister {} was deleted before it answered", id.to_text()),
+        )
+    };
+    let mut owed: Vec<(Origin, u64)> = Vec::new();
+    for message in deleted.messaging.input_queue {
+        match message {
+            InputMessage::Ingress { id, .. } => owed.push((Origin::Ingress { id }, 0)),
+            InputMessage::Request {
+                caller,
+                call_id,
+                cycles,
+                ..
+            } => owed.push((Origin::Canister { caller, call_id }, cycles)),
+            InputMessage::Response { .. } | InputMessage::Timer { .. } => {}
+        }
+    }
+    for open in deleted.messaging.open_contexts.into_values() {
+        owed.push((open.origin, open.refund));
+    }
+    let mut answered = Answered::new();
+    for (origin, refund) in owed {
+        let reject = reason();
+        match origin {
+            Origin::Ingress { id } => answered.push((
+                id,
+                Ok(Applied::Call(CallOutcome {
+                    result: Err(reject),
+                    instructions: 0,
+                })),
+            )),
+            Origin::Canister { caller, call_id } => {
+                if let Some(c) = registry.canisters.get_mut(&caller) {
+                    c.messaging.input_queue.push_back(InputMessage::Response {
+                        call_id,
+                        callee: id.clone(),
+                        answer: Answer::Reject {
+                            code: reject.code,
+                            message: reject.message,
+                        },
+                        refund,
+                    });
+                    registry.reindex(&caller);
+                }
+            }
+        }
+    }
+    answered
 }
 
 /// A reply, as values (from a method's return) or as WAVE text (from a
