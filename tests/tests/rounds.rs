@@ -630,7 +630,6 @@ fn composite_query_failures_give_defined_rejects() {
     )
     .unwrap_err();
     assert!(err.contains("exceeded its limit"), "{err}");
-    // A plain query cannot make calls (the SDK reports the call as not sent).
     // A composite query sent as an update is rejected, as on the IC.
     let err = call(
         &node,

@@ -18,10 +18,10 @@
 //! * the calls a message makes run one after the other, depth first, in
 //!   the order they were made; each reply is delivered to the caller's
 //!   `on-reply` before the next call runs;
-//! * defined rejects: a call to an update method or a composite query
-//!   method's call of a missing canister or method (the caller's callback
-//!   gets the reject), a callee that traps, a call nested deeper than
-//!   [`MAX_QUERY_CALL_DEPTH`]; and for the whole query, more than
+//! * defined rejects: a call to an update method, to a missing canister or
+//!   method, with bad arguments, to a callee that traps, or nested deeper
+//!   than [`MAX_QUERY_CALL_DEPTH`] (the caller's callback gets the reject);
+//!   and for the whole query, more than
 //!   [`MAX_QUERY_CALLS`] calls or more than
 //!   `Limits::composite_query_instructions` instructions in total.
 //!
