@@ -511,3 +511,339 @@ fn a_checkpoint_during_a_long_message_restarts_it_and_loses_nothing() {
     assert_eq!(node.paused_executions(), 0);
     assert_eq!(node.aborted_executions(), before);
 }
+
+/// A query's reply or reject, as WAVE or the reject's text.
+fn try_query(node: &Node, id: &Principal, method: &str, args: &str) -> Result<String, String> {
+    match node.query(&bob(), id, method, wave(args)).unwrap().result {
+        Ok(values) => Ok(cellar_engine::results_to_wave(&values).unwrap()),
+        Err(reject) => Err(reject.to_string()),
+    }
+}
+
+/// `"<callee>", "<method>", "<args>"` for relay's forwarding methods.
+fn forward_args(callee: &Principal, method: &str, args: &str) -> String {
+    let args = args.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("{}, \"{method}\", \"{args}\"", text(callee))
+}
+
+#[test]
+fn a_composite_query_awaits_queries_and_nothing_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path(), 1000)).unwrap();
+    let kv = deploy(&node, "kv");
+    let testbed = deploy(&node, "testbed");
+    let relay = deploy(&node, "relay");
+    let other = deploy(&node, "relay");
+    call(&node, &kv, "add", "\"apple\", 5").unwrap();
+    call(&node, &testbed, "set", "\"k\", \"v\"").unwrap();
+    let (round, hash) = (node.round(), node.state_hash());
+
+    // A reply, through the Rust SDK's async calls, without any round.
+    assert_eq!(
+        try_query(
+            &node,
+            &relay,
+            "forward-query",
+            &forward_args(&kv, "get", "(\"apple\")")
+        )
+        .unwrap(),
+        "\"some(5)\""
+    );
+    // The caller's own changes carry over to its callback (the counter is 2
+    // there), and are discarded after: the next probe sees 2 again. The
+    // callee's write (in a query) is discarded too.
+    for _ in 0..2 {
+        assert_eq!(
+            try_query(
+                &node,
+                &relay,
+                "probe",
+                &forward_args(&testbed, "write-in-query", "(\"new\", \"x\")")
+            )
+            .unwrap(),
+            "(2, \"2\")"
+        );
+    }
+    assert_eq!(query(&node, &testbed, "count", ""), "1");
+    // Nested composite queries: relay -> other -> relay -> other.
+    let hops = format!("[{}, {}, {}]", text(&other), text(&relay), text(&other));
+    assert_eq!(try_query(&node, &relay, "chain", &hops).unwrap(), "3");
+    // Several calls in sequence; plain queries of the caller itself too.
+    assert_eq!(
+        try_query(
+            &node,
+            &relay,
+            "repeat",
+            &format!("{}, 3", forward_args(&relay, "spin", "(10)"))
+        )
+        .unwrap(),
+        "3"
+    );
+    // Nothing ran in a round and nothing changed.
+    assert_eq!(node.round(), round);
+    assert_eq!(node.state_hash(), hash);
+    assert_eq!(query(&node, &relay, "stats", ""), "(0, 0, 0)");
+}
+
+#[test]
+fn composite_query_failures_give_defined_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), 1000);
+    opts.limits.composite_query_instructions = 50_000_000;
+    let node = Node::open(opts).unwrap();
+    let kv = deploy(&node, "kv");
+    let relay = deploy(&node, "relay");
+    let hash = node.state_hash();
+    let forward = |callee: &Principal, method: &str, args: &str| {
+        try_query(
+            &node,
+            &relay,
+            "forward-query",
+            &forward_args(callee, method, args),
+        )
+    };
+
+    // An update method called from a query.
+    let err = forward(&kv, "add", "(\"apple\", 1)").unwrap_err();
+    assert!(err.contains("cannot call the update method"), "{err}");
+    // A missing canister, a missing method.
+    let err = forward(&Principal::canister(999), "get", "(\"a\")").unwrap_err();
+    assert!(err.contains("does not exist"), "{err}");
+    let err = forward(&kv, "nope", "()").unwrap_err();
+    assert!(err.contains("no method"), "{err}");
+    // A callee that traps.
+    let err = forward(&relay, "fail", "(\"on purpose\")").unwrap_err();
+    assert!(err.contains("trapped"), "{err}");
+    // Calls nested too deep.
+    let hops = format!("[{}]", vec![text(&relay); 8].join(", "));
+    let err = try_query(&node, &relay, "chain", &hops).unwrap_err();
+    assert!(err.contains("nest at most"), "{err}");
+    let hops = format!("[{}]", vec![text(&relay); 6].join(", "));
+    assert_eq!(try_query(&node, &relay, "chain", &hops).unwrap(), "6");
+    // The total instruction limit over the call graph: each spin fits the
+    // per-query limit, 40 of them do not fit the graph's.
+    let err = try_query(
+        &node,
+        &relay,
+        "repeat",
+        &format!("{}, 40", forward_args(&relay, "spin", "(500000)")),
+    )
+    .unwrap_err();
+    assert!(err.contains("exceeded its limit"), "{err}");
+    // A composite query sent as an update is rejected, as on the IC.
+    let err = call(
+        &node,
+        &relay,
+        "forward-query",
+        &forward_args(&kv, "get", "(\"a\")"),
+    )
+    .unwrap_err();
+    assert!(err.contains("composite query"), "{err}");
+    // And so is a composite query called by another canister's update.
+    let err = call(
+        &node,
+        &relay,
+        "forward",
+        &forward_args(&relay, "chain", "([])"),
+    )
+    .unwrap_err();
+    assert!(err.contains("composite query"), "{err}");
+    // The failures left nothing behind but the two update calls' rounds.
+    assert_eq!(query(&node, &relay, "stats", ""), "(0, 1, 0)");
+    assert_ne!(node.state_hash(), hash);
+}
+
+/// A finalized batch as a replica executes it: height, time, items.
+type Batch = (u64, u64, Vec<([u8; 32], Vec<u8>)>);
+
+/// A node in replica mode whose requests are captured instead of going to
+/// consensus: the test finalizes them itself, and keeps the batches to
+/// feed them to other nodes.
+struct Subnet {
+    node: Node,
+    requests: std::sync::mpsc::Receiver<([u8; 32], Vec<u8>)>,
+    batches: Vec<Batch>,
+}
+
+impl Subnet {
+    fn new(opts: NodeOptions) -> Self {
+        let node = Node::open(opts).unwrap();
+        let (tx, requests) = std::sync::mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        let next = std::sync::atomic::AtomicU64::new(1);
+        node.set_replica_sink(Box::new(move |content| {
+            let mut id = [0u8; 32];
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            id[..8].copy_from_slice(&n.to_le_bytes());
+            tx.lock().unwrap().send((id, content)).unwrap();
+            Ok(id)
+        }));
+        Subnet {
+            node,
+            requests,
+            batches: Vec::new(),
+        }
+    }
+
+    /// Runs `request` on a thread, finalizes it, then empty heights until
+    /// nothing is paused or queued; returns its answer.
+    fn run<T: Send>(&mut self, request: impl FnOnce(&Node) -> T + Send) -> T {
+        let Subnet {
+            node,
+            requests,
+            batches,
+        } = self;
+        let node = &*node;
+        std::thread::scope(|s| {
+            let handle = s.spawn(move || request(node));
+            let item = requests.recv().unwrap();
+            finalize(node, batches, vec![item]);
+            while node.paused_executions() > 0 || node.queued_messages() > 0 {
+                finalize(node, batches, Vec::new());
+            }
+            handle.join().unwrap()
+        })
+    }
+}
+
+/// Finalizes the next height of `node` with `items` (the time follows from
+/// the height) and keeps the batch.
+fn finalize(node: &Node, batches: &mut Vec<Batch>, items: Vec<([u8; 32], Vec<u8>)>) {
+    let height = node.round() + 1;
+    let time = 1_700_000_000_000_000_000 + height * 1_000_000_000;
+    assert!(node.apply_finalized(height, time, &items).unwrap());
+    batches.push((height, time, items));
+}
+
+#[test]
+fn a_restart_keeps_paused_executions_so_replicas_agree() {
+    // Checkpoints every 1000 rounds: no message meets one. Every 10 rounds
+    // (slices grow to ~111 M instructions, 3 per message): three messages
+    // in a row meet the checkpoint at height 10, which aborts and restarts
+    // one of them on every replica.
+    for (interval, messages) in [(1000, 1), (10, 3)] {
+        let opts = |dir: &Path| sliced_options(dir, 20_000_000, interval);
+        // Replica A never stops.
+        let a_dir = tempfile::tempdir().unwrap();
+        let mut a = Subnet::new(opts(a_dir.path()));
+        let relay = a.run(|n| n.create(&alice(), vec![]).unwrap());
+        let e = cellar_examples::get("relay").unwrap();
+        a.run(|n| {
+            n.install(&alice(), &relay, InstallMode::Install, e.wasm, None)
+                .unwrap()
+        });
+        let mut values = Vec::new();
+        for _ in 0..messages {
+            values.push(a.run(|n| {
+                reply(
+                    n.update(&alice(), &relay, "burn", wave("15000000"))
+                        .unwrap(),
+                )
+            }));
+        }
+        assert!(values.windows(2).all(|w| w[0] == w[1]), "{values:?}");
+        assert_eq!(a.node.aborted_executions() > 0, interval == 10);
+        let hash = a.node.state_hash();
+
+        // Replica B executes the same batches and restarts (from its own
+        // directory) twice while a message is paused, at rounds that are
+        // not checkpoint rounds.
+        let b_dir = tempfile::tempdir().unwrap();
+        let open_b = || Node::open(opts(b_dir.path())).unwrap();
+        let mut b = open_b();
+        let mut paused_heights = 0;
+        for (height, time, items) in &a.batches {
+            assert!(b.apply_finalized(*height, *time, items).unwrap());
+            if b.paused_executions() > 0 {
+                paused_heights += 1;
+                if paused_heights == 2 || paused_heights == 4 {
+                    drop(b);
+                    b = open_b();
+                    assert_eq!(b.round(), *height);
+                    assert_eq!(b.paused_executions(), 1, "the restart lost the execution");
+                }
+            }
+        }
+        assert!(paused_heights >= 4, "{paused_heights} heights paused");
+        assert_eq!(b.paused_executions(), 0);
+        assert_eq!(
+            b.state_hash(),
+            hash,
+            "the restarted replica diverged (checkpoints every {interval})"
+        );
+        // Restarted once more, it still agrees.
+        drop(b);
+        assert_eq!(open_b().state_hash(), hash);
+    }
+}
+
+#[test]
+fn deleting_or_stopping_a_canister_answers_everything_queued_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut subnet = Subnet::new(sliced_options(dir.path(), 20_000_000, 1000));
+    let deploy_relay = |subnet: &mut Subnet| {
+        let id = subnet.run(|n| n.create(&alice(), vec![]).unwrap());
+        let e = cellar_examples::get("relay").unwrap();
+        subnet.run(|n| {
+            n.install(&alice(), &id, InstallMode::Install, e.wasm, None)
+                .unwrap()
+        });
+        id
+    };
+    let caller = deploy_relay(&mut subnet);
+    let doomed = deploy_relay(&mut subnet);
+    let stopped = deploy_relay(&mut subnet);
+    let Subnet {
+        node,
+        requests,
+        batches,
+    } = &mut subnet;
+    let node = &*node;
+    std::thread::scope(|s| {
+        let (caller, doomed, stopped) = (&caller, &doomed, &stopped);
+        macro_rules! submit {
+            ($request:expr) => {{
+                let handle = s.spawn(move || $request);
+                (handle, requests.recv().unwrap())
+            }};
+        }
+        // Height 1: a long message on each of the two canisters (they pause),
+        // a short one queued behind each, and a call from another canister
+        // to `doomed` (its request reaches the queue at the end of the round).
+        let long = "15000000";
+        let (doomed_long, i1) = submit!(call(node, doomed, "burn", long));
+        let (doomed_short, i2) = submit!(call(node, doomed, "burn", "1"));
+        let (stopped_long, i3) = submit!(call(node, stopped, "burn", long));
+        let (stopped_short, i4) = submit!(call(node, stopped, "burn", "1"));
+        let (forwarded, i5) = submit!(call(
+            node,
+            caller,
+            "forward",
+            &forward_args(doomed, "burn", "(1)")
+        ));
+        finalize(node, batches, vec![i1, i2, i3, i4, i5]);
+        assert_eq!(node.paused_executions(), 2);
+        // Height 2: delete one, stop the other.
+        let (deleted, i6) = submit!(node.delete(&alice(), doomed).map_err(|e| e.to_string()));
+        let (stop, i7) = submit!(node.stop(&alice(), stopped).map_err(|e| e.to_string()));
+        finalize(node, batches, vec![i6, i7]);
+        while node.paused_executions() > 0 || node.queued_messages() > 0 {
+            finalize(node, batches, Vec::new());
+        }
+        deleted.join().unwrap().unwrap();
+        stop.join().unwrap().unwrap();
+        // Every waiter got a reject: the deleted canister's queued ingress
+        // (the paused one included) at once, its queued request as a reject
+        // response that ran the caller's callback, which rejected in turn.
+        for handle in [doomed_long, doomed_short, forwarded] {
+            let err = handle.join().unwrap().unwrap_err();
+            assert!(err.contains("was deleted"), "{err}");
+        }
+        for handle in [stopped_long, stopped_short] {
+            let err = handle.join().unwrap().unwrap_err();
+            assert!(err.contains("stopped"), "{err}");
+        }
+    });
+    assert_eq!(query(&subnet.node, &caller, "stats", ""), "(0, 1, 0)");
+    assert_eq!(subnet.node.queued_messages(), 0);
+}

@@ -17,10 +17,12 @@ cellar_sdk::wit_bindgen::generate!({
 });
 
 use exports::cellar::canister::callbacks;
-use exports::example::relay::{api, query};
+use exports::example::relay::{api, composite_query, query};
 
 /// Timer firings.
 static TICKS: State<u64> = State::new();
+/// A counter composite queries change (the host discards their changes).
+static SCRATCH: State<u64> = State::new();
 /// Replies and rejects seen by calls.
 static OUTCOMES: State<(u64, u64)> = State::new();
 
@@ -129,6 +131,71 @@ impl query::Guest for Relay {
     fn stats() -> (u64, u64, u32) {
         let (ok, err) = OUTCOMES.with(|o| *o);
         (ok, err, calls::pending_tasks() as u32)
+    }
+
+    fn spin(iterations: u64) -> u64 {
+        <Relay as api::Guest>::burn(iterations)
+    }
+
+    fn fail(message: String) -> u64 {
+        panic!("{message}")
+    }
+}
+
+impl composite_query::Guest for Relay {
+    fn forward_query(callee: String, method: String, args: String) -> String {
+        let reply = calls::defer_reply();
+        calls::spawn(async move {
+            match calls::call_raw(&callee, &method, &args, 0).await {
+                Ok(RawWave(text)) => reply.reply(&text),
+                Err(e) => reply.reject(&e.to_string()),
+            }
+        });
+        String::new()
+    }
+
+    fn probe(callee: String, method: String, args: String) -> (u64, String) {
+        SCRATCH.with_mut(|s| *s += 1);
+        let reply = calls::defer_reply();
+        calls::spawn(async move {
+            let result = calls::call_raw(&callee, &method, &args, 0).await;
+            let scratch = SCRATCH.with_mut(|s| {
+                *s += 1;
+                *s
+            });
+            match result {
+                Ok(RawWave(text)) => reply.reply(&(scratch, text)),
+                Err(e) => reply.reject(&e.to_string()),
+            }
+        });
+        (0, String::new())
+    }
+
+    fn chain(hops: Vec<String>) -> u32 {
+        let Some((next, rest)) = hops.split_first() else {
+            return 0;
+        };
+        let (next, rest) = (next.clone(), rest.to_vec());
+        let reply = calls::defer_reply();
+        calls::spawn(async move {
+            match calls::call::<u32>(&next, "chain", (rest,)).await {
+                Ok(n) => reply.reply(&(n + 1)),
+                Err(e) => reply.reject(&e.to_string()),
+            }
+        });
+        0
+    }
+
+    fn repeat(callee: String, method: String, args: String, n: u32) -> u32 {
+        let reply = calls::defer_reply();
+        calls::spawn(async move {
+            let mut replied = 0u32;
+            for _ in 0..n {
+                replied += u32::from(calls::call_raw(&callee, &method, &args, 0).await.is_ok());
+            }
+            reply.reply(&replied);
+        });
+        0
     }
 }
 

@@ -34,9 +34,9 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
+use crate::CallId;
 use crate::sys::cellar::canister::{calls as api_calls, message as api_message};
 use crate::wave::{FromWave, ToWaveArgs};
-use crate::CallId;
 
 /// What a call came back with, as the system delivers it to `on-reply`.
 pub use api_calls::CallResult;
@@ -172,8 +172,11 @@ pub struct Deferred {
 /// Defers the current update message's reply: its return value is ignored
 /// and the caller gets what [`Deferred::reply`] (or `reject`) sends later.
 ///
+/// Works the same in a composite query (a method of an exported
+/// `composite-query` interface), whose calls go to query methods.
+///
 /// # Panics
-/// In a query (queries cannot defer).
+/// In a plain query (plain queries cannot defer).
 pub fn defer_reply() -> Deferred {
     let token = api_message::defer_reply().unwrap_or_else(|e| panic!("{e}"));
     Deferred { token }
@@ -203,4 +206,3 @@ impl Deferred {
         }
     }
 }
-

@@ -222,6 +222,18 @@ macro_rules! tuples {
 }
 tuples!((A), (A, B), (A, B, C), (A, B, C, D));
 
+macro_rules! tuple_values {
+    ($(($($name:ident),+)),*) => {$(
+        /// A WIT tuple value: `(a, b)`.
+        impl<$($name: ToWave),+> ToWave for ($($name,)+) {
+            fn to_wave(&self, out: &mut String) {
+                out.push_str(&self.to_wave_args());
+            }
+        }
+    )*};
+}
+tuple_values!((A, B), (A, B, C), (A, B, C, D));
+
 impl ToWaveArgs for () {
     fn to_wave_args(&self) -> String {
         "()".into()

@@ -4,7 +4,12 @@
 //!   compiled module.
 //! * Round time with many idle canisters against a handful (the target:
 //!   idle canisters cost a round nothing).
-//! * A light canister's latency, in rounds, while others flood the node.
+//! * A light canister's latency, in rounds, while others flood the node,
+//!   for each scheduler policy: the built-in default and the two policy
+//!   components (round robin, accumulated priority). The flood runs on a
+//!   node in replica mode whose batches the benchmark finalizes itself, one
+//!   round at a time, so the figures are counted in rounds and never depend
+//!   on timing.
 //! * Inter-canister call round trips per second.
 
 use std::time::Instant;
@@ -24,6 +29,35 @@ pub struct SchedulerBenchArgs {
     /// Update messages timed per round-time measurement.
     #[arg(long, default_value_t = 300)]
     pub messages: usize,
+    /// Canisters that flood the node (each receives `--flood-calls` calls
+    /// from its own relay canister).
+    #[arg(long, default_value_t = 16)]
+    pub flooders: usize,
+    /// Calls each flooded canister receives.
+    #[arg(long, default_value_t = 400)]
+    pub flood_calls: u32,
+    /// Instructions per round in the flood (the scheduler serves one
+    /// canister per 10 M beyond the allocated ones: 40 M is 4 per round).
+    #[arg(long, default_value_t = 40_000_000)]
+    pub flood_round_instructions: u64,
+    /// Light messages sent one after the other during each flood.
+    #[arg(long, default_value_t = 5)]
+    pub light_samples: u32,
+}
+
+/// The light canister's latency under a flood, for one policy.
+#[derive(Serialize, Debug, Default)]
+struct FloodFigures {
+    policy: String,
+    /// Rounds from the round that inducted a light message to the round
+    /// that executed it (1: the same round), per sample.
+    light_latency_rounds: Vec<u64>,
+    light_latency_rounds_max: u64,
+    light_latency_rounds_mean: f64,
+    /// Rounds the whole flood took.
+    flood_rounds: u64,
+    /// Rounds in which the policy failed and the built-in default ran.
+    policy_fallbacks: bool,
 }
 
 #[derive(Serialize, Debug, Default)]
@@ -37,8 +71,7 @@ struct Report {
     round_micros_with_10: f64,
     round_micros_with_all: f64,
     round_time_ratio: f64,
-    flood_light_latency_rounds: u64,
-    flood_rounds: u64,
+    flood: Vec<FloodFigures>,
     call_round_trips_per_second: f64,
     sequential_call_millis: f64,
 }
@@ -159,49 +192,17 @@ pub fn scheduler(args: &SchedulerBenchArgs, json: bool) -> Result<()> {
     report.round_time_ratio = report.round_micros_with_all / report.round_micros_with_10;
     drop(big);
 
-    // A light canister under a flood of calls from other canisters.
-    let light = deploy(&small, "counter")?;
+    // A light canister under a flood of calls from other canisters, for
+    // each policy.
+    for policy in ["builtin", "round-robin", "accumulated-priority"] {
+        report.flood.push(flood(args, policy)?);
+    }
     let targets: Vec<Principal> = (0..4)
         .map(|_| deploy(&small, "counter"))
         .collect::<Result<_>>()?;
     let relays: Vec<Principal> = (0..4)
         .map(|_| deploy(&small, "relay"))
         .collect::<Result<_>>()?;
-    let flood_start = small.round();
-    std::thread::scope(|s| -> Result<()> {
-        let handles: Vec<_> = relays
-            .iter()
-            .zip(&targets)
-            .map(|(relay, target)| {
-                let small = &small;
-                s.spawn(move || -> Result<String> {
-                    ok(small.update(
-                        &me(),
-                        relay,
-                        "fan-out",
-                        wave(&format!("\"{}\", \"increment\", 400", target.to_text())),
-                    )?)
-                })
-            })
-            .collect();
-        while targets.iter().all(|t| {
-            small
-                .query(&me(), t, "get", wave(""))
-                .ok()
-                .and_then(|o| o.result.ok())
-                .is_some_and(|v| matches!(v.first(), Some(cellar_node::engine::Val::U64(0))))
-        }) {
-            std::thread::yield_now();
-        }
-        let before = small.round();
-        ok(small.update(&me(), &light, "increment", wave(""))?)?;
-        report.flood_light_latency_rounds = small.round() - before;
-        for h in handles {
-            h.join().expect("flood thread")?;
-        }
-        Ok(())
-    })?;
-    report.flood_rounds = small.round() - flood_start;
 
     // Inter-canister round trips.
     let relay = &relays[0];
@@ -250,13 +251,205 @@ pub fn scheduler(args: &SchedulerBenchArgs, json: bool) -> Result<()> {
         report.canisters + 1,
         report.round_time_ratio
     );
-    println!(
-        "  flood of 4 x 400 calls: the light canister answered after {} rounds (flood took {} rounds)",
-        report.flood_light_latency_rounds, report.flood_rounds
-    );
+    for f in &report.flood {
+        println!(
+            "  flood of {} x {} calls, {} instructions per round, policy {}: the light canister's \
+             messages ran after {:?} rounds (max {}, mean {:.1}); the flood took {} rounds{}",
+            args.flooders,
+            args.flood_calls,
+            args.flood_round_instructions,
+            f.policy,
+            f.light_latency_rounds,
+            f.light_latency_rounds_max,
+            f.light_latency_rounds_mean,
+            f.flood_rounds,
+            if f.policy_fallbacks {
+                " (the policy failed; the default ran)"
+            } else {
+                ""
+            }
+        );
+    }
     println!(
         "  inter-canister calls: {:.0} round trips/s in a fan-out of {calls}; one awaited call {:.2} ms",
         report.call_round_trips_per_second, report.sequential_call_millis
     );
     Ok(())
+}
+
+/// A node in replica mode whose batches the benchmark finalizes itself:
+/// requests are captured by the sink and executed in the batch and round
+/// the benchmark chooses.
+struct Driven {
+    node: Node,
+    requests: std::sync::Mutex<std::sync::mpsc::Receiver<([u8; 32], Vec<u8>)>>,
+}
+
+impl Driven {
+    fn open(dir: &std::path::Path, round_instructions: u64) -> Result<Self> {
+        let mut options = NodeOptions::new(dir);
+        options.durability = Durability::Process;
+        options.checkpoint_interval = u64::MAX;
+        options.round_instructions = round_instructions;
+        let node = Node::open(options)?;
+        let (tx, requests) = std::sync::mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        let next = std::sync::atomic::AtomicU64::new(1);
+        node.set_replica_sink(Box::new(move |content| {
+            let mut id = [0u8; 32];
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            id[..8].copy_from_slice(&n.to_le_bytes());
+            tx.lock()
+                .map_err(|_| "sink lock".to_string())?
+                .send((id, content))
+                .map_err(|e| e.to_string())?;
+            Ok(id)
+        }));
+        Ok(Driven {
+            node,
+            requests: std::sync::Mutex::new(requests),
+        })
+    }
+
+    /// The next captured request.
+    fn next_request(&self) -> Result<([u8; 32], Vec<u8>)> {
+        self.requests
+            .lock()
+            .map_err(|_| anyhow::anyhow!("requests lock"))?
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .context("no request reached the sink")
+    }
+
+    /// Executes the next round with `items`.
+    fn finalize(&self, items: &[([u8; 32], Vec<u8>)]) -> Result<()> {
+        let height = self.node.round() + 1;
+        let time = 1_700_000_000_000_000_000 + height * 1_000_000_000;
+        self.node.apply_finalized(height, time, items)?;
+        Ok(())
+    }
+
+    /// Executes empty rounds until nothing is queued or paused.
+    fn settle(&self) -> Result<()> {
+        for _ in 0..1_000_000 {
+            if self.node.paused_executions() == 0 && self.node.queued_messages() == 0 {
+                return Ok(());
+            }
+            self.finalize(&[])?;
+        }
+        anyhow::bail!("the node never ran out of work")
+    }
+
+    /// Runs `request` in a round of its own and the rounds it causes.
+    fn run<T: Send>(&self, request: impl FnOnce(&Node) -> T + Send) -> Result<T> {
+        std::thread::scope(|s| {
+            let node = &self.node;
+            let handle = s.spawn(move || request(node));
+            let item = self.next_request()?;
+            self.finalize(&[item])?;
+            self.settle()?;
+            handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("request thread panicked"))
+        })
+    }
+
+    fn deploy(&self, name: &str) -> Result<Principal> {
+        let e = cellar_examples::get(name).context("no such example")?;
+        let id = self.run(|n| n.create(&me(), vec![]))??;
+        self.run(|n| {
+            n.install(
+                &me(),
+                &id,
+                InstallMode::Install,
+                e.wasm,
+                e.init_arg.map(str::to_string),
+            )
+        })??;
+        Ok(id)
+    }
+
+    /// The light canister's counter.
+    fn count(&self, id: &Principal) -> Result<String> {
+        ok(self.node.query(&me(), id, "get", wave(""))?)
+    }
+}
+
+/// One flood under `policy`: `--flooders` relays each send
+/// `--flood-calls` calls to a counter of their own in one round; a few
+/// rounds later, light messages go one at a time to another counter, each
+/// in the round after the previous one was executed.
+fn flood(args: &SchedulerBenchArgs, policy: &str) -> Result<FloodFigures> {
+    let dir = tempfile::tempdir()?;
+    let driven = Driven::open(dir.path(), args.flood_round_instructions)?;
+    if policy != "builtin" {
+        let wasm = cellar_examples::scheduler_policy(policy).context("no such policy")?;
+        driven.run(|n| n.set_scheduler_policy(&me(), Some(wasm)))??;
+    }
+    let light = driven.deploy("counter")?;
+    let mut pairs = Vec::with_capacity(args.flooders);
+    for _ in 0..args.flooders {
+        pairs.push((driven.deploy("relay")?, driven.deploy("counter")?));
+    }
+    let mut figures = FloodFigures {
+        policy: policy.to_string(),
+        ..FloodFigures::default()
+    };
+    let start = driven.node.round();
+    let light = &light;
+    std::thread::scope(|s| -> Result<()> {
+        let node = &driven.node;
+        let mut floods = Vec::new();
+        let mut items = Vec::new();
+        for (relay, target) in &pairs {
+            let calls = args.flood_calls;
+            floods.push(s.spawn(move || {
+                node.update(
+                    &me(),
+                    relay,
+                    "fan-out",
+                    wave(&format!("\"{}\", \"increment\", {calls}", target.to_text())),
+                )
+            }));
+            items.push(driven.next_request()?);
+        }
+        driven.finalize(&items)?;
+        // The relays run and their calls reach the counters' queues.
+        for _ in 0..3 {
+            driven.finalize(&[])?;
+        }
+        let mut lights = Vec::new();
+        for sample in 1..=args.light_samples {
+            lights.push(s.spawn(move || node.update(&me(), light, "increment", wave(""))));
+            let item = driven.next_request()?;
+            driven.finalize(&[item])?;
+            let inducted = driven.node.round();
+            while driven.count(light)? != sample.to_string() {
+                anyhow::ensure!(
+                    driven.node.round() < inducted + 100_000,
+                    "the light message never ran"
+                );
+                driven.finalize(&[])?;
+            }
+            figures
+                .light_latency_rounds
+                .push(driven.node.round() - inducted + 1);
+        }
+        driven.settle()?;
+        for h in floods.into_iter().chain(lights) {
+            ok(h.join()
+                .map_err(|_| anyhow::anyhow!("flood thread panicked"))??)?;
+        }
+        Ok(())
+    })?;
+    figures.flood_rounds = driven.node.round() - start;
+    figures.light_latency_rounds_max = figures
+        .light_latency_rounds
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0);
+    figures.light_latency_rounds_mean = figures.light_latency_rounds.iter().sum::<u64>() as f64
+        / figures.light_latency_rounds.len().max(1) as f64;
+    figures.policy_fallbacks = driven.node.policy_info().last_fallback_round.is_some();
+    Ok(figures)
 }

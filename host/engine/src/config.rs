@@ -12,6 +12,9 @@ pub struct Limits {
     pub update_instructions: u64,
     /// Instructions one query may execute (the IC's 5 B).
     pub query_instructions: u64,
+    /// Instructions one composite query may execute over its whole call
+    /// graph (every query and callback it runs, on every canister).
+    pub composite_query_instructions: u64,
     /// Instructions instantiating a component may take (start functions).
     pub instantiation_instructions: u64,
     /// Instructions an update runs per round before it pauses and
@@ -39,6 +42,7 @@ impl Default for Limits {
         Limits {
             update_instructions: 40_000_000_000,
             query_instructions: 5_000_000_000,
+            composite_query_instructions: 5_000_000_000,
             instantiation_instructions: 5_000_000_000,
             slice_instructions: 2_000_000_000,
             max_component_bytes: 64 << 20,

@@ -41,6 +41,11 @@ pub enum MessageKind {
     Update,
     /// A query call: changes are discarded.
     Query,
+    /// A message of a composite query (its method or one of its
+    /// `on-reply` callbacks): it may make calls to query methods and defer
+    /// its reply; its changes are returned so that the next callback of the
+    /// same composite query sees them, and the node never commits them.
+    CompositeQuery,
     /// The `init` hook at install.
     Init,
     /// The `pre-upgrade` hook on the old code.
@@ -115,7 +120,8 @@ pub struct MessageOutcome {
     /// The reply values, or the reject.
     pub result: Result<Vec<Val>, Reject>,
     /// State changes to commit; `None` when nothing may persist (queries,
-    /// traps, running out of instructions).
+    /// traps, running out of instructions). A composite query's messages
+    /// return them for its next callback; the node never commits them.
     pub changes: Option<StateChanges>,
     /// Log records written (system API, stdout, stderr), also on failure.
     pub logs: Vec<LogRecord>,
@@ -128,7 +134,7 @@ pub struct MessageOutcome {
 impl MessageKind {
     fn instruction_limit(self, limits: &Limits) -> u64 {
         match self {
-            MessageKind::Query => limits.query_instructions,
+            MessageKind::Query | MessageKind::CompositeQuery => limits.query_instructions,
             _ => limits.update_instructions,
         }
     }

@@ -19,6 +19,10 @@ pub enum MethodKind {
     Update,
     /// Runs on one node; its changes are discarded.
     Query,
+    /// A query that may call query methods of other canisters on the node
+    /// and await their replies (functions of an exported interface named
+    /// `composite-query`); runs only as a query, never as an update.
+    CompositeQuery,
 }
 
 /// A lifecycle hook exported by the canister.
@@ -171,6 +175,8 @@ impl CanisterInterface {
                         };
                         let kind = if short == "query" {
                             MethodKind::Query
+                        } else if short == "composite-query" {
+                            MethodKind::CompositeQuery
                         } else {
                             MethodKind::Update
                         };
@@ -270,6 +276,7 @@ impl CanisterInterface {
             let mark = match m.kind {
                 MethodKind::Update => "update",
                 MethodKind::Query => "query ",
+                MethodKind::CompositeQuery => "composite query",
             };
             let _ = writeln!(out, "  [{mark}] {}", m.signature());
         }

@@ -131,8 +131,11 @@ impl message::Host for HostState {
     }
 
     fn defer_reply(&mut self) -> Result<u64, String> {
-        if self.sys.ctx.kind != MessageKind::Update {
-            return Err("only update messages can defer their reply".into());
+        if !matches!(
+            self.sys.ctx.kind,
+            MessageKind::Update | MessageKind::CompositeQuery
+        ) {
+            return Err("only updates and composite queries can defer their reply".into());
         }
         self.sys.deferred = true;
         Ok(self.sys.ctx.context_id)
@@ -209,8 +212,16 @@ impl calls::Host for HostState {
         args: String,
         cycles: u64,
     ) -> Result<u64, String> {
-        if self.sys.ctx.kind == MessageKind::Query {
-            return Err("queries cannot make calls".into());
+        match self.sys.ctx.kind {
+            MessageKind::Query => {
+                return Err("queries cannot make calls; composite queries (exported \
+                            interface `composite-query`) can call query methods"
+                    .into());
+            }
+            MessageKind::CompositeQuery if cycles > 0 => {
+                return Err("composite queries cannot attach cycles to calls".into());
+            }
+            _ => {}
         }
         let callee = Principal::from_text(&callee)
             .map_err(|e| format!("cannot call {method}: bad callee {callee:?}: {e}"))?;
@@ -276,7 +287,10 @@ impl stable_memory::Host for HostState {
 
 impl certified_data::Host for HostState {
     fn set(&mut self, data: Vec<u8>) -> Result<(), String> {
-        if self.sys.ctx.kind == MessageKind::Query {
+        if matches!(
+            self.sys.ctx.kind,
+            MessageKind::Query | MessageKind::CompositeQuery
+        ) {
             return Err("certified data cannot be set from a query".into());
         }
         if data.len() > 32 {

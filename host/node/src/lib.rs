@@ -10,6 +10,7 @@
 mod auth;
 mod canister;
 mod checkpoint;
+pub mod composite;
 mod cycles;
 mod dashboard;
 pub mod http;
@@ -88,12 +89,13 @@ impl RunningNode {
         self.shutdown().await
     }
 
-    /// Stops serving and writes a checkpoint.
+    /// Stops serving and writes a checkpoint (unless an execution is
+    /// paused: replay brings it back instead).
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(());
         self.server.await??;
         let node = self.node.clone();
-        tokio::task::spawn_blocking(move || node.checkpoint()).await??;
+        tokio::task::spawn_blocking(move || node.checkpoint_if_settled()).await??;
         Ok(())
     }
 }

@@ -83,7 +83,8 @@ pub struct NodeOptions {
     pub data_dir: PathBuf,
     /// Execution limits.
     pub limits: Limits,
-    /// Rounds between checkpoints.
+    /// Rounds between checkpoints: the node checkpoints after every round
+    /// that is a multiple of it (the same rounds on every replica).
     pub checkpoint_interval: u64,
     /// Journal durability.
     pub durability: Durability,
@@ -157,7 +158,6 @@ impl Registry {
 
 pub(crate) struct Writer {
     journal: Journal,
-    since_checkpoint: u64,
 }
 
 /// A request waiting for a round, with the channel its answer goes to.
@@ -209,6 +209,10 @@ pub struct Node {
     pub(crate) paused: Mutex<BTreeMap<Principal, crate::round::PausedMessage>>,
     /// Paused executions aborted since the node opened.
     pub(crate) aborted_executions: std::sync::atomic::AtomicU64,
+    /// Ingress messages answered by a management request of the round
+    /// being executed (the queue of a deleted canister), for the round to
+    /// hand to their waiters.
+    pub(crate) orphans: Mutex<crate::round::Answered>,
     /// Requests waiting for the next round.
     pending: Mutex<Vec<Pending>>,
     /// Requests inducted into a round and not answered yet.
@@ -351,6 +355,7 @@ impl Node {
             last_policy_fallback: Mutex::new(None),
             paused: Mutex::new(BTreeMap::new()),
             aborted_executions: std::sync::atomic::AtomicU64::new(0),
+            orphans: Mutex::new(Vec::new()),
             pending: Mutex::new(Vec::new()),
             waiters: Mutex::new(BTreeMap::new()),
             fresh: true,
@@ -399,7 +404,18 @@ impl Node {
             })
             .collect();
         journals.sort();
+        // Checkpoints happen at rounds that are multiples of the interval,
+        // on every replica alike (they abort paused executions, which
+        // changes what the next rounds do). Replay does what the live node
+        // did, or was about to do when it stopped: a checkpoint after each
+        // such round, and none anywhere else. So a restarted node keeps the
+        // executions paused at the end of the replay and continues them
+        // exactly as a node that never stopped.
+        let interval = self.options.checkpoint_interval.max(1);
         let mut replayed = 0u64;
+        // A checkpoint written during replay, and the records after it.
+        let mut checkpointed: Option<u64> = None;
+        let mut tail: Vec<Record> = Vec::new();
         for path in &journals {
             for record in read_records(path)? {
                 self.fresh = false;
@@ -427,24 +443,49 @@ impl Node {
                     }
                 }
                 replayed += 1;
+                if record.round.is_multiple_of(interval) {
+                    self.abort_paused(None);
+                    self.write_checkpoint()?;
+                    checkpointed = Some(record.round);
+                    tail.clear();
+                } else if checkpointed.is_some() {
+                    tail.push(record);
+                }
             }
         }
         let round = self.registry.read().expect("registry lock").round;
         if replayed > 0 {
             tracing::info!(replayed, round, "replayed the journal after the checkpoint");
-            self.write_checkpoint()?;
-            for path in journals {
-                std::fs::remove_file(path)?;
-            }
         }
-        let journal = Journal::open(
-            &journal_path(&self.state_dir, round + 1),
-            self.options.durability,
-        )?;
-        *self.writer.lock().expect("writer lock") = Some(Writer {
-            journal,
-            since_checkpoint: 0,
-        });
+        let journal = match (checkpointed, journals.last()) {
+            // The records after the new checkpoint move to a journal that
+            // starts after it; the older journals go.
+            (Some(at), _) => {
+                let path = journal_path(&self.state_dir, at + 1);
+                let staging = self.state_dir.join("journal-staging.tmp");
+                let _ = std::fs::remove_file(&staging);
+                let mut staged = Journal::open(&staging, self.options.durability)?;
+                for record in &tail {
+                    staged.append(record)?;
+                }
+                drop(staged);
+                for old in &journals {
+                    std::fs::remove_file(old)?;
+                }
+                std::fs::rename(&staging, &path)?;
+                if self.options.durability == Durability::Sync {
+                    std::fs::File::open(&self.state_dir)?.sync_all()?;
+                }
+                Journal::open(&path, self.options.durability)?
+            }
+            // The journal after the loaded checkpoint goes on.
+            (None, Some(last)) => Journal::open(last, self.options.durability)?,
+            (None, None) => Journal::open(
+                &journal_path(&self.state_dir, round + 1),
+                self.options.durability,
+            )?,
+        };
+        *self.writer.lock().expect("writer lock") = Some(Writer { journal });
         Ok(())
     }
 
@@ -466,6 +507,26 @@ impl Node {
         Ok(())
     }
 
+    /// Whether the node checkpoints after `round`: at multiples of the
+    /// checkpoint interval, so every replica aborts paused executions at
+    /// the same rounds, whenever each one started or restarted.
+    fn is_checkpoint_round(&self, round: u64) -> bool {
+        round.is_multiple_of(self.options.checkpoint_interval.max(1))
+    }
+
+    /// Writes a checkpoint now unless an execution is paused (a checkpoint
+    /// would abort it at a round the other replicas do not): for a node
+    /// that stops, a shorter replay when it starts again. Returns whether
+    /// it wrote one.
+    pub fn checkpoint_if_settled(&self) -> anyhow::Result<bool> {
+        let mut writer = self.writer.lock().expect("writer lock");
+        if !self.paused.lock().expect("paused lock").is_empty() {
+            return Ok(false);
+        }
+        self.checkpoint_locked(&mut writer)?;
+        Ok(true)
+    }
+
     /// What the last checkpoint wrote.
     pub fn last_checkpoint(&self) -> CheckpointStats {
         *self.last_checkpoint.lock().expect("stats lock")
@@ -483,10 +544,8 @@ impl Node {
         let round = self.registry.read().expect("registry lock").round;
         let new_path = journal_path(&self.state_dir, round + 1);
         let journal = Journal::open(&new_path, self.options.durability)?;
-        if let Some(old) = writer.replace(Writer {
-            journal,
-            since_checkpoint: 0,
-        }) && old.journal.path() != new_path
+        if let Some(old) = writer.replace(Writer { journal })
+            && old.journal.path() != new_path
         {
             std::fs::remove_file(old.journal.path())?;
         }
@@ -764,8 +823,7 @@ impl Node {
         for (index, result) in answered {
             self.replica.answer(index, result);
         }
-        w.since_checkpoint += 1;
-        if w.since_checkpoint >= self.options.checkpoint_interval {
+        if self.is_checkpoint_round(height) {
             self.checkpoint_locked(&mut writer)?;
         }
         Ok(true)
@@ -827,8 +885,7 @@ impl Node {
                 }
             }
         }
-        w.since_checkpoint += 1;
-        if w.since_checkpoint >= self.options.checkpoint_interval {
+        if self.is_checkpoint_round(record.round) {
             self.checkpoint_locked(writer)?;
         }
         Ok(())
@@ -929,7 +986,9 @@ impl Node {
         }
     }
 
-    /// Runs a query against the last committed state; its changes are discarded.
+    /// Runs a query against the last committed state; its changes are
+    /// discarded. A composite query method (see `composite.rs`) runs with
+    /// the queries it calls, all against the same committed state.
     pub fn query(
         &self,
         caller: &Principal,
@@ -956,6 +1015,14 @@ impl Node {
                     });
                 }
             };
+        if resolved.kind == MessageKind::CompositeQuery {
+            let (result, instructions) =
+                self.composite_query(caller, id, method, &to_call_args(&args));
+            return Ok(CallOutcome {
+                result,
+                instructions,
+            });
+        }
         let ctx = message_context(
             &canister,
             caller,
@@ -1142,6 +1209,7 @@ impl Node {
                     kind: match m.kind {
                         MethodKind::Update => "update".into(),
                         MethodKind::Query => "query".into(),
+                        MethodKind::CompositeQuery => "composite-query".into(),
                     },
                     signature: m.signature(),
                 })
@@ -1249,7 +1317,10 @@ impl Node {
                 let canister = controlled(id)?;
                 let status = canister.status();
                 let mut registry = self.registry.write().expect("registry lock");
-                registry.canisters.remove(id);
+                if let Some(deleted) = registry.canisters.remove(id) {
+                    let orphans = crate::round::reject_orphans(&mut registry, deleted);
+                    self.orphans.lock().expect("orphans lock").extend(orphans);
+                }
                 registry.reindex(id);
                 Ok(Applied::Status(status))
             }
@@ -1345,6 +1416,18 @@ impl Node {
                 ));
             }
             (_, MethodKind::Query) => MessageKind::Query,
+            (MessageKind::Query, MethodKind::CompositeQuery) => MessageKind::CompositeQuery,
+            (_, MethodKind::CompositeQuery) => {
+                // As on the IC: a composite query never runs replicated.
+                return Err(Reject::new(
+                    RejectCode::DestinationInvalid,
+                    format!(
+                        "{} is a composite query; it can only be sent as a query, not as an \
+                         update (replicated) call",
+                        method.qualified_name()
+                    ),
+                ));
+            }
             (kind, MethodKind::Update) => kind,
         };
         if args.encoded_len() > self.options.limits.max_argument_bytes {

@@ -34,7 +34,8 @@ use crate::cycles;
 use crate::journal::{Op, Record};
 use crate::messages::{Answer, IngressId, InputMessage, OpenContext, Origin, OutstandingCall};
 use crate::node::{
-    Applied, CallOutcome, Node, NodeError, Step, message_context, random_seed, to_call_args,
+    Applied, CallOutcome, Node, NodeError, Registry, Step, message_context, random_seed,
+    to_call_args,
 };
 use crate::scheduler::{self, Summary};
 
@@ -121,6 +122,7 @@ impl Node {
                         sequence: index as u64,
                     };
                     answered.push((id, self.apply_management(&step, op)));
+                    answered.append(&mut self.orphans.lock().expect("orphans lock"));
                 }
             }
         }
@@ -849,6 +851,66 @@ fn settle_owner(run: &mut CanisterRun, owner: Option<u64>, failure: Option<Rejec
     );
 }
 
+/// Answers everything a deleted canister owed, so that nothing waits
+/// forever: its queued ingress messages and deferred ingress messages are
+/// rejected (returned, for the round to answer their waiters), its queued
+/// and deferred calls from other canisters get a reject response in their
+/// caller's queue (whose callback then runs), with the attached cycles
+/// refunded. Queued responses and timers need no answer.
+pub(crate) fn reject_orphans(registry: &mut Registry, deleted: Canister) -> Answered {
+    let id = deleted.id.clone();
+    let reason = || {
+        Reject::new(
+            RejectCode::DestinationInvalid,
+            format!("canister {} was deleted before it answered", id.to_text()),
+        )
+    };
+    let mut owed: Vec<(Origin, u64)> = Vec::new();
+    for message in deleted.messaging.input_queue {
+        match message {
+            InputMessage::Ingress { id, .. } => owed.push((Origin::Ingress { id }, 0)),
+            InputMessage::Request {
+                caller,
+                call_id,
+                cycles,
+                ..
+            } => owed.push((Origin::Canister { caller, call_id }, cycles)),
+            InputMessage::Response { .. } | InputMessage::Timer { .. } => {}
+        }
+    }
+    for open in deleted.messaging.open_contexts.into_values() {
+        owed.push((open.origin, open.refund));
+    }
+    let mut answered = Answered::new();
+    for (origin, refund) in owed {
+        let reject = reason();
+        match origin {
+            Origin::Ingress { id } => answered.push((
+                id,
+                Ok(Applied::Call(CallOutcome {
+                    result: Err(reject),
+                    instructions: 0,
+                })),
+            )),
+            Origin::Canister { caller, call_id } => {
+                if let Some(c) = registry.canisters.get_mut(&caller) {
+                    c.messaging.input_queue.push_back(InputMessage::Response {
+                        call_id,
+                        callee: id.clone(),
+                        answer: Answer::Reject {
+                            code: reject.code,
+                            message: reject.message,
+                        },
+                        refund,
+                    });
+                    registry.reindex(&caller);
+                }
+            }
+        }
+    }
+    answered
+}
+
 /// A reply, as values (from a method's return) or as WAVE text (from a
 /// deferred reply checked against the method's result type).
 enum Reply {
@@ -932,7 +994,7 @@ fn late_answer(
 }
 
 /// The arguments of an inter-canister call: a parenthesized WAVE list.
-fn request_args(text: &str) -> Result<CallArgs, String> {
+pub(crate) fn request_args(text: &str) -> Result<CallArgs, String> {
     let text = text.trim();
     let inner = text
         .strip_prefix('(')
@@ -942,7 +1004,7 @@ fn request_args(text: &str) -> Result<CallArgs, String> {
 }
 
 /// The `call-result` value passed to `callbacks.on-reply`.
-fn call_result_val(answer: &Answer) -> Val {
+pub(crate) fn call_result_val(answer: &Answer) -> Val {
     match answer {
         Answer::Reply(text) => {
             Val::Variant("reply".into(), Some(Box::new(Val::String(text.clone()))))
@@ -1006,5 +1068,16 @@ impl Node {
     /// Executions paused between rounds.
     pub fn paused_executions(&self) -> usize {
         self.paused.lock().expect("paused lock").len()
+    }
+
+    /// Messages waiting in input queues, over all canisters.
+    pub fn queued_messages(&self) -> usize {
+        let registry = self.registry.read().expect("registry lock");
+        registry
+            .active
+            .iter()
+            .filter_map(|id| registry.canisters.get(id))
+            .map(|c| c.messaging.input_queue.len())
+            .sum()
     }
 }
