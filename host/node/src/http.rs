@@ -21,8 +21,9 @@ use cellar_types::api::{
 use data_encoding::BASE64;
 use serde::de::DeserializeOwned;
 
-use crate::auth::{Credentials, authenticate};
+use crate::auth::{AuthError, Credentials, authenticate};
 use crate::dashboard;
+use crate::journal::RequestTag;
 use crate::metrics::{Gauges, Kind, Metrics};
 use crate::node::{Node, NodeError};
 use crate::requests::{
@@ -84,6 +85,9 @@ struct Api {
 struct Signed {
     caller: Principal,
     request_id: String,
+    /// The id and expiry to journal, for a request admitted by the replay
+    /// cache.
+    tag: Option<RequestTag>,
     body: Bytes,
 }
 
@@ -120,8 +124,11 @@ impl FromRequest<Api> for Signed {
             ingress_expiry: expiry.as_deref(),
             nonce: nonce.as_deref(),
         };
-        let auth = authenticate(&method, &path, &body, credentials)
-            .map_err(|e| HttpError(StatusCode::UNAUTHORIZED, e))?;
+        let auth = authenticate(&method, &path, &body, credentials).map_err(|e| match e {
+            AuthError::Malformed(m) => bad_request(m),
+            AuthError::BadSignature(m) => HttpError(StatusCode::UNAUTHORIZED, m),
+        })?;
+        let mut tag = None;
         if method != "GET" && !is_query {
             api.requests.admit(
                 &auth.request_id,
@@ -129,12 +136,17 @@ impl FromRequest<Api> for Signed {
                 auth.ingress_expiry,
                 now_nanos(),
             )?;
+            tag = auth.ingress_expiry.map(|expiry| RequestTag {
+                id: auth.request_id.clone(),
+                expiry,
+            });
         } else if auth.ingress_expiry.is_some() {
             check_expiry(auth.ingress_expiry, now_nanos())?;
         }
         Ok(Signed {
             caller: auth.caller,
             request_id: auth.request_id,
+            tag,
             body,
         })
     }
@@ -189,6 +201,8 @@ fn module_bytes(source: &ModuleSource) -> Result<(Vec<u8>, Option<&'static str>)
 pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
     let metrics = Arc::new(Metrics::new());
     let requests = Arc::new(Requests::new(DEFAULT_CAPACITY));
+    // Requests executed before a restart stay refused until they expire.
+    requests.restore(node.journaled_requests(now_nanos()));
     let ingress = Arc::new(Ingress::start(
         node.clone(),
         requests.clone(),
@@ -339,16 +353,17 @@ async fn request_status(
     )
 }
 
-/// Runs a management request, counting it.
+/// Runs a management request, counting it; `tag` is journaled with it.
 async fn management<T: Send + 'static>(
     api: &Api,
+    tag: Option<RequestTag>,
     f: impl FnOnce(&Node) -> Result<T, NodeError> + Send + 'static,
 ) -> Result<T, HttpError> {
     let node = api.node.clone();
     let metrics = api.metrics.clone();
     blocking(move || {
         let started = Instant::now();
-        let result = f(&node);
+        let result = Node::tagged(tag, || f(&node));
         metrics.record_management(result.is_ok(), started.elapsed());
         Ok(result?)
     })
@@ -359,7 +374,7 @@ async fn create(State(api): State<Api>, signed: Signed) -> Result<impl IntoRespo
     let request: CreateRequest = signed.json()?;
     let module = request.module.as_ref().map(module_bytes).transpose()?;
     let caller = signed.caller;
-    let status = management(&api, move |node| {
+    let status = management(&api, signed.tag, move |node| {
         let id = node.create(&caller, request.controllers)?;
         match module {
             None => node.status(&id),
@@ -386,7 +401,7 @@ async fn install(
         _ => request.arg.or(default_arg.map(str::to_string)),
     };
     let caller = signed.caller;
-    let status = management(&api, move |node| {
+    let status = management(&api, signed.tag, move |node| {
         node.install(&caller, &id, request.mode, &wasm, arg)
     })
     .await?;
@@ -414,6 +429,7 @@ fn enqueue(
 ) -> Result<(), HttpError> {
     let job = Job {
         request_id: signed.request_id,
+        tag: signed.tag,
         caller: signed.caller,
         canister,
         request,
@@ -435,7 +451,10 @@ async fn top_up(
     let id = canister_id(&id)?;
     let request: TopUpRequest = signed.json()?;
     let caller = signed.caller;
-    let status = management(&api, move |node| node.top_up(&caller, &id, request.cycles)).await?;
+    let status = management(&api, signed.tag, move |node| {
+        node.top_up(&caller, &id, request.cycles)
+    })
+    .await?;
     Ok(Json(status))
 }
 
@@ -463,7 +482,7 @@ async fn set_scheduler_policy(
         Some(source) => Some(module_bytes(source)?.0),
     };
     let caller = signed.caller;
-    let info = management(&api, move |node| {
+    let info = management(&api, signed.tag, move |node| {
         node.set_scheduler_policy(&caller, wasm.as_deref())
     })
     .await?;
@@ -532,7 +551,7 @@ async fn stop(
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
-    let status = management(&api, move |node| node.stop(&signed.caller, &id)).await?;
+    let status = management(&api, signed.tag, move |node| node.stop(&signed.caller, &id)).await?;
     Ok(Json(status))
 }
 
@@ -542,7 +561,10 @@ async fn start(
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
-    let status = management(&api, move |node| node.start(&signed.caller, &id)).await?;
+    let status = management(&api, signed.tag, move |node| {
+        node.start(&signed.caller, &id)
+    })
+    .await?;
     Ok(Json(status))
 }
 
@@ -552,7 +574,10 @@ async fn delete(
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
-    let status = management(&api, move |node| node.delete(&signed.caller, &id)).await?;
+    let status = management(&api, signed.tag, move |node| {
+        node.delete(&signed.caller, &id)
+    })
+    .await?;
     Ok(Json(status))
 }
 
@@ -563,7 +588,7 @@ async fn controllers(
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
     let request: ControllersRequest = signed.json()?;
-    let status = management(&api, move |node| {
+    let status = management(&api, signed.tag, move |node| {
         node.set_controllers(&signed.caller, &id, request.controllers)
     })
     .await?;

@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 
 use crate::canister::Canister;
 use crate::checkpoint::{CheckpointStats, Checkpointer};
-use crate::journal::{Durability, Ingress, Journal, Op, Record, read_records};
+use crate::journal::{Durability, Ingress, Journal, Op, Record, RequestTag, read_records};
 use crate::messages::IngressId;
 use crate::state_hash;
 
@@ -219,6 +219,17 @@ pub struct Node {
     /// Replica mode (see `replica.rs`): where requests go instead of the
     /// local pool, and who waits for which ingress message id.
     replica: crate::replica::ReplicaLink,
+    /// Ids and expiries of the signed requests journaled (or carried over
+    /// by a checkpoint) and not known to be expired: the replay cache is
+    /// rebuilt from them when the node restarts.
+    journaled_requests: Mutex<BTreeMap<String, u64>>,
+}
+
+thread_local! {
+    /// The signed request the calling thread is submitting (see
+    /// [`Node::tagged`]).
+    static CURRENT_REQUEST: std::cell::RefCell<Option<RequestTag>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 fn now_nanos() -> u64 {
@@ -355,6 +366,7 @@ impl Node {
             waiters: Mutex::new(BTreeMap::new()),
             fresh: true,
             replica: crate::replica::ReplicaLink::default(),
+            journaled_requests: Mutex::new(BTreeMap::new()),
         };
         node.recover()?;
         Ok(node)
@@ -381,6 +393,10 @@ impl Node {
                 let policy = self.load_policy(hash)?;
                 *self.scheduler_policy.write().expect("policy lock") = Some((hash.clone(), policy));
             }
+            self.journaled_requests
+                .lock()
+                .expect("requests lock")
+                .extend(loaded.requests.into_iter().map(|t| (t.id, t.expiry)));
             for (mut canister, hash) in loaded.canisters {
                 if let Some(hash) = hash {
                     canister.code = Some(self.load_module(&hash)?);
@@ -413,6 +429,7 @@ impl Node {
                     path.display(),
                     record.round
                 );
+                self.remember_requests(&record);
                 // Request errors were answered before the crash and recur
                 // on replay; an internal error (a stored module that is
                 // missing or no longer loads) means replay cannot reproduce
@@ -448,7 +465,46 @@ impl Node {
         Ok(())
     }
 
+    /// Remembers the signed requests of a journaled record.
+    fn remember_requests(&self, record: &Record) {
+        let mut journaled = self.journaled_requests.lock().expect("requests lock");
+        for tag in record.ingress.iter().filter_map(|i| i.request.as_ref()) {
+            journaled.insert(tag.id.clone(), tag.expiry);
+        }
+    }
+
+    /// The signed requests this node journaled whose ingress expiry has not
+    /// passed at `now` (nanoseconds since the Unix epoch), as `(id,
+    /// expiry)`. They survive restarts (journal and checkpoints carry
+    /// them), so the HTTP layer refuses their replay after a restart too.
+    pub fn journaled_requests(&self, now: u64) -> Vec<(String, u64)> {
+        let mut journaled = self.journaled_requests.lock().expect("requests lock");
+        journaled.retain(|_, expiry| *expiry > now);
+        journaled.iter().map(|(id, e)| (id.clone(), *e)).collect()
+    }
+
+    /// Runs `f` on this thread with `tag` as the signed request it submits:
+    /// every request `f` hands to the node is journaled with the tag, so
+    /// its id is remembered across restarts until its expiry.
+    pub fn tagged<T>(tag: Option<RequestTag>, f: impl FnOnce() -> T) -> T {
+        struct Reset(Option<RequestTag>);
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                let previous = self.0.take();
+                CURRENT_REQUEST.with(|c| *c.borrow_mut() = previous);
+            }
+        }
+        let previous = CURRENT_REQUEST.with(|c| c.replace(tag));
+        let _reset = Reset(previous);
+        f()
+    }
+
     fn write_checkpoint(&self) -> anyhow::Result<()> {
+        let requests: Vec<RequestTag> = self
+            .journaled_requests(now_nanos())
+            .into_iter()
+            .map(|(id, expiry)| RequestTag { id, expiry })
+            .collect();
         let registry = self.registry.read().expect("registry lock");
         let stats = self.checkpointer.lock().expect("checkpointer lock").write(
             registry.round,
@@ -460,6 +516,7 @@ impl Node {
                 .expect("policy lock")
                 .as_ref()
                 .map(|(hash, _)| hash.as_str()),
+            &requests,
         )?;
         tracing::debug!(round = registry.round, ?stats, "checkpoint written");
         *self.last_checkpoint.lock().expect("stats lock") = stats;
@@ -590,6 +647,7 @@ impl Node {
             ingress: Ingress {
                 caller: caller.clone(),
                 op,
+                request: CURRENT_REQUEST.with(|c| c.borrow().clone()),
             },
             reply,
         });
@@ -698,6 +756,7 @@ impl Node {
         let ingress = Ingress {
             caller: caller.clone(),
             op,
+            request: CURRENT_REQUEST.with(|c| c.borrow().clone()),
         };
         let answer = self.replica.submit(&ingress, module)?;
         match answer.recv_timeout(self.options.reply_timeout) {
@@ -760,6 +819,7 @@ impl Node {
         };
         let w = writer.as_mut().expect("journal open");
         w.journal.append(&record).map_err(NodeError::Internal)?;
+        self.remember_requests(&record);
         let answered = self.execute_round(&record);
         for (index, result) in answered {
             self.replica.answer(index, result);
@@ -808,6 +868,7 @@ impl Node {
             }
             return Err(NodeError::Internal(e));
         }
+        self.remember_requests(&record);
         {
             let mut waiters = self.waiters.lock().expect("waiters lock");
             for (index, p) in taken.into_iter().enumerate() {
