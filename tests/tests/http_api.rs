@@ -602,3 +602,69 @@ fn journaled_request_ids_survive_a_crash() {
         assert_eq!(node.list().len(), 1);
     }
 }
+
+/// Read-state answers carry the node's signature over round, state hash and
+/// the canister's readable state; the agent verifies it against the key in
+/// `/api/v1/status`, any change of the answer fails verification, and the
+/// key (in the data directory, 0600) is the same after a restart.
+#[test]
+fn read_state_is_certified_and_tampering_is_detected() {
+    use std::os::unix::fs::PermissionsExt;
+    let alice_id = Identity::from_seed([1; 32]);
+    let mut node = Fixture::start(&alice_id);
+    let kv = node.example("kv");
+    let alice = node.agent(&alice_id);
+    let key = alice.status().unwrap().node_key.expect("a node key");
+    let state = alice.read_state_certified(&kv).unwrap();
+    assert!(state.certificate.is_some());
+    assert_eq!(state.state_hash.len(), 64, "{state:?}");
+    cellar_agent::verify_read_state(&state, &key).unwrap();
+
+    let tampered = [
+        ReadStateEdit::CertifiedData,
+        ReadStateEdit::Round,
+        ReadStateEdit::StateHash,
+        ReadStateEdit::ModuleHash,
+        ReadStateEdit::Controllers,
+        ReadStateEdit::NoCertificate,
+    ];
+    for edit in tampered {
+        let mut forged = state.clone();
+        match edit {
+            ReadStateEdit::CertifiedData => forged.certified_data = "00".into(),
+            ReadStateEdit::Round => forged.round += 1,
+            ReadStateEdit::StateHash => forged.state_hash = "0".repeat(64),
+            ReadStateEdit::ModuleHash => forged.module_hash = None,
+            ReadStateEdit::Controllers => forged.controllers.push(Principal::anonymous()),
+            ReadStateEdit::NoCertificate => forged.certificate = None,
+        }
+        let error = cellar_agent::verify_read_state(&forged, &key).unwrap_err();
+        assert!(
+            error.contains("does not match") || error.contains("no certificate"),
+            "{edit:?}: {error}"
+        );
+    }
+    // Another node's key does not verify it.
+    let other = Identity::from_seed([9; 32]);
+    let other_key = data_encoding::HEXLOWER.encode(&other.public_key().unwrap());
+    assert!(cellar_agent::verify_read_state(&state, &other_key).is_err());
+
+    let path = node._dir.path().join(cellar_node::certify::NODE_KEY_FILE);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    node.restart();
+    let alice = node.agent(&alice_id);
+    assert_eq!(alice.status().unwrap().node_key, Some(key));
+    alice.read_state_certified(&kv).unwrap();
+}
+
+/// The fields `read_state_is_certified_and_tampering_is_detected` changes.
+#[derive(Debug, Clone, Copy)]
+enum ReadStateEdit {
+    CertifiedData,
+    Round,
+    StateHash,
+    ModuleHash,
+    Controllers,
+    NoCertificate,
+}

@@ -15,13 +15,14 @@ use cellar_types::Principal;
 use cellar_types::api::{
     Activity, ApiError, CallRequest, CallResponse, ControllersRequest, CreateRequest,
     INGRESS_EXPIRY_HEADER, InstallMode, InstallRequest, MAX_CALL_BODY_BYTES, ModuleSource,
-    NONCE_HEADER, PUBLIC_KEY_HEADER, ReadState, SIGNATURE_HEADER, SetPolicyRequest, SubmitResponse,
+    NONCE_HEADER, PUBLIC_KEY_HEADER, SIGNATURE_HEADER, SetPolicyRequest, SubmitResponse,
     TopUpRequest,
 };
 use data_encoding::BASE64;
 use serde::de::DeserializeOwned;
 
 use crate::auth::{AuthError, Credentials, authenticate};
+use crate::certify::{NODE_KEY_FILE, NodeKey};
 use crate::dashboard;
 use crate::journal::RequestTag;
 use crate::metrics::{Gauges, Kind, Metrics};
@@ -74,6 +75,8 @@ fn bad_request(message: impl Into<String>) -> HttpError {
 #[derive(Clone)]
 struct Api {
     node: Arc<Node>,
+    /// Signs read-state answers; `None` when the key cannot be had.
+    key: Option<Arc<NodeKey>>,
     requests: Arc<Requests>,
     metrics: Arc<Metrics>,
     ingress: Arc<Ingress>,
@@ -208,8 +211,17 @@ pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
         requests.clone(),
         metrics.clone(),
     ));
+    let key_path = node.data_dir().join(NODE_KEY_FILE);
+    let key = match NodeKey::load_or_create(&key_path) {
+        Ok(key) => Some(Arc::new(key)),
+        Err(e) => {
+            tracing::error!("read-state answers are not certified: {e:#}");
+            None
+        }
+    };
     let api = Api {
         node,
+        key,
         requests,
         metrics,
         ingress,
@@ -266,7 +278,13 @@ async fn count_answers(State(api): State<Api>, request: Request, next: Next) -> 
 
 async fn node_status(State(api): State<Api>) -> impl IntoResponse {
     let node = api.node.clone();
-    blocking(move || Ok(Json(node.node_status()))).await
+    let node_key = api.key.as_ref().map(|k| k.public_hex());
+    blocking(move || {
+        let mut status = node.node_status();
+        status.node_key = node_key;
+        Ok(Json(status))
+    })
+    .await
 }
 
 fn gauges(api: &Api) -> Gauges {
@@ -316,16 +334,17 @@ async fn read_state(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
-    let round = api.node.round();
-    let status = api.node.status(&id)?;
-    Ok(Json(ReadState {
-        canister_id: status.canister_id,
-        round,
-        status: status.status,
-        module_hash: status.module_hash,
-        certified_data: status.certified_data,
-        controllers: status.controllers,
-    }))
+    let node = api.node.clone();
+    let key = api.key.clone();
+    let state = blocking(move || {
+        let mut state = node.read_state(&id)?;
+        if let Some(key) = key {
+            key.certify(&mut state);
+        }
+        Ok(state)
+    })
+    .await?;
+    Ok(Json(state))
 }
 
 async fn interface(

@@ -9,6 +9,7 @@
 
 mod auth;
 mod canister;
+pub mod certify;
 mod checkpoint;
 mod cycles;
 mod dashboard;

@@ -21,7 +21,7 @@ use cellar_engine::{
 };
 use cellar_types::api::{
     Args, CanisterStatus, InstallMode, InterfaceInfo, LogEntry, MethodInfo, NodeStatus, PolicyInfo,
-    RunStatus,
+    ReadState, RunStatus,
 };
 use cellar_types::{Principal, Reject, RejectCode};
 use data_encoding::HEXLOWER;
@@ -1151,7 +1151,34 @@ impl Node {
             canisters: snapshot.canisters.len() as u64,
             data_dir: self.options.data_dir.display().to_string(),
             state_hash: HEXLOWER.encode(&snapshot.hash()),
+            node_key: None,
         }
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.options.data_dir
+    }
+
+    /// A canister's readable replicated state and the state hash, all of
+    /// the same round (not certified yet: see `certify.rs`).
+    pub fn read_state(&self, id: &Principal) -> Result<ReadState, NodeError> {
+        let snapshot = self.snapshot();
+        let canister = snapshot
+            .canisters
+            .get(id)
+            .ok_or_else(|| NodeError::NotFound(id.to_text()))?;
+        let status = canister.status();
+        Ok(ReadState {
+            canister_id: status.canister_id,
+            round: snapshot.round,
+            status: status.status,
+            module_hash: status.module_hash,
+            certified_data: status.certified_data,
+            controllers: status.controllers,
+            state_hash: HEXLOWER.encode(&snapshot.hash()),
+            certificate: None,
+        })
     }
 
     /// A SHA-256 of the replicated state after the last committed round:
