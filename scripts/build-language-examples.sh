@@ -109,12 +109,23 @@ ensure_componentize_js() {
         die "npm could not install @bytecodealliance/componentize-js@$COMPONENTIZE_JS_VERSION."
 }
 
+# Copies the example's wit/ into $2/wit with the system API
+# (wit/canister.wit as deps/cellar) and the vendored WASI packages it
+# refers to, so the example's world can import `cellar:canister/log`.
+stage_wit() {
+    local src="$1" stage="$2"
+    cp -R "$src/wit" "$stage/wit"
+    mkdir -p "$stage/wit/deps/cellar"
+    cp "$ROOT/wit/canister.wit" "$stage/wit/deps/cellar/"
+    cp -R "$ROOT/wit/deps/." "$stage/wit/deps/"
+}
+
 # kv-py: componentize-py against the world `kv` of components/python/kv/wit.
 # The app module is `app` (app.py); componentize-py bundles the Python
 # standard library and the interpreter, so the component is ~18 MB.
 build_python_kv() {
     local src="$ROOT/components/python/kv" out="$OUT/kv-py.wasm"
-    if [[ $FORCE == 0 ]] && up_to_date "$out" "$src/app.py" "$src/wit" "$COMPONENTIZE_PY" "$SCRIPT"; then
+    if [[ $FORCE == 0 ]] && up_to_date "$out" "$src/app.py" "$src/wit" "$ROOT/wit/canister.wit" "$COMPONENTIZE_PY" "$SCRIPT"; then
         log "kv-py.wasm is up to date"
         return
     fi
@@ -125,7 +136,8 @@ build_python_kv() {
     local stage="$OUT/build/python-kv"
     rm -rf "$stage"
     mkdir -p "$stage"
-    cp -R "$src/app.py" "$src/wit" "$stage/"
+    cp "$src/app.py" "$stage/"
+    stage_wit "$src" "$stage"
     (cd "$stage" && "$COMPONENTIZE_PY" -d wit -w kv componentize app -o "$out.tmp" > /dev/null) ||
         die "componentize-py failed to build $src"
     mv "$out.tmp" "$out"
@@ -138,18 +150,24 @@ build_python_kv() {
 # per-round tape) stay. The bundled wasi_snapshot_preview1 adapter finds its
 # lazily allocated state through mutable globals, which the node persists
 # (until it did, every message that read the clock allocated 128 KiB again).
-# console.log is another matter: the adapter caches the stdout handle of the
-# first message that logs, and the next message's fresh instance does not
-# have it (see components/js/README.md).
+# console.log is routed to the system API's log by kv.js itself: the
+# adapter would cache the stdout handle of the first message that logs, and
+# the next message's fresh instance does not have it (see
+# components/js/README.md).
 build_js_kv() {
     local src="$ROOT/components/js/kv" out="$OUT/kv-js.wasm"
-    if [[ $FORCE == 0 ]] && up_to_date "$out" "$src/kv.js" "$src/wit" "$COMPONENTIZE_JS_PKG/package.json" "$SCRIPT"; then
+    if [[ $FORCE == 0 ]] && up_to_date "$out" "$src/kv.js" "$src/wit" "$ROOT/wit/canister.wit" "$COMPONENTIZE_JS_PKG/package.json" "$SCRIPT"; then
         log "kv-js.wasm is up to date"
         return
     fi
     ensure_componentize_js
     log "building kv-js.wasm with componentize-js $COMPONENTIZE_JS_VERSION"
-    (cd "$src" && "$NODE" "$COMPONENTIZE_JS_PKG/src/cli.js" kv.js --wit wit --world-name kv \
+    local stage="$OUT/build/js-kv"
+    rm -rf "$stage"
+    mkdir -p "$stage"
+    cp "$src/kv.js" "$stage/"
+    stage_wit "$src" "$stage"
+    (cd "$stage" && "$NODE" "$COMPONENTIZE_JS_PKG/src/cli.js" kv.js --wit wit --world-name kv \
         --disable http fetch-event --out "$out.tmp") ||
         die "componentize-js failed to build $src"
     mv "$out.tmp" "$out"

@@ -1,8 +1,10 @@
 //! The HTTP API on loopback with signed requests (through `cellar-agent`):
 //! deploy, call, submit and poll, query, read state, describe, logs,
 //! metrics, and the refusals (bad signature, replay, expiry, body size,
-//! non-controller, unknown canister, malformed body and module).
+//! non-controller, unknown canister, malformed body, module and headers).
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cellar_agent::{Agent, AgentError, Identity, RawResponse};
@@ -54,6 +56,20 @@ impl Fixture {
             base,
             _dir: dir,
         }
+    }
+
+    /// Shuts the node down (it writes a checkpoint) and starts it again on
+    /// the same data directory (on a new port); the examples keep their ids.
+    fn restart(&mut self) {
+        let running = self.running.take().unwrap();
+        let examples = running.examples.clone();
+        self.runtime.block_on(running.shutdown()).unwrap();
+        let config = cellar_node::NodeConfig::new(self._dir.path(), "127.0.0.1:0".parse().unwrap());
+        let mut running = self.runtime.block_on(cellar_node::start(config)).unwrap();
+        assert!(running.examples.is_empty(), "examples are deployed once");
+        running.examples = examples;
+        self.base = format!("http://{}", running.addr);
+        self.running = Some(running);
     }
 
     fn agent(&self, identity: &Identity) -> Agent {
@@ -348,4 +364,307 @@ fn submit_and_poll_replays_expiry_and_limits() {
     let activity = alice.activity().unwrap();
     assert!(activity.messages.updates >= 5);
     assert!(activity.recent.iter().any(|c| c.method == "add"));
+}
+
+/// Sends one HTTP/1.1 request with exactly the given headers (the agent
+/// only writes well-formed ones); returns the status and the JSON body.
+fn raw_http(base: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, Value) {
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"));
+    let json = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .and_then(|body| {
+            // A chunked body: the JSON is the line that starts with '{'.
+            body.lines().find(|l| l.starts_with('{'))
+        })
+        .and_then(|line| serde_json::from_str(line).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+/// Malformed authentication headers get 400 with a message naming the
+/// header; a well-formed signature that does not verify gets 401.
+#[test]
+fn malformed_headers_are_bad_requests_and_bad_signatures_unauthorized() {
+    let alice_id = Identity::from_seed([1; 32]);
+    let node = Fixture::start(&alice_id);
+    let alice = node.agent(&alice_id);
+    let kv = node.example("kv");
+    let path = format!("/api/v1/canisters/{}/call", kv.to_text());
+    let body = serde_json::to_vec(&CallRequest::wave("add", "\"h\", 1")).unwrap();
+    let good = alice.sign("POST", &path, body.clone()).unwrap();
+    let key = good.signature.public_key.clone().unwrap();
+    let signature = good.signature.signature.clone().unwrap();
+    let headers = |expiry: String, nonce: String, key: String, signature: String| {
+        vec![
+            (cellar_types::api::INGRESS_EXPIRY_HEADER, expiry),
+            (cellar_types::api::NONCE_HEADER, nonce),
+            (cellar_types::api::PUBLIC_KEY_HEADER, key),
+            (cellar_types::api::SIGNATURE_HEADER, signature),
+        ]
+    };
+    let expiry = good.ingress_expiry.to_string();
+    let nonce = data_encoding::HEXLOWER.encode(&good.nonce);
+    for (case, headers, needle) in [
+        (
+            "non-numeric expiry",
+            headers("soon".into(), nonce.clone(), key.clone(), signature.clone()),
+            "ingress expiry 'soon' is not a number",
+        ),
+        (
+            "nonce not hex",
+            headers(
+                expiry.clone(),
+                "xyz!".into(),
+                key.clone(),
+                signature.clone(),
+            ),
+            "nonce is not hex",
+        ),
+        (
+            "nonce too long",
+            headers(
+                expiry.clone(),
+                "ab".repeat(cellar_types::api::MAX_NONCE_BYTES + 1),
+                key.clone(),
+                signature.clone(),
+            ),
+            "nonce must be at most",
+        ),
+        (
+            "signature not hex",
+            headers(expiry.clone(), nonce.clone(), key.clone(), "not-hex".into()),
+            "signature header is not hex",
+        ),
+        (
+            "signature of the wrong length",
+            headers(expiry.clone(), nonce.clone(), key.clone(), "abcd".into()),
+            "signature must be 64 bytes",
+        ),
+        (
+            "public key of the wrong length",
+            headers(
+                expiry.clone(),
+                nonce.clone(),
+                "00".into(),
+                signature.clone(),
+            ),
+            "public key must be 32 bytes",
+        ),
+    ] {
+        let (status, answer) = raw_http(&node.base, &path, &headers, &body);
+        assert_eq!(status, 400, "{case}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains(needle), "{case}: {error}");
+    }
+    // A well-formed signature over other content: 401, and nothing ran.
+    let updates = alice.canister_status(&kv).unwrap().updates;
+    let other_body = serde_json::to_vec(&CallRequest::wave("add", "\"h\", 2")).unwrap();
+    let (status, answer) = raw_http(
+        &node.base,
+        &path,
+        &headers(
+            expiry.clone(),
+            nonce.clone(),
+            key.clone(),
+            signature.clone(),
+        ),
+        &other_body,
+    );
+    assert_eq!(status, 401, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("does not match"),
+        "{answer}"
+    );
+    // The intact request goes through once.
+    let (status, answer) = raw_http(
+        &node.base,
+        &path,
+        &headers(expiry, nonce, key, signature),
+        &body,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(alice.canister_status(&kv).unwrap().updates, updates + 1);
+}
+
+/// A signed request executed before a restart is still refused as a replay
+/// after it (the journal and the checkpoint carry its id and expiry), and
+/// is not executed again.
+#[test]
+fn replays_are_refused_after_a_restart() {
+    let alice_id = Identity::from_seed([1; 32]);
+    let mut node = Fixture::start(&alice_id);
+    let kv = node.example("kv");
+    let alice = node.agent(&alice_id);
+    let submit_path = format!("/api/v1/canisters/{}/submit", kv.to_text());
+    let call_path = format!("/api/v1/canisters/{}/call", kv.to_text());
+    let body = serde_json::to_vec(&CallRequest::wave("add", "\"once\", 1")).unwrap();
+    let submitted = alice.sign("POST", &submit_path, body).unwrap();
+    assert_eq!(alice.send_raw(&submitted).unwrap().status, 202);
+    let answer = alice.wait(submitted.request_id()).unwrap();
+    assert!(matches!(answer, CallResponse::Replied { .. }), "{answer:?}");
+    let body = serde_json::to_vec(&CallRequest::wave("add", "\"twice\", 2")).unwrap();
+    let called = alice.sign("POST", &call_path, body).unwrap();
+    assert_eq!(alice.send_raw(&called).unwrap().status, 200);
+    let top_up_path = format!("/api/v1/canisters/{}/top-up", kv.to_text());
+    let body = serde_json::to_vec(&json!({"cycles": 1000})).unwrap();
+    let topped = alice.sign("POST", &top_up_path, body).unwrap();
+    assert_eq!(alice.send_raw(&topped).unwrap().status, 200);
+    let before = alice.canister_status(&kv).unwrap();
+
+    // Twice: the first start rebuilds the cache from the checkpoint the
+    // shutdown wrote, the second from the checkpoint that start wrote.
+    for restart in 0..2 {
+        node.restart();
+        let alice = node.agent(&alice_id);
+        for request in [&submitted, &called, &topped] {
+            let replay = alice.send_raw(request).unwrap();
+            assert_eq!(replay.status, 409, "restart {restart}: {:?}", replay.json());
+            assert!(
+                replay.json()["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("already received"),
+                "{:?}",
+                replay.json()
+            );
+        }
+        let after = alice.canister_status(&kv).unwrap();
+        assert_eq!(after.updates, before.updates, "restart {restart}");
+        assert_eq!(after.cycles, before.cycles, "restart {restart}");
+        // The result is gone with the restart: the status reads unknown.
+        assert_eq!(
+            alice.request_status(submitted.request_id()).unwrap().status,
+            RequestState::Unknown
+        );
+    }
+    // New requests still go through.
+    let alice = node.agent(&alice_id);
+    alice
+        .call_and_wait(&kv, &CallRequest::wave("add", "\"three\", 3"))
+        .unwrap();
+    assert_eq!(
+        alice.canister_status(&kv).unwrap().updates,
+        before.updates + 1
+    );
+}
+
+/// After a crash (no checkpoint: the node is dropped), the journal alone
+/// carries the ids of the signed requests it executed; reopening rebuilds
+/// them, and the checkpoint written after the replay keeps them.
+#[test]
+fn journaled_request_ids_survive_a_crash() {
+    use cellar_node::{Node, NodeOptions, RequestTag};
+    let dir = tempfile::tempdir().unwrap();
+    let alice = Principal::self_authenticating(&[1; 32]);
+    let expiry = now_nanos() + 60_000_000_000;
+    let tag = RequestTag {
+        id: "ab".repeat(32),
+        expiry,
+    };
+    let expired = RequestTag {
+        id: "cd".repeat(32),
+        expiry: 1,
+    };
+    {
+        let node = Node::open(NodeOptions::new(dir.path())).unwrap();
+        let id = Node::tagged(Some(tag.clone()), || node.create(&alice, vec![])).unwrap();
+        Node::tagged(Some(expired.clone()), || node.stop(&alice, &id)).unwrap();
+        // Dropped without a checkpoint: only the journal has them.
+    }
+    for open in 0..2 {
+        let node = Node::open(NodeOptions::new(dir.path())).unwrap();
+        assert_eq!(
+            node.journaled_requests(now_nanos()),
+            vec![(tag.id.clone(), expiry)],
+            "open {open}"
+        );
+        assert_eq!(node.list().len(), 1);
+    }
+}
+
+/// Read-state answers carry the node's signature over round, state hash and
+/// the canister's readable state; the agent verifies it against the key in
+/// `/api/v1/status`, any change of the answer fails verification, and the
+/// key (in the data directory, 0600) is the same after a restart.
+#[test]
+fn read_state_is_certified_and_tampering_is_detected() {
+    use std::os::unix::fs::PermissionsExt;
+    let alice_id = Identity::from_seed([1; 32]);
+    let mut node = Fixture::start(&alice_id);
+    let kv = node.example("kv");
+    let alice = node.agent(&alice_id);
+    let key = alice.status().unwrap().node_key.expect("a node key");
+    let state = alice.read_state_certified(&kv).unwrap();
+    assert!(state.certificate.is_some());
+    assert_eq!(state.state_hash.len(), 64, "{state:?}");
+    cellar_agent::verify_read_state(&state, &key).unwrap();
+
+    let tampered = [
+        ReadStateEdit::CertifiedData,
+        ReadStateEdit::Round,
+        ReadStateEdit::StateHash,
+        ReadStateEdit::ModuleHash,
+        ReadStateEdit::Controllers,
+        ReadStateEdit::NoCertificate,
+    ];
+    for edit in tampered {
+        let mut forged = state.clone();
+        match edit {
+            ReadStateEdit::CertifiedData => forged.certified_data = "00".into(),
+            ReadStateEdit::Round => forged.round += 1,
+            ReadStateEdit::StateHash => forged.state_hash = "0".repeat(64),
+            ReadStateEdit::ModuleHash => forged.module_hash = None,
+            ReadStateEdit::Controllers => forged.controllers.push(Principal::anonymous()),
+            ReadStateEdit::NoCertificate => forged.certificate = None,
+        }
+        let error = cellar_agent::verify_read_state(&forged, &key).unwrap_err();
+        assert!(
+            error.contains("does not match") || error.contains("no certificate"),
+            "{edit:?}: {error}"
+        );
+    }
+    // Another node's key does not verify it.
+    let other = Identity::from_seed([9; 32]);
+    let other_key = data_encoding::HEXLOWER.encode(&other.public_key().unwrap());
+    assert!(cellar_agent::verify_read_state(&state, &other_key).is_err());
+
+    let path = node._dir.path().join(cellar_node::certify::NODE_KEY_FILE);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    node.restart();
+    let alice = node.agent(&alice_id);
+    assert_eq!(alice.status().unwrap().node_key, Some(key));
+    alice.read_state_certified(&kv).unwrap();
+}
+
+/// The fields `read_state_is_certified_and_tampering_is_detected` changes.
+#[derive(Debug, Clone, Copy)]
+enum ReadStateEdit {
+    CertifiedData,
+    Round,
+    StateHash,
+    ModuleHash,
+    Controllers,
+    NoCertificate,
 }

@@ -68,6 +68,9 @@ pub enum AgentError {
     /// A key file problem.
     #[error("{0}")]
     Identity(String),
+    /// A read-state answer whose certificate is missing or does not verify.
+    #[error("the read-state answer is not certified: {0}")]
+    Uncertified(String),
     /// The call reached the canister and was rejected.
     #[error("rejected ({}): {}", .0.code_text(), .0.message)]
     Rejected(Reject),
@@ -239,6 +242,20 @@ impl Agent {
     /// `GET /api/v1/canisters/{id}/read-state`.
     pub fn read_state(&self, id: &Principal) -> Result<ReadState, AgentError> {
         self.get(&canister_path(id, "/read-state"))
+    }
+
+    /// `GET .../read-state`, checked against the node's key from
+    /// `/api/v1/status` ([`verify_read_state`]); fails with
+    /// [`AgentError::Uncertified`] when the certificate is missing or does
+    /// not match the answer.
+    pub fn read_state_certified(&self, id: &Principal) -> Result<ReadState, AgentError> {
+        let key = self
+            .status()?
+            .node_key
+            .ok_or_else(|| AgentError::Uncertified("the node publishes no node key".to_string()))?;
+        let state = self.read_state(id)?;
+        verify_read_state(&state, &key).map_err(AgentError::Uncertified)?;
+        Ok(state)
     }
 
     /// `POST /api/v1/canisters/{id}/install`.
@@ -519,4 +536,31 @@ pub fn replied(response: CallResponse) -> Result<serde_json::Value, AgentError> 
         CallResponse::Replied { reply, .. } => Ok(reply),
         CallResponse::Rejected { reject, .. } => Err(AgentError::Rejected(reject)),
     }
+}
+
+/// Checks that `state.certificate` is the signature of the node whose
+/// Ed25519 public key is `node_key` (hex) over the rest of `state`
+/// ([`cellar_types::api::read_state_payload`]).
+pub fn verify_read_state(state: &ReadState, node_key: &str) -> Result<(), String> {
+    use ed25519_dalek::{Signature as EdSignature, Verifier, VerifyingKey};
+    let certificate = state
+        .certificate
+        .as_deref()
+        .ok_or("the answer has no certificate")?;
+    let key: [u8; 32] = HEXLOWER
+        .decode(node_key.trim().as_bytes())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("the node key is not 32 bytes of hex")?;
+    let signature: [u8; 64] = HEXLOWER
+        .decode(certificate.trim().as_bytes())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("the certificate is not 64 bytes of hex")?;
+    let key = VerifyingKey::from_bytes(&key).map_err(|_| "the node key is not an Ed25519 key")?;
+    key.verify(
+        &cellar_types::api::read_state_payload(state),
+        &EdSignature::from_bytes(&signature),
+    )
+    .map_err(|_| "the certificate does not match the answer".to_string())
 }

@@ -71,7 +71,22 @@ pub fn run(agent: &Agent, command: CanisterCommand, out: Output) -> Result<()> {
                 }
             });
         }
-        CanisterCommand::Status { canister } => agent.canister_status(&canister)?,
+        CanisterCommand::Status { canister } => {
+            let status = agent.canister_status(&canister)?;
+            // The read-state answer, checked against the node's key.
+            let certified = agent.read_state_certified(&canister);
+            return out.value(&status, || {
+                let mut text = canister_details(&status);
+                match &certified {
+                    Ok(state) => text.push_str(&format!(
+                        "read state   certified by the node (round {}, state hash {})",
+                        state.round, state.state_hash
+                    )),
+                    Err(e) => text.push_str(&format!("read state   NOT certified: {e}")),
+                }
+                text
+            });
+        }
         CanisterCommand::Stop { canister } => agent.stop(&canister)?,
         CanisterCommand::Start { canister } => agent.start(&canister)?,
         CanisterCommand::Delete { canister } => agent.delete(&canister)?,

@@ -103,6 +103,39 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The system API and the WASI packages it refers to, as `cellar new`
+/// writes them under a Python or JavaScript project's `wit/deps`.
+const SYSTEM_API_WIT: [(&str, &str); 7] = [
+    (
+        "wit/deps/cellar/canister.wit",
+        include_str!("../../../wit/canister.wit"),
+    ),
+    (
+        "wit/deps/cli/cli.wit",
+        include_str!("../../../wit/deps/cli/cli.wit"),
+    ),
+    (
+        "wit/deps/clocks/clocks.wit",
+        include_str!("../../../wit/deps/clocks/clocks.wit"),
+    ),
+    (
+        "wit/deps/filesystem/filesystem.wit",
+        include_str!("../../../wit/deps/filesystem/filesystem.wit"),
+    ),
+    (
+        "wit/deps/io/io.wit",
+        include_str!("../../../wit/deps/io/io.wit"),
+    ),
+    (
+        "wit/deps/random/random.wit",
+        include_str!("../../../wit/deps/random/random.wit"),
+    ),
+    (
+        "wit/deps/sockets/sockets.wit",
+        include_str!("../../../wit/deps/sockets/sockets.wit"),
+    ),
+];
+
 fn fill(template: &str, name: &str) -> String {
     let sdk = repo_root().join("components").join("sdk");
     template
@@ -123,13 +156,22 @@ pub fn new(args: &NewArgs, out: Output) -> Result<()> {
         bail!("{} exists and is not empty", dir.display());
     }
     let name = args.name.as_str();
+    let world = match args.lang {
+        Lang::Rust => include_str!("templates/world.wit"),
+        // print()/console.log go to the system API's log.
+        Lang::Python | Lang::Js => include_str!("templates/world-log.wit"),
+    };
     let mut files: Vec<(&str, String)> = vec![
-        (
-            "wit/world.wit",
-            fill(include_str!("templates/world.wit"), name),
-        ),
+        ("wit/world.wit", fill(world, name)),
         (".gitignore", "/target\n/.cellar\n".to_string()),
     ];
+    if args.lang != Lang::Rust {
+        files.extend(
+            SYSTEM_API_WIT
+                .iter()
+                .map(|(path, text)| (*path, text.to_string())),
+        );
+    }
     match args.lang {
         Lang::Rust => {
             files.push((
@@ -455,6 +497,16 @@ mod tests {
             let wit = fs::read_to_string(project.join("wit/world.wit")).unwrap();
             assert!(wit.contains("package app:hello-world;"), "{wit}");
             assert!(new(&args, Output::default()).is_err(), "not twice");
+        }
+        for lang in ["python", "js"] {
+            let project = dir.path().join(format!("p-{lang}"));
+            let world = fs::read_to_string(project.join("wit/world.wit")).unwrap();
+            assert!(
+                world.contains("import cellar:canister/log@0.1.0;"),
+                "{world}"
+            );
+            assert!(project.join("wit/deps/cellar/canister.wit").is_file());
+            assert!(project.join("wit/deps/io/io.wit").is_file());
         }
         let lib = fs::read_to_string(dir.path().join("p-rust/src/lib.rs")).unwrap();
         assert!(lib.contains("exports::app::hello_world::{api, query}"));

@@ -248,6 +248,8 @@ fn identities_canister_management_json_and_completions() {
     assert_eq!(list.as_array().unwrap().len(), 4);
     let status = ok(cellar_in(&url, &config, &["canister", "status", &kv]));
     assert!(status.contains("running"), "{status}");
+    // The read-state answer verified against the node's key.
+    assert!(status.contains("certified by the node"), "{status}");
 
     // Updates submitted without waiting, then polled by request id.
     let id = ok(cellar_in(

@@ -121,6 +121,33 @@ fn new_build_deploy(lang: &str, greeting: &str) {
     ));
     assert!(hello.contains(greeting), "{hello}");
 
+    if lang != "rust" {
+        // The Python and JavaScript templates print in `add`: every
+        // message's line lands in the canister's log, not only the first.
+        for value in 6..9 {
+            ok(cellar(
+                &project,
+                &url,
+                &me,
+                &["call", &id, &format!("add(\"apple\", {value})")],
+            ));
+        }
+        let logs = ok(cellar(&project, &url, &me, &["--json", "logs", &id]));
+        let logs: Vec<serde_json::Value> = serde_json::from_str(&logs).unwrap();
+        let printed: Vec<&str> = logs
+            .iter()
+            .filter_map(|e| e["message"].as_str())
+            .filter(|m| m.starts_with("add "))
+            .collect();
+        assert_eq!(
+            printed,
+            (5..9)
+                .map(|v| format!("add apple = {v}"))
+                .collect::<Vec<_>>(),
+            "{logs:?}"
+        );
+    }
+
     // Deploying again upgrades the same canister, rebuilt from the edited
     // source (an unchanged project is not rebuilt: see `deploy` above,
     // which reused `build`'s component).

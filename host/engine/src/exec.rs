@@ -632,7 +632,22 @@ fn trap_reject(error: wasmtime::Error, phase: &str, limit: u64) -> Reject {
             first_line(&error.root_cause().to_string())
         ),
     };
-    Reject::new(RejectCode::CanisterError, message)
+    Reject::new(RejectCode::CanisterError, with_handle_hint(message))
+}
+
+/// Explains the trap a guest gets when it uses a WASI resource handle (in
+/// practice its stdout or stderr stream) that it cached in its persisted
+/// memory during an earlier message: every message runs on a fresh
+/// instance, whose handle table does not have it.
+fn with_handle_hint(message: String) -> String {
+    if !message.contains("unknown handle index") {
+        return message;
+    }
+    format!(
+        "{message} (a WASI handle, such as the stdout stream, kept from an earlier message: \
+         every message runs on a fresh instance, so write to the canister's log with the \
+         system API's log.write instead of stdout/stderr)"
+    )
 }
 
 fn first_line(text: &str) -> &str {

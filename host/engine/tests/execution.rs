@@ -261,6 +261,23 @@ fn reject_is_returned_and_logs_are_captured() {
     );
 }
 
+/// Rust's `println!` caches the WASI stdout handle in linear memory: it
+/// works in the first message that prints, and a later one traps with a
+/// reject that says why (use the system API's log instead).
+#[test]
+fn stdout_handles_cached_across_messages_get_an_explained_reject() {
+    let mut t = testbed();
+    assert!(t.update("log-line(\"first\")").result.is_ok());
+    let reject = t.update("log-line(\"second\")").result.unwrap_err();
+    assert_eq!(reject.code, RejectCode::CanisterError);
+    assert!(
+        reject.message.contains("unknown handle index")
+            && reject.message.contains("log.write instead of stdout"),
+        "{}",
+        reject.message
+    );
+}
+
 #[test]
 fn certified_data_is_limited_and_refused_in_queries() {
     let mut t = testbed();

@@ -2,8 +2,12 @@
 //!
 //! A request signed per [`cellar_types::api::signing_payload`] comes from the
 //! self-authenticating principal of its public key; an unsigned request comes
-//! from the anonymous principal. A request with a bad signature is refused.
-//! Either way the request gets its id ([`cellar_types::api::request_id`]).
+//! from the anonymous principal. Headers that cannot be read (a non-numeric
+//! expiry, a nonce or key or signature that is not hex of the right length)
+//! make the request malformed ([`AuthError::Malformed`], 400); a well-formed
+//! signature that does not verify makes it unauthorized
+//! ([`AuthError::BadSignature`], 401). Either way an accepted request gets
+//! its id ([`cellar_types::api::request_id`]).
 
 use cellar_types::Principal;
 use cellar_types::api::{MAX_NONCE_BYTES, request_id, signing_payload};
@@ -34,28 +38,75 @@ pub struct Authenticated {
     pub ingress_expiry: Option<u64>,
 }
 
+/// Why a request's credentials were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// A header cannot be read: the request is malformed (400).
+    #[error("{0}")]
+    Malformed(String),
+    /// The signature is well formed but does not verify (401).
+    #[error("{0}")]
+    BadSignature(String),
+}
+
+fn malformed(message: impl Into<String>) -> AuthError {
+    AuthError::Malformed(message.into())
+}
+
+/// Decodes a hex header of exactly `N` bytes.
+fn hex_array<const N: usize>(text: &str, what: &str) -> Result<[u8; N], AuthError> {
+    let bytes = HEXLOWER_PERMISSIVE
+        .decode(text.trim().as_bytes())
+        .map_err(|_| malformed(format!("the {what} header is not hex: '{}'", shorten(text))))?;
+    let len = bytes.len();
+    bytes.try_into().map_err(|_| {
+        malformed(format!(
+            "the {what} must be {N} bytes (hex encoded), not {len}"
+        ))
+    })
+}
+
+/// `text` cut to 80 characters for an error message.
+fn shorten(text: &str) -> String {
+    let mut cut: String = text.chars().take(80).collect();
+    if cut.len() < text.len() {
+        cut.push_str("...");
+    }
+    cut
+}
+
 /// Determines the caller and id of a request from its headers and content.
 pub fn authenticate(
     method: &str,
     path: &str,
     body: &[u8],
     credentials: Credentials<'_>,
-) -> Result<Authenticated, String> {
+) -> Result<Authenticated, AuthError> {
     let ingress_expiry = credentials
         .ingress_expiry
         .map(|text| {
-            text.trim()
-                .parse::<u64>()
-                .map_err(|_| format!("the ingress expiry '{text}' is not a number of nanoseconds"))
+            text.trim().parse::<u64>().map_err(|_| {
+                malformed(format!(
+                    "the ingress expiry '{}' is not a number of nanoseconds since the Unix epoch",
+                    shorten(text)
+                ))
+            })
         })
         .transpose()?;
     let nonce = match credentials.nonce {
         None => Vec::new(),
-        Some(text) => HEXLOWER_PERMISSIVE
-            .decode(text.as_bytes())
-            .ok()
-            .filter(|n| n.len() <= MAX_NONCE_BYTES)
-            .ok_or_else(|| format!("the nonce must be at most {MAX_NONCE_BYTES} bytes, hex"))?,
+        Some(text) => {
+            let nonce = HEXLOWER_PERMISSIVE
+                .decode(text.trim().as_bytes())
+                .map_err(|_| malformed(format!("the nonce is not hex: '{}'", shorten(text))))?;
+            if nonce.len() > MAX_NONCE_BYTES {
+                return Err(malformed(format!(
+                    "the nonce must be at most {MAX_NONCE_BYTES} bytes, not {}",
+                    nonce.len()
+                )));
+            }
+            nonce
+        }
     };
     let payload = signing_payload(method, path, ingress_expiry.unwrap_or(0), &nonce, body);
     let (public_key, signature) = match (credentials.public_key, credentials.signature) {
@@ -68,25 +119,19 @@ pub fn authenticate(
         }
         (Some(k), Some(s)) => (k, s),
         _ => {
-            return Err(
-                "a signed request needs both the public key and the signature header".into(),
-            );
+            return Err(malformed(
+                "a signed request needs both the public key and the signature header",
+            ));
         }
     };
-    let key_bytes: [u8; 32] = HEXLOWER_PERMISSIVE
-        .decode(public_key.as_bytes())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or("the public key must be 32 bytes, hex encoded")?;
-    let sig_bytes: [u8; 64] = HEXLOWER_PERMISSIVE
-        .decode(signature.as_bytes())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or("the signature must be 64 bytes, hex encoded")?;
+    let key_bytes: [u8; 32] = hex_array(public_key, "public key")?;
+    let sig_bytes: [u8; 64] = hex_array(signature, "signature")?;
     let key = VerifyingKey::from_bytes(&key_bytes)
-        .map_err(|_| "the public key is not a valid Ed25519 key")?;
+        .map_err(|_| malformed("the public key is not a valid Ed25519 key"))?;
     key.verify(&payload, &Signature::from_bytes(&sig_bytes))
-        .map_err(|_| "the signature does not match the request".to_string())?;
+        .map_err(|_| {
+            AuthError::BadSignature("the signature does not match the request".to_string())
+        })?;
     Ok(Authenticated {
         caller: Principal::self_authenticating(&key_bytes),
         request_id: request_id(Some(&key_bytes), &payload),
@@ -136,7 +181,81 @@ mod tests {
         assert!(signed("POST", "/q", b"body", Some("42"), Some("0102"), Some(&sig)).is_err());
         assert!(signed("POST", "/p", b"body", Some("43"), Some("0102"), Some(&sig)).is_err());
         assert!(signed("POST", "/p", b"body", Some("42"), Some("0103"), Some(&sig)).is_err());
-        assert!(signed("POST", "/p", b"body", Some("42"), Some("0102"), None).is_err());
-        assert!(signed("POST", "/p", b"body", Some("x"), Some("0102"), Some(&sig)).is_err());
+        assert!(matches!(
+            signed("POST", "/p", b"body", Some("43"), Some("0102"), Some(&sig)),
+            Err(AuthError::BadSignature(_))
+        ));
+        // Headers that cannot be read are malformed, not unauthorized.
+        let malformed = |r: Result<Authenticated, AuthError>| match r {
+            Err(AuthError::Malformed(m)) => m,
+            other => panic!("expected a malformed request, got {other:?}"),
+        };
+        assert!(
+            malformed(signed(
+                "POST",
+                "/p",
+                b"body",
+                Some("42"),
+                Some("0102"),
+                None
+            ))
+            .contains("both")
+        );
+        assert!(
+            malformed(signed(
+                "POST",
+                "/p",
+                b"body",
+                Some("x"),
+                Some("0102"),
+                Some(&sig)
+            ))
+            .contains("not a number")
+        );
+        assert!(
+            malformed(signed(
+                "POST",
+                "/p",
+                b"body",
+                Some("42"),
+                Some("zz"),
+                Some(&sig)
+            ))
+            .contains("nonce is not hex")
+        );
+        let long_nonce = "00".repeat(MAX_NONCE_BYTES + 1);
+        assert!(
+            malformed(signed(
+                "POST",
+                "/p",
+                b"body",
+                Some("42"),
+                Some(&long_nonce),
+                Some(&sig)
+            ))
+            .contains("at most")
+        );
+        assert!(
+            malformed(signed(
+                "POST",
+                "/p",
+                b"body",
+                Some("42"),
+                Some("0102"),
+                Some("abc")
+            ))
+            .contains("signature header is not hex")
+        );
+        assert!(
+            malformed(signed(
+                "POST",
+                "/p",
+                b"body",
+                Some("42"),
+                Some("0102"),
+                Some("abcd")
+            ))
+            .contains("signature must be 64 bytes")
+        );
     }
 }

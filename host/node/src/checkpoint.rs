@@ -26,6 +26,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
 
 use crate::canister::Canister;
+use crate::journal::RequestTag;
 use crate::messages::Messaging;
 
 const META_KEY: &[u8] = b"checkpoint";
@@ -40,6 +41,10 @@ struct Meta {
     /// Module hash of the scheduler policy in force (none: the built-in).
     #[serde(default)]
     scheduler_policy: Option<String>,
+    /// Signed requests journaled and unexpired when the checkpoint was
+    /// written (the journal before it is deleted).
+    #[serde(default)]
+    requests: Vec<RequestTag>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -76,6 +81,9 @@ pub struct Loaded {
     pub canisters: Vec<(Canister, Option<String>)>,
     /// Module hash of the scheduler policy in force (none: the built-in).
     pub scheduler_policy: Option<String>,
+    /// Signed requests journaled before the checkpoint and unexpired when
+    /// it was written.
+    pub requests: Vec<RequestTag>,
 }
 
 /// What a checkpoint wrote.
@@ -164,6 +172,7 @@ impl Checkpointer {
         next_index: u64,
         canisters: &BTreeMap<Principal, Canister>,
         scheduler_policy: Option<&str>,
+        requests: &[RequestTag],
     ) -> anyhow::Result<CheckpointStats> {
         let started = Instant::now();
         let mut batch = self.db.batch();
@@ -211,6 +220,7 @@ impl Checkpointer {
             next_index,
             canisters: canisters.values().map(canister_meta).collect(),
             scheduler_policy: scheduler_policy.map(str::to_string),
+            requests: requests.to_vec(),
         };
         batch.insert(&self.meta, META_KEY, serde_json::to_vec(&meta)?);
         batch.commit().map_err(storage)?;
@@ -309,6 +319,7 @@ impl Checkpointer {
             next_index: meta.next_index,
             canisters,
             scheduler_policy: meta.scheduler_policy,
+            requests: meta.requests,
         }))
     }
 }

@@ -15,14 +15,16 @@ use cellar_types::Principal;
 use cellar_types::api::{
     Activity, ApiError, CallRequest, CallResponse, ControllersRequest, CreateRequest,
     INGRESS_EXPIRY_HEADER, InstallMode, InstallRequest, MAX_CALL_BODY_BYTES, ModuleSource,
-    NONCE_HEADER, PUBLIC_KEY_HEADER, ReadState, SIGNATURE_HEADER, SetPolicyRequest, SubmitResponse,
+    NONCE_HEADER, PUBLIC_KEY_HEADER, SIGNATURE_HEADER, SetPolicyRequest, SubmitResponse,
     TopUpRequest,
 };
 use data_encoding::BASE64;
 use serde::de::DeserializeOwned;
 
-use crate::auth::{Credentials, authenticate};
+use crate::auth::{AuthError, Credentials, authenticate};
+use crate::certify::{NODE_KEY_FILE, NodeKey};
 use crate::dashboard;
+use crate::journal::RequestTag;
 use crate::metrics::{Gauges, Kind, Metrics};
 use crate::node::{Node, NodeError};
 use crate::requests::{
@@ -73,6 +75,8 @@ fn bad_request(message: impl Into<String>) -> HttpError {
 #[derive(Clone)]
 struct Api {
     node: Arc<Node>,
+    /// Signs read-state answers; `None` when the key cannot be had.
+    key: Option<Arc<NodeKey>>,
     requests: Arc<Requests>,
     metrics: Arc<Metrics>,
     ingress: Arc<Ingress>,
@@ -84,6 +88,9 @@ struct Api {
 struct Signed {
     caller: Principal,
     request_id: String,
+    /// The id and expiry to journal, for a request admitted by the replay
+    /// cache.
+    tag: Option<RequestTag>,
     body: Bytes,
 }
 
@@ -120,8 +127,11 @@ impl FromRequest<Api> for Signed {
             ingress_expiry: expiry.as_deref(),
             nonce: nonce.as_deref(),
         };
-        let auth = authenticate(&method, &path, &body, credentials)
-            .map_err(|e| HttpError(StatusCode::UNAUTHORIZED, e))?;
+        let auth = authenticate(&method, &path, &body, credentials).map_err(|e| match e {
+            AuthError::Malformed(m) => bad_request(m),
+            AuthError::BadSignature(m) => HttpError(StatusCode::UNAUTHORIZED, m),
+        })?;
+        let mut tag = None;
         if method != "GET" && !is_query {
             api.requests.admit(
                 &auth.request_id,
@@ -129,12 +139,17 @@ impl FromRequest<Api> for Signed {
                 auth.ingress_expiry,
                 now_nanos(),
             )?;
+            tag = auth.ingress_expiry.map(|expiry| RequestTag {
+                id: auth.request_id.clone(),
+                expiry,
+            });
         } else if auth.ingress_expiry.is_some() {
             check_expiry(auth.ingress_expiry, now_nanos())?;
         }
         Ok(Signed {
             caller: auth.caller,
             request_id: auth.request_id,
+            tag,
             body,
         })
     }
@@ -189,13 +204,24 @@ fn module_bytes(source: &ModuleSource) -> Result<(Vec<u8>, Option<&'static str>)
 pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
     let metrics = Arc::new(Metrics::new());
     let requests = Arc::new(Requests::new(DEFAULT_CAPACITY));
+    // Requests executed before a restart stay refused until they expire.
+    requests.restore(node.journaled_requests(now_nanos()));
     let ingress = Arc::new(Ingress::start(
         node.clone(),
         requests.clone(),
         metrics.clone(),
     ));
+    let key_path = node.data_dir().join(NODE_KEY_FILE);
+    let key = match NodeKey::load_or_create(&key_path) {
+        Ok(key) => Some(Arc::new(key)),
+        Err(e) => {
+            tracing::error!("read-state answers are not certified: {e:#}");
+            None
+        }
+    };
     let api = Api {
         node,
+        key,
         requests,
         metrics,
         ingress,
@@ -252,7 +278,13 @@ async fn count_answers(State(api): State<Api>, request: Request, next: Next) -> 
 
 async fn node_status(State(api): State<Api>) -> impl IntoResponse {
     let node = api.node.clone();
-    blocking(move || Ok(Json(node.node_status()))).await
+    let node_key = api.key.as_ref().map(|k| k.public_hex());
+    blocking(move || {
+        let mut status = node.node_status();
+        status.node_key = node_key;
+        Ok(Json(status))
+    })
+    .await
 }
 
 fn gauges(api: &Api) -> Gauges {
@@ -302,16 +334,17 @@ async fn read_state(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
-    let round = api.node.round();
-    let status = api.node.status(&id)?;
-    Ok(Json(ReadState {
-        canister_id: status.canister_id,
-        round,
-        status: status.status,
-        module_hash: status.module_hash,
-        certified_data: status.certified_data,
-        controllers: status.controllers,
-    }))
+    let node = api.node.clone();
+    let key = api.key.clone();
+    let state = blocking(move || {
+        let mut state = node.read_state(&id)?;
+        if let Some(key) = key {
+            key.certify(&mut state);
+        }
+        Ok(state)
+    })
+    .await?;
+    Ok(Json(state))
 }
 
 async fn interface(
@@ -339,16 +372,17 @@ async fn request_status(
     )
 }
 
-/// Runs a management request, counting it.
+/// Runs a management request, counting it; `tag` is journaled with it.
 async fn management<T: Send + 'static>(
     api: &Api,
+    tag: Option<RequestTag>,
     f: impl FnOnce(&Node) -> Result<T, NodeError> + Send + 'static,
 ) -> Result<T, HttpError> {
     let node = api.node.clone();
     let metrics = api.metrics.clone();
     blocking(move || {
         let started = Instant::now();
-        let result = f(&node);
+        let result = Node::tagged(tag, || f(&node));
         metrics.record_management(result.is_ok(), started.elapsed());
         Ok(result?)
     })
@@ -359,7 +393,7 @@ async fn create(State(api): State<Api>, signed: Signed) -> Result<impl IntoRespo
     let request: CreateRequest = signed.json()?;
     let module = request.module.as_ref().map(module_bytes).transpose()?;
     let caller = signed.caller;
-    let status = management(&api, move |node| {
+    let status = management(&api, signed.tag, move |node| {
         let id = node.create(&caller, request.controllers)?;
         match module {
             None => node.status(&id),
@@ -386,7 +420,7 @@ async fn install(
         _ => request.arg.or(default_arg.map(str::to_string)),
     };
     let caller = signed.caller;
-    let status = management(&api, move |node| {
+    let status = management(&api, signed.tag, move |node| {
         node.install(&caller, &id, request.mode, &wasm, arg)
     })
     .await?;
@@ -414,6 +448,7 @@ fn enqueue(
 ) -> Result<(), HttpError> {
     let job = Job {
         request_id: signed.request_id,
+        tag: signed.tag,
         caller: signed.caller,
         canister,
         request,
@@ -435,7 +470,10 @@ async fn top_up(
     let id = canister_id(&id)?;
     let request: TopUpRequest = signed.json()?;
     let caller = signed.caller;
-    let status = management(&api, move |node| node.top_up(&caller, &id, request.cycles)).await?;
+    let status = management(&api, signed.tag, move |node| {
+        node.top_up(&caller, &id, request.cycles)
+    })
+    .await?;
     Ok(Json(status))
 }
 
@@ -463,7 +501,7 @@ async fn set_scheduler_policy(
         Some(source) => Some(module_bytes(source)?.0),
     };
     let caller = signed.caller;
-    let info = management(&api, move |node| {
+    let info = management(&api, signed.tag, move |node| {
         node.set_scheduler_policy(&caller, wasm.as_deref())
     })
     .await?;
@@ -532,7 +570,7 @@ async fn stop(
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
-    let status = management(&api, move |node| node.stop(&signed.caller, &id)).await?;
+    let status = management(&api, signed.tag, move |node| node.stop(&signed.caller, &id)).await?;
     Ok(Json(status))
 }
 
@@ -542,7 +580,10 @@ async fn start(
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
-    let status = management(&api, move |node| node.start(&signed.caller, &id)).await?;
+    let status = management(&api, signed.tag, move |node| {
+        node.start(&signed.caller, &id)
+    })
+    .await?;
     Ok(Json(status))
 }
 
@@ -552,7 +593,10 @@ async fn delete(
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
-    let status = management(&api, move |node| node.delete(&signed.caller, &id)).await?;
+    let status = management(&api, signed.tag, move |node| {
+        node.delete(&signed.caller, &id)
+    })
+    .await?;
     Ok(Json(status))
 }
 
@@ -563,7 +607,7 @@ async fn controllers(
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
     let request: ControllersRequest = signed.json()?;
-    let status = management(&api, move |node| {
+    let status = management(&api, signed.tag, move |node| {
         node.set_controllers(&signed.caller, &id, request.controllers)
     })
     .await?;

@@ -90,6 +90,16 @@ pub enum Op {
     },
 }
 
+/// The signed request a journaled request came from: enough to refuse a
+/// replay of it after a restart, until its ingress expiry.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestTag {
+    /// The request id ([`cellar_types::api::request_id`]).
+    pub id: String,
+    /// Its ingress expiry (nanoseconds since the Unix epoch).
+    pub expiry: u64,
+}
+
 /// A request as it arrived: who sent it and what it asks.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ingress {
@@ -97,6 +107,11 @@ pub struct Ingress {
     pub caller: Principal,
     /// The request.
     pub op: Op,
+    /// The signed HTTP request it came from, when it came through the API
+    /// with an ingress expiry. Not part of execution: replay ignores it,
+    /// except to rebuild the replay cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestTag>,
 }
 
 /// One journal record: a round's input batch, in the order it executes.
@@ -279,6 +294,7 @@ mod tests {
                 op: Op::Stop {
                     id: Principal::canister(round),
                 },
+                request: None,
             }],
         }
     }

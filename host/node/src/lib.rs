@@ -9,6 +9,7 @@
 
 mod auth;
 mod canister;
+pub mod certify;
 mod checkpoint;
 pub mod composite;
 mod cycles;
@@ -31,7 +32,7 @@ use std::sync::Arc;
 pub use canister::{Canister, INITIAL_CYCLES, MAX_LOG_ENTRIES};
 pub use cellar_engine as engine;
 pub use checkpoint::CheckpointStats;
-pub use journal::Durability;
+pub use journal::{Durability, RequestTag};
 pub use node::{CallOutcome, Node, NodeError, NodeOptions};
 
 use cellar_types::Principal;

@@ -21,7 +21,7 @@ use cellar_engine::{
 };
 use cellar_types::api::{
     Args, CanisterStatus, InstallMode, InterfaceInfo, LogEntry, MethodInfo, NodeStatus, PolicyInfo,
-    RunStatus,
+    ReadState, RunStatus,
 };
 use cellar_types::{Principal, Reject, RejectCode};
 use data_encoding::HEXLOWER;
@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 
 use crate::canister::Canister;
 use crate::checkpoint::{CheckpointStats, Checkpointer};
-use crate::journal::{Durability, Ingress, Journal, Op, Record, read_records};
+use crate::journal::{Durability, Ingress, Journal, Op, Record, RequestTag, read_records};
 use crate::messages::IngressId;
 use crate::state_hash;
 
@@ -223,6 +223,17 @@ pub struct Node {
     /// Replica mode (see `replica.rs`): where requests go instead of the
     /// local pool, and who waits for which ingress message id.
     replica: crate::replica::ReplicaLink,
+    /// Ids and expiries of the signed requests journaled (or carried over
+    /// by a checkpoint) and not known to be expired: the replay cache is
+    /// rebuilt from them when the node restarts.
+    journaled_requests: Mutex<BTreeMap<String, u64>>,
+}
+
+thread_local! {
+    /// The signed request the calling thread is submitting (see
+    /// [`Node::tagged`]).
+    static CURRENT_REQUEST: std::cell::RefCell<Option<RequestTag>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 fn now_nanos() -> u64 {
@@ -360,6 +371,7 @@ impl Node {
             waiters: Mutex::new(BTreeMap::new()),
             fresh: true,
             replica: crate::replica::ReplicaLink::default(),
+            journaled_requests: Mutex::new(BTreeMap::new()),
         };
         node.recover()?;
         Ok(node)
@@ -386,6 +398,10 @@ impl Node {
                 let policy = self.load_policy(hash)?;
                 *self.scheduler_policy.write().expect("policy lock") = Some((hash.clone(), policy));
             }
+            self.journaled_requests
+                .lock()
+                .expect("requests lock")
+                .extend(loaded.requests.into_iter().map(|t| (t.id, t.expiry)));
             for (mut canister, hash) in loaded.canisters {
                 if let Some(hash) = hash {
                     canister.code = Some(self.load_module(&hash)?);
@@ -429,6 +445,7 @@ impl Node {
                     path.display(),
                     record.round
                 );
+                self.remember_requests(&record);
                 // Request errors were answered before the crash and recur
                 // on replay; an internal error (a stored module that is
                 // missing or no longer loads) means replay cannot reproduce
@@ -489,7 +506,46 @@ impl Node {
         Ok(())
     }
 
+    /// Remembers the signed requests of a journaled record.
+    fn remember_requests(&self, record: &Record) {
+        let mut journaled = self.journaled_requests.lock().expect("requests lock");
+        for tag in record.ingress.iter().filter_map(|i| i.request.as_ref()) {
+            journaled.insert(tag.id.clone(), tag.expiry);
+        }
+    }
+
+    /// The signed requests this node journaled whose ingress expiry has not
+    /// passed at `now` (nanoseconds since the Unix epoch), as `(id,
+    /// expiry)`. They survive restarts (journal and checkpoints carry
+    /// them), so the HTTP layer refuses their replay after a restart too.
+    pub fn journaled_requests(&self, now: u64) -> Vec<(String, u64)> {
+        let mut journaled = self.journaled_requests.lock().expect("requests lock");
+        journaled.retain(|_, expiry| *expiry > now);
+        journaled.iter().map(|(id, e)| (id.clone(), *e)).collect()
+    }
+
+    /// Runs `f` on this thread with `tag` as the signed request it submits:
+    /// every request `f` hands to the node is journaled with the tag, so
+    /// its id is remembered across restarts until its expiry.
+    pub fn tagged<T>(tag: Option<RequestTag>, f: impl FnOnce() -> T) -> T {
+        struct Reset(Option<RequestTag>);
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                let previous = self.0.take();
+                CURRENT_REQUEST.with(|c| *c.borrow_mut() = previous);
+            }
+        }
+        let previous = CURRENT_REQUEST.with(|c| c.replace(tag));
+        let _reset = Reset(previous);
+        f()
+    }
+
     fn write_checkpoint(&self) -> anyhow::Result<()> {
+        let requests: Vec<RequestTag> = self
+            .journaled_requests(now_nanos())
+            .into_iter()
+            .map(|(id, expiry)| RequestTag { id, expiry })
+            .collect();
         let registry = self.registry.read().expect("registry lock");
         let stats = self.checkpointer.lock().expect("checkpointer lock").write(
             registry.round,
@@ -501,6 +557,7 @@ impl Node {
                 .expect("policy lock")
                 .as_ref()
                 .map(|(hash, _)| hash.as_str()),
+            &requests,
         )?;
         tracing::debug!(round = registry.round, ?stats, "checkpoint written");
         *self.last_checkpoint.lock().expect("stats lock") = stats;
@@ -649,6 +706,7 @@ impl Node {
             ingress: Ingress {
                 caller: caller.clone(),
                 op,
+                request: CURRENT_REQUEST.with(|c| c.borrow().clone()),
             },
             reply,
         });
@@ -757,6 +815,7 @@ impl Node {
         let ingress = Ingress {
             caller: caller.clone(),
             op,
+            request: CURRENT_REQUEST.with(|c| c.borrow().clone()),
         };
         let answer = self.replica.submit(&ingress, module)?;
         match answer.recv_timeout(self.options.reply_timeout) {
@@ -819,6 +878,7 @@ impl Node {
         };
         let w = writer.as_mut().expect("journal open");
         w.journal.append(&record).map_err(NodeError::Internal)?;
+        self.remember_requests(&record);
         let answered = self.execute_round(&record);
         for (index, result) in answered {
             self.replica.answer(index, result);
@@ -866,6 +926,7 @@ impl Node {
             }
             return Err(NodeError::Internal(e));
         }
+        self.remember_requests(&record);
         {
             let mut waiters = self.waiters.lock().expect("waiters lock");
             for (index, p) in taken.into_iter().enumerate() {
@@ -1157,7 +1218,34 @@ impl Node {
             canisters: snapshot.canisters.len() as u64,
             data_dir: self.options.data_dir.display().to_string(),
             state_hash: HEXLOWER.encode(&snapshot.hash()),
+            node_key: None,
         }
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.options.data_dir
+    }
+
+    /// A canister's readable replicated state and the state hash, all of
+    /// the same round (not certified yet: see `certify.rs`).
+    pub fn read_state(&self, id: &Principal) -> Result<ReadState, NodeError> {
+        let snapshot = self.snapshot();
+        let canister = snapshot
+            .canisters
+            .get(id)
+            .ok_or_else(|| NodeError::NotFound(id.to_text()))?;
+        let status = canister.status();
+        Ok(ReadState {
+            canister_id: status.canister_id,
+            round: snapshot.round,
+            status: status.status,
+            module_hash: status.module_hash,
+            certified_data: status.certified_data,
+            controllers: status.controllers,
+            state_hash: HEXLOWER.encode(&snapshot.hash()),
+            certificate: None,
+        })
     }
 
     /// A SHA-256 of the replicated state after the last committed round:

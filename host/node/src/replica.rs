@@ -646,6 +646,7 @@ mod tests {
             op: Op::Create {
                 controllers: vec![],
             },
+            request: None,
         };
         let answer = link.submit(&ingress, Some(vec![1, 2, 3])).unwrap();
         let twice = link.submit(&ingress, None).unwrap();

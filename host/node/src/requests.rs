@@ -98,6 +98,25 @@ impl Requests {
         }
     }
 
+    /// Remembers requests admitted before a restart (see
+    /// [`Node::journaled_requests`]) so that their replay is refused until
+    /// they expire. Their results are gone: their status reads unknown.
+    pub fn restore(&self, requests: impl IntoIterator<Item = (String, u64)>) {
+        let mut table = self.table.lock().expect("request table");
+        for (id, expiry) in requests {
+            table.by_expiry.insert((expiry, id.clone()));
+            table.entries.insert(
+                id,
+                Entry {
+                    expiry,
+                    caller: Principal::anonymous(),
+                    state: RequestState::Unknown,
+                    response: None,
+                },
+            );
+        }
+    }
+
     /// Admits a request seen at `now`: checks its expiry and that its id is
     /// new, and remembers it as received until it expires.
     pub fn admit(
@@ -205,6 +224,8 @@ pub fn call_response(outcome: CallOutcome, encoding: ReplyEncoding) -> CallRespo
 pub struct Job {
     /// The request id.
     pub request_id: String,
+    /// The id and expiry to journal with it (see [`Node::tagged`]).
+    pub tag: Option<crate::RequestTag>,
     /// The sender.
     pub caller: Principal,
     /// The canister.
@@ -296,12 +317,14 @@ impl Ingress {
 fn run_job(node: &Node, requests: &Requests, metrics: &Metrics, job: Job) {
     requests.set(&job.request_id, RequestState::Processing, None);
     let started = Instant::now();
-    let result = node.update(
-        &job.caller,
-        &job.canister,
-        &job.request.method,
-        job.request.args.clone(),
-    );
+    let result = Node::tagged(job.tag.clone(), || {
+        node.update(
+            &job.caller,
+            &job.canister,
+            &job.request.method,
+            job.request.args.clone(),
+        )
+    });
     let result = result.map(|outcome| {
         metrics.record_call(
             Kind::Update,

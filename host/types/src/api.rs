@@ -123,6 +123,11 @@ pub struct NodeStatus {
     /// SHA-256 of the replicated state at `round`, hex: replicas that
     /// executed the same rounds report the same hash.
     pub state_hash: String,
+    /// The node's Ed25519 public key (hex) that signs read-state
+    /// certificates ([`ReadState::certificate`]); `None` when the node
+    /// certifies nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_key: Option<String>,
 }
 
 /// Where a module comes from.
@@ -415,6 +420,26 @@ pub struct ReadState {
     pub certified_data: String,
     /// Controllers.
     pub controllers: Vec<Principal>,
+    /// SHA-256 of the node's replicated state at `round`, hex.
+    #[serde(default)]
+    pub state_hash: String,
+    /// The node's Ed25519 signature (hex) over [`read_state_payload`]:
+    /// everything above, so a client holding the node's key
+    /// ([`NodeStatus::node_key`]) detects any change on the way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+}
+
+/// What a read-state certificate signs: a domain tag and the canonical
+/// JSON of `state` without its certificate.
+pub fn read_state_payload(state: &ReadState) -> Vec<u8> {
+    let unsigned = ReadState {
+        certificate: None,
+        ..state.clone()
+    };
+    let mut payload = b"cellar-read-state-v1\0".to_vec();
+    payload.extend(serde_json::to_vec(&unsigned).expect("a ReadState serializes"));
+    payload
 }
 
 /// Counters of messages since the node started.
