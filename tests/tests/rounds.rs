@@ -847,3 +847,93 @@ fn deleting_or_stopping_a_canister_answers_everything_queued_for_it() {
     assert_eq!(query(&subnet.node, &caller, "stats", ""), "(0, 1, 0)");
     assert_eq!(subnet.node.queued_messages(), 0);
 }
+
+/// Executes `calls` (method, WAVE arguments) to `id` as one replicated
+/// batch: all of them are inducted into the same round.
+fn one_round(node: &Node, id: &Principal, calls: &[(&str, &str)]) {
+    let items: Vec<([u8; 32], Vec<u8>)> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, (method, args))| {
+            let content = serde_json::json!({
+                "ingress": {
+                    "caller": alice().to_text(),
+                    "op": {
+                        "op": "call",
+                        "id": id.to_text(),
+                        "method": method,
+                        "args": serde_json::to_value(wave(args)).unwrap(),
+                    },
+                },
+                "module": null,
+                "nonce": i,
+            });
+            ([i as u8; 32], serde_json::to_vec(&content).unwrap())
+        })
+        .collect();
+    assert!(node.apply_finalized(node.round() + 1, 0, &items).unwrap());
+}
+
+#[test]
+fn the_round_dirty_page_budget_defers_messages_to_the_next_round() {
+    // Three messages that each change ~85 pages arrive in one round. The
+    // rounds that follow depend on the budget only; the heap they leave
+    // does not depend on it at all.
+    let run = |budget: u64| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = options(dir.path(), 1000);
+        opts.round_dirty_pages = budget;
+        let node = Node::open(opts).unwrap();
+        let testbed = deploy(&node, "testbed");
+        call(&node, &testbed, "grow-heap", "1").unwrap();
+        one_round(
+            &node,
+            &testbed,
+            &[
+                ("write-pages", "100, 1"),
+                ("write-pages", "100, 2"),
+                ("write-pages", "100, 3"),
+            ],
+        );
+        let later_rounds = node.run_until_idle(10).unwrap();
+        let sum = call(&node, &testbed, "read-pages", "100, 2").unwrap();
+        (
+            later_rounds,
+            sum,
+            node.execution_state(&testbed).unwrap().heap,
+        )
+    };
+    let (rounds, sum, heap) = run(u64::MAX);
+    assert_eq!(rounds, 0, "no budget: all three in one round");
+    // After the first message (~85 pages) the second still fits in 150,
+    // the third waits.
+    let (rounds_150, sum_150, heap_150) = run(150);
+    assert_eq!(rounds_150, 1);
+    // One message per round.
+    let (rounds_1, sum_1, heap_1) = run(1);
+    assert_eq!(rounds_1, 2);
+    assert_eq!((&sum_150, &sum_1), (&sum, &sum));
+    assert!(heap_150 == heap && heap_1 == heap, "the heaps differ");
+}
+
+#[test]
+fn a_message_over_the_per_message_page_budget_is_rejected_and_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), 1000);
+    opts.limits.max_dirty_pages_per_message = 200;
+    let node = Node::open(opts).unwrap();
+    let testbed = deploy(&node, "testbed");
+    call(&node, &testbed, "set", "\"a\", \"1\"").unwrap();
+    let before = node.execution_state(&testbed).unwrap();
+    // 1 MiB of fresh heap: 256 pages and more.
+    let err = call(&node, &testbed, "grow-heap", "1").unwrap_err();
+    assert!(
+        err.contains("the limit is 200 pages") && err.contains("discarded"),
+        "{err}"
+    );
+    assert_eq!(node.execution_state(&testbed).unwrap(), before);
+    assert_eq!(query(&node, &testbed, "get", "\"a\""), "some(\"1\")");
+    // Smaller messages still go through.
+    call(&node, &testbed, "set", "\"b\", \"2\"").unwrap();
+    assert_eq!(query(&node, &testbed, "get", "\"b\""), "some(\"2\")");
+}

@@ -32,6 +32,14 @@ pub struct MemoryBenchArgs {
     /// Messages measured per data point (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub repeat: usize,
+    /// Parts to run: `messages`, `checkpoints` (checkpoints and the
+    /// restart after them).
+    #[arg(long, value_delimiter = ',', default_value = "messages,checkpoints")]
+    pub parts: Vec<String>,
+    /// Trackers to measure messages with (`signal`, `uffd-lazy`,
+    /// `uffd-image`, `copy-all`); all available ones by default.
+    #[arg(long, value_delimiter = ',')]
+    pub trackers: Vec<String>,
 }
 
 /// One message-cost measurement.
@@ -146,6 +154,18 @@ pub fn memory(args: &MemoryBenchArgs, json: bool) -> Result<()> {
         Err(why) => eprintln!("userfaultfd tracker skipped: {why}"),
     }
     trackers.push((MemoryTracker::CopyAll, false, "copy-all"));
+    if !args.trackers.is_empty() {
+        trackers.retain(|(_, _, name)| args.trackers.iter().any(|t| t == name));
+    }
+    for part in &args.parts {
+        anyhow::ensure!(
+            part == "messages" || part == "checkpoints",
+            "--parts takes `messages` and `checkpoints`, not {part:?}"
+        );
+    }
+    if !args.parts.iter().any(|p| p == "messages") {
+        trackers.clear();
+    }
     let engine = cellar_node::engine::new_engine()?;
     let cache = CodeCache::new(engine, None, 64 << 20)?;
     let code = cache.load(cellar_examples::testbed())?;
@@ -214,7 +234,9 @@ pub fn memory(args: &MemoryBenchArgs, json: bool) -> Result<()> {
     // Free the images of the last heap before the node measurements.
     cellar_node::engine::set_memory_images(false);
     cellar_node::engine::set_memory_images(true);
-    checkpoints_and_restarts(args, &mut report)?;
+    if args.parts.iter().any(|p| p == "checkpoints") {
+        checkpoints_and_restarts(args, &mut report)?;
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

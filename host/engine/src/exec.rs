@@ -23,7 +23,7 @@ use crate::cache::CanisterCode;
 use crate::config::Limits;
 use crate::interface::Method;
 use crate::memory::with_memory_plan;
-use crate::paging::{MemoryImage, PAGE_SIZE};
+use crate::paging::{MemoryImage, PAGE_SIZE, PageMap};
 use crate::rng::{TapeRng, derive_seed};
 use crate::stable::StableOverlay;
 use crate::state::StateChanges;
@@ -129,6 +129,12 @@ pub struct MessageOutcome {
     pub instructions: u64,
     /// Page faults and dirty pages of the call.
     pub tracking: TrackingStats,
+    /// The 4 KiB pages the message changes: heap pages whose contents
+    /// differ from the committed ones, plus stable-memory chunks written.
+    /// Unlike `tracking.dirty_pages` (what a tracker saw written) it is the
+    /// same on every replica and with every memory tracker, so budgets
+    /// count it. Zero when nothing persists (queries, rejects).
+    pub delta_pages: u64,
 }
 
 impl MessageKind {
@@ -239,7 +245,7 @@ impl Execution {
     fn finish(
         self,
         mut store: Store<HostState>,
-        outcome: Result<(Vec<Val>, HeapSnapshot, TrackingStats), Reject>,
+        outcome: Result<Completed, Reject>,
     ) -> MessageOutcome {
         let Execution {
             kind,
@@ -249,9 +255,9 @@ impl Execution {
         } = self;
         let mut sys_logs = std::mem::take(&mut store.data_mut().sys.logs);
         let instructions = instruction_limit.saturating_sub(store.get_fuel().unwrap_or(0));
-        let (result, heap, tracking) = match outcome {
-            Ok((values, heap, stats)) => (Ok(values), Some(heap), stats),
-            Err(reject) => (Err(reject), None, TrackingStats::default()),
+        let (result, heap, tracking, delta_pages) = match outcome {
+            Ok(c) => (Ok(c.results), Some(c.heap), c.stats, c.delta_pages),
+            Err(reject) => (Err(reject), None, TrackingStats::default(), 0),
         };
         let stderr_text = String::from_utf8_lossy(&stderr.contents()).into_owned();
         let time = store.data().sys.ctx.time_nanos;
@@ -274,6 +280,7 @@ impl Execution {
                     logs: sys_logs,
                     instructions,
                     tracking,
+                    delta_pages: 0,
                 }
             }
             Ok(values) => {
@@ -300,12 +307,14 @@ impl Execution {
                         late_replies: std::mem::take(&mut sys.late_replies),
                     }
                 });
+                let delta_pages = if changes.is_some() { delta_pages } else { 0 };
                 MessageOutcome {
                     result,
                     changes,
                     logs: sys_logs,
                     instructions,
                     tracking,
+                    delta_pages,
                 }
             }
         }
@@ -322,7 +331,7 @@ fn run(
     params: &[Val],
     instruction_limit: u64,
     limits: &Limits,
-) -> Result<(Vec<Val>, HeapSnapshot, TrackingStats), Reject> {
+) -> Result<Completed, Reject> {
     let mut prepared = prepare(store, code, state, method, instruction_limit, limits)?;
     let mut results = vec![Val::Bool(false); method.results.len()];
     let called = {
@@ -351,6 +360,8 @@ struct Prepared {
     func: wasmtime::component::Func,
     views: Vec<crate::memory::MemoryView>,
     tracked: Vec<Armed>,
+    /// The committed page map each memory was armed with.
+    bases: Vec<PageMap>,
     started: std::time::Instant,
     setup_nanos: u64,
 }
@@ -390,6 +401,7 @@ fn prepare(
     }
     let mechanism = limits.memory_tracker;
     let mut tracked = Vec::with_capacity(views.len());
+    let mut bases = Vec::with_capacity(views.len());
     for (i, view) in views.iter().enumerate() {
         // SAFETY: the store is alive and no wasm runs.
         let committed = match state.heap.memories.get(i) {
@@ -398,6 +410,7 @@ fn prepare(
             None => unsafe { scan(view) },
         };
         // SAFETY: as above.
+        bases.push(committed.clone());
         let memory = unsafe { Armed::arm(mechanism, view, committed) }
             .map_err(|e| host_error(wasmtime::format_err!("cannot arm a linear memory: {e}")))?;
         tracked.push(memory);
@@ -418,25 +431,36 @@ fn prepare(
         func,
         views,
         tracked,
+        bases,
         started,
         setup_nanos,
     })
 }
 
+/// What a successful call leaves: its results, the new heap, the tracking
+/// figures and the deterministic count of changed pages.
+struct Completed {
+    results: Vec<Val>,
+    heap: HeapSnapshot,
+    stats: TrackingStats,
+    delta_pages: u64,
+}
+
 /// After a successful call: the new heap (committed page maps) and the
-/// tracking figures; too many dirty pages reject the message.
+/// tracking figures; a message that changes more pages than
+/// `max_dirty_pages_per_message` is rejected and its changes dropped.
 fn complete(
     store: &mut Store<HostState>,
     state: &ExecutionState,
     prepared: Prepared,
     results: Vec<Val>,
     limits: &Limits,
-) -> Result<(Vec<Val>, HeapSnapshot, TrackingStats), Reject> {
-    let _ = &store;
+) -> Result<Completed, Reject> {
     let Prepared {
         persists,
         views,
         tracked,
+        bases,
         started,
         setup_nanos,
         ..
@@ -444,20 +468,27 @@ fn complete(
     let call_nanos = (started.elapsed().as_nanos() as u64).saturating_sub(setup_nanos);
     // A query's writes are discarded: nothing to build (and a memory image
     // must keep the committed version).
-    let heap = if !persists {
-        state.heap.clone()
+    let (heap, delta_pages) = if !persists {
+        (state.heap.clone(), 0)
     } else {
-        HeapSnapshot {
-            memories: views
-                .iter()
-                .zip(&tracked)
-                // SAFETY: the store is alive, no wasm runs, no guard is armed.
-                .map(|(view, memory)| MemoryImage {
-                    size: view.len() as u64,
-                    pages: unsafe { memory.commit() },
-                })
-                .collect(),
-        }
+        let memories: Vec<MemoryImage> = views
+            .iter()
+            .zip(&tracked)
+            // SAFETY: the store is alive, no wasm runs, no guard is armed.
+            .map(|(view, memory)| MemoryImage {
+                size: view.len() as u64,
+                pages: unsafe { memory.commit() },
+            })
+            .collect();
+        // Pages whose contents changed (a tracker may also report pages
+        // written with the bytes they held): the same on every replica.
+        let heap_delta: usize = memories
+            .iter()
+            .zip(&bases)
+            .map(|(new, base)| new.pages.diff(base).len())
+            .sum();
+        let stable_delta = store.data().sys.stable.written_chunks();
+        (HeapSnapshot { memories }, heap_delta as u64 + stable_delta)
     };
     let stats = TrackingStats {
         setup_nanos,
@@ -466,18 +497,23 @@ fn complete(
             .saturating_sub(setup_nanos + call_nanos),
         ..tracker::stats(&tracked)
     };
-    if stats.dirty_pages > limits.max_dirty_pages_per_message {
+    if delta_pages > limits.max_dirty_pages_per_message {
         return Err(Reject::new(
             RejectCode::CanisterError,
             format!(
-                "the message wrote {} pages of memory; the limit is {} pages ({} MiB) per message",
-                stats.dirty_pages,
+                "the message changed {delta_pages} pages of memory; the limit is {} pages ({} MiB) \
+                 per message, so its changes were discarded",
                 limits.max_dirty_pages_per_message,
                 (limits.max_dirty_pages_per_message * PAGE_SIZE as u64) >> 20
             ),
         ));
     }
-    Ok((results, heap, stats))
+    Ok(Completed {
+        results,
+        heap,
+        stats,
+        delta_pages,
+    })
 }
 
 /// Where a sliced message stands after a round.

@@ -249,6 +249,11 @@ impl StableOverlay {
         Ok(())
     }
 
+    /// Chunks the message wrote (each 4 KiB).
+    pub(crate) fn written_chunks(&self) -> u64 {
+        self.dirty.len() as u64
+    }
+
     /// The committed stable memory after this message, or `None` when it
     /// changed nothing. Costs in proportion to the chunks written.
     pub(crate) fn into_committed(self) -> Option<Arc<StableMemory>> {

@@ -402,12 +402,21 @@ fn a_message_costs_the_pages_it_touches_not_the_heap() {
     assert!(outcome.result.is_ok());
     let dirty = outcome.tracking.dirty_pages;
     assert!((10..40).contains(&dirty), "dirty pages: {dirty}");
+    // The deterministic count (what budgets use): pages whose contents
+    // changed, never more than the tracker saw written.
+    assert!(
+        (10..=dirty).contains(&outcome.delta_pages),
+        "{} of {dirty}",
+        outcome.delta_pages
+    );
     // Reading dirties (almost) nothing.
     let read = t.update("read-pages(100, 7)");
     assert!(read.tracking.dirty_pages < 30, "{:?}", read.tracking);
     if t.limits.memory_tracker != cellar_engine::MemoryTracker::CopyAll {
         assert!(read.tracking.faults >= 1);
     }
+    // A query changes nothing.
+    assert_eq!(t.query("read-pages(10, 99)").delta_pages, 0);
     // The written bytes are there in the next message.
     let again = t.update("write-pages(10, 99)");
     assert!(again.result.is_ok());

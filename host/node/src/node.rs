@@ -94,6 +94,18 @@ pub struct NodeOptions {
     /// Instructions one round may spend over all canisters (the
     /// scheduler divides them).
     pub round_instructions: u64,
+    /// Pages (4 KiB heap pages and stable chunks, counted as
+    /// `MessageOutcome::delta_pages`) the messages of one round may change
+    /// over all canisters: each canister the round executes gets an equal
+    /// share, and once its messages changed that many pages its further
+    /// messages wait for the next round. Deterministic: it depends on the
+    /// plan only, never on timing or threads. A canister always executes at
+    /// least one message per round; a single message is bounded by
+    /// `Limits::max_dirty_pages_per_message`.
+    pub round_dirty_pages: u64,
+    /// Pages one canister's messages may change in one round (a cap on its
+    /// share of `round_dirty_pages`).
+    pub canister_round_dirty_pages: u64,
     /// Requests one round takes from the ingress pool at most.
     pub max_batch: usize,
     /// Cycles a new canister starts with.
@@ -118,6 +130,8 @@ impl NodeOptions {
                 .unwrap_or(2)
                 .max(1),
             round_instructions: 100_000_000_000,
+            round_dirty_pages: 1 << 20,
+            canister_round_dirty_pages: 1 << 19,
             max_batch: 1_000,
             initial_cycles: crate::canister::INITIAL_CYCLES,
             reply_timeout: Duration::from_secs(120),

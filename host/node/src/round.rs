@@ -91,6 +91,8 @@ struct CanisterRun {
     /// Responses to route: (caller, response).
     responses: Vec<(Principal, InputMessage)>,
     instructions: u64,
+    /// Pages its messages changed this round (`MessageOutcome::delta_pages`).
+    delta_pages: u64,
 }
 
 impl Node {
@@ -156,7 +158,12 @@ impl Node {
                 }
             }
         }
-        let mut runs = self.run_canisters(ordered, round, time);
+        // The round's dirty-page budget, in equal shares (a function of the
+        // plan only, so every replica agrees).
+        let dirty_budget = (self.options.round_dirty_pages / ordered.len().max(1) as u64)
+            .min(self.options.canister_round_dirty_pages)
+            .max(1);
+        let mut runs = self.run_canisters(ordered, round, time, dirty_budget);
         {
             let mut paused = self.paused.lock().expect("paused lock");
             for run in &mut runs {
@@ -408,12 +415,21 @@ impl Node {
 
     /// Executes the canisters (each with its allowance) on the configured
     /// number of threads; the results come back in the given order.
-    fn run_canisters(&self, ordered: Vec<Scheduled>, round: u64, time: u64) -> Vec<CanisterRun> {
+    fn run_canisters(
+        &self,
+        ordered: Vec<Scheduled>,
+        round: u64,
+        time: u64,
+        dirty_budget: u64,
+    ) -> Vec<CanisterRun> {
         let threads = self.options.execution_threads.min(ordered.len()).max(1);
+        let budget = |allowance| (allowance, dirty_budget);
         if threads == 1 {
             return ordered
                 .into_iter()
-                .map(|(c, paused, allowance)| self.run_canister(c, paused, allowance, round, time))
+                .map(|(c, paused, allowance)| {
+                    self.run_canister(c, paused, budget(allowance), round, time)
+                })
                 .collect();
         }
         let inputs: Vec<Mutex<Option<Scheduled>>> =
@@ -432,7 +448,8 @@ impl Node {
                             .expect("input lock")
                             .take()
                             .expect("taken once");
-                        let run = self.run_canister(canister, paused, allowance, round, time);
+                        let run =
+                            self.run_canister(canister, paused, budget(allowance), round, time);
                         *outputs[i].lock().expect("output lock") = Some(run);
                     }
                 });
@@ -448,13 +465,14 @@ impl Node {
             .collect()
     }
 
-    /// Executes a canister's queued messages in order until its allowance
-    /// is spent (always at least one message).
+    /// Executes a canister's queued messages in order until its instruction
+    /// allowance or its dirty-page budget is spent (always at least one
+    /// message); the rest wait for the next round.
     fn run_canister(
         &self,
         canister: Canister,
         paused: Option<PausedMessage>,
-        allowance: u64,
+        (allowance, dirty_budget): (u64, u64),
         round: u64,
         time: u64,
     ) -> CanisterRun {
@@ -465,6 +483,7 @@ impl Node {
             requests: Vec::new(),
             responses: Vec::new(),
             instructions: 0,
+            delta_pages: 0,
         };
         let mut executed = 0u64;
         if let Some(paused) = paused {
@@ -484,6 +503,18 @@ impl Node {
             }
         }
         while run.paused.is_none() && (executed == 0 || run.instructions < allowance) {
+            if executed > 0 && run.delta_pages >= dirty_budget {
+                if !run.canister.messaging.input_queue.is_empty() {
+                    tracing::debug!(
+                        canister = %run.canister.id,
+                        round,
+                        pages = run.delta_pages,
+                        budget = dirty_budget,
+                        "the round's dirty-page budget is used: the rest waits for the next round"
+                    );
+                }
+                break;
+            }
             let Some(message) = run.canister.messaging.input_queue.pop_front() else {
                 break;
             };
@@ -722,6 +753,7 @@ impl Node {
             kind,
             context_id,
         } = settle;
+        run.delta_pages = run.delta_pages.saturating_add(outcome.delta_pages);
         let c = &mut run.canister;
         let instructions = outcome.instructions;
         c.append_logs(&outcome.logs);
