@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+pub use cellar_node::replica::Fault;
 use cellar_node::replica::{Genesis, NodeKeyFile, ReplicaConfig, read_json};
 
 /// The genesis file's name in a subnet directory.
@@ -61,6 +62,7 @@ pub fn node_start(
     data_dir: PathBuf,
     listen: SocketAddr,
     delay_ms: u64,
+    byzantine: Option<Fault>,
 ) -> Result<()> {
     crate::start::init_logging();
     let genesis: Genesis = read_json(config)?;
@@ -77,6 +79,7 @@ pub fn node_start(
             data_dir,
             listen,
             injected_delay: (delay_ms > 0).then(|| Duration::from_millis(delay_ms)),
+            byzantine,
         })
         .await?;
         println!("replica {index} serving http://{}", running.addr);
@@ -104,8 +107,14 @@ pub fn default_dir() -> PathBuf {
 const PIDS: &str = "fleet.pids";
 
 /// `cellar fleet up`: a fresh subnet of `n` replica processes on loopback;
-/// returns their HTTP URLs once every one answers.
-pub fn fleet_up(n: usize, dir: &Path, delay_ms: u64) -> Result<Vec<String>> {
+/// returns their HTTP URLs once every one answers. `byzantine` (test
+/// only) makes the last replica misbehave.
+pub fn fleet_up(
+    n: usize,
+    dir: &Path,
+    delay_ms: u64,
+    byzantine: Option<&str>,
+) -> Result<Vec<String>> {
     if dir.join(PIDS).exists() {
         fleet_down(dir)?;
     }
@@ -121,7 +130,8 @@ pub fn fleet_up(n: usize, dir: &Path, delay_ms: u64) -> Result<Vec<String>> {
     for i in 0..n {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let log = std::fs::File::create(dir.join(format!("node-{i}.log")))?;
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .arg("node")
             .arg("start")
             .arg("--config")
@@ -133,7 +143,11 @@ pub fn fleet_up(n: usize, dir: &Path, delay_ms: u64) -> Result<Vec<String>> {
             .arg("--listen")
             .arg(listen.to_string())
             .arg("--delay-ms")
-            .arg(delay_ms.to_string())
+            .arg(delay_ms.to_string());
+        if let Some(fault) = byzantine.filter(|_| i == n - 1) {
+            command.arg("--byzantine").arg(fault);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -208,6 +208,9 @@ enum NodeCommand {
         /// One-way delay injected into every message sent (ms).
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
+        /// Test only: misbehave (equivocate, bad-shares, garbage).
+        #[arg(long, hide = true)]
+        byzantine: Option<fleet::Fault>,
     },
 }
 
@@ -225,6 +228,10 @@ enum FleetCommand {
         /// One-way delay injected between replicas (ms).
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
+        /// Test only: the last replica misbehaves (equivocate, bad-shares,
+        /// garbage).
+        #[arg(long, hide = true)]
+        byzantine: Option<String>,
     },
     /// Stop the replicas of a fleet.
     Down {
@@ -360,14 +367,19 @@ fn run(cli: Cli) -> Result<()> {
             data_dir,
             listen,
             delay_ms,
-        }) => fleet::node_start(&config, &key, data_dir, listen, delay_ms),
+            byzantine,
+        }) => fleet::node_start(&config, &key, data_dir, listen, delay_ms, byzantine),
         Command::Fleet(FleetCommand::Up {
             nodes,
             dir,
             delay_ms,
+            byzantine,
         }) => {
             let dir = dir.unwrap_or_else(fleet::default_dir);
-            let urls = fleet::fleet_up(nodes, &dir, delay_ms)?;
+            if let Some(fault) = &byzantine {
+                fault.parse::<fleet::Fault>().map_err(anyhow::Error::msg)?;
+            }
+            let urls = fleet::fleet_up(nodes, &dir, delay_ms, byzantine.as_deref())?;
             for url in &urls {
                 println!("{url}");
             }

@@ -25,6 +25,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cellar_consensus::artifacts::Artifact as ConsensusArtifact;
+use cellar_consensus::byzantine;
+/// A Byzantine behaviour a replica can be told to play (test only).
+pub use cellar_consensus::byzantine::Fault;
 use cellar_consensus::ingress::IngressMessage;
 use cellar_consensus::keys::{NodeSecretKeys, SubnetPublicKeys, deal_subnet};
 use cellar_consensus::{
@@ -218,6 +221,10 @@ pub struct ReplicaConfig {
     pub listen: SocketAddr,
     /// One-way delay added to every message sent (fault and latency tests).
     pub injected_delay: Option<Duration>,
+    /// Test only: make this replica misbehave (`cellar node start
+    /// --byzantine`), to check that the honest ones keep safety and
+    /// liveness.
+    pub byzantine: Option<Fault>,
 }
 
 /// Reads a JSON file.
@@ -278,7 +285,17 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
             .map_err(|_| "the replica has stopped".to_string())?;
         Ok(id)
     }));
+    if let Some(fault) = config.byzantine {
+        tracing::warn!(?fault, "this replica is BYZANTINE (test option)");
+    }
     let replica = Replica {
+        byzantine: config.byzantine.map(|fault| Byzantine {
+            fault,
+            secret: config.key.consensus.clone(),
+            rng: cellar_consensus::sim::SimRng::new(now_nanos()),
+            ticks: 0,
+        }),
+        misbehaving: BTreeMap::new(),
         node: node.clone(),
         consensus,
         transport,
@@ -311,6 +328,18 @@ struct Replica {
     /// Finalized batches above the package, kept until the sync is done.
     deferred: VecDeque<FinalizedBatch>,
     last_sync_request_ms: u64,
+    /// Test only: how this replica misbehaves.
+    byzantine: Option<Byzantine>,
+    /// Invalid artifacts received, by sender (logged as they grow).
+    misbehaving: BTreeMap<u32, u64>,
+}
+
+/// A misbehaving replica's state (test only).
+struct Byzantine {
+    fault: Fault,
+    secret: cellar_consensus::keys::NodeSecretKeys,
+    rng: cellar_consensus::sim::SimRng,
+    ticks: u64,
 }
 
 /// Batches kept for replicas that catch up.
@@ -365,9 +394,15 @@ impl Replica {
                         continue;
                     }
                     match ConsensusArtifact::from_bytes(r.artifact.payload()) {
-                        Ok(a) => self.consensus.on_artifact(r.from, a),
+                        Ok(a) => {
+                            let before = self.consensus.stats().clone();
+                            let actions = self.consensus.on_artifact(r.from, a);
+                            self.note_misbehaviour(r.from, &before);
+                            actions
+                        }
                         Err(e) => {
-                            tracing::warn!(from = r.from, "undecodable artifact: {e}");
+                            tracing::debug!(peer = r.from, "undecodable artifact: {e}");
+                            self.count_misbehaviour(r.from, 1, &format!("undecodable: {e}"));
                             continue;
                         }
                     }
@@ -381,6 +416,7 @@ impl Replica {
                 },
                 _ = tick.tick() => {
                     self.maybe_request_sync();
+                    self.misbehave_on_tick();
                     self.consensus.on_tick(now_ms())
                 }
                 else => break,
@@ -393,12 +429,7 @@ impl Replica {
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             match action {
-                Action::Broadcast(a) => {
-                    let artifact = NetArtifact::new(kind_of(&a), a.to_bytes());
-                    if let Err(e) = self.transport.broadcast(&artifact) {
-                        tracing::warn!("broadcast failed: {e}");
-                    }
-                }
+                Action::Broadcast(a) => self.broadcast(a),
                 Action::Deliver(batch) if self.syncing.is_some() => {
                     self.deferred.push_back(batch);
                 }
@@ -434,6 +465,148 @@ impl Replica {
                 }
                 Action::PolicyError(e) => tracing::warn!("consensus policy error: {e}"),
             }
+        }
+    }
+
+    fn broadcast(&mut self, a: ConsensusArtifact) {
+        if self.byzantine.is_some() {
+            return self.broadcast_byzantine(a);
+        }
+        let artifact = NetArtifact::new(kind_of(&a), a.to_bytes());
+        if let Err(e) = self.transport.broadcast(&artifact) {
+            tracing::warn!("broadcast failed: {e}");
+        }
+    }
+
+    /// Test only: what a Byzantine replica sends instead of `a`.
+    fn broadcast_byzantine(&mut self, a: ConsensusArtifact) {
+        let Some(b) = self.byzantine.as_mut() else {
+            return;
+        };
+        let me = self.transport.own_index();
+        let peers: Vec<u32> = (0..self.transport.membership().len() as u32)
+            .filter(|&i| i != me)
+            .collect();
+        let kind = kind_of(&a);
+        let send = |to: u32, a: &ConsensusArtifact| {
+            let _ = self
+                .transport
+                .send(to, &NetArtifact::new(kind_of(a), a.to_bytes()));
+        };
+        match b.fault {
+            Fault::Equivocate => {
+                let Some(e) = byzantine::equivocate(&b.secret, &a) else {
+                    peers.iter().for_each(|&p| send(p, &a));
+                    return;
+                };
+                let height = a.height().unwrap_or(0);
+                tracing::warn!(height, "byzantine: proposing two blocks");
+                // Even heights: half the peers get each block; odd heights:
+                // everyone gets both (in a different order), so the
+                // equivocation is seen.
+                for (k, &p) in peers.iter().enumerate() {
+                    let (first, second) = if k % 2 == 0 {
+                        (&a, &e.twin)
+                    } else {
+                        (&e.twin, &a)
+                    };
+                    send(p, first);
+                    if height % 2 == 1 {
+                        send(p, second);
+                    }
+                }
+                for share in &e.shares {
+                    peers.iter().for_each(|&p| send(p, share));
+                }
+            }
+            Fault::BadShares => {
+                let a = byzantine::corrupt_share(&b.secret, a);
+                peers.iter().for_each(|&p| send(p, &a));
+            }
+            Fault::Garbage => {
+                let mut bytes = a.to_bytes();
+                if !bytes.is_empty() {
+                    let k = b.rng.below(bytes.len() as u64) as usize;
+                    bytes[k] ^= 1 << b.rng.below(8);
+                }
+                let artifact = NetArtifact::new(kind, bytes);
+                for &p in &peers {
+                    let _ = self.transport.send(p, &artifact);
+                }
+            }
+        }
+    }
+
+    /// Test only: a garbage replica also sends random bytes as artifacts
+    /// every tick, and every second a malformed or oversized frame.
+    fn misbehave_on_tick(&mut self) {
+        let Some(b) = self.byzantine.as_mut() else {
+            return;
+        };
+        if b.fault != Fault::Garbage {
+            return;
+        }
+        b.ticks += 1;
+        let n = self.transport.membership().len() as u64;
+        let me = self.transport.own_index();
+        let to = b.rng.below(n) as u32;
+        if to == me {
+            return;
+        }
+        let len = 1 + b.rng.below(300) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| b.rng.next_u64() as u8).collect();
+        let kind = [
+            ArtifactKind::INGRESS,
+            ArtifactKind::BLOCK,
+            ArtifactKind::SIGNATURE_SHARE,
+        ][b.rng.below(3) as usize];
+        let _ = self.transport.send(to, &NetArtifact::new(kind, bytes));
+        if b.ticks % 50 == 0 {
+            // A frame announcing 64 MiB (over the limit), or a frame with
+            // an unknown tag: either breaks the wire protocol.
+            let frame: Vec<u8> = if b.ticks % 100 == 0 {
+                let mut f = (64u32 << 20).to_be_bytes().to_vec();
+                f.extend_from_slice(&[0xAB; 64]);
+                f
+            } else {
+                let mut f = 8u32.to_be_bytes().to_vec();
+                f.extend_from_slice(&[0xEE; 8]);
+                f
+            };
+            tracing::warn!(to, "byzantine: sending a malformed frame");
+            let _ = self.transport.send_raw_frame(to, frame.into());
+        }
+    }
+
+    /// Logs a peer whose artifact consensus found invalid or equivocating.
+    fn note_misbehaviour(&mut self, from: u32, before: &cellar_consensus::icc::NodeStats) {
+        let after = self.consensus.stats();
+        if after.equivocations > before.equivocations {
+            tracing::warn!(
+                peer = from,
+                round = self.consensus.round(),
+                "a block maker equivocated (two blocks at one height and rank): \
+                 its rank is skipped"
+            );
+        }
+        let invalid = after.invalid.saturating_sub(before.invalid);
+        if invalid > 0 {
+            self.count_misbehaviour(from, invalid, "refused by consensus");
+        }
+    }
+
+    /// Counts invalid messages from `from`; logs at 1, 2, 4, 8, ...
+    fn count_misbehaviour(&mut self, from: u32, more: u64, last: &str) {
+        let count = self.misbehaving.entry(from).or_default();
+        let old = *count;
+        *count += more;
+        if old == 0 || old.ilog2() != count.ilog2() {
+            tracing::warn!(
+                peer = from,
+                invalid = *count,
+                last,
+                "peer sends invalid artifacts (bad signatures or contents); they are dropped"
+            );
         }
     }
 
