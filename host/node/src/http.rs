@@ -25,6 +25,7 @@ use crate::auth::{Credentials, authenticate};
 use crate::dashboard;
 use crate::metrics::{Gauges, Kind, Metrics};
 use crate::node::{Node, NodeError};
+use crate::replica::{Envelope, with_envelope};
 use crate::requests::{
     DEFAULT_CAPACITY, Ingress, Job, Refusal, Requests, call_response, check_expiry, now_nanos,
 };
@@ -43,6 +44,7 @@ impl From<NodeError> for HttpError {
         let status = match &e {
             NodeError::NotFound(_) => StatusCode::NOT_FOUND,
             NodeError::NotController { .. } => StatusCode::FORBIDDEN,
+            NodeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             NodeError::BadRequest(_) | NodeError::Install(_) => StatusCode::BAD_REQUEST,
             NodeError::HookFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             NodeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -85,6 +87,9 @@ struct Signed {
     caller: Principal,
     request_id: String,
     body: Bytes,
+    /// The signed request as sent, which a replica hands to consensus so
+    /// every replica checks the signature itself (none when unsigned).
+    envelope: Option<Envelope>,
 }
 
 impl Signed {
@@ -132,10 +137,23 @@ impl FromRequest<Api> for Signed {
         } else if auth.ingress_expiry.is_some() {
             check_expiry(auth.ingress_expiry, now_nanos())?;
         }
+        let envelope = match (public_key, signature) {
+            (Some(public_key), Some(signature)) => Some(Envelope {
+                method,
+                path,
+                body: BASE64.encode(&body),
+                ingress_expiry: auth.ingress_expiry,
+                nonce,
+                public_key,
+                signature,
+            }),
+            _ => None,
+        };
         Ok(Signed {
             caller: auth.caller,
             request_id: auth.request_id,
             body,
+            envelope,
         })
     }
 }
@@ -342,13 +360,14 @@ async fn request_status(
 /// Runs a management request, counting it.
 async fn management<T: Send + 'static>(
     api: &Api,
+    envelope: Option<Envelope>,
     f: impl FnOnce(&Node) -> Result<T, NodeError> + Send + 'static,
 ) -> Result<T, HttpError> {
     let node = api.node.clone();
     let metrics = api.metrics.clone();
     blocking(move || {
         let started = Instant::now();
-        let result = f(&node);
+        let result = with_envelope(envelope, || f(&node));
         metrics.record_management(result.is_ok(), started.elapsed());
         Ok(result?)
     })
@@ -359,7 +378,7 @@ async fn create(State(api): State<Api>, signed: Signed) -> Result<impl IntoRespo
     let request: CreateRequest = signed.json()?;
     let module = request.module.as_ref().map(module_bytes).transpose()?;
     let caller = signed.caller;
-    let status = management(&api, move |node| {
+    let status = management(&api, signed.envelope.clone(), move |node| {
         let id = node.create(&caller, request.controllers)?;
         match module {
             None => node.status(&id),
@@ -386,7 +405,7 @@ async fn install(
         _ => request.arg.or(default_arg.map(str::to_string)),
     };
     let caller = signed.caller;
-    let status = management(&api, move |node| {
+    let status = management(&api, signed.envelope.clone(), move |node| {
         node.install(&caller, &id, request.mode, &wasm, arg)
     })
     .await?;
@@ -414,6 +433,7 @@ fn enqueue(
 ) -> Result<(), HttpError> {
     let job = Job {
         request_id: signed.request_id,
+        envelope: signed.envelope,
         caller: signed.caller,
         canister,
         request,
@@ -435,7 +455,10 @@ async fn top_up(
     let id = canister_id(&id)?;
     let request: TopUpRequest = signed.json()?;
     let caller = signed.caller;
-    let status = management(&api, move |node| node.top_up(&caller, &id, request.cycles)).await?;
+    let status = management(&api, signed.envelope.clone(), move |node| {
+        node.top_up(&caller, &id, request.cycles)
+    })
+    .await?;
     Ok(Json(status))
 }
 
@@ -463,7 +486,7 @@ async fn set_scheduler_policy(
         Some(source) => Some(module_bytes(source)?.0),
     };
     let caller = signed.caller;
-    let info = management(&api, move |node| {
+    let info = management(&api, signed.envelope.clone(), move |node| {
         node.set_scheduler_policy(&caller, wasm.as_deref())
     })
     .await?;
@@ -532,7 +555,10 @@ async fn stop(
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
-    let status = management(&api, move |node| node.stop(&signed.caller, &id)).await?;
+    let status = management(&api, signed.envelope.clone(), move |node| {
+        node.stop(&signed.caller, &id)
+    })
+    .await?;
     Ok(Json(status))
 }
 
@@ -542,7 +568,10 @@ async fn start(
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
-    let status = management(&api, move |node| node.start(&signed.caller, &id)).await?;
+    let status = management(&api, signed.envelope.clone(), move |node| {
+        node.start(&signed.caller, &id)
+    })
+    .await?;
     Ok(Json(status))
 }
 
@@ -552,7 +581,10 @@ async fn delete(
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
-    let status = management(&api, move |node| node.delete(&signed.caller, &id)).await?;
+    let status = management(&api, signed.envelope.clone(), move |node| {
+        node.delete(&signed.caller, &id)
+    })
+    .await?;
     Ok(Json(status))
 }
 
@@ -563,7 +595,7 @@ async fn controllers(
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
     let request: ControllersRequest = signed.json()?;
-    let status = management(&api, move |node| {
+    let status = management(&api, signed.envelope.clone(), move |node| {
         node.set_controllers(&signed.caller, &id, request.controllers)
     })
     .await?;

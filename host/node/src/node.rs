@@ -51,6 +51,9 @@ pub enum NodeError {
     /// The request is malformed or not possible in the canister's state.
     #[error("{0}")]
     BadRequest(String),
+    /// The request's signature does not hold (checked by every replica).
+    #[error("the request was refused: {0}")]
+    Unauthorized(String),
     /// The module cannot be installed.
     #[error("{0}")]
     Install(#[from] InstallError),
@@ -736,10 +739,22 @@ impl Node {
         }
         let mut ingress = Vec::new();
         for (id, content) in items {
-            // Undecodable content is skipped on every replica alike.
-            let Some((request, module)) = crate::replica::decode_request(content) else {
+            // Undecodable content, and requests whose signature does not
+            // hold, are skipped on every replica alike.
+            let Some(decoded) = crate::replica::decode_request(content) else {
                 continue;
             };
+            let time = time_nanos.max(last_time + 1);
+            if let Err(reason) = crate::replica::verify_request(id, content, &decoded, time) {
+                tracing::warn!(height, "skipped a request: {reason}");
+                self.replica.refuse(id, reason);
+                continue;
+            }
+            let crate::replica::Decoded {
+                ingress: request,
+                module,
+                ..
+            } = decoded;
             if let (Op::Install { module_hash, .. }, Some(wasm)) = (&request.op, module) {
                 let hash: [u8; 32] = Sha256::digest(&wasm).into();
                 if HEXLOWER.encode(&hash) == *module_hash {

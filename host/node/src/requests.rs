@@ -205,6 +205,8 @@ pub fn call_response(outcome: CallOutcome, encoding: ReplyEncoding) -> CallRespo
 pub struct Job {
     /// The request id.
     pub request_id: String,
+    /// The signed request as sent (replica mode checks it everywhere).
+    pub envelope: Option<crate::replica::Envelope>,
     /// The sender.
     pub caller: Principal,
     /// The canister.
@@ -296,12 +298,14 @@ impl Ingress {
 fn run_job(node: &Node, requests: &Requests, metrics: &Metrics, job: Job) {
     requests.set(&job.request_id, RequestState::Processing, None);
     let started = Instant::now();
-    let result = node.update(
-        &job.caller,
-        &job.canister,
-        &job.request.method,
-        job.request.args.clone(),
-    );
+    let result = crate::replica::with_envelope(job.envelope.clone(), || {
+        node.update(
+            &job.caller,
+            &job.canister,
+            &job.request.method,
+            job.request.args.clone(),
+        )
+    });
     let result = result.map(|outcome| {
         metrics.record_call(
             Kind::Update,
