@@ -161,6 +161,9 @@ pub fn policy(agent: &Agent, command: PolicyCommand, out: Output) -> Result<()> 
                     "component {h}"
                 ))
         );
+        if let Some(consensus) = &info.consensus {
+            text.push_str(&format!("\nconsensus policy: {consensus}"));
+        }
         if let (Some(round), Some(reason)) = (info.last_fallback_round, &info.last_fallback_reason)
         {
             text.push_str(&format!(

@@ -19,9 +19,21 @@ pub fn key_file(i: usize) -> String {
     format!("node-{i}.key.json")
 }
 
-/// Writes the genesis and the key files for nodes at `addresses` into `out`.
-pub fn subnet_new(addresses: &[SocketAddr], out: &Path) -> Result<Genesis> {
-    let (genesis, keys) = cellar_node::replica::new_subnet(addresses)?;
+/// Writes the genesis and the key files for nodes at `addresses` into `out`;
+/// `consensus_policy` names the policy every replica runs (default `icc`).
+pub fn subnet_new(
+    addresses: &[SocketAddr],
+    out: &Path,
+    consensus_policy: Option<&str>,
+) -> Result<Genesis> {
+    if let Some(name) = consensus_policy {
+        anyhow::ensure!(
+            ["icc", "round-robin", "native-icc"].contains(&name),
+            "unknown consensus policy {name:?} (icc, round-robin, native-icc)"
+        );
+    }
+    let (mut genesis, keys) = cellar_node::replica::new_subnet(addresses)?;
+    genesis.consensus_policy = consensus_policy.map(str::to_string);
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     std::fs::write(out.join(GENESIS_FILE), serde_json::to_vec_pretty(&genesis)?)?;
     for (i, key) in keys.iter().enumerate() {
@@ -108,12 +120,14 @@ const PIDS: &str = "fleet.pids";
 
 /// `cellar fleet up`: a fresh subnet of `n` replica processes on loopback;
 /// returns their HTTP URLs once every one answers. `byzantine` (test
-/// only) makes the last replica misbehave.
+/// only) makes the last replica misbehave; `consensus_policy` as for
+/// [`subnet_new`].
 pub fn fleet_up(
     n: usize,
     dir: &Path,
     delay_ms: u64,
     byzantine: Option<&str>,
+    consensus_policy: Option<&str>,
 ) -> Result<Vec<String>> {
     if dir.join(PIDS).exists() {
         fleet_down(dir)?;
@@ -123,7 +137,7 @@ pub fn fleet_up(
     let quic: Vec<SocketAddr> = (0..n)
         .map(|_| Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?))))
         .collect::<Result<_>>()?;
-    subnet_new(&quic, dir)?;
+    subnet_new(&quic, dir, consensus_policy)?;
     let exe = std::env::current_exe()?;
     let mut pids = String::new();
     let mut urls = Vec::new();

@@ -185,6 +185,10 @@ enum SubnetCommand {
         /// Where to write the files.
         #[arg(long)]
         out: PathBuf,
+        /// The consensus policy every replica runs: icc (the embedded
+        /// component, default), round-robin, native-icc.
+        #[arg(long)]
+        consensus_policy: Option<String>,
     },
 }
 
@@ -232,6 +236,10 @@ enum FleetCommand {
         /// garbage).
         #[arg(long, hide = true)]
         byzantine: Option<String>,
+        /// The consensus policy every replica runs: icc (the embedded
+        /// component, default), round-robin, native-icc.
+        #[arg(long)]
+        consensus_policy: Option<String>,
     },
     /// Stop the replicas of a fleet.
     Down {
@@ -350,9 +358,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Scheduler(args)) => {
             bench_scheduler::scheduler(&args, cli.json)
         }
-        Command::Subnet(SubnetCommand::New { nodes, out }) => {
+        Command::Subnet(SubnetCommand::New {
+            nodes,
+            out,
+            consensus_policy,
+        }) => {
             let addresses = fleet::parse_nodes(&nodes)?;
-            fleet::subnet_new(&addresses, &out)?;
+            fleet::subnet_new(&addresses, &out, consensus_policy.as_deref())?;
             println!(
                 "wrote {} and {} key files to {}",
                 fleet::GENESIS_FILE,
@@ -374,12 +386,19 @@ fn run(cli: Cli) -> Result<()> {
             dir,
             delay_ms,
             byzantine,
+            consensus_policy,
         }) => {
             let dir = dir.unwrap_or_else(fleet::default_dir);
             if let Some(fault) = &byzantine {
                 fault.parse::<fleet::Fault>().map_err(anyhow::Error::msg)?;
             }
-            let urls = fleet::fleet_up(nodes, &dir, delay_ms, byzantine.as_deref())?;
+            let urls = fleet::fleet_up(
+                nodes,
+                &dir,
+                delay_ms,
+                byzantine.as_deref(),
+                consensus_policy.as_deref(),
+            )?;
             for url in &urls {
                 println!("{url}");
             }

@@ -66,11 +66,14 @@ fn up_with_delay(dir: &Path, delay_ms: u64) -> Fleet {
 
 fn up_with(dir: &Path, delay_ms: u64, byzantine: Option<&str>) -> Fleet {
     let mut command = Command::new(CELLAR);
+    command.args(["fleet", "up"]);
     if let Some(fault) = byzantine {
-        command.args(["fleet", "up", "--byzantine", fault]);
-    } else {
-        command.args(["fleet", "up"]);
+        command.args(["--byzantine", fault]);
     }
+    up_command(dir, delay_ms, command)
+}
+
+fn up_command(dir: &Path, delay_ms: u64, mut command: Command) -> Fleet {
     let out = command
         .args(["--nodes", "4", "--delay-ms"])
         .arg(delay_ms.to_string())
@@ -129,6 +132,12 @@ fn four_replicas_agree_and_survive_a_kill() {
     let tmp = tempfile::tempdir().unwrap();
     let fleet = up(tmp.path());
     let id = cellar(&fleet, &fleet.urls[0], &["deploy", "counter"]).expect("deploy");
+    // By default every replica runs the embedded ICC policy component.
+    let shown = cellar(&fleet, &fleet.urls[2], &["policy", "show"]).expect("policy show");
+    assert!(
+        shown.contains("consensus policy: icc") && shown.contains("component"),
+        "{shown}"
+    );
 
     // Updates through every replica, in turn.
     let mut expected = 0;
@@ -397,4 +406,26 @@ fn one_byzantine_replica_of_four_breaks_neither_safety_nor_liveness() {
         }
         eprintln!("{fault}: {expected} updates acknowledged, honest replicas agree");
     }
+}
+
+/// The replicas run the consensus policy as a Wasm component (host-checked):
+/// the default is the embedded ICC component, and a subnet dealt with the
+/// round-robin component makes progress with it on every replica.
+#[test]
+fn replicas_run_the_consensus_policy_component() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut command = Command::new(CELLAR);
+    command.args(["fleet", "up", "--consensus-policy", "round-robin"]);
+    let fleet = up_command(tmp.path(), 0, command);
+    let id = cellar(&fleet, &fleet.urls[1], &["deploy", "counter"]).expect("deploy");
+    for (i, url) in fleet.urls.iter().enumerate() {
+        let shown = cellar(&fleet, url, &["policy", "show"]).expect("policy show");
+        assert!(
+            shown.contains("consensus policy: round-robin") && shown.contains("component"),
+            "{url}: {shown}"
+        );
+        let reply = cellar(&fleet, url, &["call", &id, "increment()"]).expect("update");
+        assert_eq!(reply, (i + 1).to_string());
+    }
+    common_state_hash(&fleet.urls);
 }

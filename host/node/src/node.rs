@@ -207,6 +207,8 @@ pub struct Node {
     pub(crate) scheduler_policy: RwLock<Option<(String, SchedulerPolicy)>>,
     /// The last round in which the policy failed, and why.
     pub(crate) last_policy_fallback: Mutex<Option<(u64, String)>>,
+    /// Replica mode: the consensus policy in force, for `policy_info`.
+    pub(crate) consensus_policy: Mutex<Option<String>>,
     /// Long executions paused between rounds, by canister (not persisted:
     /// see `round.rs`).
     pub(crate) paused: Mutex<BTreeMap<Principal, crate::round::PausedMessage>>,
@@ -352,6 +354,7 @@ impl Node {
             }),
             scheduler_policy: RwLock::new(None),
             last_policy_fallback: Mutex::new(None),
+            consensus_policy: Mutex::new(None),
             paused: Mutex::new(BTreeMap::new()),
             aborted_executions: std::sync::atomic::AtomicU64::new(0),
             pending: Mutex::new(Vec::new()),
@@ -570,6 +573,7 @@ impl Node {
             scheduler_module_hash: scheduler,
             last_fallback_round: last_fallback.as_ref().map(|(r, _)| *r),
             last_fallback_reason: last_fallback.map(|(_, why)| why),
+            consensus: self.consensus_policy.lock().expect("policy lock").clone(),
         }
     }
 

@@ -389,6 +389,37 @@ pub struct Genesis {
     pub catch_up: CatchUpPackage,
     /// Consensus settings.
     pub consensus: ConsensusConfig,
+    /// The consensus policy every replica runs: `icc` (the default: the
+    /// embedded `icc-consensus` component), `round-robin` (the embedded
+    /// `round-robin-consensus` component) or `native-icc` (the Rust
+    /// `IccPolicy`, no component).
+    #[serde(default)]
+    pub consensus_policy: Option<String>,
+}
+
+/// The consensus policy `name` (see [`Genesis::consensus_policy`]), run as
+/// a Wasm component whose every answer `PolicyHost` checks; and its
+/// description for `cellar policy show`.
+pub fn consensus_policy(
+    name: Option<&str>,
+) -> anyhow::Result<(Box<dyn cellar_consensus::ConsensusPolicy>, String)> {
+    let wasm = match name.unwrap_or("icc") {
+        "native-icc" => {
+            return Ok((
+                Box::new(IccPolicy::default()),
+                "icc (native Rust IccPolicy)".into(),
+            ));
+        }
+        "icc" => cellar_examples::ICC_CONSENSUS_POLICY,
+        "round-robin" => cellar_examples::ROUND_ROBIN_CONSENSUS_POLICY,
+        other => anyhow::bail!("unknown consensus policy {other:?} (icc, round-robin, native-icc)"),
+    };
+    let engine = cellar_engine::new_engine()?;
+    let policy = cellar_engine::WasmConsensusPolicy::from_component(&engine, wasm)
+        .map_err(|e| anyhow::anyhow!("the consensus policy component does not load: {e}"))?;
+    let hash = HEXLOWER.encode(&<sha2::Sha256 as sha2::Digest>::digest(wasm));
+    let name = cellar_consensus::ConsensusPolicy::name(&policy).to_string();
+    Ok((Box::new(policy), format!("{name} (component {hash})")))
 }
 
 /// One node's key file (keep it 0600).
@@ -436,6 +467,7 @@ pub fn new_subnet(addresses: &[SocketAddr]) -> anyhow::Result<(Genesis, Vec<Node
         keys: dealing.public,
         catch_up,
         consensus,
+        consensus_policy: None,
     };
     Ok((genesis, key_files))
 }
@@ -493,12 +525,15 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
         start = start.content.height,
         "replica starting"
     );
+    let (policy, policy_info) = consensus_policy(config.genesis.consensus_policy.as_deref())?;
+    tracing::info!(policy = %policy_info, "consensus policy");
+    *node.consensus_policy.lock().expect("policy lock") = Some(policy_info);
     let consensus = ConsensusNode::new(
         config.genesis.consensus.clone(),
         config.genesis.keys.clone(),
         config.key.consensus.clone(),
         start,
-        Box::new(IccPolicy::default()),
+        policy,
     )?;
     let transport_config = TransportConfig {
         injected_delay: config.injected_delay,
