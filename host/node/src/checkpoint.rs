@@ -40,6 +40,10 @@ struct Meta {
     /// Module hash of the scheduler policy in force (none: the built-in).
     #[serde(default)]
     scheduler_policy: Option<String>,
+    /// Replica mode: the last consensus-policy change (from height, module
+    /// hash).
+    #[serde(default)]
+    consensus_policy: Option<(u64, String)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -76,6 +80,9 @@ pub struct Loaded {
     pub canisters: Vec<(Canister, Option<String>)>,
     /// Module hash of the scheduler policy in force (none: the built-in).
     pub scheduler_policy: Option<String>,
+    /// Replica mode: the last consensus-policy change (from height, module
+    /// hash).
+    pub consensus_policy: Option<(u64, String)>,
 }
 
 /// What a checkpoint wrote.
@@ -164,6 +171,7 @@ impl Checkpointer {
         next_index: u64,
         canisters: &BTreeMap<Principal, Canister>,
         scheduler_policy: Option<&str>,
+        consensus_policy: Option<&(u64, String)>,
     ) -> anyhow::Result<CheckpointStats> {
         let started = Instant::now();
         let mut batch = self.db.batch();
@@ -211,6 +219,7 @@ impl Checkpointer {
             next_index,
             canisters: canisters.values().map(canister_meta).collect(),
             scheduler_policy: scheduler_policy.map(str::to_string),
+            consensus_policy: consensus_policy.cloned(),
         };
         batch.insert(&self.meta, META_KEY, serde_json::to_vec(&meta)?);
         batch.commit().map_err(storage)?;
@@ -309,6 +318,7 @@ impl Checkpointer {
             next_index: meta.next_index,
             canisters,
             scheduler_policy: meta.scheduler_policy,
+            consensus_policy: meta.consensus_policy,
         }))
     }
 }

@@ -242,6 +242,7 @@ pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
         .route("/api/v1/canisters/{id}/top-up", post(top_up).layer(small()))
         .route("/api/v1/policy", get(policy))
         .route("/api/v1/policy/scheduler", put(set_scheduler_policy))
+        .route("/api/v1/policy/consensus", put(set_consensus_policy))
         .route("/api/v1/canisters/{id}/read-state", get(read_state))
         .route("/api/v1/requests/{request_id}", get(request_status))
         .route("/metrics", get(metrics_text))
@@ -464,6 +465,21 @@ async fn top_up(
 
 async fn policy(State(api): State<Api>) -> impl IntoResponse {
     Json(api.node.policy_info())
+}
+
+async fn set_consensus_policy(
+    State(api): State<Api>,
+    signed: Signed,
+) -> Result<impl IntoResponse, HttpError> {
+    let request: SetPolicyRequest = signed.json()?;
+    let wasm =
+        crate::replica::consensus_policy_module(request.module.as_ref()).map_err(bad_request)?;
+    let caller = signed.caller;
+    let info = management(&api, signed.envelope.clone(), move |node| {
+        node.set_consensus_policy(&caller, &wasm)
+    })
+    .await?;
+    Ok(Json(info))
 }
 
 async fn set_scheduler_policy(

@@ -286,6 +286,12 @@ fn binds(
             let r: TopUpRequest = json(body)?;
             target(id, "top-up") && r.cycles == *amount
         }
+        ("PUT", Op::SetConsensusPolicy { module_hash }) => {
+            let r: SetPolicyRequest = json(body)?;
+            let wasm = consensus_policy_module(r.module.as_ref())?;
+            path == "/api/v1/policy/consensus"
+                && HEXLOWER.encode(&<sha2::Sha256 as sha2::Digest>::digest(&wasm)) == *module_hash
+        }
         ("PUT", Op::SetSchedulerPolicy { .. }) => {
             let _: SetPolicyRequest = json(body)?;
             path == "/api/v1/policy/scheduler"
@@ -395,6 +401,31 @@ pub struct Genesis {
     /// `IccPolicy`, no component).
     #[serde(default)]
     pub consensus_policy: Option<String>,
+}
+
+/// Heights between the finalized batch that changes the consensus policy
+/// and the height from which every replica runs the new one.
+pub const CONSENSUS_POLICY_LAG: u64 = 20;
+
+/// The component a `PUT /api/v1/policy/consensus` body names: a shipped
+/// policy (`icc`, `round-robin`) or a module (base64).
+pub fn consensus_policy_module(
+    source: Option<&cellar_types::api::ModuleSource>,
+) -> Result<Vec<u8>, String> {
+    use cellar_types::api::ModuleSource;
+    match source {
+        Some(ModuleSource::Example(name)) => match name.as_str() {
+            "icc" => Ok(cellar_examples::ICC_CONSENSUS_POLICY.to_vec()),
+            "round-robin" => Ok(cellar_examples::ROUND_ROBIN_CONSENSUS_POLICY.to_vec()),
+            other => Err(format!(
+                "there is no consensus policy named {other:?}; policies: icc, round-robin"
+            )),
+        },
+        Some(ModuleSource::Wasm(b)) => data_encoding::BASE64
+            .decode(b.as_bytes())
+            .map_err(|e| format!("the module is not valid base64: {e}")),
+        None => Err("name a consensus policy (icc, round-robin) or send a module".into()),
+    }
 }
 
 /// The consensus policy `name` (see [`Genesis::consensus_policy`]), run as
@@ -528,13 +559,19 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
     let (policy, policy_info) = consensus_policy(config.genesis.consensus_policy.as_deref())?;
     tracing::info!(policy = %policy_info, "consensus policy");
     *node.consensus_policy.lock().expect("policy lock") = Some(policy_info);
-    let consensus = ConsensusNode::new(
+    let mut consensus = ConsensusNode::new(
         config.genesis.consensus.clone(),
         config.genesis.keys.clone(),
         config.key.consensus.clone(),
         start,
         policy,
     )?;
+    // Policy changes the replicated state holds (checkpoint and journal).
+    let mut changes = node.take_consensus_changes();
+    changes.extend(node.consensus_change());
+    for (from, hash) in changes {
+        switch_policy(&node, &mut consensus, from, &hash);
+    }
     let transport_config = TransportConfig {
         injected_delay: config.injected_delay,
         ..TransportConfig::default()
@@ -577,6 +614,30 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
     tokio::spawn(replica.run(inbound, submits));
     let max_body = cellar_engine::Limits::default().max_component_bytes * 4 / 3 + (1 << 20);
     crate::serve_listener(node, listener, max_body, false)
+}
+
+/// Schedules the consensus policy `hash` (a stored component) from height
+/// `from` on; a module that does not load keeps the policy in force (alike
+/// on every replica: the module was checked when the request was made).
+fn switch_policy(node: &Node, consensus: &mut ConsensusNode, from: u64, hash: &str) {
+    let loaded = node
+        .read_module(hash)
+        .map_err(|e| e.to_string())
+        .and_then(|wasm| {
+            let engine = cellar_engine::new_engine().map_err(|e| e.to_string())?;
+            cellar_engine::WasmConsensusPolicy::from_component(&engine, &wasm)
+                .map_err(|e| e.to_string())
+        });
+    match loaded {
+        Ok(policy) => {
+            let name = cellar_consensus::ConsensusPolicy::name(&policy).to_string();
+            tracing::info!(from, %name, module = hash, "consensus policy change scheduled");
+            *node.consensus_policy.lock().expect("policy lock") =
+                Some(format!("{name} (component {hash}) from height {from}"));
+            consensus.schedule_policy(from, Box::new(policy));
+        }
+        Err(e) => tracing::error!(from, module = hash, "consensus policy does not load: {e}"),
+    }
 }
 
 struct Replica {
@@ -949,6 +1010,9 @@ impl Replica {
                         }
                     };
                     self.remember(b);
+                    for (from, hash) in self.node.take_consensus_changes() {
+                        switch_policy(&self.node, &mut self.consensus, from, &hash);
+                    }
                     if self.node.round() == top {
                         self.reported.insert(top, hash);
                         self.check(&target);
@@ -1035,6 +1099,9 @@ impl Replica {
                 std::process::exit(4);
             }
         };
+        for (from, hash) in self.node.take_consensus_changes() {
+            switch_policy(&self.node, &mut self.consensus, from, &hash);
+        }
         if ran {
             self.remember(SyncBatch {
                 height,
