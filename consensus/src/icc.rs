@@ -315,6 +315,18 @@ impl ConsensusNode {
         out
     }
 
+    /// Runs `policy` from height `from` on (rankings of `from` and above;
+    /// delays and payload limits once this node's round reaches `from`).
+    /// Every node must schedule the same policy at the same height, which
+    /// callers derive from a finalized batch (its height plus a fixed lag);
+    /// a policy still cannot break safety, only liveness: the host checks
+    /// its answers as for the first one.
+    pub fn schedule_policy(&mut self, from: Height, policy: Box<dyn ConsensusPolicy>) {
+        self.policy.schedule(from, policy);
+        // Rankings computed ahead with the old policy are recomputed.
+        self.ranks.retain(|&h, _| h < from);
+    }
+
     /// The caller's execution state hash after the batch at `height` (a
     /// catch-up height): the node signs and broadcasts its catch-up share.
     pub fn on_execution_state(
@@ -356,6 +368,7 @@ impl ConsensusNode {
 
     fn step(&mut self, out: &mut Vec<Action>) {
         for _ in 0..MAX_STEPS {
+            self.policy.advance(self.round);
             let mut progress = self.process_pending(out);
             progress |= self.advance_round(out);
             progress |= self.beacon(out);

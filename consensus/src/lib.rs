@@ -11,12 +11,14 @@
 //!   and the host-side checks.
 //! - [`catch_up`]: catch-up packages and the genesis.
 //! - [`icc`]: the protocol state machine ([`ConsensusNode`]).
+//! - [`byzantine`]: misbehaviours for fault tests.
 //! - [`sim`]: a seeded discrete-event simulation of a subnet.
 
 #![deny(missing_docs)]
 
 pub mod artifacts;
 pub mod bls;
+pub mod byzantine;
 pub mod catch_up;
 pub mod icc;
 pub mod ingress;

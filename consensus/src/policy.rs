@@ -10,6 +10,7 @@
 //! chain; the checks keep it from stalling or bloating it.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use crate::artifacts::{Hash32, Height};
 use crate::bls::NodeIndex;
@@ -197,20 +198,56 @@ pub enum PolicyError {
 }
 
 /// Wraps a policy and checks each answer, falling back to [`IccPolicy`]'s.
+/// Policies scheduled from a height replace it: rankings of a height use
+/// the policy in force at that height, delays and limits the policy in
+/// force at the current round (see [`PolicyHost::advance`]).
 pub struct PolicyHost {
     policy: Box<dyn ConsensusPolicy>,
     fallback: IccPolicy,
+    scheduled: BTreeMap<Height, Box<dyn ConsensusPolicy>>,
 }
 
 impl PolicyHost {
     /// Wraps `policy`; `fallback` answers when it misbehaves.
     pub fn new(policy: Box<dyn ConsensusPolicy>, fallback: IccPolicy) -> Self {
-        PolicyHost { policy, fallback }
+        PolicyHost {
+            policy,
+            fallback,
+            scheduled: BTreeMap::new(),
+        }
     }
 
     /// The wrapped policy's name.
     pub fn name(&self) -> &str {
         self.policy.name()
+    }
+
+    /// Makes `policy` the one in force from height `from` on (replacing a
+    /// policy scheduled at the same height).
+    pub fn schedule(&mut self, from: Height, policy: Box<dyn ConsensusPolicy>) {
+        self.scheduled.insert(from, policy);
+    }
+
+    /// The node reached `round`: policies scheduled at or below it come
+    /// into force. Returns whether the policy changed.
+    pub fn advance(&mut self, round: Height) -> bool {
+        let mut changed = false;
+        while let Some(entry) = self.scheduled.first_entry() {
+            if *entry.key() > round {
+                break;
+            }
+            self.policy = entry.remove();
+            changed = true;
+        }
+        changed
+    }
+
+    /// The policy in force at height `h`.
+    fn at(&self, h: Height) -> &dyn ConsensusPolicy {
+        self.scheduled
+            .range(..=h)
+            .next_back()
+            .map_or(self.policy.as_ref(), |(_, p)| p.as_ref())
     }
 
     /// A checked ranking, as `rank_of[node]`, and the error if the default was used.
@@ -220,7 +257,7 @@ impl PolicyHost {
         beacon: &Hash32,
         n: u32,
     ) -> (Vec<u32>, Option<PolicyError>) {
-        let order = self.policy.ranking(height, beacon, n);
+        let order = self.at(height).ranking(height, beacon, n);
         let (order, err) = match invert(&order, n) {
             Some(ranks) => return (ranks, None),
             None => (

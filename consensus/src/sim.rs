@@ -551,46 +551,20 @@ impl Simulation {
     }
 
     fn equivocate(&mut self, from: NodeIndex, art: Artifact, others: &[NodeIndex]) {
-        let Artifact::Proposal(p) = &art else {
+        let secret = self.dealing.secrets[from as usize].clone();
+        let Some(e) = crate::byzantine::equivocate(&secret, &art) else {
             let bytes = art.to_bytes();
             for &j in others {
                 self.send(from, j, bytes.clone());
             }
             return;
         };
-        if p.block.proposer != from {
-            let bytes = art.to_bytes();
-            for &j in others {
-                self.send(from, j, bytes.clone());
-            }
-            return;
-        }
-        let secret = self.dealing.secrets[from as usize].clone();
-        let mut twin = p.block.clone();
-        twin.time_ms += 1;
-        twin.payload.ingress.clear();
-        let twin_hash = twin.hash();
-        let twin = Artifact::Proposal(crate::artifacts::BlockProposal {
-            signature: secret
-                .signing
-                .sign(&crate::artifacts::proposal_message(&twin_hash)),
-            block: twin,
-        });
-        let (a, b) = (art.to_bytes(), twin.to_bytes());
+        let (a, b) = (art.to_bytes(), e.twin.to_bytes());
         for (k, &j) in others.iter().enumerate() {
             self.send(from, j, if k % 2 == 0 { a.clone() } else { b.clone() });
         }
         // Support both blocks.
-        for hash in [p.block.hash(), twin_hash] {
-            let share = Artifact::NotarizationShare(crate::artifacts::BlockShare {
-                height: p.block.height,
-                block: hash,
-                signer: from,
-                signature: secret.signing.sign(&crate::artifacts::notarization_message(
-                    p.block.height,
-                    &hash,
-                )),
-            });
+        for share in e.shares {
             let bytes = share.to_bytes();
             for &j in others {
                 self.send(from, j, bytes.clone());
@@ -599,27 +573,7 @@ impl Simulation {
     }
 
     fn corrupt_share(&mut self, from: NodeIndex, art: Artifact) -> Artifact {
-        let secret = &self.dealing.secrets[from as usize];
-        let wrong = secret.signing.sign(b"not the message");
-        match art {
-            Artifact::BeaconShare(mut s) => {
-                s.signature = secret.beacon_share.sign(b"not the message");
-                Artifact::BeaconShare(s)
-            }
-            Artifact::NotarizationShare(mut s) => {
-                s.signature = wrong;
-                Artifact::NotarizationShare(s)
-            }
-            Artifact::FinalizationShare(mut s) => {
-                s.signature = wrong;
-                Artifact::FinalizationShare(s)
-            }
-            Artifact::CatchUpShare(mut s) => {
-                s.signature = secret.catch_up_share.sign(b"not the message");
-                Artifact::CatchUpShare(s)
-            }
-            other => other,
-        }
+        crate::byzantine::corrupt_share(&self.dealing.secrets[from as usize], art)
     }
 
     fn send_garbage(&mut self, from: NodeIndex) {

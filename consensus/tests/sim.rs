@@ -360,3 +360,39 @@ mod properties {
         }
     }
 }
+
+/// A policy switch scheduled at the same height on every node (as replicas
+/// derive it from a finalized batch): the subnet keeps agreeing and making
+/// progress, and from that height on, with every node up, the round-robin
+/// leader (height mod n) makes every block.
+#[test]
+fn policy_switch_at_an_agreed_height() {
+    let mut s = sim(SimConfig {
+        seed: 11,
+        ..SimConfig::default()
+    });
+    assert!(s.run_until_height(5, 60_000), "stuck before the switch");
+    let from = 12;
+    for n in &mut s.nodes {
+        n.node.schedule_policy(
+            from,
+            Box::new(cellar_consensus::RoundRobinPolicy::default()),
+        );
+    }
+    assert!(
+        s.run_until_height(30, 120_000),
+        "stuck at {} after the switch",
+        s.min_honest_height()
+    );
+    s.check_agreement().unwrap();
+    let after: Vec<(u64, u32)> = s.nodes[0]
+        .delivered
+        .iter()
+        .filter(|b| b.height >= from)
+        .map(|b| (b.height, b.proposer))
+        .collect();
+    assert!(after.len() >= 10);
+    for (height, proposer) in after {
+        assert_eq!(u64::from(proposer), height % 4, "height {height}");
+    }
+}

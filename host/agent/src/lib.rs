@@ -303,6 +303,18 @@ impl Agent {
         self.send_json("PUT", "/api/v1/policy/scheduler", Some(&body))
     }
 
+    /// `PUT /api/v1/policy/consensus` (replicas of a subnet): the new
+    /// consensus policy, applied by every replica at the same height.
+    pub fn set_consensus_policy(
+        &self,
+        module: cellar_types::api::ModuleSource,
+    ) -> Result<cellar_types::api::PolicyInfo, AgentError> {
+        let body = cellar_types::api::SetPolicyRequest {
+            module: Some(module),
+        };
+        self.send_json("PUT", "/api/v1/policy/consensus", Some(&body))
+    }
+
     /// `PUT /api/v1/canisters/{id}/controllers`.
     pub fn set_controllers(
         &self,

@@ -295,7 +295,7 @@ impl Driven {
         let (tx, requests) = std::sync::mpsc::channel();
         let tx = std::sync::Mutex::new(tx);
         let next = std::sync::atomic::AtomicU64::new(1);
-        node.set_replica_sink(Box::new(move |content| {
+        node.set_replica_sink(Box::new(move |content, _expiry_ms| {
             let mut id = [0u8; 32];
             let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             id[..8].copy_from_slice(&n.to_le_bytes());

@@ -139,11 +139,14 @@ pub enum PolicyCommand {
     Show,
     /// Replace a policy; it applies from the next round on.
     Set {
-        /// Which policy: `scheduler`.
-        #[arg(value_parser = ["scheduler"])]
+        /// Which policy: `scheduler`, or `consensus` (on a replica of a
+        /// subnet: ordered by consensus, every replica switches at the
+        /// same height).
+        #[arg(value_parser = ["scheduler", "consensus"])]
         kind: String,
         /// A policy component file (`.wasm`), a shipped policy
-        /// (`round-robin`, `accumulated-priority`), or `builtin`.
+        /// (scheduler: `round-robin`, `accumulated-priority`, `builtin`;
+        /// consensus: `icc`, `round-robin`).
         policy: String,
     },
 }
@@ -152,6 +155,16 @@ pub enum PolicyCommand {
 pub fn policy(agent: &Agent, command: PolicyCommand, out: Output) -> Result<()> {
     let info = match command {
         PolicyCommand::Show => agent.policy()?,
+        PolicyCommand::Set { kind, policy } if kind == "consensus" => {
+            let module = if policy.ends_with(".wasm") || std::path::Path::new(&policy).exists() {
+                let bytes = std::fs::read(&policy)
+                    .map_err(|e| anyhow::anyhow!("cannot read {policy}: {e}"))?;
+                ModuleSource::Wasm(data_encoding::BASE64.encode(&bytes))
+            } else {
+                ModuleSource::Example(policy)
+            };
+            agent.set_consensus_policy(module)?
+        }
         PolicyCommand::Set { policy, .. } => {
             let module = match policy.as_str() {
                 "builtin" => None,
@@ -176,6 +189,9 @@ pub fn policy(agent: &Agent, command: PolicyCommand, out: Output) -> Result<()> 
                     "component {h}"
                 ))
         );
+        if let Some(consensus) = &info.consensus {
+            text.push_str(&format!("\nconsensus policy: {consensus}"));
+        }
         if let (Some(round), Some(reason)) = (info.last_fallback_round, &info.last_fallback_reason)
         {
             text.push_str(&format!(

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+pub use cellar_node::replica::Fault;
 use cellar_node::replica::{Genesis, NodeKeyFile, ReplicaConfig, read_json};
 
 /// The genesis file's name in a subnet directory.
@@ -18,9 +19,21 @@ pub fn key_file(i: usize) -> String {
     format!("node-{i}.key.json")
 }
 
-/// Writes the genesis and the key files for nodes at `addresses` into `out`.
-pub fn subnet_new(addresses: &[SocketAddr], out: &Path) -> Result<Genesis> {
-    let (genesis, keys) = cellar_node::replica::new_subnet(addresses)?;
+/// Writes the genesis and the key files for nodes at `addresses` into `out`;
+/// `consensus_policy` names the policy every replica runs (default `icc`).
+pub fn subnet_new(
+    addresses: &[SocketAddr],
+    out: &Path,
+    consensus_policy: Option<&str>,
+) -> Result<Genesis> {
+    if let Some(name) = consensus_policy {
+        anyhow::ensure!(
+            ["icc", "round-robin", "native-icc"].contains(&name),
+            "unknown consensus policy {name:?} (icc, round-robin, native-icc)"
+        );
+    }
+    let (mut genesis, keys) = cellar_node::replica::new_subnet(addresses)?;
+    genesis.consensus_policy = consensus_policy.map(str::to_string);
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     std::fs::write(out.join(GENESIS_FILE), serde_json::to_vec_pretty(&genesis)?)?;
     for (i, key) in keys.iter().enumerate() {
@@ -61,6 +74,7 @@ pub fn node_start(
     data_dir: PathBuf,
     listen: SocketAddr,
     delay_ms: u64,
+    byzantine: Option<Fault>,
 ) -> Result<()> {
     crate::start::init_logging();
     let genesis: Genesis = read_json(config)?;
@@ -77,6 +91,7 @@ pub fn node_start(
             data_dir,
             listen,
             injected_delay: (delay_ms > 0).then(|| Duration::from_millis(delay_ms)),
+            byzantine,
         })
         .await?;
         println!("replica {index} serving http://{}", running.addr);
@@ -104,8 +119,16 @@ pub fn default_dir() -> PathBuf {
 const PIDS: &str = "fleet.pids";
 
 /// `cellar fleet up`: a fresh subnet of `n` replica processes on loopback;
-/// returns their HTTP URLs once every one answers.
-pub fn fleet_up(n: usize, dir: &Path, delay_ms: u64) -> Result<Vec<String>> {
+/// returns their HTTP URLs once every one answers. `byzantine` (test
+/// only) makes the last replica misbehave; `consensus_policy` as for
+/// [`subnet_new`].
+pub fn fleet_up(
+    n: usize,
+    dir: &Path,
+    delay_ms: u64,
+    byzantine: Option<&str>,
+    consensus_policy: Option<&str>,
+) -> Result<Vec<String>> {
     if dir.join(PIDS).exists() {
         fleet_down(dir)?;
     }
@@ -114,14 +137,15 @@ pub fn fleet_up(n: usize, dir: &Path, delay_ms: u64) -> Result<Vec<String>> {
     let quic: Vec<SocketAddr> = (0..n)
         .map(|_| Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?))))
         .collect::<Result<_>>()?;
-    subnet_new(&quic, dir)?;
+    subnet_new(&quic, dir, consensus_policy)?;
     let exe = std::env::current_exe()?;
     let mut pids = String::new();
     let mut urls = Vec::new();
     for i in 0..n {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let log = std::fs::File::create(dir.join(format!("node-{i}.log")))?;
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .arg("node")
             .arg("start")
             .arg("--config")
@@ -133,7 +157,11 @@ pub fn fleet_up(n: usize, dir: &Path, delay_ms: u64) -> Result<Vec<String>> {
             .arg("--listen")
             .arg(listen.to_string())
             .arg("--delay-ms")
-            .arg(delay_ms.to_string())
+            .arg(delay_ms.to_string());
+        if let Some(fault) = byzantine.filter(|_| i == n - 1) {
+            command.arg("--byzantine").arg(fault);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

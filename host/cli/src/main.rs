@@ -185,6 +185,10 @@ enum SubnetCommand {
         /// Where to write the files.
         #[arg(long)]
         out: PathBuf,
+        /// The consensus policy every replica runs: icc (the embedded
+        /// component, default), round-robin, native-icc.
+        #[arg(long)]
+        consensus_policy: Option<String>,
     },
 }
 
@@ -208,6 +212,9 @@ enum NodeCommand {
         /// One-way delay injected into every message sent (ms).
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
+        /// Test only: misbehave (equivocate, bad-shares, garbage).
+        #[arg(long, hide = true)]
+        byzantine: Option<fleet::Fault>,
     },
 }
 
@@ -225,6 +232,14 @@ enum FleetCommand {
         /// One-way delay injected between replicas (ms).
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
+        /// Test only: the last replica misbehaves (equivocate, bad-shares,
+        /// garbage).
+        #[arg(long, hide = true)]
+        byzantine: Option<String>,
+        /// The consensus policy every replica runs: icc (the embedded
+        /// component, default), round-robin, native-icc.
+        #[arg(long)]
+        consensus_policy: Option<String>,
     },
     /// Stop the replicas of a fleet.
     Down {
@@ -343,9 +358,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Scheduler(args)) => {
             bench_scheduler::scheduler(&args, cli.json)
         }
-        Command::Subnet(SubnetCommand::New { nodes, out }) => {
+        Command::Subnet(SubnetCommand::New {
+            nodes,
+            out,
+            consensus_policy,
+        }) => {
             let addresses = fleet::parse_nodes(&nodes)?;
-            fleet::subnet_new(&addresses, &out)?;
+            fleet::subnet_new(&addresses, &out, consensus_policy.as_deref())?;
             println!(
                 "wrote {} and {} key files to {}",
                 fleet::GENESIS_FILE,
@@ -360,14 +379,26 @@ fn run(cli: Cli) -> Result<()> {
             data_dir,
             listen,
             delay_ms,
-        }) => fleet::node_start(&config, &key, data_dir, listen, delay_ms),
+            byzantine,
+        }) => fleet::node_start(&config, &key, data_dir, listen, delay_ms, byzantine),
         Command::Fleet(FleetCommand::Up {
             nodes,
             dir,
             delay_ms,
+            byzantine,
+            consensus_policy,
         }) => {
             let dir = dir.unwrap_or_else(fleet::default_dir);
-            let urls = fleet::fleet_up(nodes, &dir, delay_ms)?;
+            if let Some(fault) = &byzantine {
+                fault.parse::<fleet::Fault>().map_err(anyhow::Error::msg)?;
+            }
+            let urls = fleet::fleet_up(
+                nodes,
+                &dir,
+                delay_ms,
+                byzantine.as_deref(),
+                consensus_policy.as_deref(),
+            )?;
             for url in &urls {
                 println!("{url}");
             }

@@ -45,6 +45,10 @@ struct Meta {
     /// written (the journal before it is deleted).
     #[serde(default)]
     requests: Vec<RequestTag>,
+    /// Replica mode: the last consensus-policy change (from height, module
+    /// hash).
+    #[serde(default)]
+    consensus_policy: Option<(u64, String)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -84,6 +88,9 @@ pub struct Loaded {
     /// Signed requests journaled before the checkpoint and unexpired when
     /// it was written.
     pub requests: Vec<RequestTag>,
+    /// Replica mode: the last consensus-policy change (from height, module
+    /// hash).
+    pub consensus_policy: Option<(u64, String)>,
 }
 
 /// What a checkpoint wrote.
@@ -173,6 +180,7 @@ impl Checkpointer {
         canisters: &BTreeMap<Principal, Canister>,
         scheduler_policy: Option<&str>,
         requests: &[RequestTag],
+        consensus_policy: Option<&(u64, String)>,
     ) -> anyhow::Result<CheckpointStats> {
         let started = Instant::now();
         let mut batch = self.db.batch();
@@ -221,6 +229,7 @@ impl Checkpointer {
             canisters: canisters.values().map(canister_meta).collect(),
             scheduler_policy: scheduler_policy.map(str::to_string),
             requests: requests.to_vec(),
+            consensus_policy: consensus_policy.cloned(),
         };
         batch.insert(&self.meta, META_KEY, serde_json::to_vec(&meta)?);
         batch.commit().map_err(storage)?;
@@ -320,6 +329,7 @@ impl Checkpointer {
             canisters,
             scheduler_policy: meta.scheduler_policy,
             requests: meta.requests,
+            consensus_policy: meta.consensus_policy,
         }))
     }
 }

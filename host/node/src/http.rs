@@ -27,6 +27,7 @@ use crate::dashboard;
 use crate::journal::RequestTag;
 use crate::metrics::{Gauges, Kind, Metrics};
 use crate::node::{Node, NodeError};
+use crate::replica::{Envelope, with_envelope};
 use crate::requests::{
     DEFAULT_CAPACITY, Ingress, Job, Refusal, Requests, call_response, check_expiry, now_nanos,
 };
@@ -45,6 +46,7 @@ impl From<NodeError> for HttpError {
         let status = match &e {
             NodeError::NotFound(_) => StatusCode::NOT_FOUND,
             NodeError::NotController { .. } => StatusCode::FORBIDDEN,
+            NodeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             NodeError::BadRequest(_) | NodeError::Install(_) => StatusCode::BAD_REQUEST,
             NodeError::HookFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             NodeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -92,6 +94,9 @@ struct Signed {
     /// cache.
     tag: Option<RequestTag>,
     body: Bytes,
+    /// The signed request as sent, which a replica hands to consensus so
+    /// every replica checks the signature itself (none when unsigned).
+    envelope: Option<Envelope>,
 }
 
 impl Signed {
@@ -146,11 +151,24 @@ impl FromRequest<Api> for Signed {
         } else if auth.ingress_expiry.is_some() {
             check_expiry(auth.ingress_expiry, now_nanos())?;
         }
+        let envelope = match (public_key, signature) {
+            (Some(public_key), Some(signature)) => Some(Envelope {
+                method,
+                path,
+                body: BASE64.encode(&body),
+                ingress_expiry: auth.ingress_expiry,
+                nonce,
+                public_key,
+                signature,
+            }),
+            _ => None,
+        };
         Ok(Signed {
             caller: auth.caller,
             request_id: auth.request_id,
             tag,
             body,
+            envelope,
         })
     }
 }
@@ -250,6 +268,7 @@ pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
         .route("/api/v1/canisters/{id}/top-up", post(top_up).layer(small()))
         .route("/api/v1/policy", get(policy))
         .route("/api/v1/policy/scheduler", put(set_scheduler_policy))
+        .route("/api/v1/policy/consensus", put(set_consensus_policy))
         .route("/api/v1/canisters/{id}/read-state", get(read_state))
         .route("/api/v1/requests/{request_id}", get(request_status))
         .route("/metrics", get(metrics_text))
@@ -376,13 +395,14 @@ async fn request_status(
 async fn management<T: Send + 'static>(
     api: &Api,
     tag: Option<RequestTag>,
+    envelope: Option<Envelope>,
     f: impl FnOnce(&Node) -> Result<T, NodeError> + Send + 'static,
 ) -> Result<T, HttpError> {
     let node = api.node.clone();
     let metrics = api.metrics.clone();
     blocking(move || {
         let started = Instant::now();
-        let result = Node::tagged(tag, || f(&node));
+        let result = Node::tagged(tag, || with_envelope(envelope, || f(&node)));
         metrics.record_management(result.is_ok(), started.elapsed());
         Ok(result?)
     })
@@ -393,16 +413,21 @@ async fn create(State(api): State<Api>, signed: Signed) -> Result<impl IntoRespo
     let request: CreateRequest = signed.json()?;
     let module = request.module.as_ref().map(module_bytes).transpose()?;
     let caller = signed.caller;
-    let status = management(&api, signed.tag, move |node| {
-        let id = node.create(&caller, request.controllers)?;
-        match module {
-            None => node.status(&id),
-            Some((wasm, default_arg)) => {
-                let arg = request.arg.or(default_arg.map(str::to_string));
-                node.install(&caller, &id, InstallMode::Install, &wasm, arg)
+    let status = management(
+        &api,
+        signed.tag.clone(),
+        signed.envelope.clone(),
+        move |node| {
+            let id = node.create(&caller, request.controllers)?;
+            match module {
+                None => node.status(&id),
+                Some((wasm, default_arg)) => {
+                    let arg = request.arg.or(default_arg.map(str::to_string));
+                    node.install(&caller, &id, InstallMode::Install, &wasm, arg)
+                }
             }
-        }
-    })
+        },
+    )
     .await?;
     Ok((StatusCode::CREATED, Json(status)))
 }
@@ -420,9 +445,12 @@ async fn install(
         _ => request.arg.or(default_arg.map(str::to_string)),
     };
     let caller = signed.caller;
-    let status = management(&api, signed.tag, move |node| {
-        node.install(&caller, &id, request.mode, &wasm, arg)
-    })
+    let status = management(
+        &api,
+        signed.tag.clone(),
+        signed.envelope.clone(),
+        move |node| node.install(&caller, &id, request.mode, &wasm, arg),
+    )
     .await?;
     Ok(Json(status))
 }
@@ -449,6 +477,7 @@ fn enqueue(
     let job = Job {
         request_id: signed.request_id,
         tag: signed.tag,
+        envelope: signed.envelope,
         caller: signed.caller,
         canister,
         request,
@@ -470,15 +499,33 @@ async fn top_up(
     let id = canister_id(&id)?;
     let request: TopUpRequest = signed.json()?;
     let caller = signed.caller;
-    let status = management(&api, signed.tag, move |node| {
-        node.top_up(&caller, &id, request.cycles)
-    })
+    let status = management(
+        &api,
+        signed.tag.clone(),
+        signed.envelope.clone(),
+        move |node| node.top_up(&caller, &id, request.cycles),
+    )
     .await?;
     Ok(Json(status))
 }
 
 async fn policy(State(api): State<Api>) -> impl IntoResponse {
     Json(api.node.policy_info())
+}
+
+async fn set_consensus_policy(
+    State(api): State<Api>,
+    signed: Signed,
+) -> Result<impl IntoResponse, HttpError> {
+    let request: SetPolicyRequest = signed.json()?;
+    let wasm =
+        crate::replica::consensus_policy_module(request.module.as_ref()).map_err(bad_request)?;
+    let caller = signed.caller;
+    let info = management(&api, signed.tag.clone(), signed.envelope.clone(), move |node| {
+        node.set_consensus_policy(&caller, &wasm)
+    })
+    .await?;
+    Ok(Json(info))
 }
 
 async fn set_scheduler_policy(
@@ -501,9 +548,12 @@ async fn set_scheduler_policy(
         Some(source) => Some(module_bytes(source)?.0),
     };
     let caller = signed.caller;
-    let info = management(&api, signed.tag, move |node| {
-        node.set_scheduler_policy(&caller, wasm.as_deref())
-    })
+    let info = management(
+        &api,
+        signed.tag.clone(),
+        signed.envelope.clone(),
+        move |node| node.set_scheduler_policy(&caller, wasm.as_deref()),
+    )
     .await?;
     Ok(Json(info))
 }
@@ -570,7 +620,13 @@ async fn stop(
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
-    let status = management(&api, signed.tag, move |node| node.stop(&signed.caller, &id)).await?;
+    let status = management(
+        &api,
+        signed.tag.clone(),
+        signed.envelope.clone(),
+        move |node| node.stop(&signed.caller, &id),
+    )
+    .await?;
     Ok(Json(status))
 }
 
@@ -580,9 +636,12 @@ async fn start(
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
-    let status = management(&api, signed.tag, move |node| {
-        node.start(&signed.caller, &id)
-    })
+    let status = management(
+        &api,
+        signed.tag.clone(),
+        signed.envelope.clone(),
+        move |node| node.start(&signed.caller, &id),
+    )
     .await?;
     Ok(Json(status))
 }
@@ -593,9 +652,12 @@ async fn delete(
     signed: Signed,
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
-    let status = management(&api, signed.tag, move |node| {
-        node.delete(&signed.caller, &id)
-    })
+    let status = management(
+        &api,
+        signed.tag.clone(),
+        signed.envelope.clone(),
+        move |node| node.delete(&signed.caller, &id),
+    )
     .await?;
     Ok(Json(status))
 }
@@ -607,9 +669,12 @@ async fn controllers(
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
     let request: ControllersRequest = signed.json()?;
-    let status = management(&api, signed.tag, move |node| {
-        node.set_controllers(&signed.caller, &id, request.controllers)
-    })
+    let status = management(
+        &api,
+        signed.tag.clone(),
+        signed.envelope.clone(),
+        move |node| node.set_controllers(&signed.caller, &id, request.controllers),
+    )
     .await?;
     Ok(Json(status))
 }

@@ -80,6 +80,13 @@ pub enum Op {
         /// SHA-256 (hex) of the policy component, stored under `modules/`.
         module_hash: Option<String>,
     },
+    /// Replica mode: replace the subnet's consensus policy with the
+    /// component stored under `modules/`, from the height this request
+    /// executes at plus [`crate::replica::CONSENSUS_POLICY_LAG`].
+    SetConsensusPolicy {
+        /// SHA-256 (hex) of the consensus-policy component.
+        module_hash: String,
+    },
     /// Set the share of every round's instructions guaranteed to the
     /// canister.
     SetComputeAllocation {

@@ -51,6 +51,9 @@ pub enum NodeError {
     /// The request is malformed or not possible in the canister's state.
     #[error("{0}")]
     BadRequest(String),
+    /// The request's signature does not hold (checked by every replica).
+    #[error("the request was refused: {0}")]
+    Unauthorized(String),
     /// The module cannot be installed.
     #[error("{0}")]
     Install(#[from] InstallError),
@@ -218,6 +221,14 @@ pub struct Node {
     pub(crate) scheduler_policy: RwLock<Option<(String, SchedulerPolicy)>>,
     /// The last round in which the policy failed, and why.
     pub(crate) last_policy_fallback: Mutex<Option<(u64, String)>>,
+    /// Replica mode: the consensus policy in force, for `policy_info`.
+    pub(crate) consensus_policy: Mutex<Option<String>>,
+    /// Replica mode: the last consensus-policy change executed (from
+    /// height, module hash), replicated state kept in checkpoints.
+    pub(crate) consensus_change: Mutex<Option<(u64, String)>>,
+    /// Consensus-policy changes executed and not yet taken by the replica
+    /// task.
+    pub(crate) consensus_changes: Mutex<Vec<(u64, String)>>,
     /// Long executions paused between rounds, by canister (not persisted:
     /// see `round.rs`).
     pub(crate) paused: Mutex<BTreeMap<Principal, crate::round::PausedMessage>>,
@@ -378,6 +389,9 @@ impl Node {
             }),
             scheduler_policy: RwLock::new(None),
             last_policy_fallback: Mutex::new(None),
+            consensus_policy: Mutex::new(None),
+            consensus_change: Mutex::new(None),
+            consensus_changes: Mutex::new(Vec::new()),
             paused: Mutex::new(BTreeMap::new()),
             aborted_executions: std::sync::atomic::AtomicU64::new(0),
             orphans: Mutex::new(Vec::new()),
@@ -408,6 +422,8 @@ impl Node {
             registry.round = loaded.round;
             registry.time_nanos = loaded.time_nanos;
             registry.next_index = loaded.next_index;
+            *self.consensus_change.lock().expect("consensus lock") =
+                loaded.consensus_policy.clone();
             if let Some(hash) = &loaded.scheduler_policy {
                 let policy = self.load_policy(hash)?;
                 *self.scheduler_policy.write().expect("policy lock") = Some((hash.clone(), policy));
@@ -572,6 +588,10 @@ impl Node {
                 .as_ref()
                 .map(|(hash, _)| hash.as_str()),
             &requests,
+            self.consensus_change
+                .lock()
+                .expect("consensus lock")
+                .as_ref(),
         )?;
         tracing::debug!(round = registry.round, ?stats, "checkpoint written");
         *self.last_checkpoint.lock().expect("stats lock") = stats;
@@ -651,6 +671,59 @@ impl Node {
         Ok(())
     }
 
+    /// Replica mode: replaces the subnet's consensus policy with the
+    /// component `wasm` (checked first), through consensus: every replica
+    /// switches at the height the request executes at plus
+    /// [`crate::replica::CONSENSUS_POLICY_LAG`]. Signed callers only.
+    pub fn set_consensus_policy(
+        &self,
+        caller: &Principal,
+        wasm: &[u8],
+    ) -> Result<PolicyInfo, NodeError> {
+        if !self.replica.is_on() {
+            return Err(NodeError::BadRequest(
+                "only replicas of a subnet run a consensus policy".into(),
+            ));
+        }
+        if caller.is_anonymous() {
+            return Err(NodeError::BadRequest(
+                "the anonymous principal cannot change the consensus policy; sign the request"
+                    .into(),
+            ));
+        }
+        cellar_engine::WasmConsensusPolicy::from_component(self.cache.engine(), wasm)
+            .map_err(|e| NodeError::BadRequest(format!("not a consensus policy: {e}")))?;
+        let hash = HEXLOWER.encode(&Sha256::digest(wasm));
+        self.store_module(&hash, wasm)?;
+        self.submit(
+            caller,
+            Op::SetConsensusPolicy {
+                module_hash: hash.clone(),
+            },
+        )?;
+        Ok(self.policy_info())
+    }
+
+    /// Replica mode: the consensus-policy changes executed since the last
+    /// call (from height, module hash), for the replica task.
+    pub(crate) fn take_consensus_changes(&self) -> Vec<(u64, String)> {
+        std::mem::take(&mut *self.consensus_changes.lock().expect("consensus lock"))
+    }
+
+    /// Replica mode: the last consensus-policy change in the replicated
+    /// state (from height, module hash).
+    pub(crate) fn consensus_change(&self) -> Option<(u64, String)> {
+        self.consensus_change
+            .lock()
+            .expect("consensus lock")
+            .clone()
+    }
+
+    /// Reads a stored module (a consensus-policy component).
+    pub(crate) fn read_module(&self, hash: &str) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.modules_dir.join(format!("{hash}.wasm")))
+    }
+
     /// Replaces the scheduler policy with the component `wasm` (or the
     /// built-in default for `None`), from the next round's plan on. The
     /// component is checked first; any signed-in user may do this on a
@@ -697,6 +770,7 @@ impl Node {
             scheduler_module_hash: scheduler,
             last_fallback_round: last_fallback.as_ref().map(|(r, _)| *r),
             last_fallback_reason: last_fallback.map(|(_, why)| why),
+            consensus: self.consensus_policy.lock().expect("policy lock").clone(),
         }
     }
 
@@ -820,7 +894,7 @@ impl Node {
     /// install) and waits for the finalized batch that answers it.
     fn submit_replicated(&self, caller: &Principal, op: Op) -> Result<Applied, NodeError> {
         let module = match &op {
-            Op::Install { module_hash, .. } => Some(
+            Op::Install { module_hash, .. } | Op::SetConsensusPolicy { module_hash } => Some(
                 std::fs::read(self.modules_dir.join(format!("{module_hash}.wasm")))
                     .map_err(|e| NodeError::Internal(e.into()))?,
             ),
@@ -868,11 +942,27 @@ impl Node {
         }
         let mut ingress = Vec::new();
         for (id, content) in items {
-            // Undecodable content is skipped on every replica alike.
-            let Some((request, module)) = crate::replica::decode_request(content) else {
+            // Undecodable content, and requests whose signature does not
+            // hold, are skipped on every replica alike.
+            let Some(decoded) = crate::replica::decode_request(content) else {
                 continue;
             };
-            if let (Op::Install { module_hash, .. }, Some(wasm)) = (&request.op, module) {
+            let time = time_nanos.max(last_time + 1);
+            if let Err(reason) = crate::replica::verify_request(id, content, &decoded, time) {
+                tracing::warn!(height, "skipped a request: {reason}");
+                self.replica.refuse(id, reason);
+                continue;
+            }
+            let crate::replica::Decoded {
+                ingress: request,
+                module,
+                ..
+            } = decoded;
+            if let (
+                Op::Install { module_hash, .. } | Op::SetConsensusPolicy { module_hash },
+                Some(wasm),
+            ) = (&request.op, module)
+            {
                 let hash: [u8; 32] = Sha256::digest(&wasm).into();
                 if HEXLOWER.encode(&hash) == *module_hash {
                     self.store_module(module_hash, &wasm)?;
@@ -1430,6 +1520,25 @@ impl Node {
                 let mut canister = controlled(id)?;
                 canister.controllers = controllers.clone();
                 Ok(Applied::Status(self.commit(canister)))
+            }
+            Op::SetConsensusPolicy { module_hash } => {
+                // (Replica mode is checked at submission: a restart replays
+                // this before it turns replica mode on.)
+                if step.caller.is_anonymous() {
+                    return Err(NodeError::BadRequest(
+                        "the anonymous principal cannot change the consensus policy".into(),
+                    ));
+                }
+                let change = (
+                    step.round + crate::replica::CONSENSUS_POLICY_LAG,
+                    module_hash.clone(),
+                );
+                *self.consensus_change.lock().expect("consensus lock") = Some(change.clone());
+                self.consensus_changes
+                    .lock()
+                    .expect("consensus lock")
+                    .push(change);
+                Ok(Applied::Policy)
             }
             Op::SetSchedulerPolicy { module_hash } => {
                 let policy = match module_hash {

@@ -25,6 +25,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cellar_consensus::artifacts::Artifact as ConsensusArtifact;
+use cellar_consensus::byzantine;
+/// A Byzantine behaviour a replica can be told to play (test only).
+pub use cellar_consensus::byzantine::Fault;
 use cellar_consensus::ingress::IngressMessage;
 use cellar_consensus::keys::{NodeSecretKeys, SubnetPublicKeys, deal_subnet};
 use cellar_consensus::{
@@ -38,13 +41,14 @@ use data_encoding::HEXLOWER;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc as tokio_mpsc;
 
-use crate::journal::Ingress;
+use crate::journal::{Ingress, Op};
 use crate::messages::IngressId;
 use crate::node::{Applied, Node, NodeError, NodeOptions};
 
-/// Hands the encoded request to consensus and returns its ingress message id.
+/// Hands the encoded request to consensus (with the expiry in ms a signed
+/// request fixes, else the sink's own) and returns its ingress message id.
 /// It must only enqueue: the answer must not arrive before it returns.
-pub type IngressSink = Box<dyn Fn(Vec<u8>) -> Result<[u8; 32], String> + Send + Sync>;
+pub type IngressSink = Box<dyn Fn(Vec<u8>, Option<u64>) -> Result<[u8; 32], String> + Send + Sync>;
 
 type Waiter = mpsc::Sender<Result<Applied, NodeError>>;
 
@@ -58,26 +62,248 @@ pub(crate) struct ReplicaLink {
     inducted: Mutex<HashMap<IngressId, [u8; 32]>>,
 }
 
-/// What travels in an ingress message's content: the request (whose caller
-/// the receiving replica authenticated), the module of an install, and a
-/// nonce that keeps identical requests distinct.
+/// What travels in an ingress message's content: the request, the module
+/// of an install, the user's signed request as sent (so every replica
+/// checks the signature itself instead of trusting the replica that
+/// received it), and a nonce that keeps identical unsigned requests distinct
+/// (0 for signed ones: their content, hence their message id, is a function
+/// of the signed request, so consensus refuses a replay within its expiry).
 #[derive(Serialize, Deserialize)]
 struct ReplicatedRequest {
     ingress: Ingress,
     module: Option<String>,
     nonce: u64,
+    #[serde(default)]
+    envelope: Option<Envelope>,
+}
+
+/// A user's signed HTTP request as it arrived: what
+/// [`cellar_types::api::signing_payload`] covers, the public key and the
+/// Ed25519 signature (hex, as in the headers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The HTTP method.
+    pub method: String,
+    /// The path and query.
+    pub path: String,
+    /// The body (base64).
+    pub body: String,
+    /// The ingress expiry (ns since the epoch).
+    pub ingress_expiry: Option<u64>,
+    /// The nonce header (hex).
+    pub nonce: Option<String>,
+    /// The public key header (hex).
+    pub public_key: String,
+    /// The signature header (hex).
+    pub signature: String,
+}
+
+thread_local! {
+    static ENVELOPE: std::cell::RefCell<Option<Envelope>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (a request to the node on this thread) with the signed request
+/// it comes from, which replica mode puts into the ingress message.
+pub fn with_envelope<T>(envelope: Option<Envelope>, f: impl FnOnce() -> T) -> T {
+    let old = ENVELOPE.with(|e| e.replace(envelope));
+    let result = f();
+    ENVELOPE.with(|e| e.replace(old));
+    result
 }
 
 static NONCE: AtomicU64 = AtomicU64::new(0);
 
-/// Decodes a payload item into the request and the install's module.
-pub(crate) fn decode_request(content: &[u8]) -> Option<(Ingress, Option<Vec<u8>>)> {
+/// A payload item as every replica sees it.
+pub(crate) struct Decoded {
+    pub(crate) ingress: Ingress,
+    pub(crate) module: Option<Vec<u8>>,
+    envelope: Option<Envelope>,
+    canonical: bool,
+}
+
+/// Decodes a payload item into the request, the install's module and the
+/// signed request.
+pub(crate) fn decode_request(content: &[u8]) -> Option<Decoded> {
     let r: ReplicatedRequest = serde_json::from_slice(content).ok()?;
+    let canonical = serde_json::to_vec(&r).ok().as_deref() == Some(content) && r.nonce == 0;
     let module = match r.module {
         Some(hex) => Some(HEXLOWER.decode(hex.as_bytes()).ok()?),
         None => None,
     };
-    Some((r.ingress, module))
+    Some(Decoded {
+        ingress: r.ingress,
+        module,
+        envelope: r.envelope,
+        canonical,
+    })
+}
+
+/// The consensus expiry (ms) of a signed request's message.
+fn message_expiry_ms(envelope: &Envelope) -> u64 {
+    envelope.ingress_expiry.unwrap_or(0) / 1_000_000
+}
+
+/// Checks, the same way on every replica, that a payload item (message
+/// `id`, executing at `time_nanos`) is what its caller signed: an anonymous
+/// request needs nothing; any other needs its signed request, whose
+/// signature must verify for exactly that caller, whose expiry must not have
+/// passed, which must ask for exactly this operation, and which must be the
+/// one message its signature allows (canonical content, nonce 0, consensus
+/// expiry = the signed expiry), so a replayed copy has the same id.
+pub(crate) fn verify_request(
+    id: &[u8; 32],
+    content: &[u8],
+    d: &Decoded,
+    time_nanos: u64,
+) -> Result<(), String> {
+    let caller = &d.ingress.caller;
+    if *caller == cellar_types::Principal::anonymous() {
+        return Ok(());
+    }
+    let env = d
+        .envelope
+        .as_ref()
+        .ok_or("a request from a non-anonymous caller must carry its signed request")?;
+    let message = IngressMessage {
+        expiry_ms: message_expiry_ms(env),
+        content: content.to_vec(),
+    };
+    if !d.canonical || message.id().0 != *id {
+        return Err("the message is not the one its signature allows".into());
+    }
+    let body = data_encoding::BASE64
+        .decode(env.body.as_bytes())
+        .map_err(|_| "the signed body is not base64")?;
+    let auth = crate::auth::authenticate(
+        &env.method,
+        &env.path,
+        &body,
+        crate::auth::Credentials {
+            public_key: Some(&env.public_key),
+            signature: Some(&env.signature),
+            ingress_expiry: env.ingress_expiry.map(|e| e.to_string()).as_deref(),
+            nonce: env.nonce.as_deref(),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    if auth.caller != *caller {
+        return Err("the signature is not the caller's".into());
+    }
+    match env.ingress_expiry {
+        Some(e) if e >= time_nanos => {}
+        _ => return Err("the request's ingress expiry has passed".into()),
+    }
+    binds(env, &body, caller, &d.ingress.op)
+}
+
+/// Whether the signed request asks for `op` (the same parsing as the HTTP
+/// handlers).
+fn binds(
+    env: &Envelope,
+    body: &[u8],
+    caller: &cellar_types::Principal,
+    op: &Op,
+) -> Result<(), String> {
+    use cellar_types::api::{
+        CallRequest, ControllersRequest, CreateRequest, InstallRequest, SetPolicyRequest,
+        TopUpRequest,
+    };
+    fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+        serde_json::from_slice(body).map_err(|e| format!("the signed body is not valid: {e}"))
+    }
+    let path = env.path.split('?').next().unwrap_or_default();
+    let parts: Vec<&str> = path.trim_start_matches("/api/v1/").split('/').collect();
+    let target = |id: &cellar_types::Principal, action: &str| {
+        parts.len() == 3
+            && parts[0] == "canisters"
+            && parts[1] == id.to_text()
+            && parts[2] == action
+    };
+    let module_hash = |m: &cellar_types::api::ModuleSource| -> Option<(String, Option<String>)> {
+        let (wasm, default_arg) = match m {
+            cellar_types::api::ModuleSource::Example(name) => {
+                let e = cellar_examples::get(name)?;
+                (e.wasm.to_vec(), e.init_arg.map(str::to_string))
+            }
+            cellar_types::api::ModuleSource::Wasm(b) => {
+                (data_encoding::BASE64.decode(b.as_bytes()).ok()?, None)
+            }
+        };
+        let hash: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&wasm).into();
+        Some((HEXLOWER.encode(&hash), default_arg))
+    };
+    let ok = match (env.method.as_str(), op) {
+        ("POST", Op::Call { id, method, args }) => {
+            let r: CallRequest = json(body)?;
+            (target(id, "call") || target(id, "submit")) && r.method == *method && r.args == *args
+        }
+        ("POST", Op::Create { controllers }) => {
+            let r: CreateRequest = json(body)?;
+            // As `Node::create`: no controllers means the caller.
+            let expected = if r.controllers.is_empty() {
+                vec![caller.clone()]
+            } else {
+                r.controllers
+            };
+            path == "/api/v1/canisters" && expected == *controllers
+        }
+        (
+            "POST",
+            Op::Install {
+                id,
+                mode,
+                module_hash: hash,
+                arg,
+            },
+        ) => {
+            if path == "/api/v1/canisters" {
+                let r: CreateRequest = json(body)?;
+                let m = r.module.as_ref().and_then(module_hash);
+                matches!(m, Some((h, default)) if h == *hash
+                    && *mode == cellar_types::api::InstallMode::Install
+                    && *arg == r.arg.clone().or(default.clone()))
+            } else {
+                let r: InstallRequest = json(body)?;
+                let expected_arg = |default: Option<String>| match r.mode {
+                    cellar_types::api::InstallMode::Upgrade => r.arg.clone(),
+                    _ => r.arg.clone().or(default),
+                };
+                target(id, "install")
+                    && r.mode == *mode
+                    && matches!(module_hash(&r.module), Some((h, default))
+                        if h == *hash && *arg == expected_arg(default.clone()))
+            }
+        }
+        ("POST", Op::Stop { id }) => target(id, "stop"),
+        ("POST", Op::Start { id }) => target(id, "start"),
+        ("DELETE", Op::Delete { id }) => {
+            parts.len() == 2 && parts[0] == "canisters" && parts[1] == id.to_text()
+        }
+        ("PUT", Op::SetControllers { id, controllers }) => {
+            let r: ControllersRequest = json(body)?;
+            target(id, "controllers") && r.controllers == *controllers
+        }
+        ("POST", Op::TopUp { id, amount }) => {
+            let r: TopUpRequest = json(body)?;
+            target(id, "top-up") && r.cycles == *amount
+        }
+        ("PUT", Op::SetConsensusPolicy { module_hash }) => {
+            let r: SetPolicyRequest = json(body)?;
+            let wasm = consensus_policy_module(r.module.as_ref())?;
+            path == "/api/v1/policy/consensus"
+                && HEXLOWER.encode(&<sha2::Sha256 as sha2::Digest>::digest(&wasm)) == *module_hash
+        }
+        ("PUT", Op::SetSchedulerPolicy { .. }) => {
+            let _: SetPolicyRequest = json(body)?;
+            path == "/api/v1/policy/scheduler"
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err("the signed request does not ask for this operation".into())
+    }
 }
 
 impl ReplicaLink {
@@ -95,18 +321,26 @@ impl ReplicaLink {
         ingress: &Ingress,
         module: Option<Vec<u8>>,
     ) -> Result<mpsc::Receiver<Result<Applied, NodeError>>, NodeError> {
-        let nonce = now_nanos() ^ (NONCE.fetch_add(1, Ordering::Relaxed) << 40);
+        let envelope = ENVELOPE
+            .with(|e| e.borrow().clone())
+            .filter(|_| ingress.caller != cellar_types::Principal::anonymous());
+        let nonce = match envelope {
+            Some(_) => 0,
+            None => now_nanos() ^ (NONCE.fetch_add(1, Ordering::Relaxed) << 40),
+        };
+        let expiry_ms = envelope.as_ref().map(message_expiry_ms);
         let content = serde_json::to_vec(&ReplicatedRequest {
             ingress: ingress.clone(),
             module: module.map(|m| HEXLOWER.encode(&m)),
             nonce,
+            envelope,
         })
         .map_err(|e| NodeError::Internal(e.into()))?;
         let sink = self.sink.get().expect("replica mode is on");
         let (reply, answer) = mpsc::channel();
         // Hold the lock while submitting so the answer finds the waiter.
         let mut waiters = self.waiters.lock().expect("waiters lock");
-        let id = sink(content).map_err(NodeError::BadRequest)?;
+        let id = sink(content, expiry_ms).map_err(NodeError::BadRequest)?;
         waiters.insert(id, reply);
         Ok(answer)
     }
@@ -118,6 +352,14 @@ impl ReplicaLink {
                 .lock()
                 .expect("inducted lock")
                 .insert(index, *id);
+        }
+    }
+
+    /// Message `id` was skipped (its signature does not hold): answer its
+    /// caller if it is here.
+    pub(crate) fn refuse(&self, id: &[u8; 32], reason: String) {
+        if let Some(reply) = self.waiters.lock().expect("waiters lock").remove(id) {
+            let _ = reply.send(Err(NodeError::Unauthorized(reason)));
         }
     }
 
@@ -154,6 +396,62 @@ pub struct Genesis {
     pub catch_up: CatchUpPackage,
     /// Consensus settings.
     pub consensus: ConsensusConfig,
+    /// The consensus policy every replica runs: `icc` (the default: the
+    /// embedded `icc-consensus` component), `round-robin` (the embedded
+    /// `round-robin-consensus` component) or `native-icc` (the Rust
+    /// `IccPolicy`, no component).
+    #[serde(default)]
+    pub consensus_policy: Option<String>,
+}
+
+/// Heights between the finalized batch that changes the consensus policy
+/// and the height from which every replica runs the new one.
+pub const CONSENSUS_POLICY_LAG: u64 = 20;
+
+/// The component a `PUT /api/v1/policy/consensus` body names: a shipped
+/// policy (`icc`, `round-robin`) or a module (base64).
+pub fn consensus_policy_module(
+    source: Option<&cellar_types::api::ModuleSource>,
+) -> Result<Vec<u8>, String> {
+    use cellar_types::api::ModuleSource;
+    match source {
+        Some(ModuleSource::Example(name)) => match name.as_str() {
+            "icc" => Ok(cellar_examples::ICC_CONSENSUS_POLICY.to_vec()),
+            "round-robin" => Ok(cellar_examples::ROUND_ROBIN_CONSENSUS_POLICY.to_vec()),
+            other => Err(format!(
+                "there is no consensus policy named {other:?}; policies: icc, round-robin"
+            )),
+        },
+        Some(ModuleSource::Wasm(b)) => data_encoding::BASE64
+            .decode(b.as_bytes())
+            .map_err(|e| format!("the module is not valid base64: {e}")),
+        None => Err("name a consensus policy (icc, round-robin) or send a module".into()),
+    }
+}
+
+/// The consensus policy `name` (see [`Genesis::consensus_policy`]), run as
+/// a Wasm component whose every answer `PolicyHost` checks; and its
+/// description for `cellar policy show`.
+pub fn consensus_policy(
+    name: Option<&str>,
+) -> anyhow::Result<(Box<dyn cellar_consensus::ConsensusPolicy>, String)> {
+    let wasm = match name.unwrap_or("icc") {
+        "native-icc" => {
+            return Ok((
+                Box::new(IccPolicy::default()),
+                "icc (native Rust IccPolicy)".into(),
+            ));
+        }
+        "icc" => cellar_examples::ICC_CONSENSUS_POLICY,
+        "round-robin" => cellar_examples::ROUND_ROBIN_CONSENSUS_POLICY,
+        other => anyhow::bail!("unknown consensus policy {other:?} (icc, round-robin, native-icc)"),
+    };
+    let engine = cellar_engine::new_engine()?;
+    let policy = cellar_engine::WasmConsensusPolicy::from_component(&engine, wasm)
+        .map_err(|e| anyhow::anyhow!("the consensus policy component does not load: {e}"))?;
+    let hash = HEXLOWER.encode(&<sha2::Sha256 as sha2::Digest>::digest(wasm));
+    let name = cellar_consensus::ConsensusPolicy::name(&policy).to_string();
+    Ok((Box::new(policy), format!("{name} (component {hash})")))
 }
 
 /// One node's key file (keep it 0600).
@@ -201,6 +499,7 @@ pub fn new_subnet(addresses: &[SocketAddr]) -> anyhow::Result<(Genesis, Vec<Node
         keys: dealing.public,
         catch_up,
         consensus,
+        consensus_policy: None,
     };
     Ok((genesis, key_files))
 }
@@ -218,6 +517,10 @@ pub struct ReplicaConfig {
     pub listen: SocketAddr,
     /// One-way delay added to every message sent (fault and latency tests).
     pub injected_delay: Option<Duration>,
+    /// Test only: make this replica misbehave (`cellar node start
+    /// --byzantine`), to check that the honest ones keep safety and
+    /// liveness.
+    pub byzantine: Option<Fault>,
 }
 
 /// Reads a JSON file.
@@ -254,22 +557,31 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
         start = start.content.height,
         "replica starting"
     );
-    let consensus = ConsensusNode::new(
+    let (policy, policy_info) = consensus_policy(config.genesis.consensus_policy.as_deref())?;
+    tracing::info!(policy = %policy_info, "consensus policy");
+    *node.consensus_policy.lock().expect("policy lock") = Some(policy_info);
+    let mut consensus = ConsensusNode::new(
         config.genesis.consensus.clone(),
         config.genesis.keys.clone(),
         config.key.consensus.clone(),
         start,
-        Box::new(IccPolicy::default()),
+        policy,
     )?;
+    // Policy changes the replicated state holds (checkpoint and journal).
+    let mut changes = node.take_consensus_changes();
+    changes.extend(node.consensus_change());
+    for (from, hash) in changes {
+        switch_policy(&node, &mut consensus, from, &hash);
+    }
     let transport_config = TransportConfig {
         injected_delay: config.injected_delay,
         ..TransportConfig::default()
     };
     let (transport, inbound) = Transport::start(transport_config, keys, membership).await?;
     let (submit_tx, submits) = tokio_mpsc::unbounded_channel::<IngressMessage>();
-    node.set_replica_sink(Box::new(move |content| {
+    node.set_replica_sink(Box::new(move |content, expiry_ms| {
         let msg = IngressMessage {
-            expiry_ms: now_ms() + 4 * 60 * 1000,
+            expiry_ms: expiry_ms.unwrap_or(now_ms() + 4 * 60 * 1000),
             content,
         };
         let id = msg.id().0;
@@ -278,7 +590,17 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
             .map_err(|_| "the replica has stopped".to_string())?;
         Ok(id)
     }));
+    if let Some(fault) = config.byzantine {
+        tracing::warn!(?fault, "this replica is BYZANTINE (test option)");
+    }
     let replica = Replica {
+        byzantine: config.byzantine.map(|fault| Byzantine {
+            fault,
+            secret: config.key.consensus.clone(),
+            rng: cellar_consensus::sim::SimRng::new(now_nanos()),
+            ticks: 0,
+        }),
+        misbehaving: BTreeMap::new(),
         node: node.clone(),
         consensus,
         transport,
@@ -293,6 +615,30 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
     tokio::spawn(replica.run(inbound, submits));
     let max_body = cellar_engine::Limits::default().max_component_bytes * 4 / 3 + (1 << 20);
     crate::serve_listener(node, listener, max_body, false)
+}
+
+/// Schedules the consensus policy `hash` (a stored component) from height
+/// `from` on; a module that does not load keeps the policy in force (alike
+/// on every replica: the module was checked when the request was made).
+fn switch_policy(node: &Node, consensus: &mut ConsensusNode, from: u64, hash: &str) {
+    let loaded = node
+        .read_module(hash)
+        .map_err(|e| e.to_string())
+        .and_then(|wasm| {
+            let engine = cellar_engine::new_engine().map_err(|e| e.to_string())?;
+            cellar_engine::WasmConsensusPolicy::from_component(&engine, &wasm)
+                .map_err(|e| e.to_string())
+        });
+    match loaded {
+        Ok(policy) => {
+            let name = cellar_consensus::ConsensusPolicy::name(&policy).to_string();
+            tracing::info!(from, %name, module = hash, "consensus policy change scheduled");
+            *node.consensus_policy.lock().expect("policy lock") =
+                Some(format!("{name} (component {hash}) from height {from}"));
+            consensus.schedule_policy(from, Box::new(policy));
+        }
+        Err(e) => tracing::error!(from, module = hash, "consensus policy does not load: {e}"),
+    }
 }
 
 struct Replica {
@@ -311,6 +657,18 @@ struct Replica {
     /// Finalized batches above the package, kept until the sync is done.
     deferred: VecDeque<FinalizedBatch>,
     last_sync_request_ms: u64,
+    /// Test only: how this replica misbehaves.
+    byzantine: Option<Byzantine>,
+    /// Invalid artifacts received, by sender (logged as they grow).
+    misbehaving: BTreeMap<u32, u64>,
+}
+
+/// A misbehaving replica's state (test only).
+struct Byzantine {
+    fault: Fault,
+    secret: cellar_consensus::keys::NodeSecretKeys,
+    rng: cellar_consensus::sim::SimRng,
+    ticks: u64,
 }
 
 /// Batches kept for replicas that catch up.
@@ -365,9 +723,15 @@ impl Replica {
                         continue;
                     }
                     match ConsensusArtifact::from_bytes(r.artifact.payload()) {
-                        Ok(a) => self.consensus.on_artifact(r.from, a),
+                        Ok(a) => {
+                            let before = self.consensus.stats().clone();
+                            let actions = self.consensus.on_artifact(r.from, a);
+                            self.note_misbehaviour(r.from, &before);
+                            actions
+                        }
                         Err(e) => {
-                            tracing::warn!(from = r.from, "undecodable artifact: {e}");
+                            tracing::debug!(peer = r.from, "undecodable artifact: {e}");
+                            self.count_misbehaviour(r.from, 1, &format!("undecodable: {e}"));
                             continue;
                         }
                     }
@@ -381,6 +745,7 @@ impl Replica {
                 },
                 _ = tick.tick() => {
                     self.maybe_request_sync();
+                    self.misbehave_on_tick();
                     self.consensus.on_tick(now_ms())
                 }
                 else => break,
@@ -393,12 +758,7 @@ impl Replica {
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             match action {
-                Action::Broadcast(a) => {
-                    let artifact = NetArtifact::new(kind_of(&a), a.to_bytes());
-                    if let Err(e) = self.transport.broadcast(&artifact) {
-                        tracing::warn!("broadcast failed: {e}");
-                    }
-                }
+                Action::Broadcast(a) => self.broadcast(a),
                 Action::Deliver(batch) if self.syncing.is_some() => {
                     self.deferred.push_back(batch);
                 }
@@ -434,6 +794,148 @@ impl Replica {
                 }
                 Action::PolicyError(e) => tracing::warn!("consensus policy error: {e}"),
             }
+        }
+    }
+
+    fn broadcast(&mut self, a: ConsensusArtifact) {
+        if self.byzantine.is_some() {
+            return self.broadcast_byzantine(a);
+        }
+        let artifact = NetArtifact::new(kind_of(&a), a.to_bytes());
+        if let Err(e) = self.transport.broadcast(&artifact) {
+            tracing::warn!("broadcast failed: {e}");
+        }
+    }
+
+    /// Test only: what a Byzantine replica sends instead of `a`.
+    fn broadcast_byzantine(&mut self, a: ConsensusArtifact) {
+        let Some(b) = self.byzantine.as_mut() else {
+            return;
+        };
+        let me = self.transport.own_index();
+        let peers: Vec<u32> = (0..self.transport.membership().len() as u32)
+            .filter(|&i| i != me)
+            .collect();
+        let kind = kind_of(&a);
+        let send = |to: u32, a: &ConsensusArtifact| {
+            let _ = self
+                .transport
+                .send(to, &NetArtifact::new(kind_of(a), a.to_bytes()));
+        };
+        match b.fault {
+            Fault::Equivocate => {
+                let Some(e) = byzantine::equivocate(&b.secret, &a) else {
+                    peers.iter().for_each(|&p| send(p, &a));
+                    return;
+                };
+                let height = a.height().unwrap_or(0);
+                tracing::warn!(height, "byzantine: proposing two blocks");
+                // Even heights: half the peers get each block; odd heights:
+                // everyone gets both (in a different order), so the
+                // equivocation is seen.
+                for (k, &p) in peers.iter().enumerate() {
+                    let (first, second) = if k % 2 == 0 {
+                        (&a, &e.twin)
+                    } else {
+                        (&e.twin, &a)
+                    };
+                    send(p, first);
+                    if height % 2 == 1 {
+                        send(p, second);
+                    }
+                }
+                for share in &e.shares {
+                    peers.iter().for_each(|&p| send(p, share));
+                }
+            }
+            Fault::BadShares => {
+                let a = byzantine::corrupt_share(&b.secret, a);
+                peers.iter().for_each(|&p| send(p, &a));
+            }
+            Fault::Garbage => {
+                let mut bytes = a.to_bytes();
+                if !bytes.is_empty() {
+                    let k = b.rng.below(bytes.len() as u64) as usize;
+                    bytes[k] ^= 1 << b.rng.below(8);
+                }
+                let artifact = NetArtifact::new(kind, bytes);
+                for &p in &peers {
+                    let _ = self.transport.send(p, &artifact);
+                }
+            }
+        }
+    }
+
+    /// Test only: a garbage replica also sends random bytes as artifacts
+    /// every tick, and every second a malformed or oversized frame.
+    fn misbehave_on_tick(&mut self) {
+        let Some(b) = self.byzantine.as_mut() else {
+            return;
+        };
+        if b.fault != Fault::Garbage {
+            return;
+        }
+        b.ticks += 1;
+        let n = self.transport.membership().len() as u64;
+        let me = self.transport.own_index();
+        let to = b.rng.below(n) as u32;
+        if to == me {
+            return;
+        }
+        let len = 1 + b.rng.below(300) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| b.rng.next_u64() as u8).collect();
+        let kind = [
+            ArtifactKind::INGRESS,
+            ArtifactKind::BLOCK,
+            ArtifactKind::SIGNATURE_SHARE,
+        ][b.rng.below(3) as usize];
+        let _ = self.transport.send(to, &NetArtifact::new(kind, bytes));
+        if b.ticks % 50 == 0 {
+            // A frame announcing 64 MiB (over the limit), or a frame with
+            // an unknown tag: either breaks the wire protocol.
+            let frame: Vec<u8> = if b.ticks % 100 == 0 {
+                let mut f = (64u32 << 20).to_be_bytes().to_vec();
+                f.extend_from_slice(&[0xAB; 64]);
+                f
+            } else {
+                let mut f = 8u32.to_be_bytes().to_vec();
+                f.extend_from_slice(&[0xEE; 8]);
+                f
+            };
+            tracing::warn!(to, "byzantine: sending a malformed frame");
+            let _ = self.transport.send_raw_frame(to, frame.into());
+        }
+    }
+
+    /// Logs a peer whose artifact consensus found invalid or equivocating.
+    fn note_misbehaviour(&mut self, from: u32, before: &cellar_consensus::icc::NodeStats) {
+        let after = self.consensus.stats();
+        if after.equivocations > before.equivocations {
+            tracing::warn!(
+                peer = from,
+                round = self.consensus.round(),
+                "a block maker equivocated (two blocks at one height and rank): \
+                 its rank is skipped"
+            );
+        }
+        let invalid = after.invalid.saturating_sub(before.invalid);
+        if invalid > 0 {
+            self.count_misbehaviour(from, invalid, "refused by consensus");
+        }
+    }
+
+    /// Counts invalid messages from `from`; logs at 1, 2, 4, 8, ...
+    fn count_misbehaviour(&mut self, from: u32, more: u64, last: &str) {
+        let count = self.misbehaving.entry(from).or_default();
+        let old = *count;
+        *count += more;
+        if old == 0 || old.ilog2() != count.ilog2() {
+            tracing::warn!(
+                peer = from,
+                invalid = *count,
+                last,
+                "peer sends invalid artifacts (bad signatures or contents); they are dropped"
+            );
         }
     }
 
@@ -509,6 +1011,9 @@ impl Replica {
                         }
                     };
                     self.remember(b);
+                    for (from, hash) in self.node.take_consensus_changes() {
+                        switch_policy(&self.node, &mut self.consensus, from, &hash);
+                    }
                     if self.node.round() == top {
                         self.reported.insert(top, hash);
                         self.check(&target);
@@ -595,6 +1100,9 @@ impl Replica {
                 std::process::exit(4);
             }
         };
+        for (from, hash) in self.node.take_consensus_changes() {
+            switch_policy(&self.node, &mut self.consensus, from, &hash);
+        }
         if ran {
             self.remember(SyncBatch {
                 height,
@@ -627,7 +1135,6 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::Op;
     use cellar_types::Principal;
 
     #[test]
@@ -636,7 +1143,7 @@ mod tests {
         assert!(!link.is_on());
         let sent = Arc::new(Mutex::new(Vec::new()));
         let log = sent.clone();
-        link.turn_on(Box::new(move |content| {
+        link.turn_on(Box::new(move |content, _| {
             let id = Hash32::digest(b"test", &[&content]).0;
             log.lock().unwrap().push((id, content));
             Ok(id)
@@ -652,9 +1159,9 @@ mod tests {
         let twice = link.submit(&ingress, None).unwrap();
         let sent = sent.lock().unwrap().clone();
         assert_ne!(sent[0].0, sent[1].0, "the nonce keeps equal requests apart");
-        let (decoded, module) = decode_request(&sent[0].1).unwrap();
-        assert_eq!(decoded.caller, ingress.caller);
-        assert_eq!(module, Some(vec![1, 2, 3]));
+        let decoded = decode_request(&sent[0].1).unwrap();
+        assert_eq!(decoded.ingress.caller, ingress.caller);
+        assert_eq!(decoded.module, Some(vec![1, 2, 3]));
         assert!(decode_request(b"garbage").is_none());
 
         let at = IngressId { round: 7, index: 0 };
@@ -664,5 +1171,255 @@ mod tests {
         // An answer for a message nobody here waits for goes nowhere.
         link.answer(IngressId { round: 7, index: 1 }, Ok(Applied::Policy));
         assert!(twice.try_recv().is_err());
+    }
+
+    use cellar_types::api::{CallRequest, INGRESS_EXPIRY_SKEW_NANOS, signing_payload};
+    use ed25519_dalek::{Signer, SigningKey};
+
+    const T: u64 = 1_700_000_000_000_000_000;
+
+    /// A request signed by `key` as the agent signs it.
+    fn envelope(key: &SigningKey, path: &str, body: &[u8], expiry: u64) -> Envelope {
+        let nonce = [7u8; 8];
+        let payload = signing_payload("POST", path, expiry, &nonce, body);
+        Envelope {
+            method: "POST".into(),
+            path: path.into(),
+            body: data_encoding::BASE64.encode(body),
+            ingress_expiry: Some(expiry),
+            nonce: Some(HEXLOWER.encode(&nonce)),
+            public_key: HEXLOWER.encode(key.verifying_key().as_bytes()),
+            signature: HEXLOWER.encode(&key.sign(&payload).to_bytes()),
+        }
+    }
+
+    /// The payload item a replica would submit: content and message id.
+    fn item(ingress: Ingress, nonce: u64, envelope: Option<Envelope>) -> ([u8; 32], Vec<u8>) {
+        let expiry_ms = envelope
+            .as_ref()
+            .map(message_expiry_ms)
+            .unwrap_or(T / 1_000_000 + 60_000);
+        let content = serde_json::to_vec(&ReplicatedRequest {
+            ingress,
+            module: None,
+            nonce,
+            envelope,
+        })
+        .unwrap();
+        let id = IngressMessage {
+            expiry_ms,
+            content: content.clone(),
+        }
+        .id()
+        .0;
+        (id, content)
+    }
+
+    fn call(caller: &Principal, canister: &Principal, method: &str) -> Ingress {
+        Ingress {
+            caller: caller.clone(),
+            op: Op::Call {
+                id: canister.clone(),
+                method: method.into(),
+                args: cellar_types::api::Args::Wave(String::new()),
+            },
+        }
+    }
+
+    fn check(item: &([u8; 32], Vec<u8>), time: u64) -> Result<(), String> {
+        verify_request(&item.0, &item.1, &decode_request(&item.1).unwrap(), time)
+    }
+
+    #[test]
+    fn every_replica_checks_the_callers_signature() {
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let other = SigningKey::from_bytes(&[10; 32]);
+        let caller = Principal::self_authenticating(key.verifying_key().as_bytes());
+        let canister = Principal::from_text(&Principal::anonymous().to_text()).unwrap();
+        let path = format!("/api/v1/canisters/{}/call", canister.to_text());
+        let body = serde_json::to_vec(&CallRequest::wave("increment", "")).unwrap();
+        let expiry = T + 60 * 1_000_000_000;
+        let env = envelope(&key, &path, &body, expiry);
+        let good = item(call(&caller, &canister, "increment"), 0, Some(env.clone()));
+        assert_eq!(check(&good, T), Ok(()));
+        // The same signature for another method, or another caller.
+        assert!(
+            check(
+                &item(call(&caller, &canister, "reset"), 0, Some(env.clone())),
+                T
+            )
+            .is_err()
+        );
+        let mallory = Principal::self_authenticating(other.verifying_key().as_bytes());
+        assert!(
+            check(
+                &item(call(&mallory, &canister, "increment"), 0, Some(env.clone())),
+                T
+            )
+            .is_err()
+        );
+        // Signed by another key while naming the caller.
+        let forged = envelope(&other, &path, &body, expiry);
+        assert!(
+            check(
+                &item(call(&caller, &canister, "increment"), 0, Some(forged)),
+                T
+            )
+            .is_err()
+        );
+        // A tampered body.
+        let mut tampered = env.clone();
+        tampered.body =
+            data_encoding::BASE64.encode(b"{\"method\":\"reset\",\"args\":{\"wave\":\"\"}}");
+        assert!(
+            check(
+                &item(call(&caller, &canister, "increment"), 0, Some(tampered)),
+                T
+            )
+            .is_err()
+        );
+        // No signed request at all for a named caller.
+        assert!(check(&item(call(&caller, &canister, "increment"), 5, None), T).is_err());
+        // A replay under another message id (nonce or consensus expiry).
+        assert!(
+            check(
+                &item(call(&caller, &canister, "increment"), 1, Some(env.clone())),
+                T
+            )
+            .is_err()
+        );
+        let mut other_id = good.clone();
+        other_id.0[0] ^= 1;
+        assert!(check(&other_id, T).is_err());
+        // Expired at the block's time.
+        assert!(check(&good, expiry + INGRESS_EXPIRY_SKEW_NANOS).is_err());
+        // Anonymous requests need no signature.
+        let anonymous = item(
+            call(&Principal::anonymous(), &canister, "increment"),
+            5,
+            None,
+        );
+        assert_eq!(check(&anonymous, T), Ok(()));
+    }
+
+    /// Two replicas fed the same finalized batches, one of them carrying a
+    /// forged request: both skip it alike (same state hash), the rest
+    /// executes, and a caller waiting for the forged message gets a reject.
+    #[test]
+    fn forged_ingress_is_skipped_alike_and_its_waiter_rejected() {
+        let counter = cellar_examples::get("counter").expect("the counter example");
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let caller = Principal::self_authenticating(key.verifying_key().as_bytes());
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        let nodes: Vec<Arc<Node>> = dirs
+            .iter()
+            .map(|d| {
+                let node = Arc::new(Node::open(NodeOptions::new(d.path())).unwrap());
+                let log = captured.clone();
+                node.set_replica_sink(Box::new(move |content, expiry_ms| {
+                    let msg = IngressMessage {
+                        expiry_ms: expiry_ms.unwrap_or(T / 1_000_000 + 60_000),
+                        content,
+                    };
+                    log.lock().unwrap().push(msg.clone());
+                    Ok(msg.id().0)
+                }));
+                node
+            })
+            .collect();
+        let anonymous = Principal::anonymous();
+        let create = item(
+            Ingress {
+                caller: anonymous.clone(),
+                op: Op::Create {
+                    controllers: vec![Principal::anonymous()],
+                },
+            },
+            1,
+            None,
+        );
+        for node in &nodes {
+            node.apply_finalized(1, T, std::slice::from_ref(&create))
+                .unwrap();
+        }
+        let canister = nodes[0].list()[0].canister_id.clone();
+        let hash = HEXLOWER.encode(&<sha2::Sha256 as sha2::Digest>::digest(counter.wasm));
+        let content = serde_json::to_vec(&ReplicatedRequest {
+            ingress: Ingress {
+                caller: anonymous.clone(),
+                op: Op::Install {
+                    id: canister.clone(),
+                    mode: cellar_types::api::InstallMode::Install,
+                    module_hash: hash,
+                    arg: counter.init_arg.map(str::to_string),
+                },
+            },
+            module: Some(HEXLOWER.encode(counter.wasm)),
+            nonce: 2,
+            envelope: None,
+        })
+        .unwrap();
+        let install = ([2; 32], content);
+        for node in &nodes {
+            node.apply_finalized(2, T + 1, std::slice::from_ref(&install))
+                .unwrap();
+        }
+
+        // A caller on replica 0 whose request carries a signature of
+        // another key (what a lying replica would have to produce).
+        let path = format!("/api/v1/canisters/{}/call", canister.to_text());
+        let body = serde_json::to_vec(&CallRequest::wave("increment", "")).unwrap();
+        let expiry = T + 60 * 1_000_000_000;
+        let forged = envelope(&SigningKey::from_bytes(&[10; 32]), &path, &body, expiry);
+        let waiting = {
+            let (node, caller, canister) = (nodes[0].clone(), caller.clone(), canister.clone());
+            std::thread::spawn(move || {
+                with_envelope(Some(forged), || {
+                    node.update(
+                        &caller,
+                        &canister,
+                        "increment",
+                        cellar_types::api::Args::Wave(String::new()),
+                    )
+                })
+            })
+        };
+        let forged = loop {
+            if let Some(m) = captured.lock().unwrap().pop() {
+                break m;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let signed = item(
+            call(&caller, &canister, "increment"),
+            0,
+            Some(envelope(&key, &path, &body, expiry)),
+        );
+        let batch = vec![
+            (forged.id().0, forged.content.clone()),
+            signed,
+            item(call(&anonymous, &canister, "increment"), 3, None),
+        ];
+        for node in &nodes {
+            node.apply_finalized(3, T + 2, &batch).unwrap();
+        }
+        let answer = waiting.join().unwrap();
+        assert!(
+            matches!(answer, Err(NodeError::Unauthorized(_))),
+            "the forged request's caller gets a reject: {answer:?}"
+        );
+        for node in &nodes {
+            let got = node
+                .query(
+                    &anonymous,
+                    &canister,
+                    "get",
+                    cellar_types::api::Args::Wave(String::new()),
+                )
+                .unwrap();
+            assert_eq!(format!("{:?}", got.result), "Ok([U64(2)])");
+        }
+        assert_eq!(nodes[0].state_hash(), nodes[1].state_hash());
     }
 }

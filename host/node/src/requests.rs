@@ -226,6 +226,8 @@ pub struct Job {
     pub request_id: String,
     /// The id and expiry to journal with it (see [`Node::tagged`]).
     pub tag: Option<crate::RequestTag>,
+    /// The signed request as sent (replica mode checks it everywhere).
+    pub envelope: Option<crate::replica::Envelope>,
     /// The sender.
     pub caller: Principal,
     /// The canister.
@@ -318,12 +320,14 @@ fn run_job(node: &Node, requests: &Requests, metrics: &Metrics, job: Job) {
     requests.set(&job.request_id, RequestState::Processing, None);
     let started = Instant::now();
     let result = Node::tagged(job.tag.clone(), || {
-        node.update(
-            &job.caller,
-            &job.canister,
-            &job.request.method,
-            job.request.args.clone(),
-        )
+        crate::replica::with_envelope(job.envelope.clone(), || {
+            node.update(
+                &job.caller,
+                &job.canister,
+                &job.request.method,
+                job.request.args.clone(),
+            )
+        })
     });
     let result = result.map(|outcome| {
         metrics.record_call(

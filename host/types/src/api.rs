@@ -344,6 +344,10 @@ pub struct PolicyInfo {
     pub last_fallback_round: Option<u64>,
     /// Why it failed.
     pub last_fallback_reason: Option<String>,
+    /// On a replica of a subnet: the consensus policy in force (its name
+    /// and, for a component, the SHA-256 of its module).
+    #[serde(default)]
+    pub consensus: Option<String>,
 }
 
 /// Body of `PUT /api/v1/policy/scheduler`: a policy component, or none to
