@@ -93,6 +93,16 @@ pub struct Loaded {
     pub consensus_policy: Option<(u64, String)>,
 }
 
+/// The policies in force, as a checkpoint records them.
+#[derive(Clone, Copy, Default)]
+pub struct Policies<'a> {
+    /// Module hash of the scheduler policy (none: the built-in).
+    pub scheduler: Option<&'a str>,
+    /// Replica mode: the last consensus-policy change (from height, module
+    /// hash).
+    pub consensus: Option<&'a (u64, String)>,
+}
+
 /// What a checkpoint wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CheckpointStats {
@@ -178,10 +188,13 @@ impl Checkpointer {
         time_nanos: u64,
         next_index: u64,
         canisters: &BTreeMap<Principal, Canister>,
-        scheduler_policy: Option<&str>,
+        policies: Policies<'_>,
         requests: &[RequestTag],
-        consensus_policy: Option<&(u64, String)>,
     ) -> anyhow::Result<CheckpointStats> {
+        let Policies {
+            scheduler: scheduler_policy,
+            consensus: consensus_policy,
+        } = policies;
         let started = Instant::now();
         let mut batch = self.db.batch();
         let mut stats = CheckpointStats::default();

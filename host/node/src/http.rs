@@ -521,9 +521,12 @@ async fn set_consensus_policy(
     let wasm =
         crate::replica::consensus_policy_module(request.module.as_ref()).map_err(bad_request)?;
     let caller = signed.caller;
-    let info = management(&api, signed.tag.clone(), signed.envelope.clone(), move |node| {
-        node.set_consensus_policy(&caller, &wasm)
-    })
+    let info = management(
+        &api,
+        signed.tag.clone(),
+        signed.envelope.clone(),
+        move |node| node.set_consensus_policy(&caller, &wasm),
+    )
     .await?;
     Ok(Json(info))
 }

@@ -577,21 +577,19 @@ impl Node {
             .map(|(id, expiry)| RequestTag { id, expiry })
             .collect();
         let registry = self.registry.read().expect("registry lock");
+        let scheduler = self.scheduler_policy.read().expect("policy lock");
+        let consensus = self.consensus_change.lock().expect("consensus lock");
+        let policies = crate::checkpoint::Policies {
+            scheduler: scheduler.as_ref().map(|(hash, _)| hash.as_str()),
+            consensus: consensus.as_ref(),
+        };
         let stats = self.checkpointer.lock().expect("checkpointer lock").write(
             registry.round,
             registry.time_nanos,
             registry.next_index,
             &registry.canisters,
-            self.scheduler_policy
-                .read()
-                .expect("policy lock")
-                .as_ref()
-                .map(|(hash, _)| hash.as_str()),
+            policies,
             &requests,
-            self.consensus_change
-                .lock()
-                .expect("consensus lock")
-                .as_ref(),
         )?;
         tracing::debug!(round = registry.round, ?stats, "checkpoint written");
         *self.last_checkpoint.lock().expect("stats lock") = stats;

@@ -1217,6 +1217,7 @@ mod tests {
 
     fn call(caller: &Principal, canister: &Principal, method: &str) -> Ingress {
         Ingress {
+            request: None,
             caller: caller.clone(),
             op: Op::Call {
                 id: canister.clone(),
@@ -1331,6 +1332,7 @@ mod tests {
         let anonymous = Principal::anonymous();
         let create = item(
             Ingress {
+                request: None,
                 caller: anonymous.clone(),
                 op: Op::Create {
                     controllers: vec![Principal::anonymous()],
@@ -1347,6 +1349,7 @@ mod tests {
         let hash = HEXLOWER.encode(&<sha2::Sha256 as sha2::Digest>::digest(counter.wasm));
         let content = serde_json::to_vec(&ReplicatedRequest {
             ingress: Ingress {
+                request: None,
                 caller: anonymous.clone(),
                 op: Op::Install {
                     id: canister.clone(),
