@@ -283,8 +283,11 @@ pub mod stable {
 
 // ---------------------------------------------------------------- log
 
-/// The canister's log, readable by its controllers (`cellar logs`). Text
-/// written to stdout/stderr (for example with `println!`) lands there too.
+/// The canister's log, readable by its controllers (`cellar logs`). Log
+/// with these functions and macros, not with `println!`: the standard
+/// library caches its WASI stdout handle in the canister's persisted
+/// memory, and that handle is gone in the next message's instance, so a
+/// second `println!` traps (the reject says so).
 ///
 /// The macros [`debug!`](crate::debug), [`info!`](crate::info),
 /// [`warn!`](crate::warn) and [`error!`](crate::error) take `format!`
