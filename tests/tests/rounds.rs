@@ -30,11 +30,7 @@ fn call(node: &Node, id: &Principal, method: &str, args: &str) -> Result<String,
     } else {
         alice()
     };
-    match node
-        .update(&caller, id, method, wave(args))
-        .unwrap()
-        .result
-    {
+    match node.update(&caller, id, method, wave(args)).unwrap().result {
         Ok(values) => Ok(cellar_engine::results_to_wave(&values).unwrap()),
         Err(reject) => Err(reject.to_string()),
     }
@@ -736,8 +732,14 @@ fn a_restart_keeps_paused_executions_so_replicas_agree() {
         let relay = a.run(|n| n.create(&Principal::anonymous(), vec![]).unwrap());
         let e = cellar_examples::get("relay").unwrap();
         a.run(|n| {
-            n.install(&Principal::anonymous(), &relay, InstallMode::Install, e.wasm, None)
-                .unwrap()
+            n.install(
+                &Principal::anonymous(),
+                &relay,
+                InstallMode::Install,
+                e.wasm,
+                None,
+            )
+            .unwrap()
         });
         let mut values = Vec::new();
         for _ in 0..messages {
@@ -792,8 +794,14 @@ fn deleting_or_stopping_a_canister_answers_everything_queued_for_it() {
         let id = subnet.run(|n| n.create(&Principal::anonymous(), vec![]).unwrap());
         let e = cellar_examples::get("relay").unwrap();
         subnet.run(|n| {
-            n.install(&Principal::anonymous(), &id, InstallMode::Install, e.wasm, None)
-                .unwrap()
+            n.install(
+                &Principal::anonymous(),
+                &id,
+                InstallMode::Install,
+                e.wasm,
+                None,
+            )
+            .unwrap()
         });
         id
     };
@@ -831,8 +839,14 @@ fn deleting_or_stopping_a_canister_answers_everything_queued_for_it() {
         finalize(node, batches, vec![i1, i2, i3, i4, i5]);
         assert_eq!(node.paused_executions(), 2);
         // Height 2: delete one, stop the other.
-        let (deleted, i6) = submit!(node.delete(&Principal::anonymous(), doomed).map_err(|e| e.to_string()));
-        let (stop, i7) = submit!(node.stop(&Principal::anonymous(), stopped).map_err(|e| e.to_string()));
+        let (deleted, i6) = submit!(
+            node.delete(&Principal::anonymous(), doomed)
+                .map_err(|e| e.to_string())
+        );
+        let (stop, i7) = submit!(
+            node.stop(&Principal::anonymous(), stopped)
+                .map_err(|e| e.to_string())
+        );
         finalize(node, batches, vec![i6, i7]);
         while node.paused_executions() > 0 || node.queued_messages() > 0 {
             finalize(node, batches, Vec::new());
