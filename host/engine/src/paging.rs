@@ -41,6 +41,16 @@ pub fn page_from_slice(bytes: &[u8]) -> Arc<Page> {
     }
 }
 
+/// A page's entry in a page map: none for an all-zero page (the map's
+/// default), else a copy of `bytes` (see [`page_from_slice`]).
+pub fn page_content(bytes: &[u8]) -> Option<Arc<Page>> {
+    if bytes.iter().all(|b| *b == 0) {
+        None
+    } else {
+        Some(page_from_slice(bytes))
+    }
+}
+
 enum Children {
     Inner([Option<Arc<Node>>; FANOUT]),
     Leaf([Option<Arc<Page>>; FANOUT]),

@@ -407,11 +407,7 @@ impl TrackedMemory {
             let bytes = unsafe {
                 std::slice::from_raw_parts((self.base + page * PAGE_SIZE) as *const u8, PAGE_SIZE)
             };
-            let content = if bytes.iter().all(|b| *b == 0) {
-                None
-            } else {
-                Some(crate::paging::page_from_slice(bytes))
-            };
+            let content = crate::paging::page_content(bytes);
             (page as u64, content)
         });
         self.committed.with_updates(updates)
@@ -435,11 +431,7 @@ unsafe fn compare_all(base: usize, size: usize, committed: &PageMap) -> (PageMap
             if chunk == old {
                 return None;
             }
-            let content = if chunk.iter().all(|b| *b == 0) {
-                None
-            } else {
-                Some(crate::paging::page_from_slice(chunk))
-            };
+            let content = crate::paging::page_content(chunk);
             Some((i as u64, content))
         })
         .collect();

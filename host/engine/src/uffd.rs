@@ -778,11 +778,7 @@ impl UffdMemory {
             let bytes = unsafe {
                 std::slice::from_raw_parts((self.base + page * PAGE_SIZE) as *const u8, PAGE_SIZE)
             };
-            let content = if bytes.iter().all(|b| *b == 0) {
-                None
-            } else {
-                Some(crate::paging::page_from_slice(bytes))
-            };
+            let content = crate::paging::page_content(bytes);
             (page as u64, content)
         });
         self.committed.with_updates(updates)

@@ -1076,6 +1076,22 @@ impl Node {
         Ok(())
     }
 
+    /// Refuses early a request to a canister that does not exist (on a
+    /// replica the round decides: see `check_controller`).
+    fn check_exists(&self, id: &Principal) -> Result<(), NodeError> {
+        if self.replica.is_on()
+            || self
+                .registry
+                .read()
+                .expect("registry lock")
+                .canisters
+                .contains_key(id)
+        {
+            return Ok(());
+        }
+        Err(NodeError::NotFound(id.to_text()))
+    }
+
     /// Creates an empty canister controlled by `controllers` (or the caller).
     pub fn create(
         &self,
@@ -1126,18 +1142,8 @@ impl Node {
         method: &str,
         args: Args,
     ) -> Result<CallOutcome, NodeError> {
-        // Unknown canisters are request errors; they never reach the journal
-        // (on a replica the round decides: see `check_controller`).
-        if !self.replica.is_on()
-            && !self
-                .registry
-                .read()
-                .expect("registry lock")
-                .canisters
-                .contains_key(id)
-        {
-            return Err(NodeError::NotFound(id.to_text()));
-        }
+        // Unknown canisters are request errors; they never reach the journal.
+        self.check_exists(id)?;
         let op = Op::Call {
             id: id.clone(),
             method: method.to_string(),
@@ -1264,9 +1270,7 @@ impl Node {
         id: &Principal,
         amount: u64,
     ) -> Result<CanisterStatus, NodeError> {
-        if !self.replica.is_on() {
-            self.status(id)?;
-        }
+        self.check_exists(id)?;
         self.status_op(
             caller,
             Op::TopUp {
