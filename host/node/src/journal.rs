@@ -186,11 +186,6 @@ impl Journal {
         })
     }
 
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Appends a record durably.
     ///
     /// When this fails the record counts as not written, and its bytes are

@@ -11,6 +11,7 @@ mod auth;
 mod canister;
 pub mod certify;
 mod checkpoint;
+mod checkpoint_writer;
 pub mod composite;
 mod cycles;
 mod dashboard;

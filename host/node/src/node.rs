@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 
 use crate::canister::Canister;
 use crate::checkpoint::{CheckpointStats, Checkpointer};
+use crate::checkpoint_writer::{CheckpointWriter, Snapshot};
 use crate::journal::{Durability, Ingress, Journal, Op, Record, RequestTag, read_records};
 use crate::messages::IngressId;
 use crate::state_hash;
@@ -242,8 +243,7 @@ pub struct Node {
     pending: Mutex<Vec<Pending>>,
     /// Requests inducted into a round and not answered yet.
     waiters: Mutex<BTreeMap<IngressId, mpsc::Sender<Result<Applied, NodeError>>>>,
-    checkpointer: Mutex<Checkpointer>,
-    last_checkpoint: Mutex<CheckpointStats>,
+    checkpoints: CheckpointWriter,
     fresh: bool,
     /// Replica mode (see `replica.rs`): where requests go instead of the
     /// local pool, and who waits for which ingress message id.
@@ -270,6 +270,20 @@ fn now_nanos() -> u64 {
 
 fn journal_path(state_dir: &Path, first_round: u64) -> PathBuf {
     state_dir.join(format!("journal-{first_round:012}.log"))
+}
+
+/// The journal files in `state_dir`, oldest first.
+fn journal_files(state_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut journals: Vec<PathBuf> = std::fs::read_dir(state_dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("journal-") && n.ends_with(".log"))
+        })
+        .collect();
+    journals.sort();
+    Ok(journals)
 }
 
 /// The seed of a message's random tape: a function of the round, the
@@ -370,14 +384,17 @@ impl Node {
             Some(&options.data_dir.join("compiled")),
             options.limits.max_component_bytes,
         )?;
-        let checkpointer = Checkpointer::open(&state_dir.join("pages"))?;
+        let checkpoints = CheckpointWriter::new(
+            Checkpointer::open(&state_dir.join("pages"))?,
+            &state_dir,
+            options.durability,
+        );
         let mut node = Node {
             options,
             cache,
             modules_dir,
             state_dir,
-            checkpointer: Mutex::new(checkpointer),
-            last_checkpoint: Mutex::new(CheckpointStats::default()),
+            checkpoints,
             writer: Mutex::new(None),
             registry: RwLock::new(Registry {
                 canisters: BTreeMap::new(),
@@ -411,11 +428,7 @@ impl Node {
     }
 
     fn recover(&mut self) -> anyhow::Result<()> {
-        let loaded = self
-            .checkpointer
-            .lock()
-            .expect("checkpointer lock")
-            .load()?;
+        let loaded = self.checkpoints.load()?;
         if let Some(loaded) = loaded {
             self.fresh = false;
             let mut registry = self.registry.write().expect("registry lock");
@@ -441,15 +454,7 @@ impl Node {
                 registry.reindex(&id);
             }
         }
-        let mut journals: Vec<PathBuf> = std::fs::read_dir(&self.state_dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("journal-") && n.ends_with(".log"))
-            })
-            .collect();
-        journals.sort();
+        let journals = journal_files(&self.state_dir)?;
         // Checkpoints happen at rounds that are multiples of the interval,
         // on every replica alike (they abort paused executions, which
         // changes what the next rounds do). Replay does what the live node
@@ -492,7 +497,8 @@ impl Node {
                 replayed += 1;
                 if record.round.is_multiple_of(interval) {
                     self.abort_paused(None);
-                    self.write_checkpoint()?;
+                    self.checkpoints.start(self.checkpoint_snapshot(Vec::new()));
+                    self.checkpoints.wait()?;
                     checkpointed = Some(record.round);
                     tail.clear();
                 } else if checkpointed.is_some() {
@@ -570,7 +576,9 @@ impl Node {
         f()
     }
 
-    fn write_checkpoint(&self) -> anyhow::Result<()> {
+    /// The replicated state now, for a checkpoint that covers
+    /// `covered_journals`.
+    fn checkpoint_snapshot(&self, covered_journals: Vec<PathBuf>) -> Snapshot {
         let requests: Vec<RequestTag> = self
             .journaled_requests(now_nanos())
             .into_iter()
@@ -579,21 +587,16 @@ impl Node {
         let registry = self.registry.read().expect("registry lock");
         let scheduler = self.scheduler_policy.read().expect("policy lock");
         let consensus = self.consensus_change.lock().expect("consensus lock");
-        let policies = crate::checkpoint::Policies {
-            scheduler: scheduler.as_ref().map(|(hash, _)| hash.as_str()),
-            consensus: consensus.as_ref(),
-        };
-        let stats = self.checkpointer.lock().expect("checkpointer lock").write(
-            registry.round,
-            registry.time_nanos,
-            registry.next_index,
-            &registry.canisters,
-            policies,
-            &requests,
-        )?;
-        tracing::debug!(round = registry.round, ?stats, "checkpoint written");
-        *self.last_checkpoint.lock().expect("stats lock") = stats;
-        Ok(())
+        Snapshot {
+            round: registry.round,
+            time_nanos: registry.time_nanos,
+            next_index: registry.next_index,
+            canisters: registry.canisters.clone(),
+            scheduler_policy: scheduler.as_ref().map(|(hash, _)| hash.clone()),
+            consensus_policy: consensus.clone(),
+            requests,
+            covered_journals,
+        }
     }
 
     /// Whether the node checkpoints after `round`: at multiples of the
@@ -616,28 +619,47 @@ impl Node {
         Ok(true)
     }
 
-    /// What the last checkpoint wrote.
+    /// What the last durable checkpoint wrote.
     pub fn last_checkpoint(&self) -> CheckpointStats {
-        *self.last_checkpoint.lock().expect("stats lock")
+        self.checkpoints.last()
     }
 
-    /// Writes a checkpoint now and starts a new journal.
+    /// Writes a checkpoint now and starts a new journal; returns once the
+    /// checkpoint is durable.
     pub fn checkpoint(&self) -> anyhow::Result<()> {
+        self.start_checkpoint()?;
+        self.wait_for_checkpoint().map(drop)
+    }
+
+    /// Starts a checkpoint now, as a checkpoint round does: the state is
+    /// snapshotted and a new journal started at once, and the checkpoint is
+    /// written in the background ([`Node::wait_for_checkpoint`]).
+    pub fn start_checkpoint(&self) -> anyhow::Result<()> {
         let mut writer = self.writer.lock().expect("writer lock");
         self.checkpoint_locked(&mut writer)
     }
 
+    /// Waits until the checkpoint being written, if any, is durable, and
+    /// returns what it wrote.
+    pub fn wait_for_checkpoint(&self) -> anyhow::Result<CheckpointStats> {
+        self.checkpoints.wait()
+    }
+
+    /// Aborts paused executions, snapshots the state for a checkpoint
+    /// written in the background and starts the next journal; the journals
+    /// before it are deleted once the checkpoint is durable.
     fn checkpoint_locked(&self, writer: &mut Option<Writer>) -> anyhow::Result<()> {
         self.abort_paused(None);
-        self.write_checkpoint()?;
         let round = self.registry.read().expect("registry lock").round;
         let new_path = journal_path(&self.state_dir, round + 1);
+        let covered = journal_files(&self.state_dir)?
+            .into_iter()
+            .filter(|path| *path != new_path)
+            .collect();
+        let snapshot = self.checkpoint_snapshot(covered);
         let journal = Journal::open(&new_path, self.options.durability)?;
-        if let Some(old) = writer.replace(Writer { journal })
-            && old.journal.path() != new_path
-        {
-            std::fs::remove_file(old.journal.path())?;
-        }
+        *writer = Some(Writer { journal });
+        self.checkpoints.start(snapshot);
         Ok(())
     }
 

@@ -1,0 +1,159 @@
+//! Checkpoints off the round's path.
+//!
+//! A round that checkpoints only takes a snapshot of the replicated state
+//! (cheap: page maps and stable memory are persistent trees behind `Arc`s)
+//! and hands it to a background thread, which diffs it against the previous
+//! checkpoint, writes the batch and syncs it. The journal files the
+//! snapshot covers are deleted only once it is durable, so a crash while a
+//! checkpoint is being written loses nothing: the node restarts from the
+//! previous checkpoint and replays every journal still there. One
+//! checkpoint is written at a time: starting the next one waits for the
+//! one in flight.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use cellar_types::Principal;
+
+use crate::canister::Canister;
+use crate::checkpoint::{CheckpointStats, Checkpointer, Loaded, Policies};
+use crate::journal::{Durability, RequestTag};
+
+/// The replicated state at a round boundary, as a checkpoint writes it.
+pub(crate) struct Snapshot {
+    /// Last round included.
+    pub round: u64,
+    /// That round's time.
+    pub time_nanos: u64,
+    /// Next canister index.
+    pub next_index: u64,
+    /// Every canister, as committed after the round.
+    pub canisters: BTreeMap<Principal, Canister>,
+    /// Module hash of the scheduler policy in force (none: the built-in).
+    pub scheduler_policy: Option<String>,
+    /// Replica mode: the last consensus-policy change (from height, module
+    /// hash).
+    pub consensus_policy: Option<(u64, String)>,
+    /// Signed requests journaled and unexpired.
+    pub requests: Vec<RequestTag>,
+    /// Journal files holding only rounds the snapshot includes: deleted
+    /// once the checkpoint is durable.
+    pub covered_journals: Vec<PathBuf>,
+}
+
+type Job = JoinHandle<anyhow::Result<CheckpointStats>>;
+
+/// Writes checkpoints on a background thread, one at a time.
+pub(crate) struct CheckpointWriter {
+    checkpointer: Arc<Mutex<Checkpointer>>,
+    in_flight: Mutex<Option<Job>>,
+    last: Arc<Mutex<CheckpointStats>>,
+    state_dir: PathBuf,
+    durability: Durability,
+}
+
+impl CheckpointWriter {
+    /// A writer into `checkpointer`, whose journals live in `state_dir`.
+    pub fn new(checkpointer: Checkpointer, state_dir: &Path, durability: Durability) -> Self {
+        CheckpointWriter {
+            checkpointer: Arc::new(Mutex::new(checkpointer)),
+            in_flight: Mutex::new(None),
+            last: Arc::new(Mutex::new(CheckpointStats::default())),
+            state_dir: state_dir.to_path_buf(),
+            durability,
+        }
+    }
+
+    /// Loads the last durable checkpoint (see [`Checkpointer::load`]).
+    pub fn load(&self) -> anyhow::Result<Option<Loaded>> {
+        self.wait()?;
+        self.checkpointer.lock().expect("checkpointer lock").load()
+    }
+
+    /// Starts writing `snapshot` once the checkpoint in flight, if any, is
+    /// written. A failure of that earlier one is logged: its journals are
+    /// still there, and this checkpoint writes everything that changed
+    /// since the last one that succeeded.
+    pub fn start(&self, snapshot: Snapshot) {
+        let mut in_flight = self.in_flight.lock().expect("checkpoint lock");
+        if let Some(job) = in_flight.take() {
+            log_failure(join(job));
+        }
+        let checkpointer = Arc::clone(&self.checkpointer);
+        let last = Arc::clone(&self.last);
+        let state_dir = self.state_dir.clone();
+        let durability = self.durability;
+        let job = std::thread::Builder::new()
+            .name("cellar-checkpoint".into())
+            .spawn(move || {
+                let stats = write(&checkpointer, &snapshot)?;
+                for path in &snapshot.covered_journals {
+                    match std::fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if durability == Durability::Sync && !snapshot.covered_journals.is_empty() {
+                    std::fs::File::open(&state_dir)?.sync_all()?;
+                }
+                *last.lock().expect("stats lock") = stats;
+                tracing::debug!(round = snapshot.round, ?stats, "checkpoint written");
+                Ok(stats)
+            })
+            .expect("spawning the checkpoint thread");
+        *in_flight = Some(job);
+    }
+
+    /// Waits until the checkpoint in flight, if any, is durable; returns
+    /// what it wrote (the last one's figures when none was in flight).
+    pub fn wait(&self) -> anyhow::Result<CheckpointStats> {
+        let job = self.in_flight.lock().expect("checkpoint lock").take();
+        match job {
+            Some(job) => join(job),
+            None => Ok(self.last()),
+        }
+    }
+
+    /// What the last durable checkpoint wrote, and how long it took.
+    pub fn last(&self) -> CheckpointStats {
+        *self.last.lock().expect("stats lock")
+    }
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        if let Some(job) = self.in_flight.get_mut().expect("checkpoint lock").take() {
+            log_failure(join(job));
+        }
+    }
+}
+
+fn write(checkpointer: &Mutex<Checkpointer>, s: &Snapshot) -> anyhow::Result<CheckpointStats> {
+    checkpointer.lock().expect("checkpointer lock").write(
+        s.round,
+        s.time_nanos,
+        s.next_index,
+        &s.canisters,
+        Policies {
+            scheduler: s.scheduler_policy.as_deref(),
+            consensus: s.consensus_policy.as_ref(),
+        },
+        &s.requests,
+    )
+}
+
+fn join(job: Job) -> anyhow::Result<CheckpointStats> {
+    job.join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the checkpoint thread panicked")))
+}
+
+fn log_failure(result: anyhow::Result<CheckpointStats>) {
+    if let Err(e) = result {
+        tracing::error!(
+            "writing a checkpoint failed (its journals are kept, nothing is lost): {e:#}"
+        );
+    }
+}
