@@ -152,12 +152,15 @@ fn storage(e: fjall::Error) -> anyhow::Error {
 impl Checkpointer {
     /// Opens (creating) the page store in `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
-        // The checkpoint's synchronous cost is writing its batch to fjall's
-        // journal and syncing it. Heap pages are mostly zeros and small
-        // integers: LZ4 in the journal shrinks that write several times
-        // (and costs little on pages that do not compress).
+        // No journal compression: fjall seals its journal file only past
+        // 64 MB on disk, and the file in use is replayed in full at every
+        // open. Compressed, the checkpoint of a mostly-zero 1 GiB heap
+        // stays in one 20 MB file that decompresses to 1 GiB at each
+        // restart (measured: opening took 1.7-2.9 s, 60-160 ms without).
+        // Checkpoints are written in the background, so the larger write
+        // does not hold up rounds.
         let db = Database::builder(dir)
-            .journal_compression(fjall::CompressionType::Lz4)
+            .journal_compression(fjall::CompressionType::None)
             .open()
             .map_err(storage)?;
         // Pages are 4 KiB values that rarely compress well enough to pay
@@ -247,6 +250,16 @@ impl Checkpointer {
         batch.insert(&self.meta, META_KEY, serde_json::to_vec(&meta)?);
         batch.commit().map_err(storage)?;
         self.db.persist(PersistMode::SyncAll).map_err(storage)?;
+        // Flush what the batch wrote into tables, so that fjall's journal
+        // can be deleted: fjall deletes a journal file only once every
+        // keyspace written in it has flushed past it, and replays the
+        // rest into memtables at every open. `meta` gets one small value
+        // per checkpoint and would otherwise never fill a memtable, so
+        // every page ever checkpointed would be replayed at restart.
+        // (This runs on the checkpoint thread, not in a round.)
+        for keyspace in [&self.pages, &self.stable, &self.meta] {
+            keyspace.rotate_memtable_and_wait().map_err(storage)?;
+        }
         self.last = canisters
             .iter()
             .map(|(id, c)| (id.clone(), c.state.clone()))
