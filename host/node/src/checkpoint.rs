@@ -277,23 +277,19 @@ impl Checkpointer {
         let mut canisters = Vec::new();
         for m in meta.canisters {
             let prefix = canister_prefix(&m.id);
-            let mut pages: Vec<Vec<(u64, Option<Arc<Page>>)>> =
-                vec![Vec::new(); m.memory_sizes.len()];
-            for entry in self.pages.prefix(&prefix) {
-                let (key, value) = entry.into_inner().map_err(storage)?;
-                let rest = &key[prefix.len()..];
-                anyhow::ensure!(
-                    rest.len() == 12 && value.len() == PAGE_SIZE,
-                    "malformed page entry"
-                );
-                let memory = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-                let index = u64::from_be_bytes(rest[4..].try_into().expect("8 bytes"));
-
-                pages
-                    .get_mut(memory)
-                    .ok_or_else(|| anyhow::anyhow!("page of an unknown memory {memory}"))?
-                    .push((index, Some(page_from_slice(&value))));
+            let mut pages = Vec::with_capacity(m.memory_sizes.len());
+            for (memory, size) in m.memory_sizes.iter().enumerate() {
+                pages.push(self.load_pages(&prefix, memory as u32, *size)?);
             }
+            anyhow::ensure!(
+                self.pages
+                    .range(page_key(&prefix, m.memory_sizes.len() as u32, 0)..)
+                    .next()
+                    .map(|e| e.key().map_err(storage))
+                    .transpose()?
+                    .is_none_or(|key| !key.starts_with(&prefix)),
+                "a page of an unknown memory in the page store"
+            );
             let memories = m
                 .memory_sizes
                 .iter()
@@ -357,6 +353,71 @@ impl Checkpointer {
             requests: meta.requests,
             consensus_policy: meta.consensus_policy,
         }))
+    }
+}
+
+/// Threads that read a memory's pages at restart.
+const LOAD_THREADS: u64 = 2;
+
+impl Checkpointer {
+    /// The stored pages of one memory of `size` bytes, in index order,
+    /// read by [`LOAD_THREADS`] threads over disjoint index ranges.
+    fn load_pages(
+        &self,
+        prefix: &[u8],
+        memory: u32,
+        size: u64,
+    ) -> anyhow::Result<Vec<(u64, Option<Arc<Page>>)>> {
+        let end = size.div_ceil(PAGE_SIZE as u64).max(1);
+        let share = end.div_ceil(LOAD_THREADS);
+        let read = |from: u64, to: u64| -> anyhow::Result<Vec<(u64, Option<Arc<Page>>)>> {
+            let mut pages = Vec::new();
+            for entry in self
+                .pages
+                .range(page_key(prefix, memory, from)..page_key(prefix, memory, to))
+            {
+                let (key, value) = entry.into_inner().map_err(storage)?;
+                let rest = &key[prefix.len()..];
+                anyhow::ensure!(
+                    rest.len() == 12 && value.len() == PAGE_SIZE,
+                    "malformed page entry"
+                );
+                let index = u64::from_be_bytes(rest[4..].try_into().expect("8 bytes"));
+                pages.push((index, Some(page_from_slice(&value))));
+            }
+            Ok(pages)
+        };
+        // The last range reaches past the size: pages beyond it are
+        // stored only if the store is damaged, and then they load (and
+        // fail where the memory is used) rather than vanish silently.
+        let ranges: Vec<(u64, u64)> = (0..LOAD_THREADS)
+            .map(|i| {
+                let to = if i + 1 == LOAD_THREADS {
+                    u64::MAX
+                } else {
+                    (i + 1) * share
+                };
+                (i * share, to)
+            })
+            .collect();
+        let parts: Vec<anyhow::Result<Vec<_>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ranges
+                .iter()
+                .map(|&(from, to)| scope.spawn(move || read(from, to)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a loader panicked")))
+                })
+                .collect()
+        });
+        let mut pages = Vec::new();
+        for part in parts {
+            pages.extend(part?);
+        }
+        Ok(pages)
     }
 }
 
