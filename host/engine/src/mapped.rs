@@ -400,6 +400,8 @@ impl Lending {
                             return Err(e);
                         }
                     };
+                    // Populated now, once: later messages find every page.
+                    uffd.populate();
                     let kept = Kept {
                         memory: view.kept(),
                         registered: uffd.registered(),

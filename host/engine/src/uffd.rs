@@ -766,6 +766,36 @@ impl UffdMemory {
         self.base
     }
 
+    /// Loads every committed page (write-protected), so that no access in
+    /// a later message faults on a missing page: one copy of every stored
+    /// page, in runs of up to the read-ahead window.
+    pub(crate) fn populate(&self) {
+        let limit = self.registered / PAGE_SIZE;
+        let mut run: Option<(usize, usize)> = None;
+        let flush = |from: usize, to: usize| {
+            // Pages already mapped are skipped by `fill`; a failure leaves
+            // the rest to be loaded on first touch.
+            let _ = self.fill(from, to, true);
+        };
+        self.committed.for_each(|index, _| {
+            let index = index as usize;
+            if index >= limit {
+                return;
+            }
+            run = match run {
+                Some((from, to)) if to == index && to - from < MAX_WINDOW => Some((from, to + 1)),
+                Some((from, to)) => {
+                    flush(from, to);
+                    Some((index, index + 1))
+                }
+                None => Some((index, index + 1)),
+            };
+        });
+        if let Some((from, to)) = run {
+            flush(from, to);
+        }
+    }
+
     /// Bytes registered (accessible) from the base.
     pub(crate) fn registered(&self) -> usize {
         self.registered
