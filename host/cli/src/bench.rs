@@ -37,7 +37,8 @@ pub struct MemoryBenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "messages,checkpoints")]
     pub parts: Vec<String>,
     /// Trackers to measure messages with (`signal`, `uffd-lazy`,
-    /// `uffd-image`, `copy-all`); all available ones by default.
+    /// `uffd-image`, `uffd-mapped`, `copy-all`); all available ones by
+    /// default.
     #[arg(long, value_delimiter = ',')]
     pub trackers: Vec<String>,
 }
@@ -154,6 +155,7 @@ pub fn memory(args: &MemoryBenchArgs, json: bool) -> Result<()> {
         Ok(()) => {
             trackers.push((MemoryTracker::Userfaultfd, false, "uffd-lazy"));
             trackers.push((MemoryTracker::Userfaultfd, true, "uffd-image"));
+            trackers.push((MemoryTracker::Mapped, false, "uffd-mapped"));
         }
         Err(why) => eprintln!("userfaultfd tracker skipped: {why}"),
     }

@@ -82,8 +82,8 @@ enum Command {
         /// The address to serve the HTTP API on.
         #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
-        /// How dirty pages are tracked: signal, userfaultfd or copy-all
-        /// [default: the fastest the kernel supports].
+        /// How dirty pages are tracked: signal, userfaultfd, uffd-mapped or
+        /// copy-all [default: the fastest the kernel supports].
         #[arg(long, value_name = "TRACKER")]
         memory_tracker: Option<MemoryTracker>,
         /// Rounds between checkpoints.

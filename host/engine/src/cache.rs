@@ -59,6 +59,21 @@ pub struct CanisterCode {
     /// The save and restore exports added at install, when there are
     /// globals to persist.
     pub(crate) globals: Option<GlobalsAccess>,
+    /// Whether instantiation runs code (a core module's or the component's
+    /// start function), which may write anywhere in memory: the pages it
+    /// writes are then not the same on every instantiation (see `mapped`).
+    pub(crate) has_start: bool,
+}
+
+/// Whether `wasm` (a component) holds a start function at any level.
+fn has_start_function(wasm: &[u8]) -> bool {
+    wasmparser::Parser::new(0).parse_all(wasm).any(|payload| {
+        matches!(
+            payload,
+            Ok(wasmparser::Payload::StartSection { .. })
+                | Ok(wasmparser::Payload::ComponentStartSection { .. })
+        ) || payload.is_err()
+    })
 }
 
 impl CanisterCode {
@@ -165,6 +180,7 @@ impl CodeCache {
             interface: CanisterInterface::of(&component),
             pre,
             globals,
+            has_start: has_start_function(wasm),
         });
         let mut loaded = self.loaded.lock().expect("cache lock");
         Ok(loaded.entry(hash).or_insert(code).clone())

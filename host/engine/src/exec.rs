@@ -22,14 +22,15 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use crate::cache::CanisterCode;
 use crate::config::Limits;
 use crate::interface::Method;
-use crate::memory::with_memory_plan;
+use crate::mapped::Lending;
+use crate::memory::{with_kept_memories, with_memory_plan};
 use crate::paging::{MemoryImage, PAGE_SIZE, PageMap};
 use crate::rng::{TapeRng, derive_seed};
 use crate::stable::StableOverlay;
 use crate::state::StateChanges;
 use crate::state::{ExecutionState, HeapSnapshot};
 use crate::system_api::{HostState, SystemState};
-use crate::tracker::{self, ArmGuard, Armed, TrackingStats, scan};
+use crate::tracker::{self, ArmGuard, Armed, MemoryTracker, TrackingStats, scan};
 use crate::wasi::deterministic_wasi;
 
 /// What kind of message runs; decides the instruction limit and whether
@@ -386,7 +387,22 @@ fn prepare(
     store
         .set_fuel(limits.instantiation_instructions)
         .map_err(host_error)?;
-    let (instance, views) = with_memory_plan(sizes, || code.pre.instantiate(&mut *store));
+    let mechanism = limits.memory_tracker;
+    let persists = store.data().sys.ctx.kind.persists();
+    // Kept memories (`uffd-mapped`): lent before instantiation, which
+    // creates the memories in them.
+    let mut lending = (mechanism == MemoryTracker::Mapped && !state.heap.memories.is_empty())
+        .then(|| Lending::lend(&state.heap, persists));
+    let kept = lending
+        .as_ref()
+        .map(Lending::kept_memories)
+        .unwrap_or_default();
+    let (instance, views) = {
+        // Instantiation writes the data segments into kept memories, whose
+        // missing pages are loaded by the fault handlers.
+        let _armed = lending.as_mut().map(|l| ArmGuard::new(l.armed_mut()));
+        with_kept_memories(sizes, kept, || code.pre.instantiate(&mut *store))
+    };
     let instance =
         instance.map_err(|e| trap_reject(e, "instantiation", limits.instantiation_instructions))?;
     if !state.heap.memories.is_empty() && views.len() != state.heap.memories.len() {
@@ -399,22 +415,40 @@ fn prepare(
             ),
         ));
     }
-    let mechanism = limits.memory_tracker;
-    let mut tracked = Vec::with_capacity(views.len());
-    let mut bases = Vec::with_capacity(views.len());
-    for (i, view) in views.iter().enumerate() {
-        // SAFETY: the store is alive and no wasm runs.
-        let committed = match state.heap.memories.get(i) {
-            Some(image) => image.pages.clone(),
-            // First run of this code: its data segments are the base image.
-            None => unsafe { scan(view) },
-        };
-        // SAFETY: as above.
-        bases.push(committed.clone());
-        let memory = unsafe { Armed::arm(mechanism, view, committed) }
-            .map_err(|e| host_error(wasmtime::format_err!("cannot arm a linear memory: {e}")))?;
-        tracked.push(memory);
-    }
+    let arm_error = |e| host_error(wasmtime::format_err!("cannot arm a linear memory: {e}"));
+    let (tracked, bases) = match lending {
+        Some(lending) => {
+            let bases: Vec<PageMap> = state
+                .heap
+                .memories
+                .iter()
+                .map(|m| m.pages.clone())
+                .collect();
+            // SAFETY: the store is alive and no wasm runs.
+            let tracked =
+                unsafe { lending.arm(&views, &bases, code.hash, code.has_start, persists) }
+                    .map_err(arm_error)?;
+            (tracked, bases)
+        }
+        None => {
+            let mut tracked = Vec::with_capacity(views.len());
+            let mut bases = Vec::with_capacity(views.len());
+            for (i, view) in views.iter().enumerate() {
+                // SAFETY: the store is alive and no wasm runs.
+                let committed = match state.heap.memories.get(i) {
+                    Some(image) => image.pages.clone(),
+                    // First run of this code: its data segments are the base image.
+                    None => unsafe { scan(view) },
+                };
+                bases.push(committed.clone());
+                // SAFETY: as above.
+                let memory =
+                    unsafe { Armed::arm(mechanism, view, committed) }.map_err(arm_error)?;
+                tracked.push(memory);
+            }
+            (tracked, bases)
+        }
+    };
     let func = instance
         .get_func(&mut *store, method.index)
         .ok_or_else(|| {
@@ -427,7 +461,7 @@ fn prepare(
     let setup_nanos = started.elapsed().as_nanos() as u64;
     Ok(Prepared {
         instance,
-        persists: store.data().sys.ctx.kind.persists(),
+        persists,
         func,
         views,
         tracked,
@@ -498,6 +532,7 @@ fn complete(
         ..tracker::stats(&tracked)
     };
     if delta_pages > limits.max_dirty_pages_per_message {
+        // Not confirmed: kept memories go back to the committed version.
         return Err(Reject::new(
             RejectCode::CanisterError,
             format!(
@@ -507,6 +542,10 @@ fn complete(
                 (limits.max_dirty_pages_per_message * PAGE_SIZE as u64) >> 20
             ),
         ));
+    }
+    if persists {
+        // Kept memories now hold the new version.
+        tracked.iter().for_each(Armed::confirm);
     }
     Ok(Completed {
         results,

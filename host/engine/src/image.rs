@@ -394,9 +394,13 @@ static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 
 /// Turns memory images off (or back on) for this process: the userfaultfd
 /// tracker then maps every memory lazily. For benchmarks that compare both.
-/// Turning them off frees the cached images.
+/// Turning them off frees the cached images, and the memories the
+/// `uffd-mapped` tracker keeps (not lent right now).
 pub fn set_memory_images(enabled: bool) {
     DISABLED.store(!enabled, Ordering::Relaxed);
+    if !enabled {
+        crate::mapped::clear();
+    }
     if !enabled && let Ok(mut cache) = cache().lock() {
         cache.entries.retain(|e| e.image.is_none());
     }

@@ -18,6 +18,7 @@ mod exec;
 mod globals;
 mod image;
 mod interface;
+mod mapped;
 mod memory;
 mod paging;
 mod policy;

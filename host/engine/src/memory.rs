@@ -9,7 +9,6 @@
 //! committed size, which keeps wasmtime's view of its length correct.
 
 use std::cell::RefCell;
-use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -22,15 +21,90 @@ const MAX_WASM32_BYTES: usize = 4 << 30;
 /// Creates [`HostMemory`] objects for the engine.
 pub(crate) struct HostMemoryCreator;
 
+/// A `PROT_NONE` reservation for one linear memory (plus its guard),
+/// unmapped when the last holder lets go: the memory of an instance, or a
+/// kept mapping (`mapped`) that outlives the instance.
+pub(crate) struct Reservation {
+    base: usize,
+    /// Bytes mapped (reservation plus guard).
+    mapping_len: usize,
+    /// Bytes the memory may grow to without moving.
+    capacity: usize,
+    /// Bytes of guard after `capacity`.
+    guard: usize,
+}
+
+impl Reservation {
+    fn new(capacity: usize, guard: usize) -> Result<Self, String> {
+        let mapping_len = capacity
+            .checked_add(guard)
+            .ok_or("memory reservation overflows")?;
+        // SAFETY: a fresh anonymous mapping, owned by the new object.
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                mapping_len,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| format!("cannot reserve {mapping_len} bytes for a linear memory: {e}"))?;
+        if base.is_null() {
+            return Err("mmap returned null".into());
+        }
+        Ok(Reservation {
+            base: base as usize,
+            mapping_len,
+            capacity,
+            guard,
+        })
+    }
+
+    /// Address of the first byte.
+    pub(crate) fn base(&self) -> usize {
+        self.base
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping, which nothing uses any more.
+        let _ = unsafe { rustix::mm::munmap(self.base as *mut std::ffi::c_void, self.mapping_len) };
+    }
+}
+
+/// A memory kept between instances: the next instantiation creates its
+/// memory in this reservation (with its contents) instead of a fresh one.
+#[derive(Clone)]
+pub(crate) struct KeptMemory {
+    /// The reservation.
+    pub(crate) reservation: Arc<Reservation>,
+    /// Its accessible size, shared with every memory created in it.
+    pub(crate) size: Arc<AtomicUsize>,
+    /// Its tracked flag, shared likewise.
+    pub(crate) tracked: Arc<AtomicBool>,
+}
+
 /// One accessible view of a memory created during an instantiation.
 #[derive(Clone)]
 pub(crate) struct MemoryView {
     base: usize,
     size: Arc<AtomicUsize>,
     tracked: Arc<AtomicBool>,
+    reservation: Arc<Reservation>,
 }
 
 impl MemoryView {
+    /// The memory's reservation, with its size and tracked flag (to keep
+    /// it for the next instance).
+    pub(crate) fn kept(&self) -> KeptMemory {
+        KeptMemory {
+            reservation: self.reservation.clone(),
+            size: self.size.clone(),
+            tracked: self.tracked.clone(),
+        }
+    }
+
     /// Address of the first byte.
     pub(crate) fn base(&self) -> usize {
         self.base
@@ -65,6 +139,8 @@ impl MemoryView {
 struct Plan {
     /// Initial byte size of each memory, by creation order (the committed heap).
     initial_sizes: Vec<usize>,
+    /// Kept memories to create memories in, by creation order.
+    kept: Vec<Option<KeptMemory>>,
     created: Vec<MemoryView>,
 }
 
@@ -78,9 +154,23 @@ pub(crate) fn with_memory_plan<R>(
     initial_sizes: Vec<usize>,
     instantiate: impl FnOnce() -> R,
 ) -> (R, Vec<MemoryView>) {
+    with_kept_memories(initial_sizes, Vec::new(), instantiate)
+}
+
+/// Like [`with_memory_plan`], creating memory `i` in `kept[i]` when it is
+/// given and fits what wasmtime asks for (its contents are then the
+/// memory's, data segments written over them; the caller restores those).
+/// A memory that does not fit gets a fresh reservation: the caller tells by
+/// comparing the views' bases.
+pub(crate) fn with_kept_memories<R>(
+    initial_sizes: Vec<usize>,
+    kept: Vec<Option<KeptMemory>>,
+    instantiate: impl FnOnce() -> R,
+) -> (R, Vec<MemoryView>) {
     PLAN.with_borrow_mut(|plan| {
         *plan = Some(Plan {
             initial_sizes,
+            kept,
             created: Vec::new(),
         })
     });
@@ -93,18 +183,15 @@ pub(crate) fn with_memory_plan<R>(
 
 /// A linear memory in a host-owned reservation.
 struct HostMemory {
-    base: NonNull<u8>,
-    /// Bytes mapped (reservation plus guard).
-    mapping_len: usize,
-    /// Bytes the memory may grow to without moving.
-    capacity: usize,
+    reservation: Arc<Reservation>,
     maximum: usize,
     size: Arc<AtomicUsize>,
     tracked: Arc<AtomicBool>,
 }
 
-// SAFETY: the memory is a plain mapping owned by this object; wasmtime
-// serializes access to it through the store.
+// SAFETY: the memory is a plain mapping owned by this object (or a kept
+// memory lent to one instance at a time); wasmtime serializes access to it
+// through the store.
 unsafe impl Send for HostMemory {}
 unsafe impl Sync for HostMemory {}
 
@@ -117,23 +204,8 @@ impl HostMemory {
     ) -> Result<Self, String> {
         let maximum = maximum.unwrap_or(MAX_WASM32_BYTES).min(MAX_WASM32_BYTES);
         let capacity = reserved.unwrap_or(maximum).max(minimum);
-        let mapping_len = capacity
-            .checked_add(guard)
-            .ok_or("memory reservation overflows")?;
-        // SAFETY: a fresh anonymous mapping, owned by the new object.
-        let base = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                mapping_len,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::NORESERVE,
-            )
-        }
-        .map_err(|e| format!("cannot reserve {mapping_len} bytes for a linear memory: {e}"))?;
         let memory = HostMemory {
-            base: NonNull::new(base.cast()).ok_or("mmap returned null")?,
-            mapping_len,
-            capacity,
+            reservation: Arc::new(Reservation::new(capacity, guard)?),
             maximum,
             size: Arc::new(AtomicUsize::new(0)),
             tracked: Arc::new(AtomicBool::new(false)),
@@ -142,9 +214,37 @@ impl HostMemory {
         Ok(memory)
     }
 
+    /// A memory in `kept`, when its reservation is as large as asked.
+    fn in_kept(
+        kept: &KeptMemory,
+        minimum: usize,
+        maximum: Option<usize>,
+        reserved: Option<usize>,
+        guard: usize,
+    ) -> Option<Self> {
+        let maximum = maximum.unwrap_or(MAX_WASM32_BYTES).min(MAX_WASM32_BYTES);
+        let capacity = reserved.unwrap_or(maximum).max(minimum);
+        let r = &kept.reservation;
+        if r.capacity < capacity || r.guard < guard || kept.size.load(Ordering::Acquire) > minimum {
+            return None;
+        }
+        let memory = HostMemory {
+            reservation: kept.reservation.clone(),
+            maximum,
+            size: kept.size.clone(),
+            tracked: kept.tracked.clone(),
+        };
+        memory.make_accessible(minimum).ok()?;
+        Some(memory)
+    }
+
+    fn base(&self) -> *mut u8 {
+        self.reservation.base as *mut u8
+    }
+
     fn make_accessible(&self, new_size: usize) -> anyhow::Result<()> {
         let old = self.size.load(Ordering::Acquire);
-        if new_size > self.capacity || new_size > self.maximum {
+        if new_size > self.reservation.capacity || new_size > self.maximum {
             anyhow::bail!("linear memory cannot grow to {new_size} bytes");
         }
         if new_size > old && self.tracked.load(Ordering::Acquire) {
@@ -153,7 +253,7 @@ impl HostMemory {
             // SAFETY: the range lies inside our own reservation.
             unsafe {
                 rustix::mm::mprotect(
-                    self.base.as_ptr().add(old).cast(),
+                    self.base().add(old).cast(),
                     new_size - old,
                     MprotectFlags::READ | MprotectFlags::WRITE,
                 )
@@ -161,13 +261,6 @@ impl HostMemory {
             self.size.store(new_size, Ordering::Release);
         }
         Ok(())
-    }
-}
-
-impl Drop for HostMemory {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping, which nothing uses any more.
-        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.mapping_len) };
     }
 }
 
@@ -179,7 +272,7 @@ unsafe impl LinearMemory for HostMemory {
     }
 
     fn byte_capacity(&self) -> usize {
-        self.capacity
+        self.reservation.capacity
     }
 
     fn grow_to(&mut self, new_size: usize) -> wasmtime::Result<()> {
@@ -188,7 +281,7 @@ unsafe impl LinearMemory for HostMemory {
     }
 
     fn as_ptr(&self) -> *mut u8 {
-        self.base.as_ptr()
+        self.base()
     }
 }
 
@@ -202,23 +295,40 @@ unsafe impl MemoryCreator for HostMemoryCreator {
         reserved_size_in_bytes: Option<usize>,
         guard_size_in_bytes: usize,
     ) -> Result<Box<dyn LinearMemory>, String> {
-        let initial = PLAN.with_borrow(|plan| {
-            plan.as_ref()
-                .and_then(|p| p.initial_sizes.get(p.created.len()).copied())
-                .unwrap_or(0)
+        let (initial, kept) = PLAN.with_borrow(|plan| {
+            plan.as_ref().map_or((0, None), |p| {
+                let i = p.created.len();
+                (
+                    p.initial_sizes.get(i).copied().unwrap_or(0),
+                    p.kept.get(i).cloned().flatten(),
+                )
+            })
         });
-        let memory = HostMemory::new(
-            minimum.max(initial),
-            maximum,
-            reserved_size_in_bytes,
-            guard_size_in_bytes,
-        )?;
+        let minimum = minimum.max(initial);
+        let memory = match kept.and_then(|k| {
+            HostMemory::in_kept(
+                &k,
+                minimum,
+                maximum,
+                reserved_size_in_bytes,
+                guard_size_in_bytes,
+            )
+        }) {
+            Some(memory) => memory,
+            None => HostMemory::new(
+                minimum,
+                maximum,
+                reserved_size_in_bytes,
+                guard_size_in_bytes,
+            )?,
+        };
         PLAN.with_borrow_mut(|plan| {
             if let Some(plan) = plan {
                 plan.created.push(MemoryView {
-                    base: memory.base.as_ptr() as usize,
+                    base: memory.reservation.base,
                     size: memory.size.clone(),
                     tracked: memory.tracked.clone(),
+                    reservation: memory.reservation.clone(),
                 });
             }
         });

@@ -198,6 +198,12 @@ fn handle(address: usize, write: Option<bool>) -> bool {
                     return memory.register_growth();
                 }
             }
+            Armed::Mapped(memory) => {
+                let memory = memory.uffd_mut();
+                if memory.covers_unregistered(address) {
+                    return memory.register_growth();
+                }
+            }
             // Pages grown beyond an image are inaccessible until opened.
             Armed::Image(memory) => {
                 if memory.covers_grown(address) {
@@ -513,6 +519,9 @@ pub enum MemoryTracker {
     Signal,
     /// userfaultfd write protection with `PAGEMAP_SCAN` (Linux 6.7+).
     Userfaultfd,
+    /// userfaultfd with each canister memory kept mapped and populated
+    /// between messages (see `mapped`).
+    Mapped,
     /// The naive baseline: copy the whole heap in, compare it all after.
     CopyAll,
 }
@@ -523,9 +532,10 @@ impl std::str::FromStr for MemoryTracker {
         match s {
             "signal" => Ok(MemoryTracker::Signal),
             "userfaultfd" | "uffd" => Ok(MemoryTracker::Userfaultfd),
+            "uffd-mapped" | "mapped" => Ok(MemoryTracker::Mapped),
             "copy-all" => Ok(MemoryTracker::CopyAll),
             other => Err(format!(
-                "unknown memory tracker '{other}': use signal, userfaultfd or copy-all"
+                "unknown memory tracker '{other}': use signal, userfaultfd, uffd-mapped or copy-all"
             )),
         }
     }
@@ -535,7 +545,7 @@ impl MemoryTracker {
     /// Whether this kernel can provide the tracker.
     pub fn check_available(self) -> Result<(), String> {
         match self {
-            MemoryTracker::Userfaultfd => crate::uffd::check_supported(),
+            MemoryTracker::Userfaultfd | MemoryTracker::Mapped => crate::uffd::check_supported(),
             MemoryTracker::Signal | MemoryTracker::CopyAll => Ok(()),
         }
     }
@@ -555,6 +565,7 @@ impl MemoryTracker {
         match self {
             MemoryTracker::Signal => "signal",
             MemoryTracker::Userfaultfd => "userfaultfd",
+            MemoryTracker::Mapped => "uffd-mapped",
             MemoryTracker::CopyAll => "copy-all",
         }
     }
@@ -569,6 +580,8 @@ pub(crate) enum Armed {
     /// A private mapping of a memory image (the userfaultfd tracker's
     /// choice for large memories).
     Image(crate::image::ImageMemory),
+    /// A memory kept mapped between messages.
+    Mapped(crate::mapped::MappedMemory),
     /// Whole-heap copies.
     CopyAll(CopyMemory),
 }
@@ -593,6 +606,11 @@ impl Armed {
                         None => Armed::Userfaultfd(crate::uffd::UffdMemory::arm(view, committed)?),
                     }
                 }
+                // A memory that has no committed state yet (the first
+                // message) is armed lazily; `mapped` keeps it afterwards.
+                MemoryTracker::Mapped => {
+                    Armed::Userfaultfd(crate::uffd::UffdMemory::arm(view, committed)?)
+                }
                 MemoryTracker::CopyAll => Armed::CopyAll(CopyMemory::arm(view, committed)),
             })
         }
@@ -609,8 +627,17 @@ impl Armed {
                 Armed::Signal(m) => m.commit(),
                 Armed::Userfaultfd(m) => m.commit(),
                 Armed::Image(m) => m.commit(),
+                Armed::Mapped(m) => m.commit(),
                 Armed::CopyAll(m) => m.commit(),
             }
+        }
+    }
+
+    /// The message's changes persist (after [`Armed::commit`]): a kept
+    /// memory then holds the new version.
+    pub(crate) fn confirm(&self) {
+        if let Armed::Mapped(m) = self {
+            m.confirm();
         }
     }
 
@@ -619,6 +646,7 @@ impl Armed {
             Armed::Signal(m) => m.faults(),
             Armed::Userfaultfd(m) => m.faults(),
             Armed::Image(m) => m.faults(),
+            Armed::Mapped(m) => m.faults(),
             Armed::CopyAll(_) => 0,
         }
     }
@@ -628,6 +656,7 @@ impl Armed {
             Armed::Signal(m) => m.dirty_pages(),
             Armed::Userfaultfd(m) => m.dirty_pages(),
             Armed::Image(m) => m.dirty_pages(),
+            Armed::Mapped(m) => m.dirty_pages(),
             Armed::CopyAll(m) => m.dirty.get(),
         }
     }

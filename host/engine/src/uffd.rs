@@ -74,6 +74,7 @@ const UFFDIO: u32 = 0xAA;
 const NR_REGISTER: u32 = 0x00;
 const NR_COPY: u32 = 0x03;
 const NR_ZEROPAGE: u32 = 0x04;
+const NR_WRITEPROTECT: u32 = 0x06;
 const NR_API: u32 = 0x3F;
 
 /// `struct uffdio_api`.
@@ -123,6 +124,17 @@ struct UffdioZeropage {
     zeropage: i64,
 }
 
+/// `struct uffdio_writeprotect`.
+#[repr(C)]
+#[derive(Default)]
+struct UffdioWriteprotect {
+    range: UffdioRange,
+    mode: u64,
+}
+
+/// `UFFDIO_WRITEPROTECT_MODE_WP`: protect (else unprotect) the range.
+const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+
 /// `UFFDIO_API = _IOWR(UFFDIO, _UFFDIO_API, struct uffdio_api)`.
 const UFFDIO_API: libc::Ioctl = libc::_IOWR::<UffdioApi>(UFFDIO, NR_API);
 /// `UFFDIO_REGISTER = _IOWR(UFFDIO, _UFFDIO_REGISTER, struct uffdio_register)`.
@@ -131,6 +143,8 @@ const UFFDIO_REGISTER: libc::Ioctl = libc::_IOWR::<UffdioRegister>(UFFDIO, NR_RE
 const UFFDIO_COPY: libc::Ioctl = libc::_IOWR::<UffdioCopy>(UFFDIO, NR_COPY);
 /// `UFFDIO_ZEROPAGE = _IOWR(UFFDIO, _UFFDIO_ZEROPAGE, struct uffdio_zeropage)`.
 const UFFDIO_ZEROPAGE: libc::Ioctl = libc::_IOWR::<UffdioZeropage>(UFFDIO, NR_ZEROPAGE);
+/// `UFFDIO_WRITEPROTECT = _IOWR(UFFDIO, _UFFDIO_WRITEPROTECT, struct uffdio_writeprotect)`.
+const UFFDIO_WRITEPROTECT: libc::Ioctl = libc::_IOWR::<UffdioWriteprotect>(UFFDIO, NR_WRITEPROTECT);
 
 /// `PAGE_IS_WRITTEN`, `PAGE_IS_PRESENT`, `PAGE_IS_SWAPPED`,
 /// `PAGE_IS_PFNZERO` (include/uapi/linux/fs.h).
@@ -165,6 +179,12 @@ struct PmScanArg {
     category_anyof_mask: u64,
     return_mask: u64,
 }
+
+/// `PM_SCAN_WP_MATCHING` and `PM_SCAN_CHECK_WPASYNC` (include/uapi/linux/fs.h):
+/// write-protect the pages found (atomically with finding them), and only in
+/// ranges registered for asynchronous write protection.
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 
 /// `PAGEMAP_SCAN = _IOWR('f', 16, struct pm_scan_arg)` (include/uapi/linux/fs.h).
 const PAGEMAP_SCAN: libc::Ioctl = libc::_IOWR::<PmScanArg>(b'f' as u32, 16);
@@ -451,7 +471,61 @@ fn scan_written(kernel: &Kernel, start: usize, len: usize) -> io::Result<Vec<usi
         len,
         PAGE_IS_PFNZERO,
         PAGE_IS_WRITTEN | PAGE_IS_PFNZERO,
+        0,
     )
+}
+
+/// Like [`scan_written`], and write-protects the pages found in the same
+/// walk (the range must be registered for write protection): the next
+/// write to them is recorded again.
+fn scan_written_and_protect(kernel: &Kernel, start: usize, len: usize) -> io::Result<Vec<usize>> {
+    scan(
+        kernel,
+        start,
+        len,
+        PAGE_IS_PFNZERO,
+        PAGE_IS_WRITTEN | PAGE_IS_PFNZERO,
+        PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+    )
+}
+
+/// Pages of `[start, start + len)` present and not the zero page (written
+/// or loaded): in a never-registered mapping, the pages written since it
+/// was created.
+pub(crate) fn scan_present(start: usize, len: usize) -> io::Result<Vec<usize>> {
+    let kernel = kernel().map_err(io::Error::other)?;
+    scan_written(kernel, start, len)
+}
+
+/// Write-protects `pages` (indices from `start`, ascending) of a range
+/// registered for write protection: one ioctl per run of adjacent pages.
+pub(crate) fn write_protect(start: usize, pages: &[usize]) -> io::Result<()> {
+    let kernel = kernel().map_err(io::Error::other)?;
+    let mut i = 0;
+    while i < pages.len() {
+        let mut j = i + 1;
+        while j < pages.len() && pages[j] == pages[j - 1] + 1 {
+            j += 1;
+        }
+        let mut arg = UffdioWriteprotect {
+            range: UffdioRange {
+                start: (start + pages[i] * PAGE_SIZE) as u64,
+                len: ((j - i) * PAGE_SIZE) as u64,
+            },
+            mode: UFFDIO_WRITEPROTECT_MODE_WP,
+        };
+        // SAFETY: UFFDIO_WRITEPROTECT takes a struct uffdio_writeprotect.
+        unsafe { ioctl(kernel.uffd.as_raw_fd(), UFFDIO_WRITEPROTECT, &mut arg) }?;
+        i = j;
+    }
+    Ok(())
+}
+
+/// Write-protects every written page of `[start, start + len)` (one
+/// `PAGEMAP_SCAN` walk); returns how many there were.
+pub(crate) fn protect_written(start: usize, len: usize) -> io::Result<usize> {
+    let kernel = kernel().map_err(io::Error::other)?;
+    scan_written_and_protect(kernel, start, len).map(|pages| pages.len())
 }
 
 /// `PAGE_IS_FILE` (include/uapi/linux/fs.h): the page belongs to a file.
@@ -469,18 +543,21 @@ pub(crate) fn scan_copied(start: usize, len: usize) -> io::Result<Vec<usize>> {
         len,
         PAGE_IS_FILE | PAGE_IS_PFNZERO,
         PAGE_IS_FILE | PAGE_IS_PFNZERO,
+        0,
     )
 }
 
 /// `PAGEMAP_SCAN` of `[start, start + len)` for present (or swapped)
 /// pages whose categories under `mask` equal `!inverted` (see the kernel's
-/// documentation of `category_inverted`/`category_mask`).
+/// documentation of `category_inverted`/`category_mask`), with the scan's
+/// `flags`.
 fn scan(
     kernel: &Kernel,
     start: usize,
     len: usize,
     inverted: u64,
     mask: u64,
+    flags: u64,
 ) -> io::Result<Vec<usize>> {
     let mut pages = Vec::new();
     if len == 0 {
@@ -490,6 +567,7 @@ fn scan(
     let mut regions = vec![PageRegion::default(); SCAN_BATCH];
     let mut arg = PmScanArg {
         size: std::mem::size_of::<PmScanArg>() as u64,
+        flags,
         start: start as u64,
         end,
         vec: regions.as_mut_ptr() as u64,
@@ -557,10 +635,12 @@ fn handle(address: usize, write: Option<bool>) -> bool {
         return false;
     };
     for memory in memories {
-        if let Armed::Userfaultfd(memory) = memory
-            && address >= memory.base
-            && address < memory.base + memory.registered
-        {
+        let memory = match memory {
+            Armed::Userfaultfd(memory) => memory,
+            Armed::Mapped(memory) => memory.uffd_mut(),
+            _ => continue,
+        };
+        if address >= memory.base && address < memory.base + memory.registered {
             return memory.fault((address - memory.base) / PAGE_SIZE, write == Some(true));
         }
     }
@@ -615,6 +695,9 @@ pub(crate) struct UffdMemory {
     window: usize,
     faults: u64,
     written: OnceCell<Vec<usize>>,
+    /// Whether the scan for written pages also write-protects them (a
+    /// kept mapping, see `mapped`).
+    protect_on_scan: bool,
 }
 
 impl UffdMemory {
@@ -647,7 +730,97 @@ impl UffdMemory {
             window: INITIAL_WINDOW,
             faults: 0,
             written: OnceCell::new(),
+            protect_on_scan: false,
         })
+    }
+
+    /// Arms a kept memory whose first `registered` bytes are registered
+    /// already and hold `committed` (populated or missing pages alike):
+    /// nothing is dropped or registered. `protect` makes the scan for
+    /// written pages write-protect them too.
+    pub(crate) fn adopt(
+        kept: &crate::memory::KeptMemory,
+        registered: usize,
+        committed: PageMap,
+        protect: bool,
+    ) -> io::Result<Self> {
+        let kernel = kernel().map_err(io::Error::other)?;
+        kept.tracked.store(true, Ordering::Release);
+        Ok(UffdMemory {
+            kernel,
+            base: kept.reservation.base(),
+            size: kept.size.clone(),
+            registered,
+            committed,
+            scratch: Scratch::new(),
+            next_page: usize::MAX,
+            window: INITIAL_WINDOW,
+            faults: 0,
+            written: OnceCell::new(),
+            protect_on_scan: protect,
+        })
+    }
+
+    /// Address of the first byte.
+    pub(crate) fn base(&self) -> usize {
+        self.base
+    }
+
+    /// Loads every committed page (write-protected), so that no access in
+    /// a later message faults on a missing page: one copy of every stored
+    /// page, in runs of up to the read-ahead window.
+    pub(crate) fn populate(&self) {
+        let limit = self.registered / PAGE_SIZE;
+        let mut run: Option<(usize, usize)> = None;
+        let flush = |from: usize, to: usize| {
+            // Pages already mapped are skipped by `fill`; a failure leaves
+            // the rest to be loaded on first touch.
+            let _ = self.fill(from, to, true);
+        };
+        self.committed.for_each(|index, _| {
+            let index = index as usize;
+            if index >= limit {
+                return;
+            }
+            run = match run {
+                Some((from, to)) if to == index && to - from < MAX_WINDOW => Some((from, to + 1)),
+                Some((from, to)) => {
+                    flush(from, to);
+                    Some((index, index + 1))
+                }
+                None => Some((index, index + 1)),
+            };
+        });
+        if let Some((from, to)) = run {
+            flush(from, to);
+        }
+    }
+
+    /// Bytes registered (accessible) from the base.
+    pub(crate) fn registered(&self) -> usize {
+        self.registered
+    }
+
+    /// Makes the scan for written pages write-protect them (or not).
+    pub(crate) fn set_protect_on_scan(&mut self, protect: bool) {
+        self.protect_on_scan = protect;
+    }
+
+    /// Forgets the pages scanned so far (after they were restored and
+    /// protected again), so the next question scans afresh.
+    pub(crate) fn forget_written(&mut self) {
+        self.written = OnceCell::new();
+        self.next_page = usize::MAX;
+    }
+
+    /// The committed contents the memory was armed with.
+    pub(crate) fn committed(&self) -> &PageMap {
+        &self.committed
+    }
+
+    /// Pages written so far (scanned once, see [`UffdMemory::dirty_pages`]).
+    pub(crate) fn written_pages(&self) -> &[usize] {
+        self.written()
     }
 
     /// Whether `address` lies in pages grown during the message and not
@@ -760,7 +933,12 @@ impl UffdMemory {
     /// Pages written during the message, scanned once.
     fn written(&self) -> &[usize] {
         self.written.get_or_init(|| {
-            scan_written(self.kernel, self.base, self.registered).unwrap_or_else(|e| {
+            let scanned = if self.protect_on_scan {
+                scan_written_and_protect(self.kernel, self.base, self.registered)
+            } else {
+                scan_written(self.kernel, self.base, self.registered)
+            };
+            scanned.unwrap_or_else(|e| {
                 // Losing writes would corrupt the canister's state.
                 panic!("PAGEMAP_SCAN of an armed memory failed: {e}")
             })

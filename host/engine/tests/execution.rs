@@ -412,7 +412,11 @@ fn a_message_costs_the_pages_it_touches_not_the_heap() {
     // Reading dirties (almost) nothing.
     let read = t.update("read-pages(100, 7)");
     assert!(read.tracking.dirty_pages < 30, "{:?}", read.tracking);
-    if t.limits.memory_tracker != cellar_engine::MemoryTracker::CopyAll {
+    // Copies need no fault, nor does a kept memory (it holds every page).
+    if !matches!(
+        t.limits.memory_tracker,
+        cellar_engine::MemoryTracker::CopyAll | cellar_engine::MemoryTracker::Mapped
+    ) {
         assert!(read.tracking.faults >= 1);
     }
     // A query changes nothing.
@@ -620,4 +624,261 @@ fn instrumentation_leaves_the_interface_and_global_free_components_alone() {
     let out = cellar_engine::instrument(&plain).unwrap();
     assert_eq!(out.globals, 0);
     assert_eq!(out.wasm, plain);
+}
+
+// ---- Kept memories (the `uffd-mapped` tracker) ------------------------------
+
+/// Limits with the `uffd-mapped` tracker, or `None` when the kernel lacks
+/// userfaultfd (the tests then have nothing to check).
+fn mapped_limits() -> Option<Limits> {
+    let tracker: cellar_engine::MemoryTracker = "uffd-mapped".parse().unwrap();
+    if let Err(e) = tracker.check_available() {
+        eprintln!("skipping: {e}");
+        return None;
+    }
+    Some(Limits {
+        memory_tracker: tracker,
+        ..Limits::default()
+    })
+}
+
+/// A canister with data segments (see `data.wat`).
+fn data_canister() -> Vec<u8> {
+    wat::parse_str(include_str!("data.wat")).unwrap()
+}
+
+#[test]
+fn kept_memories_agree_with_the_lazy_tracker_message_by_message() {
+    let Some(mapped) = mapped_limits() else {
+        return;
+    };
+    let lazy = Limits {
+        memory_tracker: "userfaultfd".parse().unwrap(),
+        ..Limits::default()
+    };
+    let script = [
+        "set(\"a\", \"1\")",
+        "set(\"b\", \"2\")",
+        "set-then-trap(\"c\", \"3\")",
+        "grow-heap(3)",
+        "write-pages(50, 7)",
+        "set-then-trap(\"d\", \"4\")",
+        "write-pages(20, 9)",
+        "stable-write(100, [1, 2, 3])",
+        "reject-me(\"no\")",
+        "set(\"e\", \"5\")",
+    ];
+    let run = |limits: Limits| {
+        let mut t = Harness::with_limits(cellar_examples::testbed(), limits);
+        let mut trace = Vec::new();
+        for call in script {
+            let o = t.update(call);
+            let shown = match &o.result {
+                Ok(v) => results_to_wave(v).unwrap(),
+                Err(r) => format!("reject {:?}", r.code),
+            };
+            let q = Harness::reply(&t.query("write-in-query(\"q\", \"x\")"));
+            trace.push((o.instructions, shown, o.delta_pages, q));
+        }
+        (trace, t.state)
+    };
+    let (lazy_trace, lazy_state) = run(lazy);
+    let (mapped_trace, mapped_state) = run(mapped);
+    assert_eq!(lazy_trace, mapped_trace);
+    assert!(lazy_state == mapped_state, "states differ");
+}
+
+#[test]
+fn kept_memories_roll_back_traps_and_queries() {
+    let Some(limits) = mapped_limits() else {
+        return;
+    };
+    let mut t = Harness::with_limits(cellar_examples::testbed(), limits);
+    // The first message creates the heap, the second keeps its memory, the
+    // rest run in the kept memory.
+    for i in 0..4 {
+        t.update(&format!("set(\"k{i}\", \"{i}\")"));
+    }
+    let before = t.state.clone();
+    assert!(t.update("set-then-trap(\"x\", \"y\")").result.is_err());
+    assert_eq!(t.state, before);
+    assert_eq!(Harness::reply(&t.query("get(\"x\")")), "none");
+    assert_eq!(
+        Harness::reply(&t.query("write-in-query(\"q\", \"1\")")),
+        "5"
+    );
+    assert_eq!(Harness::reply(&t.query("get(\"q\")")), "none");
+    assert_eq!(Harness::reply(&t.query("count()")), "4");
+    assert_eq!(t.state, before);
+    t.update("set(\"k9\", \"9\")");
+    assert_eq!(Harness::reply(&t.query("count()")), "5");
+    assert_eq!(Harness::reply(&t.query("get(\"k2\")")), "some(\"2\")");
+}
+
+#[test]
+fn data_segments_do_not_overwrite_the_kept_heap() {
+    let Some(limits) = mapped_limits() else {
+        return;
+    };
+    let mut t = Harness::with_limits(&data_canister(), limits);
+    assert_eq!(Harness::reply(&t.query("get(0)")), "97", "the data segment");
+    for round in 0..4u8 {
+        t.update(&format!("set(0, {})", 10 + round));
+        t.update(&format!("set(70001, {})", 20 + round));
+        assert_eq!(
+            Harness::reply(&t.query("get(0)")),
+            format!("{}", 10 + round)
+        );
+        assert_eq!(
+            Harness::reply(&t.query("get(70001)")),
+            format!("{}", 20 + round)
+        );
+        // Untouched bytes of the segments keep their initial values.
+        assert_eq!(Harness::reply(&t.query("get(1)")), "98");
+        assert_eq!(Harness::reply(&t.query("get(70000)")), "119");
+    }
+    // The committed heap holds the canister's bytes, not the segment's.
+    let heap = t.state.heap.memories[0].to_bytes();
+    assert_eq!(&heap[..4], &[13, 98, 99, 100]);
+    assert_eq!(&heap[70000..70004], &[119, 23, 121, 122]);
+    // A trap and a query after writes over the segments leave them so.
+    assert!(t.update("set-then-trap(0, 99)").result.is_err());
+    assert_eq!(Harness::reply(&t.query("set-in-query(1, 1)")), "()");
+    assert_eq!(Harness::reply(&t.query("get(0)")), "13");
+    assert_eq!(Harness::reply(&t.query("get(1)")), "98");
+    assert_eq!(t.state.heap.memories[0].to_bytes(), heap);
+}
+
+#[test]
+fn two_canisters_keep_their_own_memories() {
+    let Some(limits) = mapped_limits() else {
+        return;
+    };
+    let mut a = Harness::with_limits(cellar_examples::testbed(), limits.clone());
+    let mut b = Harness::with_limits(cellar_examples::testbed(), limits.clone());
+    let mut d = Harness::with_limits(&data_canister(), limits);
+    for i in 0..5 {
+        a.update(&format!("set(\"a{i}\", \"{i}\")"));
+        b.update(&format!("set(\"b{i}\", \"{i}\")"));
+        b.update(&format!("set(\"b{i}x\", \"{i}\")"));
+        d.update(&format!("set({i}, {i})"));
+    }
+    assert_eq!(Harness::reply(&a.query("count()")), "5");
+    assert_eq!(Harness::reply(&b.query("count()")), "10");
+    assert_eq!(Harness::reply(&a.query("get(\"b1\")")), "none");
+    assert_eq!(Harness::reply(&b.query("get(\"a1\")")), "none");
+    assert_eq!(Harness::reply(&b.query("get(\"b4x\")")), "some(\"4\")");
+    assert_eq!(Harness::reply(&d.query("get(4)")), "4");
+    // A copy of a state (a second node) continues from it in its own right.
+    let mut c = Harness::with_limits(cellar_examples::testbed(), a.limits.clone());
+    c.state = a.state.clone();
+    c.update("set(\"c\", \"1\")");
+    a.update("set(\"only-a\", \"1\")");
+    assert_eq!(Harness::reply(&c.query("get(\"only-a\")")), "none");
+    assert_eq!(Harness::reply(&a.query("get(\"c\")")), "none");
+    assert_eq!(Harness::reply(&c.query("count()")), "6");
+    assert_eq!(Harness::reply(&a.query("count()")), "6");
+}
+
+#[test]
+fn a_query_runs_beside_an_update_that_holds_the_kept_memory() {
+    let Some(mut limits) = mapped_limits() else {
+        return;
+    };
+    limits.slice_instructions = 1_000_000;
+    let mut t = Harness::with_limits(cellar_examples::testbed(), limits.clone());
+    for i in 0..3 {
+        t.update(&format!("set(\"k{i}\", \"{i}\")"));
+    }
+    // An update that takes several slices holds the kept memory while it
+    // is paused; a query meanwhile runs on a fresh memory.
+    let call = parse_call_text("spin(20000000)").unwrap();
+    let method = t.code.interface.resolve(&call.method).unwrap().clone();
+    let params = decode_args(&CallArgs::Wave(call.args), &method).unwrap();
+    let ctx = MessageContext {
+        canister_id: Principal::canister(7),
+        caller: t.caller.clone(),
+        method: method.function.clone(),
+        kind: MessageKind::Update,
+        cycles_attached: 0,
+        cycle_balance: 1_000,
+        time_nanos: 1,
+        round: 1,
+        controllers: vec![t.caller.clone()],
+        certified_data: Vec::new(),
+        random_seed: [1; 32],
+        context_id: 0,
+        open_contexts: Vec::new(),
+    };
+    let mut progress =
+        cellar_engine::execute_sliced(&t.code, &t.state, &method, &params, ctx, &limits);
+    let mut queries = 0;
+    let outcome = loop {
+        match progress {
+            cellar_engine::Progress::Done(outcome) => break outcome,
+            cellar_engine::Progress::Paused(paused) => {
+                assert_eq!(Harness::reply(&t.query("get(\"k1\")")), "some(\"1\")");
+                assert_eq!(
+                    Harness::reply(&t.query("write-in-query(\"q\", \"1\")")),
+                    "4"
+                );
+                queries += 1;
+                progress = paused.resume();
+            }
+        }
+    };
+    assert!(queries > 0, "the update paused");
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    t.state.apply(outcome.changes.unwrap());
+    t.update("set(\"after\", \"1\")");
+    assert_eq!(Harness::reply(&t.query("count()")), "4");
+    assert_eq!(Harness::reply(&t.query("get(\"q\")")), "none");
+}
+
+#[test]
+fn kept_memories_grow_and_roll_back_growth() {
+    let Some(limits) = mapped_limits() else {
+        return;
+    };
+    let mut t = Harness::with_limits(&data_canister(), limits.clone());
+    for i in 0..3 {
+        t.update(&format!("set({i}, 7)"));
+    }
+    assert_eq!(Harness::reply(&t.update("grow(2)")), "2");
+    assert_eq!(t.state.heap.memories[0].size, 4 * 65536);
+    t.update("set(200000, 5)");
+    assert_eq!(Harness::reply(&t.query("get(200000)")), "5");
+    assert_eq!(Harness::reply(&t.query("get(262143)")), "0");
+    assert!(t.query("get(262144)").result.is_err(), "beyond the memory");
+    // A query that writes and grows leaves the memory as committed.
+    assert_eq!(Harness::reply(&t.query("grow-in-query(3, 100)")), "4");
+    assert_eq!(Harness::reply(&t.query("get(100)")), "0");
+    assert!(t.query("get(262144)").result.is_err(), "still beyond");
+    // Growth then a trap: rolled back, the new pages are gone.
+    let before = t.state.clone();
+    assert!(t.update("grow-then-trap(2, 300000)").result.is_err());
+    assert_eq!(t.state, before);
+    assert!(t.query("get(300000)").result.is_err(), "not grown");
+    // A message rejected after its writes (over the dirty-page limit) on
+    // the same version, from a second harness: the kept memory is put back.
+    let mut strict = Harness::with_limits(
+        &data_canister(),
+        Limits {
+            max_dirty_pages_per_message: 0,
+            ..limits
+        },
+    );
+    strict.state = t.state.clone();
+    let reject = strict.update("set(0, 1)").result.unwrap_err();
+    assert!(reject.message.contains("the limit is 0 pages"), "{reject}");
+    assert_eq!(strict.state, before);
+    assert_eq!(Harness::reply(&t.query("get(0)")), "7");
+    // Growing again gives zero pages.
+    assert_eq!(Harness::reply(&t.update("grow(2)")), "4");
+    assert_eq!(Harness::reply(&t.query("get(300000)")), "0");
+    t.update("set(300001, 3)");
+    assert_eq!(Harness::reply(&t.query("get(300001)")), "3");
+    assert_eq!(Harness::reply(&t.query("get(300000)")), "0");
+    assert_eq!(Harness::reply(&t.query("get(200000)")), "5");
+    assert_eq!(Harness::reply(&t.query("get(2)")), "7");
 }

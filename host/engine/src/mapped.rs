@@ -1,0 +1,576 @@
+//! Kept mappings: a canister's memories stay mapped and populated between
+//! its messages (the `uffd-mapped` memory tracker).
+//!
+//! The other trackers give every message a fresh mapping, so each page a
+//! message touches costs a fault that maps or copies it (a signal, a copy
+//! ioctl, or the kernel's copy-on-write of a memory image). Here a memory's
+//! reservation outlives the instance: it holds one committed [`PageMap`]
+//! version, registered with the process-wide userfaultfd in missing and
+//! asynchronous write-protect mode (`uffd`), and the next instance of the
+//! canister is created in it (`memory::with_kept_memories`). Then
+//!
+//! - a page the mapping already holds is read without any fault, and its
+//!   first write is the kernel's write-protect fault (no signal, no copy);
+//! - a page it does not hold yet is loaded from the committed map on first
+//!   touch (SIGBUS, as in the lazy userfaultfd tracker), and stays;
+//! - instantiation writes the data segments over the committed contents:
+//!   the pages it wrote are put back from the committed map and protected
+//!   again before the call (found by a scan, or, for code without start
+//!   functions, remembered from the instantiation that created the
+//!   mapping: the same code writes the same pages);
+//! - after the call, `PAGEMAP_SCAN` lists the written pages and, for an
+//!   update, write-protects them in the same walk. A successful update
+//!   commits them into the page map and the mapping *is* the new version;
+//!   a trap, a rejected message or a query puts the written pages back from
+//!   the committed map.
+//!
+//! Kept memories live in a process-wide cache bounded in entries and bytes
+//! (least recently used go first), looked up by page-map version as memory
+//! images are. A memory is lent to one message at a time: a concurrent
+//! message on the same version (a query while an update runs) arms a fresh
+//! memory lazily, as the userfaultfd tracker does.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::memory::{KeptMemory, MemoryView};
+use crate::paging::{PAGE_SIZE, PageMap};
+use crate::tracker::Armed;
+use crate::uffd::UffdMemory;
+
+/// Bytes of accessible memory kept in the cache (least recently used go
+/// first). Resident memory is at most this (pages touched since a memory
+/// was kept), in addition to the page maps.
+const CACHE_BYTES: usize = 8 << 30;
+/// Memories kept in the cache.
+const CACHE_ENTRIES: usize = 256;
+/// Above this many runs of written pages, they are protected again with
+/// one `PAGEMAP_SCAN` walk of the memory instead of one ioctl per run.
+const MAX_PROTECT_RUNS: usize = 64;
+
+/// A memory at rest in the cache, holding exactly `version`.
+struct Kept {
+    memory: KeptMemory,
+    /// Bytes registered with the userfaultfd (and accessible) from the base.
+    registered: usize,
+    /// The pages instantiating `code` writes (its data segments), when that
+    /// code has no start function: the same every time.
+    init_pages: Option<(CodeId, Arc<Vec<usize>>)>,
+}
+
+/// What identifies the code whose instantiation wrote `init_pages`.
+pub(crate) type CodeId = [u8; 32];
+
+struct Entry {
+    version: PageMap,
+    kept: Option<Kept>,
+    last_used: u64,
+}
+
+#[derive(Default)]
+struct Cache {
+    entries: Vec<Entry>,
+    clock: u64,
+}
+
+fn cache() -> &'static Mutex<Cache> {
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
+    CACHE.get_or_init(Mutex::default)
+}
+
+/// What the cache has for a version.
+enum Lent {
+    /// The kept memory (taken out until given back).
+    Hit(Kept),
+    /// Nothing: the caller creates the memory and gives it back.
+    Miss,
+    /// Lent to another message right now.
+    Busy,
+}
+
+fn lend(version: &PageMap) -> Lent {
+    let Ok(mut cache) = cache().lock() else {
+        return Lent::Busy;
+    };
+    cache.clock += 1;
+    match cache
+        .entries
+        .iter_mut()
+        .find(|e| e.version.same_version(version))
+    {
+        Some(entry) => match entry.kept.take() {
+            Some(kept) => Lent::Hit(kept),
+            None => Lent::Busy,
+        },
+        None => {
+            // A marker until the memory is given back.
+            cache.entries.push(Entry {
+                version: version.clone(),
+                kept: None,
+                last_used: 0,
+            });
+            Lent::Miss
+        }
+    }
+}
+
+/// Drops the lent marker of `version`.
+fn forget(cache: &mut Cache, version: &PageMap) {
+    if let Some(i) = cache
+        .entries
+        .iter()
+        .position(|e| e.kept.is_none() && e.version.same_version(version))
+    {
+        cache.entries.remove(i);
+    }
+}
+
+/// Puts `kept`, lent for `lent` and now holding `version`, back.
+fn give_back(lent: &PageMap, version: PageMap, kept: Kept) {
+    let evicted = {
+        let Ok(mut cache) = cache().lock() else {
+            return;
+        };
+        forget(&mut cache, lent);
+        cache.clock += 1;
+        let clock = cache.clock;
+        let mut evicted = Vec::new();
+        // Another memory kept for the same version (two lent at once cannot
+        // happen, but a restored state may meet an older entry): keep one.
+        if let Some(i) = cache
+            .entries
+            .iter()
+            .position(|e| e.kept.is_some() && e.version.same_version(&version))
+        {
+            evicted.push(cache.entries.remove(i));
+        }
+        cache.entries.push(Entry {
+            version,
+            kept: Some(kept),
+            last_used: clock,
+        });
+        loop {
+            let (count, bytes) = cache
+                .entries
+                .iter()
+                .filter_map(|e| {
+                    e.kept
+                        .as_ref()
+                        .map(|k| k.memory.size.load(Ordering::Acquire))
+                })
+                .fold((0, 0), |(n, b), len| (n + 1, b + len));
+            if count <= CACHE_ENTRIES && bytes <= CACHE_BYTES {
+                break;
+            }
+            let Some(oldest) = cache
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.kept.is_some())
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            evicted.push(cache.entries.remove(oldest));
+        }
+        evicted
+    };
+    // Unmapped outside the lock.
+    drop(evicted);
+}
+
+/// Frees every kept memory not lent right now (for benchmarks).
+pub(crate) fn clear() {
+    let entries = match cache().lock() {
+        Ok(mut cache) => {
+            let (kept, lent): (Vec<Entry>, Vec<Entry>) =
+                cache.entries.drain(..).partition(|e| e.kept.is_some());
+            cache.entries = lent;
+            kept
+        }
+        Err(_) => Vec::new(),
+    };
+    drop(entries);
+}
+
+/// Sets `memory`'s accessible size to `size` bytes: pages beyond it are
+/// dropped and made inaccessible again (they are zero in the version it
+/// holds), pages below it beyond `registered` are opened on first touch.
+fn resize(kept: &mut Kept, size: usize) -> io::Result<()> {
+    if kept.registered > size {
+        let base = kept.memory.reservation.base();
+        let (start, len) = (base + size, kept.registered - size);
+        // SAFETY: the range lies in the kept reservation, which no instance
+        // uses right now; dropping its pages makes them missing (zero).
+        unsafe {
+            if libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) != 0
+                || libc::mprotect(start as *mut libc::c_void, len, libc::PROT_NONE) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        kept.registered = size;
+    }
+    kept.memory.size.store(size, Ordering::Release);
+    Ok(())
+}
+
+/// Puts the committed contents back into `pages` (written pages of the
+/// memory) and write-protects them again.
+///
+/// # Safety
+/// The pages must lie in the registered, accessible part of the memory,
+/// and no wasm may run in it.
+unsafe fn restore(uffd: &UffdMemory, pages: &[usize]) -> io::Result<()> {
+    let base = uffd.base();
+    for &page in pages {
+        let at = (base + page * PAGE_SIZE) as *mut u8;
+        // SAFETY: per the contract, the page is mapped and writable by us.
+        let current = unsafe { std::slice::from_raw_parts_mut(at, PAGE_SIZE) };
+        match uffd.committed().get(page as u64) {
+            Some(content) if current != &content[..] => current.copy_from_slice(&content[..]),
+            Some(_) => {}
+            None if current.iter().any(|b| *b != 0) => current.fill(0),
+            None => {}
+        }
+    }
+    let runs = 1 + pages.windows(2).filter(|w| w[1] != w[0] + 1).count();
+    if runs > MAX_PROTECT_RUNS {
+        crate::uffd::protect_written(base, uffd.registered()).map(|_| ())
+    } else {
+        crate::uffd::write_protect(base, pages)
+    }
+}
+
+/// The memories of one message under the `uffd-mapped` tracker, between
+/// lending (before instantiation) and arming (after it).
+pub(crate) struct Lending {
+    slots: Vec<Slot>,
+    /// Versions of the misses (whose markers are in the cache) not armed
+    /// yet: their markers go when the lending is dropped unarmed.
+    misses: Vec<PageMap>,
+    /// Kept memories lent, armed during instantiation (which writes the
+    /// data segments into them, loading missing pages on the way).
+    hits: Vec<Armed>,
+}
+
+enum Slot {
+    Hit,
+    Miss,
+    Busy,
+}
+
+impl Lending {
+    /// Lends the kept memories of `heap` (by version); a memory without
+    /// one gets a fresh reservation, to be kept after the message.
+    /// `persists`: the message is an update (its writes are likely to be
+    /// committed).
+    pub(crate) fn lend(heap: &crate::state::HeapSnapshot, persists: bool) -> Self {
+        let mut slots = Vec::with_capacity(heap.memories.len());
+        let mut hits = Vec::new();
+        let mut misses = Vec::new();
+        for memory in &heap.memories {
+            let lent = if memory.pages.is_empty() {
+                // An empty map is not a distinct version (all of them are
+                // equal): nothing to key a kept memory by.
+                Lent::Busy
+            } else {
+                lend(&memory.pages)
+            };
+            match lent {
+                Lent::Hit(mut kept) => {
+                    let armed = resize(&mut kept, memory.size as usize).and_then(|()| {
+                        UffdMemory::adopt(
+                            &kept.memory,
+                            kept.registered,
+                            memory.pages.clone(),
+                            false,
+                        )
+                    });
+                    match armed {
+                        Ok(uffd) => {
+                            hits.push(Armed::Mapped(MappedMemory::new(
+                                uffd,
+                                kept,
+                                memory.size as usize,
+                                persists,
+                            )));
+                            slots.push(Slot::Hit);
+                        }
+                        Err(_) => {
+                            // Unusable: dropped (unmapped), built afresh.
+                            if let Ok(mut cache) = cache().lock() {
+                                forget(&mut cache, &memory.pages);
+                            }
+                            slots.push(Slot::Busy);
+                        }
+                    }
+                }
+                Lent::Miss => {
+                    misses.push(memory.pages.clone());
+                    slots.push(Slot::Miss);
+                }
+                Lent::Busy => slots.push(Slot::Busy),
+            }
+        }
+        Lending {
+            slots,
+            misses,
+            hits,
+        }
+    }
+
+    /// The kept memory to create each memory in, by creation order.
+    pub(crate) fn kept_memories(&self) -> Vec<Option<KeptMemory>> {
+        let mut hits = self.hits.iter();
+        self.slots
+            .iter()
+            .map(|slot| match slot {
+                Slot::Hit => match hits.next() {
+                    Some(Armed::Mapped(m)) => Some(m.kept_memory().clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The memories armed during instantiation.
+    pub(crate) fn armed_mut(&mut self) -> &mut [Armed] {
+        &mut self.hits
+    }
+
+    /// Arms the instance's memories (`views`, in creation order, with the
+    /// committed maps `committed`) after instantiation.
+    ///
+    /// # Safety
+    /// The store owning the memories must be alive and no wasm may run.
+    pub(crate) unsafe fn arm(
+        mut self,
+        views: &[MemoryView],
+        committed: &[PageMap],
+        code: CodeId,
+        has_start: bool,
+        persists: bool,
+    ) -> io::Result<Vec<Armed>> {
+        let slots = std::mem::take(&mut self.slots);
+        let mut hits = std::mem::take(&mut self.hits).into_iter();
+        let mut armed = Vec::with_capacity(views.len());
+        for ((slot, view), committed) in slots.iter().zip(views).zip(committed) {
+            let memory = match slot {
+                Slot::Hit => {
+                    let Some(Armed::Mapped(mut memory)) = hits.next() else {
+                        unreachable!("one lent memory per hit");
+                    };
+                    if memory.uffd.base() == view.base() {
+                        // SAFETY: forwarded contract.
+                        unsafe { memory.undo_instantiation(code, has_start) }?;
+                        Armed::Mapped(memory)
+                    } else {
+                        // The kept reservation did not fit what wasmtime
+                        // asked for: it goes back unchanged.
+                        drop(memory);
+                        // SAFETY: forwarded contract.
+                        Armed::Userfaultfd(unsafe { UffdMemory::arm(view, committed.clone()) }?)
+                    }
+                }
+                Slot::Miss => {
+                    self.misses.retain(|v| !v.same_version(committed));
+                    // A fresh reservation: what instantiation wrote is the
+                    // data segments, remembered to be undone next time.
+                    let init = if has_start {
+                        Ok(None)
+                    } else {
+                        crate::uffd::scan_present(view.base(), view.len())
+                            .map(|pages| Some((code, Arc::new(pages))))
+                    };
+                    // SAFETY: forwarded contract.
+                    let uffd = init.and_then(|init| {
+                        Ok((init, unsafe { UffdMemory::arm(view, committed.clone()) }?))
+                    });
+                    let (init, uffd) = match uffd {
+                        Ok(armed) => armed,
+                        Err(e) => {
+                            if let Ok(mut cache) = cache().lock() {
+                                forget(&mut cache, committed);
+                            }
+                            return Err(e);
+                        }
+                    };
+                    // Populated now, once: later messages find every page.
+                    uffd.populate();
+                    let kept = Kept {
+                        memory: view.kept(),
+                        registered: uffd.registered(),
+                        init_pages: init,
+                    };
+                    Armed::Mapped(MappedMemory::new(uffd, kept, view.len(), persists))
+                }
+                // SAFETY: forwarded contract.
+                Slot::Busy => {
+                    Armed::Userfaultfd(unsafe { UffdMemory::arm(view, committed.clone()) }?)
+                }
+            };
+            armed.push(memory);
+        }
+        Ok(armed)
+    }
+}
+
+impl Drop for Lending {
+    fn drop(&mut self) {
+        if self.misses.is_empty() {
+            return;
+        }
+        if let Ok(mut cache) = cache().lock() {
+            for version in &self.misses {
+                forget(&mut cache, version);
+            }
+        }
+    }
+}
+
+/// A kept memory armed for one message.
+pub(crate) struct MappedMemory {
+    uffd: UffdMemory,
+    /// Taken when given back to the cache.
+    kept: Option<Kept>,
+    /// Accessible bytes of the committed version it was lent for.
+    lent_size: usize,
+    /// Whether the message is an update (its scan protects what it finds).
+    persists: bool,
+    /// The new version built by [`MappedMemory::commit`], kept when the
+    /// message is [confirmed](MappedMemory::confirm).
+    next: RefCell<Option<PageMap>>,
+    confirmed: Cell<bool>,
+}
+
+impl MappedMemory {
+    fn new(mut uffd: UffdMemory, kept: Kept, lent_size: usize, persists: bool) -> Self {
+        uffd.set_protect_on_scan(persists);
+        MappedMemory {
+            uffd,
+            kept: Some(kept),
+            lent_size,
+            persists,
+            next: RefCell::new(None),
+            confirmed: Cell::new(false),
+        }
+    }
+
+    fn kept_memory(&self) -> &KeptMemory {
+        &self.kept.as_ref().expect("kept until dropped").memory
+    }
+
+    /// The userfaultfd side, for the fault handlers.
+    pub(crate) fn uffd_mut(&mut self) -> &mut UffdMemory {
+        &mut self.uffd
+    }
+
+    /// Puts back the committed contents of the pages instantiation wrote
+    /// (the data segments) and protects them again.
+    ///
+    /// # Safety
+    /// The store must be alive and no wasm may run.
+    unsafe fn undo_instantiation(&mut self, code: CodeId, has_start: bool) -> io::Result<()> {
+        let kept = self.kept.as_mut().expect("kept until dropped");
+        let known = match &kept.init_pages {
+            Some((id, pages)) if *id == code && !has_start => Some(pages.clone()),
+            _ => None,
+        };
+        let pages = match known {
+            Some(pages) => pages,
+            None => {
+                self.uffd.set_protect_on_scan(false);
+                Arc::new(self.uffd.written_pages().to_vec())
+            }
+        };
+        let registered = self.uffd.registered();
+        let pages: Vec<usize> = pages
+            .iter()
+            .copied()
+            .filter(|p| p * PAGE_SIZE < registered)
+            .collect();
+        // SAFETY: written pages lie in the registered part; no wasm runs.
+        unsafe { restore(&self.uffd, &pages) }?;
+        self.uffd.forget_written();
+        self.uffd.set_protect_on_scan(self.persists);
+        Ok(())
+    }
+
+    /// The committed map with this message's writes applied (the new
+    /// version the mapping holds, once [confirmed](MappedMemory::confirm)).
+    ///
+    /// # Safety
+    /// The store must be alive and no wasm may run.
+    pub(crate) unsafe fn commit(&self) -> PageMap {
+        // SAFETY: forwarded contract.
+        let next = unsafe { self.uffd.commit() };
+        *self.next.borrow_mut() = Some(next.clone());
+        next
+    }
+
+    /// The message's changes persist: the mapping keeps the committed
+    /// version built by [`MappedMemory::commit`].
+    pub(crate) fn confirm(&self) {
+        self.confirmed.set(self.next.borrow().is_some());
+    }
+
+    /// Faults handled.
+    pub(crate) fn faults(&self) -> u64 {
+        self.uffd.faults()
+    }
+
+    /// Pages written by the message.
+    pub(crate) fn dirty_pages(&self) -> usize {
+        self.uffd.dirty_pages()
+    }
+
+    /// Brings the mapping back to the committed version (the message's
+    /// changes do not persist) and sizes it as that version.
+    fn roll_back(&mut self, kept: &mut Kept) -> io::Result<()> {
+        let size = self.lent_size;
+        let registered = self.uffd.registered().min(size);
+        let pages: Vec<usize> = self
+            .uffd
+            .written_pages()
+            .iter()
+            .copied()
+            .filter(|p| p * PAGE_SIZE < registered)
+            .collect();
+        // SAFETY: the message is over (no wasm runs in this memory); the
+        // pages are written, so mapped, in the registered part.
+        unsafe { restore(&self.uffd, &pages) }?;
+        kept.registered = self.uffd.registered();
+        resize(kept, size)
+    }
+}
+
+impl Drop for MappedMemory {
+    fn drop(&mut self) {
+        let Some(mut kept) = self.kept.take() else {
+            return;
+        };
+        let lent = self.uffd.committed().clone();
+        let next = self.next.borrow_mut().take();
+        let kept_ok = match next {
+            Some(next) if self.confirmed.get() => {
+                // Committed: the written pages were protected by the scan.
+                kept.registered = self.uffd.registered();
+                Some(next)
+            }
+            _ => self.roll_back(&mut kept).ok().map(|()| lent.clone()),
+        };
+        match kept_ok {
+            Some(version) if !version.is_empty() => give_back(&lent, version, kept),
+            _ => {
+                if let Ok(mut cache) = cache().lock() {
+                    forget(&mut cache, &lent);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+;; A canister whose memory starts with data segments (on the first page and
+;; on page 17, in the second wasm page), read and written byte by byte. Used
+;; to check that instantiation's data segments never overwrite the committed
+;; heap, whatever the memory tracker.
+(component
+  (core module $m
+    (memory (export "memory") 2)
+    (data (i32.const 0) "abcd")
+    (data (i32.const 70000) "wxyz")
+    (func $set (export "set") (param i32 i32)
+      (i32.store8 (local.get 0) (local.get 1)))
+    (func (export "get") (param i32) (result i32)
+      (i32.load8_u (local.get 0)))
+    (func (export "set-then-trap") (param i32 i32)
+      (call $set (local.get 0) (local.get 1))
+      unreachable)
+    (func (export "grow") (param i32) (result i32)
+      (memory.grow (local.get 0)))
+    (func (export "grow-then-trap") (param i32 i32)
+      (drop (memory.grow (local.get 0)))
+      (call $set (local.get 1) (i32.const 1))
+      unreachable)
+    (func (export "grow-and-set") (param i32 i32) (result i32)
+      (call $set (local.get 1) (i32.const 1))
+      (memory.grow (local.get 0))))
+  (core instance $i (instantiate $m))
+  (func $set (param "address" u32) (param "value" u8) (canon lift (core func $i "set")))
+  (func $get (param "address" u32) (result u8) (canon lift (core func $i "get")))
+  (func $trap (param "address" u32) (param "value" u8) (canon lift (core func $i "set-then-trap")))
+  (func $grow (param "pages" u32) (result s32) (canon lift (core func $i "grow")))
+  (func $grow-then-trap (param "pages" u32) (param "address" u32)
+    (canon lift (core func $i "grow-then-trap")))
+  (func $grow-and-set (param "pages" u32) (param "address" u32) (result s32)
+    (canon lift (core func $i "grow-and-set")))
+  (export "set" (func $set))
+  (export "set-then-trap" (func $trap))
+  (export "grow" (func $grow))
+  (export "grow-then-trap" (func $grow-then-trap))
+  (instance $query
+    (export "get" (func $get))
+    (export "set-in-query" (func $set))
+    (export "grow-in-query" (func $grow-and-set)))
+  (export "test:data/query" (instance $query)))
