@@ -49,7 +49,14 @@ pub fn run(args: &FleetBenchArgs, json: bool) -> Result<()> {
     let mut rows = Vec::new();
     for &delay in &args.delays_ms {
         let dir = tempfile::tempdir()?;
-        let urls = crate::fleet::fleet_up(args.nodes, dir.path(), delay, None, None)?;
+        let urls = crate::fleet::fleet_up(
+            args.nodes,
+            dir.path(),
+            delay,
+            None,
+            None,
+            crate::fleet::SyncOptions::default(),
+        )?;
         let row = measure(args, &urls, delay);
         let _ = crate::fleet::fleet_down(dir.path());
         rows.push(row?);

@@ -67,6 +67,34 @@ pub fn parse_nodes(text: &str) -> Result<Vec<SocketAddr>> {
         .collect()
 }
 
+/// Test only (hidden options of `node start` and `fleet up`): how many
+/// executed batches a replica keeps for peers that catch up, and the
+/// checkpoint interval, made small so a test can make a replica fall
+/// behind far enough to state-sync.
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct SyncOptions {
+    /// Executed batches kept for peers that catch up.
+    #[arg(long, hide = true)]
+    pub recent_batches: Option<usize>,
+    /// Rounds between checkpoints (the same on every replica).
+    #[arg(long, hide = true)]
+    pub checkpoint_interval: Option<u64>,
+}
+
+impl SyncOptions {
+    /// The options as `node start` arguments.
+    fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(n) = self.recent_batches {
+            args.extend(["--recent-batches".to_string(), n.to_string()]);
+        }
+        if let Some(n) = self.checkpoint_interval {
+            args.extend(["--checkpoint-interval".to_string(), n.to_string()]);
+        }
+        args
+    }
+}
+
 /// `cellar node start`: runs one replica in the foreground until killed.
 pub fn node_start(
     config: &Path,
@@ -75,6 +103,7 @@ pub fn node_start(
     listen: SocketAddr,
     delay_ms: u64,
     byzantine: Option<Fault>,
+    sync: SyncOptions,
 ) -> Result<()> {
     crate::start::init_logging();
     let genesis: Genesis = read_json(config)?;
@@ -92,6 +121,10 @@ pub fn node_start(
             listen,
             injected_delay: (delay_ms > 0).then(|| Duration::from_millis(delay_ms)),
             byzantine,
+            recent_batches: sync
+                .recent_batches
+                .unwrap_or(cellar_node::replica::RECENT_BATCHES),
+            checkpoint_interval: sync.checkpoint_interval,
         })
         .await?;
         println!("replica {index} serving http://{}", running.addr);
@@ -121,13 +154,14 @@ const PIDS: &str = "fleet.pids";
 /// `cellar fleet up`: a fresh subnet of `n` replica processes on loopback;
 /// returns their HTTP URLs once every one answers. `byzantine` (test
 /// only) makes the last replica misbehave; `consensus_policy` as for
-/// [`subnet_new`].
+/// [`subnet_new`]; `sync` is passed to every replica.
 pub fn fleet_up(
     n: usize,
     dir: &Path,
     delay_ms: u64,
     byzantine: Option<&str>,
     consensus_policy: Option<&str>,
+    sync: SyncOptions,
 ) -> Result<Vec<String>> {
     if dir.join(PIDS).exists() {
         fleet_down(dir)?;
@@ -157,7 +191,8 @@ pub fn fleet_up(
             .arg("--listen")
             .arg(listen.to_string())
             .arg("--delay-ms")
-            .arg(delay_ms.to_string());
+            .arg(delay_ms.to_string())
+            .args(sync.args());
         if let Some(fault) = byzantine.filter(|_| i == n - 1) {
             command.arg("--byzantine").arg(fault);
         }

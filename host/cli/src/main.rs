@@ -215,6 +215,8 @@ enum NodeCommand {
         /// Test only: misbehave (equivocate, bad-shares, garbage).
         #[arg(long, hide = true)]
         byzantine: Option<fleet::Fault>,
+        #[command(flatten)]
+        sync: fleet::SyncOptions,
     },
 }
 
@@ -240,6 +242,8 @@ enum FleetCommand {
         /// component, default), round-robin, native-icc.
         #[arg(long)]
         consensus_policy: Option<String>,
+        #[command(flatten)]
+        sync: fleet::SyncOptions,
     },
     /// Stop the replicas of a fleet.
     Down {
@@ -380,13 +384,15 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             delay_ms,
             byzantine,
-        }) => fleet::node_start(&config, &key, data_dir, listen, delay_ms, byzantine),
+            sync,
+        }) => fleet::node_start(&config, &key, data_dir, listen, delay_ms, byzantine, sync),
         Command::Fleet(FleetCommand::Up {
             nodes,
             dir,
             delay_ms,
             byzantine,
             consensus_policy,
+            sync,
         }) => {
             let dir = dir.unwrap_or_else(fleet::default_dir);
             if let Some(fault) = &byzantine {
@@ -398,6 +404,7 @@ fn run(cli: Cli) -> Result<()> {
                 delay_ms,
                 byzantine.as_deref(),
                 consensus_policy.as_deref(),
+                sync,
             )?;
             for url in &urls {
                 println!("{url}");

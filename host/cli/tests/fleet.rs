@@ -271,6 +271,11 @@ fn subnet_new_writes_genesis_and_private_key_files() {
 
 /// Starts replica `i` of the fleet again on its data directory.
 fn restart(fleet: &Fleet, i: usize) -> KillOnDrop {
+    restart_with(fleet, i, &[])
+}
+
+/// Starts replica `i` of the fleet again with more `node start` arguments.
+fn restart_with(fleet: &Fleet, i: usize, args: &[&str]) -> KillOnDrop {
     let listen = fleet.urls[i].trim_start_matches("http://").to_string();
     let dir = &fleet.dir;
     let child = Command::new(CELLAR)
@@ -281,6 +286,7 @@ fn restart(fleet: &Fleet, i: usize) -> KillOnDrop {
         .arg("--data-dir")
         .arg(dir.join(format!("node-{i}")))
         .args(["--listen", &listen])
+        .args(args)
         .stdout(std::fs::File::create(dir.join(format!("node-{i}-again.log"))).unwrap())
         .stderr(std::fs::File::create(dir.join(format!("node-{i}-again.err"))).unwrap())
         .spawn()
@@ -480,4 +486,92 @@ fn consensus_policy_switch_through_consensus() {
         assert!(Instant::now() < deadline, "no progress past height {from}");
     }
     common_state_hash(&fleet.urls);
+}
+
+/// The hidden options that make a replica fall out of its peers' recent
+/// batches quickly: 30 batches kept, a checkpoint every 20 heights.
+const SMALL_SYNC: [&str; 4] = ["--recent-batches", "30", "--checkpoint-interval", "20"];
+
+/// A replica SIGKILLed while the others execute far more heights than they
+/// keep batches for cannot catch up from batches: restarted, it fetches a
+/// peer's checkpoint in chunks (state sync), checks it against the
+/// certified state hash, installs it, replays the batches above it, and
+/// then agrees on the state hash, answers a query with data written while
+/// it was down, and takes updates again.
+#[test]
+fn a_replica_far_behind_state_syncs_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut command = Command::new(CELLAR);
+    command.args(["fleet", "up"]).args(SMALL_SYNC);
+    let fleet = up_command(tmp.path(), 0, command);
+    let id = cellar(&fleet, &fleet.urls[0], &["deploy", "kv"]).expect("deploy");
+    cellar(&fleet, &fleet.urls[1], &["call", &id, "add(\"before\", 1)"]).expect("update");
+    let victim = pids(&fleet.dir)[3];
+    // SAFETY: a plain signal to a replica this test started.
+    assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+
+    // Well over 30 heights with updates while it is down.
+    let agent = Agent::new(&fleet.urls[0], Identity::anonymous());
+    let killed_at = agent.status().expect("status").round;
+    let mut written = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while agent.status().expect("status").round < killed_at + 120 || written < 10 {
+        // kv's add sets the value: the last one written is the count.
+        let url = &fleet.urls[written as usize % 3];
+        let call = format!("add(\"while-down\", {})", written + 1);
+        cellar(&fleet, url, &["call", &id, &call]).expect("update");
+        written += 1;
+        assert!(
+            Instant::now() < deadline,
+            "the three replicas make no progress"
+        );
+    }
+    let round = agent.status().expect("status").round;
+    eprintln!("{written} updates, heights {killed_at} -> {round} while replica 3 was down");
+
+    let _back = restart_with(&fleet, 3, &SMALL_SYNC);
+    let started = Instant::now();
+    wait_for_answer(
+        &fleet,
+        3,
+        &id,
+        "get(\"while-down\")",
+        &format!("some({written})"),
+    );
+    eprintln!(
+        "replica 3 answers with the data written while it was down after {:?}",
+        started.elapsed()
+    );
+    common_state_hash(&fleet.urls);
+    let log = std::fs::read_to_string(fleet.dir.join("node-3-again.err")).unwrap_or_default()
+        + &std::fs::read_to_string(fleet.dir.join("node-3-again.log")).unwrap_or_default();
+    let installed = log
+        .lines()
+        .find(|l| l.contains("state sync: installed the checkpoint"))
+        .unwrap_or_else(|| panic!("replica 3 did not state-sync:\n{log}"));
+    eprintln!("{installed}");
+    assert!(!log.contains("DIVERGENCE"), "{log}");
+    // And it takes updates again.
+    let reply = cellar(&fleet, &fleet.urls[3], &["call", &id, "add(\"after\", 2)"]);
+    assert!(reply.is_ok(), "{reply:?}");
+    for i in 0..4 {
+        wait_for_answer(&fleet, i, &id, "get(\"after\")", "some(2)");
+    }
+    common_state_hash(&fleet.urls);
+}
+
+/// Queries replica `i` until it answers `want` (bounded).
+fn wait_for_answer(fleet: &Fleet, i: usize, id: &str, query: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let answer = cellar(fleet, &fleet.urls[i], &["query", id, query]);
+        if answer.as_deref() == Ok(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica {i} answers {answer:?} to {query}, want {want}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

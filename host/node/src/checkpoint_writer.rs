@@ -107,6 +107,16 @@ impl CheckpointWriter {
         *in_flight = Some(job);
     }
 
+    /// Runs `f` on the store once the checkpoint in flight, if any, is
+    /// written (state sync exports and imports whole checkpoints).
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Checkpointer) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        log_failure(self.wait());
+        f(&mut self.checkpointer.lock().expect("checkpointer lock"))
+    }
+
     /// Waits until the checkpoint in flight, if any, is durable; returns
     /// what it wrote (the last one's figures when none was in flight).
     pub fn wait(&self) -> anyhow::Result<CheckpointStats> {

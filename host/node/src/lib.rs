@@ -25,6 +25,7 @@ pub mod requests;
 mod round;
 mod scheduler;
 mod state_hash;
+pub mod state_sync;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,9 +33,11 @@ use std::sync::Arc;
 
 pub use canister::{Canister, INITIAL_CYCLES, MAX_LOG_ENTRIES};
 pub use cellar_engine as engine;
-pub use checkpoint::CheckpointStats;
+pub use checkpoint::{CheckpointImage, CheckpointStats};
 pub use journal::{Durability, RequestTag};
-pub use node::{CallOutcome, Node, NodeError, NodeOptions};
+pub use node::{
+    CallOutcome, Certified, Node, NodeError, NodeOptions, SyncImage, genesis_state_hash,
+};
 
 use cellar_types::Principal;
 use cellar_types::api::InstallMode;

@@ -34,6 +34,9 @@ use crate::journal::{Durability, Ingress, Journal, Op, Record, RequestTag, read_
 use crate::messages::IngressId;
 use crate::state_hash;
 
+mod sync;
+pub use sync::{Certified, SyncImage};
+
 /// Why a request could not be carried out (as opposed to a message that ran
 /// and was rejected, which is a [`CallOutcome`]).
 #[derive(Debug, thiserror::Error)]
@@ -1378,9 +1381,11 @@ impl Node {
 
     /// A SHA-256 of the replicated state after the last committed round:
     /// the round, the next canister index and every canister's id,
-    /// controllers, run status, module hash, cycles, certified data, timers,
-    /// stable memory and linear memories, in a canonical order, and the
-    /// scheduler policy in force. Replicas that executed the same rounds
+    /// controllers, run status, module hash, cycles, certified data,
+    /// timers, stable memory and linear memories, in a canonical order, and
+    /// the scheduler policy and last consensus-policy change in force (the
+    /// round's time is left out: on a replica the catch-up package
+    /// certifies it as its block's time). Replicas that executed the same rounds
     /// agree on it; logs and counters that are not replicated state are
     /// left out.
     ///
@@ -1409,6 +1414,7 @@ impl Node {
                 .expect("policy lock")
                 .as_ref()
                 .map(|(hash, _)| hash.clone()),
+            consensus: self.consensus_change(),
         }
     }
 
@@ -1813,28 +1819,52 @@ impl Node {
 }
 
 /// The replicated state between two rounds (see [`Node::snapshot`]).
-struct StateSnapshot {
-    round: u64,
-    next_index: u64,
-    canisters: BTreeMap<Principal, Canister>,
+pub(crate) struct StateSnapshot {
+    pub(crate) round: u64,
+    pub(crate) next_index: u64,
+    pub(crate) canisters: BTreeMap<Principal, Canister>,
     /// Module hash of the scheduler policy in force; none: the built-in.
-    policy: Option<String>,
+    pub(crate) policy: Option<String>,
+    /// Replica mode: the last consensus-policy change (from height, module
+    /// hash); none: the genesis's policy.
+    pub(crate) consensus: Option<(u64, String)>,
 }
 
 impl StateSnapshot {
-    /// The state hash; the policy in force is folded in (a node on the
-    /// built-in policy keeps the plain hash).
-    fn hash(&self) -> [u8; 32] {
-        let hash = state_hash::hash(self.round, self.next_index, &self.canisters);
-        match &self.policy {
-            None => hash,
-            Some(policy) => {
-                let mut hasher = Sha256::new();
-                hasher.update(hash);
-                hasher.update(b"scheduler-policy\0");
-                hasher.update(policy.as_bytes());
-                hasher.finalize().into()
-            }
+    /// The state hash; the policies in force are folded in (a node on the
+    /// built-in scheduler policy and the genesis's consensus policy keeps
+    /// the plain hash).
+    pub(crate) fn hash(&self) -> [u8; 32] {
+        let mut hash = state_hash::hash(self.round, self.next_index, &self.canisters);
+        if let Some(policy) = &self.policy {
+            let mut hasher = Sha256::new();
+            hasher.update(hash);
+            hasher.update(b"scheduler-policy\0");
+            hasher.update(policy.as_bytes());
+            hash = hasher.finalize().into();
         }
+        if let Some((from, policy)) = &self.consensus {
+            let mut hasher = Sha256::new();
+            hasher.update(hash);
+            hasher.update(b"consensus-policy\0");
+            hasher.update(from.to_le_bytes());
+            hasher.update(policy.as_bytes());
+            hash = hasher.finalize().into();
+        }
+        hash
     }
+}
+
+/// The state hash of the empty state every subnet starts from (round 0,
+/// no canisters, the built-in and genesis policies): the state hash of the
+/// genesis catch-up package.
+pub fn genesis_state_hash() -> [u8; 32] {
+    StateSnapshot {
+        round: 0,
+        next_index: 0,
+        canisters: BTreeMap::new(),
+        policy: None,
+        consensus: None,
+    }
+    .hash()
 }

@@ -44,6 +44,7 @@ use tokio::sync::mpsc as tokio_mpsc;
 use crate::journal::{Ingress, Op};
 use crate::messages::IngressId;
 use crate::node::{Applied, Node, NodeError, NodeOptions};
+use crate::state_sync::{self, Fetch, Manifest, Progress, Served};
 
 /// Hands the encoded request to consensus (with the expiry in ms a signed
 /// request fixes, else the sink's own) and returns its ingress message id.
@@ -488,7 +489,13 @@ pub fn new_subnet(addresses: &[SocketAddr]) -> anyhow::Result<(Genesis, Vec<Node
             consensus: dealing.secrets[i].clone(),
         });
     }
-    let catch_up = cellar_consensus::catch_up::genesis(&dealing, now_ms(), Hash32([0; 32]))?;
+    // The genesis package certifies the empty state every replica starts
+    // from (replicas check it when they start at round 0).
+    let catch_up = cellar_consensus::catch_up::genesis(
+        &dealing,
+        now_ms(),
+        Hash32(crate::node::genesis_state_hash()),
+    )?;
     let mut consensus = ConsensusConfig {
         catch_up_interval: 10,
         ..ConsensusConfig::default()
@@ -521,6 +528,15 @@ pub struct ReplicaConfig {
     /// --byzantine`), to check that the honest ones keep safety and
     /// liveness.
     pub byzantine: Option<Fault>,
+    /// Executed batches kept for replicas that catch up (default
+    /// [`RECENT_BATCHES`]); a replica further behind state-syncs. Tests
+    /// make it small (`cellar node start --recent-batches`, hidden).
+    pub recent_batches: usize,
+    /// Rounds between checkpoints (default: the node's, 500). Every
+    /// replica of a subnet must use the same; state sync serves
+    /// checkpoints at catch-up heights, so make it a multiple of the
+    /// catch-up interval (10).
+    pub checkpoint_interval: Option<u64>,
 }
 
 /// Reads a JSON file.
@@ -539,7 +555,22 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
         .try_into()
         .map_err(|_| anyhow::anyhow!("the transport seed must be 32 bytes"))?;
     let keys = NodeKeyPair::from_seed(seed);
-    let options = NodeOptions::new(&config.data_dir);
+    let mut options = NodeOptions::new(&config.data_dir);
+    if let Some(interval) = config.checkpoint_interval {
+        options.checkpoint_interval = interval.max(1);
+    }
+    let catch_up_interval = config.genesis.consensus.catch_up_interval.max(1);
+    if !options
+        .checkpoint_interval
+        .is_multiple_of(catch_up_interval)
+    {
+        tracing::warn!(
+            checkpoint_interval = options.checkpoint_interval,
+            catch_up_interval,
+            "the checkpoint interval is not a multiple of the catch-up interval: \
+             only checkpoints at catch-up heights can be served to replicas that state-sync"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -551,6 +582,20 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
         Ok(cup) if cup.content.height <= node.round() => cup,
         _ => config.genesis.catch_up.clone(),
     };
+    let mut reported = BTreeMap::new();
+    if node.round() == 0 {
+        // The genesis certifies the empty state (older genesis files carry
+        // zeros: nothing to check).
+        let genesis_hash = config.genesis.catch_up.content.state_hash.0;
+        let hash = node.state_hash();
+        anyhow::ensure!(
+            genesis_hash == [0; 32] || genesis_hash == hash,
+            "this replica's empty state hashes to {}, not to the genesis state hash {}",
+            HEXLOWER.encode(&hash),
+            HEXLOWER.encode(&genesis_hash)
+        );
+        reported.insert(0, hash);
+    }
     tracing::info!(
         node = config.key.index,
         round = node.round(),
@@ -560,6 +605,7 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
     let (policy, policy_info) = consensus_policy(config.genesis.consensus_policy.as_deref())?;
     tracing::info!(policy = %policy_info, "consensus policy");
     *node.consensus_policy.lock().expect("policy lock") = Some(policy_info);
+    let (start_height, start_cup) = (start.content.height, start.clone());
     let mut consensus = ConsensusNode::new(
         config.genesis.consensus.clone(),
         config.genesis.keys.clone(),
@@ -605,12 +651,20 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
         consensus,
         transport,
         cup_path,
-        reported: BTreeMap::new(),
+        reported,
         stalled: false,
         recent: VecDeque::new(),
+        recent_batches: config.recent_batches.max(1),
         syncing: None,
         deferred: VecDeque::new(),
         last_sync_request_ms: 0,
+        keys: config.genesis.keys.clone(),
+        cups: BTreeMap::from([(start_height, start_cup)]),
+        served: VecDeque::new(),
+        fetch: None,
+        want_state: false,
+        last_state_request_ms: 0,
+        failed: BTreeMap::new(),
     };
     tokio::spawn(replica.run(inbound, submits));
     let max_body = cellar_engine::Limits::default().max_component_bytes * 4 / 3 + (1 << 20);
@@ -652,11 +706,29 @@ struct Replica {
     stalled: bool,
     /// The last batches executed, served to replicas catching up.
     recent: VecDeque<SyncBatch>,
+    /// How many batches `recent` keeps.
+    recent_batches: usize,
     /// Catching up to this catch-up package from peers' batches.
     syncing: Option<CatchUpPackage>,
     /// Finalized batches above the package, kept until the sync is done.
     deferred: VecDeque<FinalizedBatch>,
     last_sync_request_ms: u64,
+    /// The subnet's public keys (state sync checks catch-up packages).
+    keys: SubnetPublicKeys,
+    /// Recent catch-up packages, by height: a checkpoint at one of these
+    /// heights can be served to replicas that state-sync.
+    cups: BTreeMap<u64, CatchUpPackage>,
+    /// The checkpoints this replica serves (encoded, with their manifests;
+    /// the newest two, so a fetch survives the next checkpoint).
+    served: VecDeque<Served>,
+    /// The checkpoint this replica is fetching (state sync).
+    fetch: Option<Fetch>,
+    /// Peers no longer hold the batches this replica needs: it asks for a
+    /// checkpoint.
+    want_state: bool,
+    last_state_request_ms: u64,
+    /// Peers whose state was refused, until when (ms).
+    failed: BTreeMap<u32, u64>,
     /// Test only: how this replica misbehaves.
     byzantine: Option<Byzantine>,
     /// Invalid artifacts received, by sender (logged as they grow).
@@ -671,8 +743,14 @@ struct Byzantine {
     ticks: u64,
 }
 
-/// Batches kept for replicas that catch up.
-const RECENT_BATCHES: usize = 8192;
+/// Batches kept for replicas that catch up, by default.
+pub const RECENT_BATCHES: usize = 8192;
+
+/// Catch-up packages kept to serve checkpoints at their heights.
+const KEPT_CUPS: usize = 16;
+
+/// How long a peer whose state was refused is not asked again (ms).
+const FAILED_PEER_MS: u64 = 30_000;
 
 /// Most batches in one sync answer.
 const SYNC_CHUNK: usize = 256;
@@ -688,14 +766,48 @@ struct SyncBatch {
     items: Vec<([u8; 32], Vec<u8>)>,
 }
 
-/// Catch-up messages: a replica behind a catch-up package asks for the
-/// batches after its round; peers answer with what they still hold. The
-/// answer is not trusted: after replaying up to the package's height the
-/// state hash must equal the one the package certifies.
+/// Catch-up messages (postcard): a replica behind a catch-up package asks
+/// for the batches after its round; peers answer with what they still
+/// hold, or that they no longer hold them. Then the replica asks for a
+/// checkpoint instead (state sync, see [`state_sync`]): peers announce
+/// theirs with a manifest and send its chunks on request. No answer is
+/// trusted: after replaying up to the package's height, or before
+/// installing a checkpoint, the state hash must equal the certified one.
+/// Nonces keep repeated requests and answers distinct (the transport
+/// delivers each distinct artifact once).
 #[derive(Serialize, Deserialize)]
 enum SyncMessage {
-    Request { from: u64, nonce: u64 },
+    Request {
+        from: u64,
+        nonce: u64,
+    },
     Batches(Vec<SyncBatch>),
+    /// The batch at `from` is no longer held (answer to a `Request`).
+    Missing {
+        from: u64,
+        nonce: u64,
+    },
+    /// Which checkpoint above `above` can you send?
+    StateRequest {
+        above: u64,
+        nonce: u64,
+    },
+    /// This one (answer to a `StateRequest`).
+    Manifest {
+        manifest: Manifest,
+        nonce: u64,
+    },
+    ChunkRequest {
+        height: u64,
+        index: u32,
+        nonce: u64,
+    },
+    Chunk {
+        height: u64,
+        index: u32,
+        nonce: u64,
+        bytes: Vec<u8>,
+    },
 }
 
 fn kind_of(a: &ConsensusArtifact) -> ArtifactKind {
@@ -745,6 +857,7 @@ impl Replica {
                 },
                 _ = tick.tick() => {
                     self.maybe_request_sync();
+                    self.maybe_request_state();
                     self.misbehave_on_tick();
                     self.consensus.on_tick(now_ms())
                 }
@@ -769,17 +882,12 @@ impl Replica {
                 }
                 Action::CatchUpPackage(cup) => {
                     self.check(&cup);
-                    match serde_json::to_vec(&cup) {
-                        Ok(bytes) => {
-                            let tmp = self.cup_path.with_extension("tmp");
-                            let _ = std::fs::write(&tmp, bytes)
-                                .and_then(|()| std::fs::rename(&tmp, &self.cup_path));
-                        }
-                        Err(e) => tracing::warn!("cannot save the catch-up package: {e}"),
-                    }
+                    self.keep_cup(&cup);
+                    self.save_cup(&cup);
                 }
                 Action::StateSync(cup) => {
                     self.check(&cup);
+                    self.keep_cup(&cup);
                     if cup.content.height > self.node.round() {
                         tracing::warn!(
                             height = cup.content.height,
@@ -950,21 +1058,246 @@ impl Replica {
             from: self.node.round() + 1,
             nonce: now_nanos(),
         };
-        if let Ok(bytes) = serde_json::to_vec(&request) {
-            let _ = self
-                .transport
-                .broadcast(&NetArtifact::new(SYNC_KIND, bytes));
+        self.send_sync(None, &request);
+    }
+
+    /// Saves `cup` as the package to start from after a restart.
+    fn save_cup(&self, cup: &CatchUpPackage) {
+        match serde_json::to_vec(cup) {
+            Ok(bytes) => {
+                let tmp = self.cup_path.with_extension("tmp");
+                let _ = std::fs::write(&tmp, bytes)
+                    .and_then(|()| std::fs::rename(&tmp, &self.cup_path));
+            }
+            Err(e) => tracing::warn!("cannot save the catch-up package: {e}"),
+        }
+    }
+
+    /// Caught up to the package: executes the batches consensus delivered
+    /// meanwhile.
+    async fn finish_sync(&mut self) {
+        self.syncing = None;
+        self.fetch = None;
+        self.want_state = false;
+        let deferred: Vec<FinalizedBatch> = self.deferred.drain(..).collect();
+        for batch in deferred {
+            if let Some(more) = self.execute(batch).await {
+                Box::pin(self.act(more)).await;
+            }
+        }
+    }
+
+    /// State sync, on every tick: asks peers for a checkpoint (every
+    /// second until one answers), or moves the fetch on (asks again for
+    /// chunks that did not come, gives up a silent peer).
+    fn maybe_request_state(&mut self) {
+        if self.syncing.is_none() {
+            self.want_state = false;
+            self.fetch = None;
+            return;
+        }
+        let now = now_ms();
+        if let Some(fetch) = self.fetch.as_mut() {
+            let (peer, height) = (fetch.peer, fetch.manifest.height);
+            match fetch.on_tick(now) {
+                Ok(again) => self.request_chunks(peer, height, &again),
+                Err(why) => self.fail_peer(peer, &why),
+            }
+            return;
+        }
+        if !self.want_state || now < self.last_state_request_ms + 1000 {
+            return;
+        }
+        self.last_state_request_ms = now;
+        let request = SyncMessage::StateRequest {
+            above: self.node.round(),
+            nonce: now_nanos(),
+        };
+        self.send_sync(None, &request);
+    }
+
+    fn request_chunks(&self, peer: u32, height: u64, indices: &[u32]) {
+        for &index in indices {
+            let request = SyncMessage::ChunkRequest {
+                height,
+                index,
+                nonce: now_nanos(),
+            };
+            self.send_sync(Some(peer), &request);
+        }
+    }
+
+    /// Gives up the fetch from `peer` (its state or chunks were refused,
+    /// or it stopped answering) and asks the other peers.
+    fn fail_peer(&mut self, peer: u32, why: &str) {
+        tracing::warn!(
+            peer,
+            "state sync: refused what this peer sent ({why}); nothing installed, asking the others"
+        );
+        self.failed.insert(peer, now_ms() + FAILED_PEER_MS);
+        self.fetch = None;
+        self.want_state = true;
+        self.last_state_request_ms = 0;
+        self.maybe_request_state();
+    }
+
+    /// A peer asks which checkpoint it could fetch: the last one this
+    /// replica wrote, if a catch-up package it holds certifies its height.
+    async fn serve_manifest(&mut self, to: u32, above: u64, nonce: u64) {
+        let interval = self.node.options.checkpoint_interval.max(1);
+        let latest = self.node.round() / interval * interval;
+        if self
+            .served
+            .back()
+            .is_none_or(|s| s.manifest.height < latest)
+        {
+            let node = self.node.clone();
+            match tokio::task::spawn_blocking(move || node.export_sync_image()).await {
+                Ok(Ok(Some((height, image)))) => match self.cups.get(&height) {
+                    Some(cup) => match Served::new(cup.clone(), &image) {
+                        Ok(served) => {
+                            tracing::info!(
+                                height,
+                                bytes = served.manifest.size,
+                                chunks = served.manifest.chunks.len(),
+                                "serving the checkpoint to replicas that state-sync"
+                            );
+                            self.served.push_back(served);
+                            while self.served.len() > 2 {
+                                self.served.pop_front();
+                            }
+                        }
+                        Err(e) => tracing::warn!(height, "cannot encode the checkpoint: {e}"),
+                    },
+                    None => tracing::debug!(height, "no catch-up package for the checkpoint yet"),
+                },
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!("cannot export the checkpoint: {e:#}"),
+                Err(e) => tracing::warn!("checkpoint export panicked: {e}"),
+            }
+        }
+        if let Some(served) = self.served.back().filter(|s| s.manifest.height > above) {
+            let answer = SyncMessage::Manifest {
+                manifest: served.manifest.clone(),
+                nonce,
+            };
+            self.send_sync(Some(to), &answer);
+        }
+    }
+
+    /// A peer offers a checkpoint: fetch it if it is ahead and its
+    /// catch-up package verifies.
+    fn on_manifest(&mut self, from: u32, manifest: Manifest) {
+        if self.syncing.is_none() || self.fetch.is_some() || manifest.height <= self.node.round() {
+            return;
+        }
+        if self
+            .failed
+            .get(&from)
+            .is_some_and(|&until| now_ms() < until)
+        {
+            return;
+        }
+        if let Err(e) = manifest.check(&self.keys, self.node.round()) {
+            return self.fail_peer(from, &format!("manifest: {e}"));
+        }
+        tracing::info!(
+            peer = from,
+            height = manifest.height,
+            bytes = manifest.size,
+            chunks = manifest.chunks.len(),
+            "state sync: fetching the checkpoint"
+        );
+        let height = manifest.height;
+        let (fetch, first) = Fetch::new(from, manifest, now_ms());
+        self.fetch = Some(fetch);
+        self.request_chunks(from, height, &first);
+    }
+
+    /// A chunk of the checkpoint being fetched.
+    async fn on_chunk(&mut self, from: u32, height: u64, index: u32, bytes: Vec<u8>) {
+        let Some(fetch) = self.fetch.as_mut() else {
+            return;
+        };
+        match fetch.on_chunk(from, height, index, bytes, now_ms()) {
+            Progress::Ignored => {}
+            Progress::Request(more) => self.request_chunks(from, height, &more),
+            Progress::Bad(why) => self.fail_peer(from, &why),
+            Progress::Done(image) => self.install_fetched(image).await,
+        }
+    }
+
+    /// Checks the fetched checkpoint against its catch-up package and, if
+    /// it holds, installs it; then catches up from peers' batches above it.
+    async fn install_fetched(&mut self, image: Vec<u8>) {
+        let Some(fetch) = self.fetch.take() else {
+            return;
+        };
+        let (peer, manifest, started) = (fetch.peer, fetch.manifest, fetch.started_ms);
+        if manifest.height <= self.node.round() {
+            // Peers' batches got this replica there meanwhile.
+            return;
+        }
+        let decoded = match state_sync::decode(&image) {
+            Ok(decoded) => decoded,
+            Err(why) => return self.fail_peer(peer, &why),
+        };
+        let certified = manifest.certified();
+        let node = self.node.clone();
+        let installed =
+            tokio::task::spawn_blocking(move || node.install_sync_image(&decoded, &certified))
+                .await;
+        let round = match installed {
+            Ok(Ok(round)) => round,
+            Ok(Err(e)) => return self.fail_peer(peer, &format!("{e:#}")),
+            Err(e) => {
+                tracing::error!("state sync panicked: {e}");
+                std::process::exit(4);
+            }
+        };
+        tracing::info!(
+            height = round,
+            peer,
+            bytes = manifest.size,
+            ms = now_ms().saturating_sub(started),
+            "state sync: installed the checkpoint (its state hash is the certified one)"
+        );
+        self.recent.clear();
+        self.want_state = false;
+        self.reported.insert(round, certified.state_hash);
+        self.keep_cup(&manifest.cup);
+        let saved = read_json::<CatchUpPackage>(&self.cup_path).ok();
+        if saved.is_none_or(|c| c.content.height < round) {
+            self.save_cup(&manifest.cup);
+        }
+        if let Some((from, hash)) = self.node.consensus_change() {
+            switch_policy(&self.node, &mut self.consensus, from, &hash);
+        }
+        let top = self.syncing.as_ref().map_or(0, |c| c.content.height);
+        if round >= top {
+            self.finish_sync().await;
+        } else {
+            self.last_sync_request_ms = 0;
+            self.maybe_request_sync();
         }
     }
 
     /// A catch-up message from a peer.
     async fn on_sync(&mut self, r: Received) {
-        let Ok(message) = serde_json::from_slice::<SyncMessage>(r.artifact.payload()) else {
+        let Ok(message) = postcard::from_bytes::<SyncMessage>(r.artifact.payload()) else {
             tracing::warn!(from = r.from, "undecodable sync message");
             return;
         };
         match message {
-            SyncMessage::Request { from, .. } => {
+            SyncMessage::Request { from, nonce } => {
+                let held = self.recent.front().is_some_and(|b| b.height <= from);
+                if !held {
+                    // Executed and no longer held: the peer must state-sync.
+                    if from <= self.node.round() {
+                        self.send_sync(Some(r.from), &SyncMessage::Missing { from, nonce });
+                    }
+                    return;
+                }
                 let batches: Vec<SyncBatch> = self
                     .recent
                     .iter()
@@ -972,15 +1305,57 @@ impl Replica {
                     .take(SYNC_CHUNK)
                     .cloned()
                     .collect();
-                if batches.is_empty() {
-                    return;
-                }
-                if let Ok(bytes) = serde_json::to_vec(&SyncMessage::Batches(batches)) {
-                    let _ = self
-                        .transport
-                        .send(r.from, &NetArtifact::new(SYNC_KIND, bytes));
+                if !batches.is_empty() {
+                    self.send_sync(Some(r.from), &SyncMessage::Batches(batches));
                 }
             }
+            SyncMessage::Missing { from, .. } => {
+                if self.syncing.is_some()
+                    && from == self.node.round() + 1
+                    && self.fetch.is_none()
+                    && !self.want_state
+                {
+                    tracing::warn!(
+                        round = self.node.round(),
+                        peer = r.from,
+                        "peers no longer hold the batches after this round: \
+                         fetching a checkpoint (state sync)"
+                    );
+                    self.want_state = true;
+                    self.last_state_request_ms = 0;
+                    self.maybe_request_state();
+                }
+            }
+            SyncMessage::StateRequest { above, nonce } => {
+                self.serve_manifest(r.from, above, nonce).await;
+            }
+            SyncMessage::Manifest { manifest, .. } => self.on_manifest(r.from, manifest),
+            SyncMessage::ChunkRequest {
+                height,
+                index,
+                nonce,
+            } => {
+                let chunk = self
+                    .served
+                    .iter()
+                    .find(|s| s.manifest.height == height)
+                    .and_then(|s| s.chunk(index));
+                if let Some(bytes) = chunk {
+                    let answer = SyncMessage::Chunk {
+                        height,
+                        index,
+                        nonce,
+                        bytes: bytes.to_vec(),
+                    };
+                    self.send_sync(Some(r.from), &answer);
+                }
+            }
+            SyncMessage::Chunk {
+                height,
+                index,
+                bytes,
+                ..
+            } => self.on_chunk(r.from, height, index, bytes).await,
             SyncMessage::Batches(batches) => {
                 let Some(target) = self.syncing.clone() else {
                     return;
@@ -1018,13 +1393,7 @@ impl Replica {
                         self.reported.insert(top, hash);
                         self.check(&target);
                         tracing::info!(height = top, "caught up; the state hash matches");
-                        self.syncing = None;
-                        let deferred: Vec<FinalizedBatch> = self.deferred.drain(..).collect();
-                        for batch in deferred {
-                            if let Some(more) = self.execute(batch).await {
-                                Box::pin(self.act(more)).await;
-                            }
-                        }
+                        self.finish_sync().await;
                         return;
                     }
                 }
@@ -1036,8 +1405,32 @@ impl Replica {
 
     fn remember(&mut self, batch: SyncBatch) {
         self.recent.push_back(batch);
-        while self.recent.len() > RECENT_BATCHES {
+        while self.recent.len() > self.recent_batches {
             self.recent.pop_front();
+        }
+    }
+
+    /// Keeps a catch-up package (the newest [`KEPT_CUPS`]).
+    fn keep_cup(&mut self, cup: &CatchUpPackage) {
+        self.cups.insert(cup.content.height, cup.clone());
+        while self.cups.len() > KEPT_CUPS {
+            self.cups.pop_first();
+        }
+    }
+
+    /// Sends a catch-up message to `to`, or to every peer.
+    fn send_sync(&self, to: Option<u32>, message: &SyncMessage) {
+        let bytes = match postcard::to_stdvec(message) {
+            Ok(bytes) => bytes,
+            Err(e) => return tracing::warn!("cannot encode a sync message: {e}"),
+        };
+        let artifact = NetArtifact::new(SYNC_KIND, bytes);
+        let sent = match to {
+            Some(to) => self.transport.send(to, &artifact).map(|_| ()),
+            None => self.transport.broadcast(&artifact).map(|_| ()),
+        };
+        if let Err(e) = sent {
+            tracing::debug!(?to, "sync message not sent: {e}");
         }
     }
 
