@@ -794,7 +794,7 @@ enum SyncMessage {
     },
     /// This one (answer to a `StateRequest`).
     Manifest {
-        manifest: Manifest,
+        manifest: Box<Manifest>,
         nonce: u64,
     },
     ChunkRequest {
@@ -1178,7 +1178,7 @@ impl Replica {
         }
         if let Some(served) = self.served.back().filter(|s| s.manifest.height > above) {
             let answer = SyncMessage::Manifest {
-                manifest: served.manifest.clone(),
+                manifest: Box::new(served.manifest.clone()),
                 nonce,
             };
             self.send_sync(Some(to), &answer);
@@ -1329,7 +1329,7 @@ impl Replica {
             SyncMessage::StateRequest { above, nonce } => {
                 self.serve_manifest(r.from, above, nonce).await;
             }
-            SyncMessage::Manifest { manifest, .. } => self.on_manifest(r.from, manifest),
+            SyncMessage::Manifest { manifest, .. } => self.on_manifest(r.from, *manifest),
             SyncMessage::ChunkRequest {
                 height,
                 index,
