@@ -448,14 +448,7 @@ impl Node {
                 .lock()
                 .expect("requests lock")
                 .extend(loaded.requests.into_iter().map(|t| (t.id, t.expiry)));
-            for (mut canister, hash) in loaded.canisters {
-                if let Some(hash) = hash {
-                    canister.code = Some(self.load_module(&hash)?);
-                }
-                let id = canister.id.clone();
-                registry.canisters.insert(id.clone(), canister);
-                registry.reindex(&id);
-            }
+            self.add_loaded_canisters(&mut registry, loaded.canisters)?;
         }
         let journals = journal_files(&self.state_dir)?;
         // Checkpoints happen at rounds that are multiples of the interval,
@@ -542,6 +535,24 @@ impl Node {
             )?,
         };
         *self.writer.lock().expect("writer lock") = Some(Writer { journal });
+        Ok(())
+    }
+
+    /// Adds checkpointed canisters to `registry`, with their code loaded
+    /// from the stored modules they name.
+    fn add_loaded_canisters(
+        &self,
+        registry: &mut Registry,
+        canisters: Vec<(Canister, Option<String>)>,
+    ) -> anyhow::Result<()> {
+        for (mut canister, hash) in canisters {
+            if let Some(hash) = hash {
+                canister.code = Some(self.load_module(&hash)?);
+            }
+            let id = canister.id.clone();
+            registry.canisters.insert(id.clone(), canister);
+            registry.reindex(&id);
+        }
         Ok(())
     }
 

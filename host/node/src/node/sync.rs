@@ -180,14 +180,7 @@ impl Node {
             active: BTreeSet::new(),
             timed: BTreeSet::new(),
         };
-        for (mut canister, hash) in loaded.canisters {
-            if let Some(hash) = hash {
-                canister.code = Some(self.load_module(&hash)?);
-            }
-            let id = canister.id.clone();
-            registry.canisters.insert(id.clone(), canister);
-            registry.reindex(&id);
-        }
+        self.add_loaded_canisters(&mut registry, loaded.canisters)?;
         let scheduler_policy = match loaded.scheduler_policy {
             Some(hash) => Some((hash.clone(), self.load_policy(&hash)?)),
             None => None,
