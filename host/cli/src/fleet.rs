@@ -20,11 +20,13 @@ pub fn key_file(i: usize) -> String {
 }
 
 /// Writes the genesis and the key files for nodes at `addresses` into `out`;
-/// `consensus_policy` names the policy every replica runs (default `icc`).
+/// `consensus_policy` names the policy every replica runs (default `icc`),
+/// `checkpoint_interval` the rounds between checkpoints (default 500).
 pub fn subnet_new(
     addresses: &[SocketAddr],
     out: &Path,
     consensus_policy: Option<&str>,
+    checkpoint_interval: Option<u64>,
 ) -> Result<Genesis> {
     if let Some(name) = consensus_policy {
         anyhow::ensure!(
@@ -34,6 +36,10 @@ pub fn subnet_new(
     }
     let (mut genesis, keys) = cellar_node::replica::new_subnet(addresses)?;
     genesis.consensus_policy = consensus_policy.map(str::to_string);
+    if let Some(interval) = checkpoint_interval {
+        genesis.check_checkpoint_interval(interval)?;
+        genesis.checkpoint_interval = Some(interval);
+    }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     std::fs::write(out.join(GENESIS_FILE), serde_json::to_vec_pretty(&genesis)?)?;
     for (i, key) in keys.iter().enumerate() {
@@ -76,20 +82,19 @@ pub struct SyncOptions {
     /// Executed batches kept for peers that catch up.
     #[arg(long, hide = true)]
     pub recent_batches: Option<usize>,
-    /// Rounds between checkpoints (the same on every replica).
+    /// Rounds between checkpoints (`fleet up`: written into the genesis;
+    /// `node start`: for a genesis that does not fix it).
     #[arg(long, hide = true)]
     pub checkpoint_interval: Option<u64>,
 }
 
 impl SyncOptions {
-    /// The options as `node start` arguments.
+    /// The options as `node start` arguments (the checkpoint interval is
+    /// in the genesis).
     fn args(&self) -> Vec<String> {
         let mut args = Vec::new();
         if let Some(n) = self.recent_batches {
             args.extend(["--recent-batches".to_string(), n.to_string()]);
-        }
-        if let Some(n) = self.checkpoint_interval {
-            args.extend(["--checkpoint-interval".to_string(), n.to_string()]);
         }
         args
     }
@@ -171,7 +176,7 @@ pub fn fleet_up(
     let quic: Vec<SocketAddr> = (0..n)
         .map(|_| Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?))))
         .collect::<Result<_>>()?;
-    subnet_new(&quic, dir, consensus_policy)?;
+    subnet_new(&quic, dir, consensus_policy, sync.checkpoint_interval)?;
     let exe = std::env::current_exe()?;
     let mut pids = String::new();
     let mut urls = Vec::new();

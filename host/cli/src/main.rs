@@ -189,6 +189,10 @@ enum SubnetCommand {
         /// component, default), round-robin, native-icc.
         #[arg(long)]
         consensus_policy: Option<String>,
+        /// Rounds between checkpoints on every replica (default 500; a
+        /// multiple of the catch-up interval, 10).
+        #[arg(long)]
+        checkpoint_interval: Option<u64>,
     },
 }
 
@@ -366,9 +370,15 @@ fn run(cli: Cli) -> Result<()> {
             nodes,
             out,
             consensus_policy,
+            checkpoint_interval,
         }) => {
             let addresses = fleet::parse_nodes(&nodes)?;
-            fleet::subnet_new(&addresses, &out, consensus_policy.as_deref())?;
+            fleet::subnet_new(
+                &addresses,
+                &out,
+                consensus_policy.as_deref(),
+                checkpoint_interval,
+            )?;
             println!(
                 "wrote {} and {} key files to {}",
                 fleet::GENESIS_FILE,

@@ -161,6 +161,41 @@ fn four_replicas_agree_and_survive_a_kill() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    // An update submitted to one replica can be polled on every other:
+    // each keeps the status of every signed call it executes.
+    let request_id = cellar(
+        &fleet,
+        &fleet.urls[0],
+        &["call", &id, "increment()", "--no-wait"],
+    )
+    .expect("submit");
+    expected += 1;
+    for url in &fleet.urls[1..] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = cellar(&fleet, url, &["request", &request_id]).expect("request");
+            if status.starts_with("replied") {
+                assert!(status.ends_with(&expected.to_string()), "{url}: {status}");
+                break;
+            }
+            assert!(
+                status == "unknown" || status == "processing",
+                "{url}: {status}"
+            );
+            assert!(Instant::now() < deadline, "{url} answers {status}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Nobody else reads the result.
+    let other = Command::new(CELLAR)
+        .args(["--url", &fleet.urls[2], "--identity"])
+        .arg(fleet.dir.join("other-identity"))
+        .args(["request", &request_id])
+        .env("HOME", fleet.dir.join("home"))
+        .output()
+        .expect("run cellar");
+    let other = String::from_utf8_lossy(&other.stdout);
+    assert_eq!(other.trim(), "unknown", "another caller reads the result");
     let hash = common_state_hash(&fleet.urls);
     assert_eq!(hash.len(), 64);
 
@@ -267,6 +302,46 @@ fn subnet_new_writes_genesis_and_private_key_files() {
         let meta = std::fs::metadata(tmp.path().join(format!("node-{i}.key.json"))).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
+
+    // The checkpoint interval is the subnet's: in the genesis, a multiple
+    // of the catch-up interval (10).
+    let subnet = |interval: &str| {
+        Command::new(CELLAR)
+            .args(["subnet", "new", "--nodes", "127.0.0.1:7101,127.0.0.1:7102"])
+            .args(["--checkpoint-interval", interval, "--out"])
+            .arg(tmp.path().join(interval))
+            .output()
+            .unwrap()
+    };
+    let bad = subnet("15");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("multiple of the catch-up interval"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(subnet("50").status.success());
+    let genesis: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("50").join("genesis.json")).unwrap())
+            .unwrap();
+    assert_eq!(genesis["checkpoint_interval"], 50);
+    // A replica told otherwise refuses to start.
+    let wrong = Command::new(CELLAR)
+        .args(["node", "start", "--config"])
+        .arg(tmp.path().join("50").join("genesis.json"))
+        .arg("--key")
+        .arg(tmp.path().join("50").join("node-0.key.json"))
+        .arg("--data-dir")
+        .arg(tmp.path().join("node-data"))
+        .args(["--listen", "127.0.0.1:0", "--checkpoint-interval", "20"])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("fixes the checkpoint interval at 50"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
 }
 
 /// Starts replica `i` of the fleet again on its data directory.
@@ -529,7 +604,8 @@ fn a_replica_far_behind_state_syncs_a_checkpoint() {
     let round = agent.status().expect("status").round;
     eprintln!("{written} updates, heights {killed_at} -> {round} while replica 3 was down");
 
-    let _back = restart_with(&fleet, 3, &SMALL_SYNC);
+    // The checkpoint interval comes from the genesis.
+    let _back = restart_with(&fleet, 3, &SMALL_SYNC[..2]);
     let started = Instant::now();
     wait_for_answer(
         &fleet,

@@ -224,6 +224,7 @@ pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
     let requests = Arc::new(Requests::new(DEFAULT_CAPACITY));
     // Requests executed before a restart stay refused until they expire.
     requests.restore(node.journaled_requests(now_nanos()));
+    node.share_request_statuses(requests.clone());
     let ingress = Arc::new(Ingress::start(
         node.clone(),
         requests.clone(),

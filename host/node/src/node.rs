@@ -75,7 +75,7 @@ pub enum NodeError {
 }
 
 /// The result of a call that reached a canister.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct CallOutcome {
     /// The reply values or the reject.
     pub result: Result<Vec<Val>, Reject>,
@@ -982,11 +982,15 @@ impl Node {
                 continue;
             };
             let time = time_nanos.max(last_time + 1);
-            if let Err(reason) = crate::replica::verify_request(id, content, &decoded, time) {
-                tracing::warn!(height, "skipped a request: {reason}");
-                self.replica.refuse(id, reason);
-                continue;
-            }
+            let verified = match crate::replica::verify_request(id, content, &decoded, time) {
+                Ok(verified) => verified,
+                Err(reason) => {
+                    tracing::warn!(height, "skipped a request: {reason}");
+                    self.replica.refuse(id, reason);
+                    continue;
+                }
+            };
+            let tracked = crate::replica::TrackedCall::of(&decoded, verified.as_ref());
             let crate::replica::Decoded {
                 ingress: request,
                 module,
@@ -1007,6 +1011,9 @@ impl Node {
                 index: ingress.len() as u32,
             };
             self.replica.expect(index, id);
+            if let Some(call) = tracked {
+                self.replica.track(index, call);
+            }
             ingress.push(request);
         }
         let record = Record {
@@ -1032,6 +1039,13 @@ impl Node {
     /// rounds run only through [`Node::apply_finalized`].
     pub fn set_replica_sink(&self, sink: crate::replica::IngressSink) {
         self.replica.turn_on(sink);
+    }
+
+    /// Replica mode: the HTTP layer's request statuses, where this replica
+    /// records every signed call it executes (whichever replica received
+    /// it), so that its sender can poll any replica.
+    pub fn share_request_statuses(&self, requests: Arc<crate::requests::Requests>) {
+        self.replica.share_statuses(requests);
     }
 
     /// Whether the node runs as a replica of a subnet.

@@ -61,6 +61,37 @@ pub(crate) struct ReplicaLink {
     waiters: Mutex<HashMap<[u8; 32], Waiter>>,
     /// Waited-for messages inducted into a round, by their place in it.
     inducted: Mutex<HashMap<IngressId, [u8; 32]>>,
+    /// The HTTP layer's request statuses, which every replica keeps for
+    /// every signed call it executes, so the sender can poll any replica.
+    statuses: OnceLock<Arc<crate::requests::Requests>>,
+    /// Signed calls executing, by their place in their round.
+    tracked: Mutex<HashMap<IngressId, TrackedCall>>,
+}
+
+/// A signed call whose status this replica keeps until it is answered.
+pub(crate) struct TrackedCall {
+    request_id: String,
+    caller: cellar_types::Principal,
+    expiry: u64,
+    encoding: cellar_types::api::ReplyEncoding,
+}
+
+impl TrackedCall {
+    /// The status entry of a verified signed call (none for anything else).
+    pub(crate) fn of(d: &Decoded, verified: Option<&crate::auth::Authenticated>) -> Option<Self> {
+        let (Op::Call { .. }, Some(auth), Some(env)) = (&d.ingress.op, verified, &d.envelope)
+        else {
+            return None;
+        };
+        let body = data_encoding::BASE64.decode(env.body.as_bytes()).ok()?;
+        let request: cellar_types::api::CallRequest = serde_json::from_slice(&body).ok()?;
+        Some(TrackedCall {
+            request_id: auth.request_id.clone(),
+            caller: auth.caller.clone(),
+            expiry: auth.ingress_expiry?,
+            encoding: request.reply_encoding,
+        })
+    }
 }
 
 /// What travels in an ingress message's content: the request, the module
@@ -151,15 +182,16 @@ fn message_expiry_ms(envelope: &Envelope) -> u64 {
 /// passed, which must ask for exactly this operation, and which must be the
 /// one message its signature allows (canonical content, nonce 0, consensus
 /// expiry = the signed expiry), so a replayed copy has the same id.
+/// Returns the signed request's id and expiry (none for anonymous ones).
 pub(crate) fn verify_request(
     id: &[u8; 32],
     content: &[u8],
     d: &Decoded,
     time_nanos: u64,
-) -> Result<(), String> {
+) -> Result<Option<crate::auth::Authenticated>, String> {
     let caller = &d.ingress.caller;
     if *caller == cellar_types::Principal::anonymous() {
-        return Ok(());
+        return Ok(None);
     }
     let env = d
         .envelope
@@ -194,7 +226,8 @@ pub(crate) fn verify_request(
         Some(e) if e >= time_nanos => {}
         _ => return Err("the request's ingress expiry has passed".into()),
     }
-    binds(env, &body, caller, &d.ingress.op)
+    binds(env, &body, caller, &d.ingress.op)?;
+    Ok(Some(auth))
 }
 
 /// Whether the signed request asks for `op` (the same parsing as the HTTP
@@ -346,6 +379,30 @@ impl ReplicaLink {
         Ok(answer)
     }
 
+    /// Shares the HTTP layer's request statuses: from now on this replica
+    /// records the status of every signed call it executes.
+    pub(crate) fn share_statuses(&self, requests: Arc<crate::requests::Requests>) {
+        let _ = self.statuses.set(requests);
+    }
+
+    /// The signed call at `index` is executing: its sender may poll it here.
+    pub(crate) fn track(&self, index: IngressId, call: TrackedCall) {
+        let Some(statuses) = self.statuses.get() else {
+            return;
+        };
+        statuses.record(
+            &call.request_id,
+            &call.caller,
+            call.expiry,
+            cellar_types::api::RequestState::Processing,
+            None,
+        );
+        self.tracked
+            .lock()
+            .expect("tracked lock")
+            .insert(index, call);
+    }
+
     /// Message `id` was inducted at `index`: remember it if someone waits.
     pub(crate) fn expect(&self, index: IngressId, id: &[u8; 32]) {
         if self.waiters.lock().expect("waiters lock").contains_key(id) {
@@ -366,6 +423,26 @@ impl ReplicaLink {
 
     /// The message at `index` finished: answer its caller if it is here.
     pub(crate) fn answer(&self, index: IngressId, result: Result<Applied, NodeError>) {
+        let tracked = self.tracked.lock().expect("tracked lock").remove(&index);
+        if let (Some(call), Some(statuses)) = (tracked, self.statuses.get()) {
+            let response = match &result {
+                Ok(Applied::Call(outcome)) => {
+                    crate::requests::call_response(outcome.clone(), call.encoding)
+                }
+                Ok(_) => crate::requests::refused_response(&NodeError::Internal(anyhow::anyhow!(
+                    "a call answered with something else than a call's result"
+                ))),
+                Err(e) => crate::requests::refused_response(e),
+            };
+            let state = crate::requests::state_of(&response);
+            statuses.record(
+                &call.request_id,
+                &call.caller,
+                call.expiry,
+                state,
+                Some(response),
+            );
+        }
         let Some(id) = self.inducted.lock().expect("inducted lock").remove(&index) else {
             return;
         };
@@ -403,6 +480,26 @@ pub struct Genesis {
     /// `IccPolicy`, no component).
     #[serde(default)]
     pub consensus_policy: Option<String>,
+    /// Rounds between checkpoints, the same on every replica (none: the
+    /// node's default, 500). A multiple of the catch-up interval, so that
+    /// every checkpoint can be served to replicas that state-sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_interval: Option<u64>,
+}
+
+impl Genesis {
+    /// Checks that `interval` suits this subnet: positive and a multiple of
+    /// the catch-up interval.
+    pub fn check_checkpoint_interval(&self, interval: u64) -> anyhow::Result<()> {
+        let catch_up = self.consensus.catch_up_interval.max(1);
+        anyhow::ensure!(
+            interval > 0 && interval.is_multiple_of(catch_up),
+            "the checkpoint interval must be a positive multiple of the catch-up interval \
+             ({catch_up}), not {interval}: only checkpoints at catch-up heights can be served \
+             to replicas that state-sync"
+        );
+        Ok(())
+    }
 }
 
 /// Heights between the finalized batch that changes the consensus policy
@@ -507,6 +604,7 @@ pub fn new_subnet(addresses: &[SocketAddr]) -> anyhow::Result<(Genesis, Vec<Node
         catch_up,
         consensus,
         consensus_policy: None,
+        checkpoint_interval: None,
     };
     Ok((genesis, key_files))
 }
@@ -532,10 +630,9 @@ pub struct ReplicaConfig {
     /// [`RECENT_BATCHES`]); a replica further behind state-syncs. Tests
     /// make it small (`cellar node start --recent-batches`, hidden).
     pub recent_batches: usize,
-    /// Rounds between checkpoints (default: the node's, 500). Every
-    /// replica of a subnet must use the same; state sync serves
-    /// checkpoints at catch-up heights, so make it a multiple of the
-    /// catch-up interval (10).
+    /// Rounds between checkpoints, for a genesis that does not fix them
+    /// (older genesis files); one that does must agree. Every replica of a
+    /// subnet must use the same.
     pub checkpoint_interval: Option<u64>,
 }
 
@@ -556,21 +653,26 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
         .map_err(|_| anyhow::anyhow!("the transport seed must be 32 bytes"))?;
     let keys = NodeKeyPair::from_seed(seed);
     let mut options = NodeOptions::new(&config.data_dir);
-    if let Some(interval) = config.checkpoint_interval {
-        options.checkpoint_interval = interval.max(1);
+    match (
+        config.genesis.checkpoint_interval,
+        config.checkpoint_interval,
+    ) {
+        (Some(fixed), Some(asked)) if fixed != asked => anyhow::bail!(
+            "the subnet's genesis fixes the checkpoint interval at {fixed} rounds, not {asked}"
+        ),
+        (Some(interval), _) | (None, Some(interval)) => options.checkpoint_interval = interval,
+        (None, None) => {}
     }
-    let catch_up_interval = config.genesis.consensus.catch_up_interval.max(1);
-    if !options
-        .checkpoint_interval
-        .is_multiple_of(catch_up_interval)
+    if let Err(e) = config
+        .genesis
+        .check_checkpoint_interval(options.checkpoint_interval)
     {
-        tracing::warn!(
-            checkpoint_interval = options.checkpoint_interval,
-            catch_up_interval,
-            "the checkpoint interval is not a multiple of the catch-up interval: \
-             only checkpoints at catch-up heights can be served to replicas that state-sync"
-        );
+        if config.genesis.checkpoint_interval.is_some() {
+            return Err(e);
+        }
+        tracing::warn!("{e:#}");
     }
+    options.checkpoint_interval = options.checkpoint_interval.max(1);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -1621,7 +1723,7 @@ mod tests {
     }
 
     fn check(item: &([u8; 32], Vec<u8>), time: u64) -> Result<(), String> {
-        verify_request(&item.0, &item.1, &decode_request(&item.1).unwrap(), time)
+        verify_request(&item.0, &item.1, &decode_request(&item.1).unwrap(), time).map(|_| ())
     }
 
     #[test]

@@ -164,6 +164,42 @@ impl Requests {
         }
     }
 
+    /// Records the progress of a request that may not have been admitted
+    /// here: a replica learns of requests other replicas received when
+    /// consensus orders them, and keeps their statuses so the sender can
+    /// poll any replica. Past the capacity nothing new is recorded.
+    pub fn record(
+        &self,
+        id: &str,
+        caller: &Principal,
+        expiry: u64,
+        state: RequestState,
+        response: Option<CallResponse>,
+    ) {
+        let mut table = self.table.lock().expect("request table");
+        if let Some(entry) = table.entries.get_mut(id) {
+            // Never go back from an answer to "processing".
+            if !(entry.state.is_done() && !state.is_done()) {
+                entry.state = state;
+                entry.response = response;
+            }
+            return;
+        }
+        if table.entries.len() >= self.capacity {
+            return;
+        }
+        table.entries.insert(
+            id.to_string(),
+            Entry {
+                expiry,
+                caller: caller.clone(),
+                state,
+                response,
+            },
+        );
+        table.by_expiry.insert((expiry, id.to_string()));
+    }
+
     /// A request's status as `caller` may see it: only the sender reads a
     /// request's result; to anyone else (and after expiry) it is unknown.
     pub fn status(&self, id: &str, caller: &Principal, now: u64) -> RequestStatus {
@@ -217,6 +253,27 @@ pub fn call_response(outcome: CallOutcome, encoding: ReplyEncoding) -> CallRespo
             reject,
             instructions: outcome.instructions,
         },
+    }
+}
+
+/// The answer to an update the node could not carry out.
+pub(crate) fn refused_response(e: &NodeError) -> CallResponse {
+    let code = match e {
+        NodeError::NotFound(_) | NodeError::NotController { .. } => RejectCode::DestinationInvalid,
+        NodeError::Internal(_) => RejectCode::SystemTransient,
+        _ => RejectCode::SystemFatal,
+    };
+    CallResponse::Rejected {
+        reject: Reject::new(code, e.to_string()),
+        instructions: 0,
+    }
+}
+
+/// The final state of a request that answered `response`.
+pub(crate) fn state_of(response: &CallResponse) -> RequestState {
+    match response {
+        CallResponse::Replied { .. } => RequestState::Replied,
+        CallResponse::Rejected { .. } => RequestState::Rejected,
     }
 }
 
@@ -340,30 +397,14 @@ fn run_job(node: &Node, requests: &Requests, metrics: &Metrics, job: Job) {
         );
         call_response(outcome, job.request.reply_encoding)
     });
-    let (state, response) = match &result {
-        Ok(response @ CallResponse::Replied { .. }) => {
-            (RequestState::Replied, Some(response.clone()))
-        }
-        Ok(response @ CallResponse::Rejected { .. }) => {
-            (RequestState::Rejected, Some(response.clone()))
-        }
+    let response = match &result {
+        Ok(response) => response.clone(),
         Err(e) => {
             metrics.record_refused();
-            let code = match e {
-                NodeError::NotFound(_) | NodeError::NotController { .. } => {
-                    RejectCode::DestinationInvalid
-                }
-                NodeError::Internal(_) => RejectCode::SystemTransient,
-                _ => RejectCode::SystemFatal,
-            };
-            let reject = CallResponse::Rejected {
-                reject: Reject::new(code, e.to_string()),
-                instructions: 0,
-            };
-            (RequestState::Rejected, Some(reject))
+            refused_response(e)
         }
     };
-    requests.set(&job.request_id, state, response);
+    requests.set(&job.request_id, state_of(&response), Some(response));
     if let Some(reply) = job.reply {
         let _ = reply.send(result);
     }
