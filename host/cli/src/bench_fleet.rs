@@ -20,8 +20,9 @@ pub struct FleetBenchArgs {
     /// Replicas in the subnet.
     #[arg(long, default_value_t = 4)]
     pub nodes: usize,
-    /// Concurrent clients (threads).
-    #[arg(long, default_value_t = 64)]
+    /// Concurrent clients (threads), each waiting for its update's answer
+    /// before it sends the next: throughput is at most clients / latency.
+    #[arg(long, default_value_t = 256)]
     pub clients: usize,
     /// Seconds each measurement runs.
     #[arg(long, default_value_t = 5.0)]

@@ -569,13 +569,27 @@ async fn call(
 ) -> Result<Json<CallResponse>, HttpError> {
     let (id, request) = parse_call(&api, &id, &signed)?;
     let (sender, receiver) = tokio::sync::oneshot::channel();
+    let request_id = signed.request_id.clone();
     enqueue(&api, signed, id, request, Some(sender))?;
-    let result = receiver.await.map_err(|_| {
-        HttpError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the ingress queue stopped".into(),
-        )
-    })?;
+    let timeout = api.node.reply_timeout();
+    let result = match tokio::time::timeout(timeout, receiver).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => {
+            return Err(HttpError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the ingress queue stopped".into(),
+            ));
+        }
+        Err(_) => {
+            return Err(HttpError(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "no answer within {timeout:?}; request {request_id} may still execute \
+                     (poll it with GET /api/v1/requests/{request_id})"
+                ),
+            ));
+        }
+    };
     Ok(Json(result?))
 }
 

@@ -1048,6 +1048,12 @@ impl Node {
         self.replica.share_statuses(requests);
     }
 
+    /// How long a caller waits for an update's answer before it gives up
+    /// waiting (the message may still execute).
+    pub fn reply_timeout(&self) -> Duration {
+        self.options.reply_timeout
+    }
+
     /// Whether the node runs as a replica of a subnet.
     pub fn is_replica(&self) -> bool {
         self.replica.is_on()
@@ -1202,6 +1208,51 @@ impl Node {
         match self.submit(caller, op)? {
             Applied::Call(outcome) => Ok(outcome),
             _ => unreachable!("a call answers with an outcome"),
+        }
+    }
+
+    /// Submits an update and returns without waiting where it can: in
+    /// replica mode the request goes to consensus and `done` runs with the
+    /// answer once a finalized batch executed it (on the thread executing
+    /// batches: `done` must be quick); a single node runs it as
+    /// [`Node::update`] does, then calls `done`. So a replica's HTTP
+    /// workers are not held while consensus orders their updates. `done`
+    /// always runs once, with the error if the update cannot be submitted.
+    pub fn submit_update(
+        &self,
+        caller: &Principal,
+        id: &Principal,
+        method: &str,
+        args: Args,
+        done: impl FnOnce(Result<CallOutcome, NodeError>) + Send + 'static,
+    ) {
+        if !self.replica.is_on() {
+            done(self.update(caller, id, method, args));
+            return;
+        }
+        if let Err(e) = self.check_exists(id) {
+            done(Err(e));
+            return;
+        }
+        let ingress = Ingress {
+            caller: caller.clone(),
+            op: Op::Call {
+                id: id.clone(),
+                method: method.to_string(),
+                args,
+            },
+            request: CURRENT_REQUEST.with(|c| c.borrow().clone()),
+        };
+        let waiter: crate::replica::Waiter = Box::new(move |result| {
+            done(result.and_then(|applied| match applied {
+                Applied::Call(outcome) => Ok(outcome),
+                _ => Err(NodeError::Internal(anyhow::anyhow!(
+                    "a call answered with something else than a call's result"
+                ))),
+            }))
+        });
+        if let Err((e, waiter)) = self.replica.submit_then(&ingress, None, waiter) {
+            waiter(Err(e));
         }
     }
 

@@ -51,7 +51,9 @@ use crate::state_sync::{self, Fetch, Manifest, Progress, Served};
 /// It must only enqueue: the answer must not arrive before it returns.
 pub type IngressSink = Box<dyn Fn(Vec<u8>, Option<u64>) -> Result<[u8; 32], String> + Send + Sync>;
 
-type Waiter = mpsc::Sender<Result<Applied, NodeError>>;
+/// What runs with the answer of a message a caller on this node waits for
+/// (on the thread that executes the batch: it must be quick).
+pub(crate) type Waiter = Box<dyn FnOnce(Result<Applied, NodeError>) + Send>;
 
 /// The node's side of replica mode: the sink and the waiting callers.
 #[derive(Default)]
@@ -355,6 +357,24 @@ impl ReplicaLink {
         ingress: &Ingress,
         module: Option<Vec<u8>>,
     ) -> Result<mpsc::Receiver<Result<Applied, NodeError>>, NodeError> {
+        let (reply, answer) = mpsc::channel();
+        let done: Waiter = Box::new(move |result| {
+            let _ = reply.send(result);
+        });
+        self.submit_then(ingress, module, done)
+            .map_err(|(e, _)| e)?;
+        Ok(answer)
+    }
+
+    /// Sends the request to consensus and returns at once; `done` runs
+    /// with its answer. When the request cannot be sent, `done` comes back
+    /// with the error, not run.
+    pub(crate) fn submit_then(
+        &self,
+        ingress: &Ingress,
+        module: Option<Vec<u8>>,
+        done: Waiter,
+    ) -> Result<(), (NodeError, Waiter)> {
         let envelope = ENVELOPE
             .with(|e| e.borrow().clone())
             .filter(|_| ingress.caller != cellar_types::Principal::anonymous());
@@ -363,20 +383,25 @@ impl ReplicaLink {
             None => now_nanos() ^ (NONCE.fetch_add(1, Ordering::Relaxed) << 40),
         };
         let expiry_ms = envelope.as_ref().map(message_expiry_ms);
-        let content = serde_json::to_vec(&ReplicatedRequest {
+        let content = match serde_json::to_vec(&ReplicatedRequest {
             ingress: ingress.clone(),
             module: module.map(|m| HEXLOWER.encode(&m)),
             nonce,
             envelope,
-        })
-        .map_err(|e| NodeError::Internal(e.into()))?;
+        }) {
+            Ok(content) => content,
+            Err(e) => return Err((NodeError::Internal(e.into()), done)),
+        };
         let sink = self.sink.get().expect("replica mode is on");
-        let (reply, answer) = mpsc::channel();
         // Hold the lock while submitting so the answer finds the waiter.
         let mut waiters = self.waiters.lock().expect("waiters lock");
-        let id = sink(content, expiry_ms).map_err(NodeError::BadRequest)?;
-        waiters.insert(id, reply);
-        Ok(answer)
+        match sink(content, expiry_ms) {
+            Ok(id) => {
+                waiters.insert(id, done);
+                Ok(())
+            }
+            Err(e) => Err((NodeError::BadRequest(e), done)),
+        }
     }
 
     /// Shares the HTTP layer's request statuses: from now on this replica
@@ -416,8 +441,9 @@ impl ReplicaLink {
     /// Message `id` was skipped (its signature does not hold): answer its
     /// caller if it is here.
     pub(crate) fn refuse(&self, id: &[u8; 32], reason: String) {
-        if let Some(reply) = self.waiters.lock().expect("waiters lock").remove(id) {
-            let _ = reply.send(Err(NodeError::Unauthorized(reason)));
+        let waiter = self.waiters.lock().expect("waiters lock").remove(id);
+        if let Some(done) = waiter {
+            done(Err(NodeError::Unauthorized(reason)));
         }
     }
 
@@ -446,8 +472,9 @@ impl ReplicaLink {
         let Some(id) = self.inducted.lock().expect("inducted lock").remove(&index) else {
             return;
         };
-        if let Some(reply) = self.waiters.lock().expect("waiters lock").remove(&id) {
-            let _ = reply.send(result);
+        let waiter = self.waiters.lock().expect("waiters lock").remove(&id);
+        if let Some(done) = waiter {
+            done(result);
         }
     }
 }

@@ -373,41 +373,58 @@ impl Ingress {
     }
 }
 
-fn run_job(node: &Node, requests: &Requests, metrics: &Metrics, job: Job) {
+fn run_job(node: &Node, requests: &Arc<Requests>, metrics: &Arc<Metrics>, job: Job) {
     requests.set(&job.request_id, RequestState::Processing, None);
     let started = Instant::now();
-    let result = Node::tagged(job.tag.clone(), || {
-        crate::replica::with_envelope(job.envelope.clone(), || {
-            node.update(
-                &job.caller,
-                &job.canister,
-                &job.request.method,
-                job.request.args.clone(),
-            )
-        })
-    });
-    let result = result.map(|outcome| {
-        metrics.record_call(
-            Kind::Update,
-            &job.canister,
-            &job.request.method,
-            outcome.result.is_ok(),
-            outcome.instructions,
-            started.elapsed(),
-        );
-        call_response(outcome, job.request.reply_encoding)
-    });
-    let response = match &result {
-        Ok(response) => response.clone(),
-        Err(e) => {
-            metrics.record_refused();
-            refused_response(e)
+    let Job {
+        request_id,
+        tag,
+        envelope,
+        caller,
+        canister,
+        request,
+        reply,
+    } = job;
+    let (requests, metrics) = (requests.clone(), metrics.clone());
+    let CallRequest {
+        method,
+        args,
+        reply_encoding,
+        ..
+    } = request;
+    let recorded_method = method.clone();
+    let recorded_canister = canister.clone();
+    // In replica mode this runs when a finalized batch answered the
+    // update, not on this worker: the worker is free at once.
+    let finish = move |result: Result<CallOutcome, NodeError>| {
+        let result = result.map(|outcome| {
+            metrics.record_call(
+                Kind::Update,
+                &recorded_canister,
+                &recorded_method,
+                outcome.result.is_ok(),
+                outcome.instructions,
+                started.elapsed(),
+            );
+            call_response(outcome, reply_encoding)
+        });
+        let response = match &result {
+            Ok(response) => response.clone(),
+            Err(e) => {
+                metrics.record_refused();
+                refused_response(e)
+            }
+        };
+        requests.set(&request_id, state_of(&response), Some(response));
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
         }
     };
-    requests.set(&job.request_id, state_of(&response), Some(response));
-    if let Some(reply) = job.reply {
-        let _ = reply.send(result);
-    }
+    Node::tagged(tag, || {
+        crate::replica::with_envelope(envelope, || {
+            node.submit_update(&caller, &canister, &method, args, finish)
+        })
+    });
 }
 
 #[cfg(test)]
