@@ -147,6 +147,11 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 
 /// Runs the benchmark and prints its report.
 pub fn memory(args: &MemoryBenchArgs, json: bool) -> Result<()> {
+    // The node's own timings (RUST_LOG=cellar_node=debug: how long opening
+    // the store, loading the checkpoint and its code took).
+    if std::env::var_os("RUST_LOG").is_some() {
+        crate::start::init_logging();
+    }
     // (tracker, memory images on, name in the table): the userfaultfd
     // tracker maps large memories from images; its lazy mode (every page
     // mapped on first touch) is measured too, side by side.

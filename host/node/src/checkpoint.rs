@@ -21,7 +21,7 @@ use cellar_engine::{
 };
 use cellar_types::Principal;
 use cellar_types::api::{LogEntry, RunStatus};
-use fjall::config::CompressionPolicy;
+use fjall::config::{BlockSizePolicy, CompressionPolicy};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
 
@@ -149,6 +149,9 @@ fn storage(e: fjall::Error) -> anyhow::Error {
     anyhow::anyhow!("page store: {e}")
 }
 
+/// Data block size of the page and stable-memory stores.
+const PAGE_BLOCK_BYTES: u32 = 64 << 10;
+
 impl Checkpointer {
     /// Opens (creating) the page store in `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
@@ -165,9 +168,13 @@ impl Checkpointer {
             .map_err(storage)?;
         // Pages are 4 KiB values that rarely compress well enough to pay
         // for compressing every checkpoint and decompressing every restart.
+        // Blocks of 64 KiB hold 15 pages; fjall's default of 4 KiB holds
+        // one, so a restart read each page with its own read call, block
+        // decode and cache insertion.
         let uncompressed = || {
             KeyspaceCreateOptions::default()
                 .data_block_compression_policy(CompressionPolicy::disabled())
+                .data_block_size_policy(BlockSizePolicy::all(PAGE_BLOCK_BYTES))
         };
         let pages = db.keyspace("pages", uncompressed).map_err(storage)?;
         let stable = db.keyspace("stable", uncompressed).map_err(storage)?;

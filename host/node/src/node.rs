@@ -381,17 +381,16 @@ impl Node {
         let state_dir = options.data_dir.join("state");
         std::fs::create_dir_all(&modules_dir)?;
         std::fs::create_dir_all(&state_dir)?;
+        let opened = Instant::now();
         let engine = cellar_engine::new_engine()?;
         let cache = CodeCache::new(
             engine,
             Some(&options.data_dir.join("compiled")),
             options.limits.max_component_bytes,
         )?;
-        let checkpoints = CheckpointWriter::new(
-            Checkpointer::open(&state_dir.join("pages"))?,
-            &state_dir,
-            options.durability,
-        );
+        let store = Checkpointer::open(&state_dir.join("pages"))?;
+        let store_opened = opened.elapsed();
+        let checkpoints = CheckpointWriter::new(store, &state_dir, options.durability);
         let mut node = Node {
             options,
             cache,
@@ -422,6 +421,11 @@ impl Node {
             journaled_requests: Mutex::new(BTreeMap::new()),
         };
         node.recover()?;
+        tracing::debug!(
+            store_ms = store_opened.as_millis() as u64,
+            total_ms = opened.elapsed().as_millis() as u64,
+            "node opened"
+        );
         Ok(node)
     }
 
@@ -431,7 +435,9 @@ impl Node {
     }
 
     fn recover(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
         let loaded = self.checkpoints.load()?;
+        let load_ms = started.elapsed().as_millis() as u64;
         if let Some(loaded) = loaded {
             self.fresh = false;
             let mut registry = self.registry.write().expect("registry lock");
@@ -450,6 +456,11 @@ impl Node {
                 .extend(loaded.requests.into_iter().map(|t| (t.id, t.expiry)));
             self.add_loaded_canisters(&mut registry, loaded.canisters)?;
         }
+        tracing::debug!(
+            load_ms,
+            code_ms = started.elapsed().as_millis() as u64 - load_ms,
+            "checkpoint loaded"
+        );
         let journals = journal_files(&self.state_dir)?;
         // Checkpoints happen at rounds that are multiples of the interval,
         // on every replica alike (they abort paused executions, which
