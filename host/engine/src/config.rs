@@ -73,6 +73,5 @@ pub fn new_engine() -> anyhow::Result<wasmtime::Engine> {
     let engine = wasmtime::Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     // After wasmtime's own handler, which ours chains to.
     crate::tracker::install_handler();
-    crate::paging::keep_freed_memory();
     Ok(engine)
 }

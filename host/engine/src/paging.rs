@@ -25,33 +25,6 @@ pub const MAX_PAGES: u64 = 1 << (BITS * LEVELS);
 /// The contents of one page.
 pub type Page = [u8; PAGE_SIZE];
 
-/// Keeps memory the allocator frees for reuse instead of giving it back to
-/// the kernel (once per process; glibc only).
-///
-/// Page versions are allocated and freed in bulk: a message that dirtied
-/// `k` pages allocates `k`, and once the version it replaced is dropped,
-/// `k` are freed. glibc's malloc returns free memory at the top of a heap
-/// to the kernel beyond a small, adaptive threshold, so the next message's
-/// pages faulted in fresh memory that the kernel zeroes first: measured
-/// with `cellar bench memory` (uffd-mapped, 10,000 written pages), a
-/// quarter of the message's time went to `clear_page` under `malloc`.
-/// With a fixed trim threshold of 1 GiB (and the mmap threshold, which a
-/// fixed trim threshold stops adapting, at its adaptive maximum of 32 MiB)
-/// freed pages are reused.
-pub(crate) fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            // SAFETY: mallopt only changes allocator parameters.
-            unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-            }
-        });
-    }
-}
-
 /// A shared page holding a copy of `bytes` (one allocation, one copy).
 ///
 /// # Panics
