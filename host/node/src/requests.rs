@@ -179,7 +179,7 @@ impl Requests {
         let mut table = self.table.lock().expect("request table");
         if let Some(entry) = table.entries.get_mut(id) {
             // Never go back from an answer to "processing".
-            if !(entry.state.is_done() && !state.is_done()) {
+            if !entry.state.is_done() || state.is_done() {
                 entry.state = state;
                 entry.response = response;
             }
@@ -489,6 +489,54 @@ mod tests {
         );
         assert_eq!(
             requests.status("zz", &alice, later).status,
+            RequestState::Unknown
+        );
+    }
+
+    #[test]
+    fn statuses_recorded_from_consensus_never_go_back_and_stay_bounded() {
+        let requests = Requests::new(2);
+        let alice = Principal::self_authenticating(&[1; 32]);
+        let now = 1_000 * S;
+        let replied = CallResponse::Replied {
+            reply: serde_json::json!("1"),
+            instructions: 5,
+        };
+        // Received elsewhere: recorded as processing, then replied.
+        requests.record("x", &alice, now + 10 * S, RequestState::Processing, None);
+        assert_eq!(
+            requests.status("x", &alice, now).status,
+            RequestState::Processing
+        );
+        requests.record(
+            "x",
+            &alice,
+            now + 10 * S,
+            RequestState::Replied,
+            Some(replied.clone()),
+        );
+        // A late "processing" does not hide the answer.
+        requests.record("x", &alice, now + 10 * S, RequestState::Processing, None);
+        let status = requests.status("x", &alice, now);
+        assert_eq!(status.status, RequestState::Replied);
+        assert_eq!(status.response, Some(replied));
+        // Only the sender reads it.
+        let bob = Principal::self_authenticating(&[2; 32]);
+        assert_eq!(
+            requests.status("x", &bob, now).status,
+            RequestState::Unknown
+        );
+        // A recorded request is a replay here too.
+        assert_eq!(
+            requests.admit("x", &alice, Some(now + 10 * S), now),
+            Err(Refusal::Replay("x".into()))
+        );
+        // Bounded: past the capacity nothing new is recorded.
+        requests.record("y", &alice, now + 10 * S, RequestState::Processing, None);
+        requests.record("z", &alice, now + 10 * S, RequestState::Processing, None);
+        assert_eq!(requests.len(), 2);
+        assert_eq!(
+            requests.status("z", &alice, now).status,
             RequestState::Unknown
         );
     }
