@@ -502,3 +502,39 @@ fn mutable_globals_survive_restarts_and_count_in_the_state_hash() {
         .unwrap();
     assert_eq!(bump(&node, &id), "1");
 }
+
+/// Creating with a module is one request: the canister exists with its code,
+/// or, when the install fails, not at all; a restart replays it alike.
+#[test]
+fn create_with_module_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = cellar_examples::get("counter").unwrap();
+    let (made, before) = {
+        let node = Node::open(options(dir.path())).unwrap();
+        let made = node
+            .create_with_module(
+                &alice(),
+                vec![],
+                counter.wasm,
+                counter.init_arg.map(str::to_string),
+            )
+            .unwrap();
+        assert!(made.module_hash.is_some());
+        assert_eq!(made.controllers, vec![alice()]);
+        let count = node.list().len();
+        // An init argument that does not parse: the install fails, and no
+        // empty canister is left behind.
+        let failed = node.create_with_module(&alice(), vec![], counter.wasm, Some("(((".into()));
+        assert!(failed.is_err(), "{failed:?}");
+        assert_eq!(node.list().len(), count);
+        (made.canister_id, node.state_hash())
+    };
+    let node = Node::open(options(dir.path())).unwrap();
+    assert_eq!(node.state_hash(), before);
+    let reply = node
+        .update(&bob(), &made, "increment", wave(""))
+        .unwrap()
+        .result
+        .unwrap();
+    assert!(!reply.is_empty());
+}

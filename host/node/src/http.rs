@@ -418,14 +418,15 @@ async fn create(State(api): State<Api>, signed: Signed) -> Result<impl IntoRespo
         &api,
         signed.tag.clone(),
         signed.envelope.clone(),
-        move |node| {
-            let id = node.create(&caller, request.controllers)?;
-            match module {
-                None => node.status(&id),
-                Some((wasm, default_arg)) => {
-                    let arg = request.arg.or(default_arg.map(str::to_string));
-                    node.install(&caller, &id, InstallMode::Install, &wasm, arg)
-                }
+        move |node| match module {
+            None => {
+                let id = node.create(&caller, request.controllers)?;
+                node.status(&id)
+            }
+            // One request: the install can only target the new canister.
+            Some((wasm, default_arg)) => {
+                let arg = request.arg.or(default_arg.map(str::to_string));
+                node.create_with_module(&caller, request.controllers, &wasm, arg)
             }
         },
     )
@@ -463,7 +464,13 @@ fn parse_call(api: &Api, id: &str, signed: &Signed) -> Result<(Principal, CallRe
     if request.cycles > 0 {
         return Err(bad_request("calls from users cannot carry cycles"));
     }
-    api.node.status(&id)?;
+    // A replica may not have executed the block that created the canister
+    // yet (it was deployed through another replica a moment ago): the call
+    // goes to consensus, and execution rejects it alike everywhere if the
+    // canister does not exist there either.
+    if !api.node.is_replica() {
+        api.node.status(&id)?;
+    }
     Ok((id, request))
 }
 

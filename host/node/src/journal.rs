@@ -24,6 +24,17 @@ pub enum Op {
         /// Its controllers.
         controllers: Vec<Principal>,
     },
+    /// Create a canister and install code in it, as one request: the
+    /// install can only target the canister this request creates. When the
+    /// install fails the canister is not created (its index stays used).
+    CreateWithModule {
+        /// Its controllers.
+        controllers: Vec<Principal>,
+        /// SHA-256 (hex) of the module, stored under `modules/`.
+        module_hash: String,
+        /// WAVE argument list for `init`.
+        arg: Option<String>,
+    },
     /// Install, reinstall or upgrade code.
     Install {
         /// The canister.

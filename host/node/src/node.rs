@@ -939,7 +939,9 @@ impl Node {
     /// install) and waits for the finalized batch that answers it.
     fn submit_replicated(&self, caller: &Principal, op: Op) -> Result<Applied, NodeError> {
         let module = match &op {
-            Op::Install { module_hash, .. } | Op::SetConsensusPolicy { module_hash } => Some(
+            Op::Install { module_hash, .. }
+            | Op::CreateWithModule { module_hash, .. }
+            | Op::SetConsensusPolicy { module_hash } => Some(
                 std::fs::read(self.modules_dir.join(format!("{module_hash}.wasm")))
                     .map_err(|e| NodeError::Internal(e.into()))?,
             ),
@@ -1008,7 +1010,9 @@ impl Node {
                 ..
             } = decoded;
             if let (
-                Op::Install { module_hash, .. } | Op::SetConsensusPolicy { module_hash },
+                Op::Install { module_hash, .. }
+                | Op::CreateWithModule { module_hash, .. }
+                | Op::SetConsensusPolicy { module_hash },
                 Some(wasm),
             ) = (&request.op, module)
             {
@@ -1173,6 +1177,35 @@ impl Node {
         match self.submit(caller, Op::Create { controllers })? {
             Applied::Created(id) => Ok(id),
             _ => unreachable!("create answers with an id"),
+        }
+    }
+
+    /// Creates a canister (controlled by `controllers`, or the caller when
+    /// empty) with the component `wasm` installed, as one request: the
+    /// canister exists only if the install succeeds.
+    pub fn create_with_module(
+        &self,
+        caller: &Principal,
+        controllers: Vec<Principal>,
+        wasm: &[u8],
+        arg: Option<String>,
+    ) -> Result<CanisterStatus, NodeError> {
+        let controllers = if controllers.is_empty() {
+            vec![caller.clone()]
+        } else {
+            controllers
+        };
+        let code = self.cache.load(wasm)?;
+        let module_hash = code.hash_hex();
+        self.store_module(&module_hash, wasm)?;
+        let op = Op::CreateWithModule {
+            controllers,
+            module_hash,
+            arg,
+        };
+        match self.submit(caller, op)? {
+            Applied::Status(status) => Ok(status),
+            _ => unreachable!("create with a module answers with a status"),
         }
     }
 
@@ -1560,6 +1593,19 @@ impl Node {
             .ok_or_else(|| NodeError::NotFound(id.to_text()))
     }
 
+    /// Creates an empty canister at the next free index (at the request's
+    /// place in the round: concurrent creations get distinct ids, and
+    /// replay assigns the same ones).
+    fn create_now(&self, controllers: &[Principal]) -> Principal {
+        let mut registry = self.registry.write().expect("registry lock");
+        let id = Principal::canister(registry.next_index);
+        registry.next_index += 1;
+        let mut canister = Canister::new(id.clone(), controllers.to_vec());
+        canister.cycles = self.options.initial_cycles;
+        registry.canisters.insert(id.clone(), canister);
+        id
+    }
+
     /// Executes a management request (everything but calls, which go
     /// through input queues) at its place in the round.
     pub(crate) fn apply_management(&self, step: &Step<'_>, op: &Op) -> Result<Applied, NodeError> {
@@ -1584,17 +1630,27 @@ impl Node {
             Ok(canister)
         };
         match op {
-            Op::Create { controllers } => {
-                // The id is the next free index at the request's place in
-                // the round: concurrent creations get distinct ids, and
-                // replay assigns the same ones.
-                let mut registry = self.registry.write().expect("registry lock");
-                let id = Principal::canister(registry.next_index);
-                registry.next_index += 1;
-                let mut canister = Canister::new(id.clone(), controllers.clone());
-                canister.cycles = self.options.initial_cycles;
-                registry.canisters.insert(id.clone(), canister);
-                Ok(Applied::Created(id))
+            Op::Create { controllers } => Ok(Applied::Created(self.create_now(controllers))),
+            Op::CreateWithModule {
+                controllers,
+                module_hash,
+                arg,
+            } => {
+                let id = self.create_now(controllers);
+                let installed = (|| {
+                    let canister = existing(&id)?;
+                    let code = self.load_module(module_hash)?;
+                    self.install_code(canister, code, InstallMode::Install, arg.as_deref(), step)
+                })();
+                match installed {
+                    Ok(updated) => Ok(Applied::Status(self.commit(updated))),
+                    Err(e) => {
+                        let mut registry = self.registry.write().expect("registry lock");
+                        registry.canisters.remove(&id);
+                        registry.reindex(&id);
+                        Err(e)
+                    }
+                }
             }
             Op::Install {
                 id,

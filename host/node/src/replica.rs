@@ -281,7 +281,27 @@ fn binds(
             } else {
                 r.controllers
             };
-            path == "/api/v1/canisters" && expected == *controllers
+            path == "/api/v1/canisters" && r.module.is_none() && expected == *controllers
+        }
+        (
+            "POST",
+            Op::CreateWithModule {
+                controllers,
+                module_hash: hash,
+                arg,
+            },
+        ) => {
+            let r: CreateRequest = json(body)?;
+            let expected = if r.controllers.is_empty() {
+                vec![caller.clone()]
+            } else {
+                r.controllers.clone()
+            };
+            let m = r.module.as_ref().and_then(module_hash);
+            path == "/api/v1/canisters"
+                && expected == *controllers
+                && matches!(m, Some((h, default)) if h == *hash
+                    && *arg == r.arg.clone().or(default.clone()))
         }
         (
             "POST",
@@ -292,23 +312,17 @@ fn binds(
                 arg,
             },
         ) => {
-            if path == "/api/v1/canisters" {
-                let r: CreateRequest = json(body)?;
-                let m = r.module.as_ref().and_then(module_hash);
-                matches!(m, Some((h, default)) if h == *hash
-                    && *mode == cellar_types::api::InstallMode::Install
-                    && *arg == r.arg.clone().or(default.clone()))
-            } else {
-                let r: InstallRequest = json(body)?;
-                let expected_arg = |default: Option<String>| match r.mode {
-                    cellar_types::api::InstallMode::Upgrade => r.arg.clone(),
-                    _ => r.arg.clone().or(default),
-                };
-                target(id, "install")
-                    && r.mode == *mode
-                    && matches!(module_hash(&r.module), Some((h, default))
-                        if h == *hash && *arg == expected_arg(default.clone()))
-            }
+            // A signed create-with-module request is `CreateWithModule`:
+            // it cannot authorize an install into another canister.
+            let r: InstallRequest = json(body)?;
+            let expected_arg = |default: Option<String>| match r.mode {
+                cellar_types::api::InstallMode::Upgrade => r.arg.clone(),
+                _ => r.arg.clone().or(default),
+            };
+            target(id, "install")
+                && r.mode == *mode
+                && matches!(module_hash(&r.module), Some((h, default))
+                    if h == *hash && *arg == expected_arg(default.clone()))
         }
         ("POST", Op::Stop { id }) => target(id, "stop"),
         ("POST", Op::Start { id }) => target(id, "start"),
@@ -1823,6 +1837,52 @@ mod tests {
             None,
         );
         assert_eq!(check(&anonymous, T), Ok(()));
+    }
+
+    /// A signed "create with this module" request authorizes exactly one
+    /// operation: creating a canister with that module installed. A lying
+    /// replica cannot turn it into an install into another canister the
+    /// caller controls, nor into a bare create.
+    #[test]
+    fn a_create_with_module_binds_create_and_install_together() {
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let caller = Principal::self_authenticating(key.verifying_key().as_bytes());
+        let body = serde_json::to_vec(&cellar_types::api::CreateRequest {
+            module: Some(cellar_types::api::ModuleSource::Example("counter".into())),
+            ..Default::default()
+        })
+        .unwrap();
+        let env = envelope(&key, "/api/v1/canisters", &body, T + 60 * 1_000_000_000);
+        let counter = cellar_examples::get("counter").unwrap();
+        let hash = HEXLOWER.encode(&<sha2::Sha256 as sha2::Digest>::digest(counter.wasm));
+        let op = |op: Op| Ingress {
+            request: None,
+            caller: caller.clone(),
+            op,
+        };
+        let create_with = op(Op::CreateWithModule {
+            controllers: vec![caller.clone()],
+            module_hash: hash.clone(),
+            arg: counter.init_arg.map(str::to_string),
+        });
+        assert_eq!(check(&item(create_with, 0, Some(env.clone())), T), Ok(()));
+        let elsewhere = op(Op::Install {
+            id: Principal::canister(7),
+            mode: cellar_types::api::InstallMode::Install,
+            module_hash: hash.clone(),
+            arg: counter.init_arg.map(str::to_string),
+        });
+        assert!(check(&item(elsewhere, 0, Some(env.clone())), T).is_err());
+        let bare = op(Op::Create {
+            controllers: vec![caller.clone()],
+        });
+        assert!(check(&item(bare, 0, Some(env.clone())), T).is_err());
+        let other_module = op(Op::CreateWithModule {
+            controllers: vec![caller.clone()],
+            module_hash: "00".repeat(32),
+            arg: counter.init_arg.map(str::to_string),
+        });
+        assert!(check(&item(other_module, 0, Some(env)), T).is_err());
     }
 
     /// Two replicas fed the same finalized batches, one of them carrying a
