@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::memory::MemoryView;
 use crate::paging::{PAGE_SIZE, PageMap};
+use crate::version_cache::{self, Lent, Resident, VersionCache};
 
 /// Memories with fewer stored pages are armed lazily (building and keeping
 /// an image would cost more than it saves).
@@ -133,46 +134,23 @@ impl Image {
     }
 }
 
-struct Entry {
-    version: PageMap,
-    image: Option<Image>,
-    last_used: u64,
+impl Resident for Image {
+    fn resident_bytes(&self) -> usize {
+        self.len
+    }
 }
 
-#[derive(Default)]
-struct Cache {
-    entries: Vec<Entry>,
-    clock: u64,
-}
-
-fn cache() -> &'static Mutex<Cache> {
-    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
-    CACHE.get_or_init(Mutex::default)
-}
+static CACHE: Mutex<VersionCache<Image>> =
+    Mutex::new(VersionCache::new(CACHE_ENTRIES, CACHE_BYTES));
 
 /// Takes the image of `version` out of the cache (building one when there
 /// is none), grown to `len` bytes. `None` when it is lent to another
 /// message right now (the caller arms lazily) or cannot be built.
 fn lend(version: &PageMap, len: usize) -> Option<Image> {
-    let cached = {
-        let mut cache = cache().lock().ok()?;
-        cache.clock += 1;
-        match cache
-            .entries
-            .iter_mut()
-            .find(|e| e.version.same_version(version))
-        {
-            // `None`: lent out; the entry stays as a marker until returned.
-            Some(entry) => Some(entry.image.take()?),
-            None => {
-                cache.entries.push(Entry {
-                    version: version.clone(),
-                    image: None,
-                    last_used: 0,
-                });
-                None
-            }
-        }
+    let cached = match CACHE.lock().ok()?.lend(version) {
+        Lent::Hit(image) => Some(image),
+        Lent::Miss => None,
+        Lent::Busy => return None,
     };
     let image = match cached {
         Some(mut image) => image.resize(len).map(|()| image),
@@ -186,52 +164,13 @@ fn lend(version: &PageMap, len: usize) -> Option<Image> {
 
 /// Drops the lent marker of `version`.
 fn forget(version: &PageMap) {
-    if let Ok(mut cache) = cache().lock()
-        && let Some(i) = cache
-            .entries
-            .iter()
-            .position(|e| e.image.is_none() && e.version.same_version(version))
-    {
-        cache.entries.remove(i);
-    }
+    version_cache::forget(&CACHE, version);
 }
 
 /// Puts `image`, lent for `lent` and now holding `version`, back into the
 /// cache.
 fn give_back(lent: &PageMap, version: PageMap, image: Image) {
-    forget(lent);
-    let Ok(mut cache) = cache().lock() else {
-        return;
-    };
-    cache.clock += 1;
-    let clock = cache.clock;
-    cache.entries.push(Entry {
-        version,
-        image: Some(image),
-        last_used: clock,
-    });
-    // Evict the least recently used images beyond the bounds.
-    loop {
-        let (count, bytes) = cache
-            .entries
-            .iter()
-            .filter_map(|e| e.image.as_ref().map(|i| i.len))
-            .fold((0, 0), |(n, b), len| (n + 1, b + len));
-        if count <= CACHE_ENTRIES && bytes <= CACHE_BYTES {
-            break;
-        }
-        let Some(oldest) = cache
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.image.is_some())
-            .min_by_key(|(_, e)| e.last_used)
-            .map(|(i, _)| i)
-        else {
-            break;
-        };
-        cache.entries.remove(oldest);
-    }
+    version_cache::give_back(&CACHE, lent, version, image);
 }
 
 /// A memory armed with a private mapping of an image.
@@ -401,8 +340,12 @@ pub fn set_memory_images(enabled: bool) {
     if !enabled {
         crate::mapped::clear();
     }
-    if !enabled && let Ok(mut cache) = cache().lock() {
-        cache.entries.retain(|e| e.image.is_none());
+    if !enabled {
+        let resting = CACHE
+            .lock()
+            .map(|mut c| c.drain_resting())
+            .unwrap_or_default();
+        drop(resting);
     }
 }
 

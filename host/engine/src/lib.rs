@@ -29,6 +29,7 @@ mod system_api;
 mod tracker;
 mod uffd;
 mod values;
+mod version_cache;
 mod wasi;
 
 pub use cache::{CanisterCode, CodeCache, InstallError};

@@ -33,12 +33,13 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use crate::memory::{KeptMemory, MemoryView};
 use crate::paging::{PAGE_SIZE, PageMap};
 use crate::tracker::Armed;
 use crate::uffd::UffdMemory;
+use crate::version_cache::{self, Lent, Resident, VersionCache};
 
 /// Bytes of accessible memory kept in the cache (least recently used go
 /// first). Resident memory is at most this (pages touched since a memory
@@ -63,137 +64,40 @@ struct Kept {
 /// What identifies the code whose instantiation wrote `init_pages`.
 pub(crate) type CodeId = [u8; 32];
 
-struct Entry {
-    version: PageMap,
-    kept: Option<Kept>,
-    last_used: u64,
+impl Resident for Kept {
+    fn resident_bytes(&self) -> usize {
+        self.memory.size.load(Ordering::Acquire)
+    }
 }
 
-#[derive(Default)]
-struct Cache {
-    entries: Vec<Entry>,
-    clock: u64,
-}
+static CACHE: Mutex<VersionCache<Kept>> = Mutex::new(VersionCache::new(CACHE_ENTRIES, CACHE_BYTES));
 
-fn cache() -> &'static Mutex<Cache> {
-    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
-    CACHE.get_or_init(Mutex::default)
-}
-
-/// What the cache has for a version.
-enum Lent {
-    /// The kept memory (taken out until given back).
-    Hit(Kept),
-    /// Nothing: the caller creates the memory and gives it back.
-    Miss,
-    /// Lent to another message right now.
-    Busy,
-}
-
-fn lend(version: &PageMap) -> Lent {
-    let Ok(mut cache) = cache().lock() else {
-        return Lent::Busy;
-    };
-    cache.clock += 1;
-    match cache
-        .entries
-        .iter_mut()
-        .find(|e| e.version.same_version(version))
-    {
-        Some(entry) => match entry.kept.take() {
-            Some(kept) => Lent::Hit(kept),
-            None => Lent::Busy,
-        },
-        None => {
-            // A marker until the memory is given back.
-            cache.entries.push(Entry {
-                version: version.clone(),
-                kept: None,
-                last_used: 0,
-            });
-            Lent::Miss
-        }
+fn lend(version: &PageMap) -> Lent<Kept> {
+    match CACHE.lock() {
+        Ok(mut cache) => cache.lend(version),
+        Err(_) => Lent::Busy,
     }
 }
 
 /// Drops the lent marker of `version`.
-fn forget(cache: &mut Cache, version: &PageMap) {
-    if let Some(i) = cache
-        .entries
-        .iter()
-        .position(|e| e.kept.is_none() && e.version.same_version(version))
-    {
-        cache.entries.remove(i);
-    }
+fn forget(version: &PageMap) {
+    version_cache::forget(&CACHE, version);
 }
 
-/// Puts `kept`, lent for `lent` and now holding `version`, back.
+/// Puts `kept`, lent for `lent` and now holding `version`, back (another
+/// memory kept for the same version, which a restored state may meet, is
+/// dropped: one is kept).
 fn give_back(lent: &PageMap, version: PageMap, kept: Kept) {
-    let evicted = {
-        let Ok(mut cache) = cache().lock() else {
-            return;
-        };
-        forget(&mut cache, lent);
-        cache.clock += 1;
-        let clock = cache.clock;
-        let mut evicted = Vec::new();
-        // Another memory kept for the same version (two lent at once cannot
-        // happen, but a restored state may meet an older entry): keep one.
-        if let Some(i) = cache
-            .entries
-            .iter()
-            .position(|e| e.kept.is_some() && e.version.same_version(&version))
-        {
-            evicted.push(cache.entries.remove(i));
-        }
-        cache.entries.push(Entry {
-            version,
-            kept: Some(kept),
-            last_used: clock,
-        });
-        loop {
-            let (count, bytes) = cache
-                .entries
-                .iter()
-                .filter_map(|e| {
-                    e.kept
-                        .as_ref()
-                        .map(|k| k.memory.size.load(Ordering::Acquire))
-                })
-                .fold((0, 0), |(n, b), len| (n + 1, b + len));
-            if count <= CACHE_ENTRIES && bytes <= CACHE_BYTES {
-                break;
-            }
-            let Some(oldest) = cache
-                .entries
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| e.kept.is_some())
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(i, _)| i)
-            else {
-                break;
-            };
-            evicted.push(cache.entries.remove(oldest));
-        }
-        evicted
-    };
-    // Unmapped outside the lock.
-    drop(evicted);
+    version_cache::give_back(&CACHE, lent, version, kept);
 }
 
 /// Frees every kept memory not lent right now (for benchmarks).
 pub(crate) fn clear() {
-    let entries = match cache().lock() {
-        Ok(mut cache) => {
-            let (kept, lent): (Vec<Entry>, Vec<Entry>) =
-                cache.entries.drain(..).partition(|e| e.kept.is_some());
-            cache.entries = lent;
-            kept
-        }
-        Err(_) => Vec::new(),
-    };
-    drop(entries);
+    let resting = CACHE
+        .lock()
+        .map(|mut cache| cache.drain_resting())
+        .unwrap_or_default();
+    drop(resting);
 }
 
 /// Sets `memory`'s accessible size to `size` bytes: pages beyond it are
@@ -302,9 +206,7 @@ impl Lending {
                         }
                         Err(_) => {
                             // Unusable: dropped (unmapped), built afresh.
-                            if let Ok(mut cache) = cache().lock() {
-                                forget(&mut cache, &memory.pages);
-                            }
+                            forget(&memory.pages);
                             slots.push(Slot::Busy);
                         }
                     }
@@ -394,9 +296,7 @@ impl Lending {
                     let (init, uffd) = match uffd {
                         Ok(armed) => armed,
                         Err(e) => {
-                            if let Ok(mut cache) = cache().lock() {
-                                forget(&mut cache, committed);
-                            }
+                            forget(committed);
                             return Err(e);
                         }
                     };
@@ -425,9 +325,9 @@ impl Drop for Lending {
         if self.misses.is_empty() {
             return;
         }
-        if let Ok(mut cache) = cache().lock() {
+        if let Ok(mut cache) = CACHE.lock() {
             for version in &self.misses {
-                forget(&mut cache, version);
+                cache.forget(version);
             }
         }
     }
@@ -567,9 +467,7 @@ impl Drop for MappedMemory {
         match kept_ok {
             Some(version) if !version.is_empty() => give_back(&lent, version, kept),
             _ => {
-                if let Ok(mut cache) = cache().lock() {
-                    forget(&mut cache, &lent);
-                }
+                forget(&lent);
             }
         }
     }
