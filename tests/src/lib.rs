@@ -12,6 +12,12 @@ pub fn options(dir: &Path, checkpoint_interval: u64) -> NodeOptions {
     let mut options = NodeOptions::new(dir);
     options.durability = Durability::Process;
     options.checkpoint_interval = checkpoint_interval;
+    // CI runs the node suites once per memory tracker.
+    if let Ok(name) = std::env::var("CELLAR_MEMORY_TRACKER") {
+        options.limits.memory_tracker = name
+            .parse()
+            .unwrap_or_else(|e| panic!("CELLAR_MEMORY_TRACKER={name}: {e}"));
+    }
     options
 }
 
