@@ -1195,9 +1195,7 @@ impl Node {
         } else {
             controllers
         };
-        let code = self.cache.load(wasm)?;
-        let module_hash = code.hash_hex();
-        self.store_module(&module_hash, wasm)?;
+        let module_hash = self.check_and_store_module(wasm)?;
         let op = Op::CreateWithModule {
             controllers,
             module_hash,
@@ -1207,6 +1205,14 @@ impl Node {
             Applied::Status(status) => Ok(status),
             _ => unreachable!("create with a module answers with a status"),
         }
+    }
+
+    /// Loads the component `wasm` (refusing what does not load) and stores
+    /// it under its hash, which it returns.
+    fn check_and_store_module(&self, wasm: &[u8]) -> Result<String, NodeError> {
+        let module_hash = self.cache.load(wasm)?.hash_hex();
+        self.store_module(&module_hash, wasm)?;
+        Ok(module_hash)
     }
 
     /// Installs, reinstalls or upgrades the canister's code.
@@ -1219,9 +1225,7 @@ impl Node {
         arg: Option<String>,
     ) -> Result<CanisterStatus, NodeError> {
         self.check_controller(caller, id)?;
-        let code = self.cache.load(wasm)?;
-        let module_hash = code.hash_hex();
-        self.store_module(&module_hash, wasm)?;
+        let module_hash = self.check_and_store_module(wasm)?;
         let op = Op::Install {
             id: id.clone(),
             mode,
