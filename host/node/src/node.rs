@@ -195,6 +195,19 @@ pub(crate) enum Applied {
     Call(CallOutcome),
 }
 
+impl Applied {
+    /// The outcome of a call's answer (anything else is a bug, reported
+    /// as an internal error).
+    pub(crate) fn into_call(self) -> Result<CallOutcome, NodeError> {
+        match self {
+            Applied::Call(outcome) => Ok(outcome),
+            _ => Err(NodeError::Internal(anyhow::anyhow!(
+                "a call answered with something else than a call's result"
+            ))),
+        }
+    }
+}
+
 /// Where a management request executes: its round, the round's time, its
 /// sender and its position in the batch.
 pub(crate) struct Step<'a> {
@@ -1291,14 +1304,8 @@ impl Node {
             },
             request: CURRENT_REQUEST.with(|c| c.borrow().clone()),
         };
-        let waiter: crate::replica::Waiter = Box::new(move |result| {
-            done(result.and_then(|applied| match applied {
-                Applied::Call(outcome) => Ok(outcome),
-                _ => Err(NodeError::Internal(anyhow::anyhow!(
-                    "a call answered with something else than a call's result"
-                ))),
-            }))
-        });
+        let waiter: crate::replica::Waiter =
+            Box::new(move |result| done(result.and_then(Applied::into_call)));
         if let Err((e, waiter)) = self.replica.submit_then(&ingress, None, waiter) {
             waiter(Err(e));
         }
