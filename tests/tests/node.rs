@@ -538,3 +538,94 @@ fn create_with_module_is_all_or_nothing() {
         .unwrap();
     assert!(!reply.is_empty());
 }
+
+/// A module installed from chunks: every chunk must be in the store, the
+/// concatenation must match the module hash, only controllers upload, the
+/// store is bounded and survives restarts (journal replay and checkpoint),
+/// and a successful install empties it.
+#[test]
+fn chunked_install_checks_every_chunk_and_survives_restarts() {
+    use cellar_types::api::{MAX_CHUNK_BYTES, MAX_STORED_CHUNKS};
+    let dir = tempfile::tempdir().unwrap();
+    let counter = cellar_examples::get("counter").unwrap();
+    let third = counter.wasm.len().div_ceil(3);
+    let parts: Vec<&[u8]> = counter.wasm.chunks(third).collect();
+    let hash = |b: &[u8]| cellar_agent::sha256_hex(b);
+    let hashes: Vec<String> = parts.iter().map(|p| hash(p)).collect();
+    let module_hash = hash(counter.wasm);
+    let init = counter.init_arg.map(str::to_string);
+    let install = |node: &Node, id: &Principal, chunks: Vec<String>, module: &str| {
+        node.install_chunked(
+            &alice(),
+            id,
+            InstallMode::Install,
+            chunks,
+            module.to_string(),
+            init.clone(),
+        )
+    };
+    let (id, before) = {
+        let node = Node::open(cellar_tests::options(dir.path(), 5)).unwrap();
+        let id = node.create(&alice(), vec![]).unwrap();
+        node.upload_chunk(&alice(), &id, parts[0]).unwrap();
+        let stored = node.upload_chunk(&alice(), &id, parts[1]).unwrap();
+        assert_eq!(stored.len(), 2);
+        let missing = install(&node, &id, hashes.clone(), &module_hash).unwrap_err();
+        assert!(
+            missing.to_string().contains("not in the chunk store"),
+            "{missing}"
+        );
+        let not_controller = node.upload_chunk(&bob(), &id, parts[2]).unwrap_err();
+        assert!(matches!(not_controller, NodeError::NotController { .. }));
+        for _ in 0..2 {
+            assert_eq!(node.upload_chunk(&alice(), &id, parts[2]).unwrap().len(), 3);
+        }
+        for bad in [vec![], vec![7; MAX_CHUNK_BYTES + 1]] {
+            let e = node.upload_chunk(&alice(), &id, &bad).unwrap_err();
+            assert!(e.to_string().contains("a chunk is 1 byte"), "{e}");
+        }
+        let swapped = vec![hashes[1].clone(), hashes[0].clone(), hashes[2].clone()];
+        let wrong = install(&node, &id, swapped, &module_hash).unwrap_err();
+        assert!(
+            wrong.to_string().contains("assemble to a module"),
+            "{wrong}"
+        );
+        assert!(node.status(&id).unwrap().module_hash.is_none());
+        (id, node.state_hash())
+    };
+    let node = Node::open(cellar_tests::options(dir.path(), 5)).unwrap();
+    assert_eq!(
+        node.state_hash(),
+        before,
+        "the chunk store is replicated state"
+    );
+    assert_eq!(node.chunks(&id).unwrap().len(), 3);
+    let status = install(&node, &id, hashes.clone(), &module_hash).unwrap();
+    assert_eq!(status.module_hash.as_deref(), Some(module_hash.as_str()));
+    assert!(
+        node.chunks(&id).unwrap().is_empty(),
+        "an install empties it"
+    );
+    node.update(&alice(), &id, "increment", wave(""))
+        .unwrap()
+        .result
+        .unwrap();
+
+    // The store is bounded; clearing it empties it.
+    for i in 0..MAX_STORED_CHUNKS {
+        node.upload_chunk(&alice(), &id, format!("chunk {i}").as_bytes())
+            .unwrap();
+    }
+    let full = node.upload_chunk(&alice(), &id, b"one more").unwrap_err();
+    assert!(full.to_string().contains("is full"), "{full}");
+    node.clear_chunks(&alice(), &id).unwrap();
+    assert!(node.chunks(&id).unwrap().is_empty());
+    let after = node.state_hash();
+    drop(node);
+    let node = Node::open(cellar_tests::options(dir.path(), 5)).unwrap();
+    assert_eq!(node.state_hash(), after);
+    assert_eq!(
+        node.status(&id).unwrap().module_hash.as_deref(),
+        Some(module_hash.as_str())
+    );
+}

@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+mod chunked;
 mod identity;
 
 use std::io::ErrorKind;
@@ -35,6 +36,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use ureq::http::{Method, Request, Uri};
 
+pub use chunked::{INLINE_MODULE_BYTES, sha256_hex};
 pub use identity::{Identity, Signature};
 
 /// What can go wrong talking to a node.
@@ -493,9 +495,19 @@ impl Agent {
             Some(b) => serde_json::to_vec(b).map_err(|e| AgentError::Decode(e.to_string()))?,
             None => Vec::new(),
         };
-        let bytes = check(self.send_raw(&self.sign(method, path, body)?)?)?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| AgentError::Decode(format!("{method} {path}: {e}")))
+        let response = self.send_raw(&self.sign(method, path, body)?)?;
+        self.decode(&format!("{method} {path}"), response)
+    }
+
+    /// A successful answer's JSON body, decoded (`what` names the request
+    /// in the error), or the node's error.
+    fn decode<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        response: RawResponse,
+    ) -> Result<T, AgentError> {
+        let bytes = check(response)?;
+        serde_json::from_slice(&bytes).map_err(|e| AgentError::Decode(format!("{what}: {e}")))
     }
 
     /// Explains a transport failure, pointing at `cellar start` when

@@ -1,4 +1,4 @@
-//! `cellar canister list|status|stop|start|delete|top-up|controllers` and
+//! `cellar canister list|status|stop|start|delete|top-up|controllers|chunks` and
 //! `cellar policy show|set`.
 
 use anyhow::{Result, bail};
@@ -56,6 +56,16 @@ pub enum CanisterCommand {
         #[arg(long, value_name = "PRINCIPAL", conflicts_with_all = ["add", "remove"])]
         set: Vec<Principal>,
     },
+    /// Show (or, with --clear, empty) a canister's chunk store: the chunks
+    /// of a module too large for one request, uploaded by `deploy` and
+    /// `upgrade` and emptied by the install that uses them.
+    Chunks {
+        /// The canister id.
+        canister: Principal,
+        /// Empty the store (an interrupted upload's chunks).
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 /// Runs one canister command.
@@ -85,6 +95,20 @@ pub fn run(agent: &Agent, command: CanisterCommand, out: Output) -> Result<()> {
                     Err(e) => text.push_str(&format!("read state   NOT certified: {e}")),
                 }
                 text
+            });
+        }
+        CanisterCommand::Chunks { canister, clear } => {
+            let list = if clear {
+                agent.clear_chunks(&canister)?
+            } else {
+                agent.chunks(&canister)?
+            };
+            return out.value(&list, || {
+                if list.hashes.is_empty() {
+                    "the chunk store is empty".to_string()
+                } else {
+                    list.hashes.join("\n")
+                }
             });
         }
         CanisterCommand::Stop { canister } => agent.stop(&canister)?,

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use cellar_types::Principal;
 use cellar_types::api::{
     Args, CallRequest, CallResponse, CanisterStatus, CreateRequest, InstallMode, InstallRequest,
-    ModuleSource, ReplyEncoding,
+    MAX_CHUNK_BYTES, ModuleSource, ReplyEncoding,
 };
 use data_encoding::BASE64;
 
@@ -38,26 +38,63 @@ pub fn deploy(agent: &Agent, module: &str, arg: Option<String>, out: Output) -> 
     print_deployed(&status, out)
 }
 
-/// Creates a canister with `source` installed, as a step of `steps`.
+/// Creates a canister with `source` installed, as a step of `steps`. A
+/// module too large for one request goes through the new canister's chunk
+/// store; when its install fails the empty canister is deleted again.
 pub fn create_with(
     agent: &Agent,
     source: ModuleSource,
     arg: Option<String>,
     steps: &Steps,
 ) -> Result<CanisterStatus> {
-    let size = match &source {
-        ModuleSource::Wasm(b64) => render::bytes(b64.len() as u64 * 3 / 4),
-        ModuleSource::Example(_) => "example".to_string(),
+    let wasm = match &source {
+        ModuleSource::Wasm(b64) => Some(BASE64.decode(b64.as_bytes())?),
+        _ => None,
     };
-    steps.step(&format!(
-        "creating the canister and installing the code ({size})"
-    ));
-    let request = CreateRequest {
-        module: Some(source),
-        arg,
-        controllers: vec![],
+    let size = match &wasm {
+        Some(wasm) => render::bytes(wasm.len() as u64),
+        None => "example".to_string(),
     };
-    Ok(agent.create(&request)?)
+    let Some(wasm) = wasm.filter(|w| w.len() > cellar_agent::INLINE_MODULE_BYTES) else {
+        steps.step(&format!(
+            "creating the canister and installing the code ({size})"
+        ));
+        let request = CreateRequest {
+            module: Some(source),
+            arg,
+            controllers: vec![],
+        };
+        return Ok(agent.create(&request)?);
+    };
+    steps.step(&format!("creating the canister for the code ({size})"));
+    let created = agent.create(&CreateRequest::default())?;
+    let id = created.canister_id;
+    match install_in_chunks(agent, &id, InstallMode::Install, &wasm, arg, steps) {
+        Ok(status) => Ok(status),
+        Err(e) => {
+            if let Err(cleanup) = agent.delete(&id) {
+                tracing::warn!("the empty canister {id} stays: {cleanup}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Installs `wasm` through the canister's chunk store, reporting each
+/// uploaded chunk as a step.
+fn install_in_chunks(
+    agent: &Agent,
+    id: &Principal,
+    mode: InstallMode,
+    wasm: &[u8],
+    arg: Option<String>,
+    steps: &Steps,
+) -> Result<CanisterStatus> {
+    steps.add(wasm.len().div_ceil(MAX_CHUNK_BYTES) as u64);
+    let status = agent.install_module(id, mode, wasm, arg, |done, total| {
+        steps.step(&format!("uploaded chunk {done} of {total}"));
+    })?;
+    Ok(status)
 }
 
 /// Prints a deployed canister: its id, or its status as JSON.
@@ -77,7 +114,7 @@ pub fn upgrade(
     steps.step(&format!("reading {module}"));
     let module = module_source(module)?;
     steps.step("upgrading the canister");
-    let status = upgrade_with(agent, canister, module, arg)?;
+    let status = upgrade_with(agent, canister, module, arg, &steps)?;
     steps.finish();
     out.value(&status, || {
         format!(
@@ -88,13 +125,21 @@ pub fn upgrade(
     })
 }
 
-/// Upgrades `canister` to `module`.
+/// Upgrades `canister` to `module` (through its chunk store when the
+/// module is too large for one request), as a step of `steps`.
 pub fn upgrade_with(
     agent: &Agent,
     canister: &Principal,
     module: ModuleSource,
     arg: Option<String>,
+    steps: &Steps,
 ) -> Result<CanisterStatus> {
+    if let ModuleSource::Wasm(b64) = &module {
+        let wasm = BASE64.decode(b64.as_bytes())?;
+        if wasm.len() > cellar_agent::INLINE_MODULE_BYTES {
+            return install_in_chunks(agent, canister, InstallMode::Upgrade, &wasm, arg, steps);
+        }
+    }
     let request = InstallRequest {
         mode: InstallMode::Upgrade,
         module,

@@ -28,6 +28,11 @@ impl Steps {
         self.bar.set_message(message.to_string());
     }
 
+    /// Adds `more` steps to the total (chunks discovered on the way).
+    pub fn add(&self, more: u64) {
+        self.bar.inc_length(more);
+    }
+
     /// Clears the line.
     pub fn finish(&self) {
         self.bar.finish_and_clear();

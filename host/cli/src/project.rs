@@ -465,7 +465,7 @@ pub fn deploy(agent: &Agent, dir: &Path, arg: Option<String>, out: Output) -> Re
     let status = match existing {
         Some(id) => {
             steps.step("upgrading the canister");
-            commands::upgrade_with(agent, &id, source, arg)?
+            commands::upgrade_with(agent, &id, source, arg, &steps)?
         }
         None => commands::create_with(agent, source, arg, &steps)?,
     };

@@ -603,6 +603,19 @@ fn a_replica_far_behind_state_syncs_a_checkpoint() {
     }
     let round = agent.status().expect("status").round;
     eprintln!("{written} updates, heights {killed_at} -> {round} while replica 3 was down");
+    // A module larger than one request goes through a chunk store; replica
+    // 3 gets it (and the chunks) by state sync.
+    let big = big_counter(&fleet.dir);
+    let big_id = cellar(&fleet, &fleet.urls[1], &["deploy", big.to_str().unwrap()])
+        .expect("deploy a module larger than one request");
+    cellar(&fleet, &fleet.urls[2], &["call", &big_id, "increment()"]).expect("update");
+    // More heights, so that a checkpoint covers the install.
+    let installed_at = agent.status().expect("status").round;
+    while agent.status().expect("status").round < installed_at + 40 {
+        cellar(&fleet, &fleet.urls[0], &["call", &big_id, "increment()"]).expect("update");
+        assert!(Instant::now() < deadline, "no progress after the install");
+    }
+    let big_count = cellar(&fleet, &fleet.urls[0], &["query", &big_id, "get()"]).expect("query");
 
     // The checkpoint interval comes from the genesis.
     let _back = restart_with(&fleet, 3, &SMALL_SYNC[..2]);
@@ -627,6 +640,7 @@ fn a_replica_far_behind_state_syncs_a_checkpoint() {
         .unwrap_or_else(|| panic!("replica 3 did not state-sync:\n{log}"));
     eprintln!("{installed}");
     assert!(!log.contains("DIVERGENCE"), "{log}");
+    wait_for_answer(&fleet, 3, &big_id, "get()", &big_count);
     // And it takes updates again.
     let reply = cellar(&fleet, &fleet.urls[3], &["call", &id, "add(\"after\", 2)"]);
     assert!(reply.is_ok(), "{reply:?}");
@@ -634,6 +648,34 @@ fn a_replica_far_behind_state_syncs_a_checkpoint() {
         wait_for_answer(&fleet, i, &id, "get(\"after\")", "some(2)");
     }
     common_state_hash(&fleet.urls);
+}
+
+/// The counter example grown past what one request carries (3 MiB more,
+/// in a custom section), written under `dir`.
+fn big_counter(dir: &Path) -> PathBuf {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut section = Vec::new();
+    let name = b"cellar-test-padding";
+    leb128(name.len(), &mut section);
+    section.extend_from_slice(name);
+    section.extend((0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
+    let mut wasm = cellar_examples::get("counter").unwrap().wasm.to_vec();
+    wasm.push(0); // a custom section
+    leb128(section.len(), &mut wasm);
+    wasm.extend_from_slice(&section);
+    let path = dir.join("big-counter.wasm");
+    std::fs::write(&path, wasm).unwrap();
+    path
 }
 
 /// Queries replica `i` until it answers `want` (bounded).

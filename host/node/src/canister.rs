@@ -1,6 +1,6 @@
 //! One canister as the node keeps it: metadata, code and execution state.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use cellar_engine::{CanisterCode, ExecutionState, LogRecord};
@@ -38,6 +38,10 @@ pub struct Canister {
     pub updates: u64,
     /// Input queue, deferred replies, outstanding calls, scheduling state.
     pub messaging: Messaging,
+    /// The chunk store: SHA-256 (hex) of every uploaded chunk, whose bytes
+    /// live under `modules/` by that hash, for installing modules larger
+    /// than one request.
+    pub chunks: BTreeSet<String>,
 }
 
 impl Canister {
@@ -54,6 +58,7 @@ impl Canister {
             next_log_index: 0,
             updates: 0,
             messaging: Messaging::default(),
+            chunks: BTreeSet::new(),
         }
     }
 

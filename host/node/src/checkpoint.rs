@@ -10,7 +10,7 @@
 //! of a checkpoint goes into one write batch, committed atomically and
 //! synced; the LSM tree's compaction drops the overwritten versions.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -70,6 +70,9 @@ struct CanisterMeta {
     next_call_id: u64,
     #[serde(default)]
     messaging: Messaging,
+    /// The chunk store's hashes (the chunks live under `modules/`).
+    #[serde(default)]
+    chunks: BTreeSet<String>,
 }
 
 /// The node state as loaded from a checkpoint; code is attached by the
@@ -353,6 +356,7 @@ impl Checkpointer {
                 next_log_index: m.next_log_index,
                 updates: m.updates,
                 messaging: m.messaging,
+                chunks: m.chunks,
             };
             canisters.push((canister, m.module_hash));
         }
@@ -461,6 +465,7 @@ fn canister_meta(canister: &Canister) -> CanisterMeta {
         stable_pages: canister.state.stable.size_pages(),
         next_call_id: canister.state.next_call_id,
         messaging: canister.messaging.clone(),
+        chunks: canister.chunks.clone(),
     }
 }
 
@@ -479,13 +484,14 @@ pub struct CheckpointImage {
 
 impl CheckpointImage {
     /// The round of the checkpoint and the module hashes it names (the
-    /// canisters' code and the policies in force), without loading it.
+    /// canisters' code, their stored chunks and the policies in force),
+    /// without loading it.
     pub fn summary(&self) -> anyhow::Result<(u64, Vec<String>)> {
         let meta: Meta = serde_json::from_slice(&self.meta)?;
         let mut modules: Vec<String> = meta
             .canisters
             .iter()
-            .filter_map(|c| c.module_hash.clone())
+            .flat_map(|c| c.module_hash.iter().chain(&c.chunks).cloned())
             .chain(meta.scheduler_policy)
             .chain(meta.consensus_policy.map(|(_, hash)| hash))
             .collect();

@@ -13,10 +13,10 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cellar_types::Principal;
 use cellar_types::api::{
-    Activity, ApiError, CallRequest, CallResponse, ControllersRequest, CreateRequest,
-    INGRESS_EXPIRY_HEADER, InstallMode, InstallRequest, MAX_CALL_BODY_BYTES, ModuleSource,
-    NONCE_HEADER, PUBLIC_KEY_HEADER, SIGNATURE_HEADER, SetPolicyRequest, SubmitResponse,
-    TopUpRequest,
+    Activity, ApiError, CallRequest, CallResponse, ChunkList, ControllersRequest, CreateRequest,
+    INGRESS_EXPIRY_HEADER, InstallMode, InstallRequest, MAX_CALL_BODY_BYTES, MAX_CHUNK_BYTES,
+    ModuleSource, NONCE_HEADER, PUBLIC_KEY_HEADER, SIGNATURE_HEADER, SetPolicyRequest,
+    SubmitResponse, TopUpRequest,
 };
 use data_encoding::BASE64;
 use serde::de::DeserializeOwned;
@@ -214,6 +214,10 @@ fn module_bytes(source: &ModuleSource) -> Result<(Vec<u8>, Option<&'static str>)
             .decode(base64.as_bytes())
             .map(|b| (b, None))
             .map_err(|e| bad_request(format!("the module is not valid base64: {e}"))),
+        ModuleSource::Chunked(_) => Err(bad_request(
+            "a chunked module installs into an existing canister: create the canister, \
+             upload the chunks (POST .../chunks), then install from them",
+        )),
     }
 }
 
@@ -255,6 +259,14 @@ pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
             get(status).delete(delete).layer(small()),
         )
         .route("/api/v1/canisters/{id}/install", post(install))
+        .route(
+            "/api/v1/canisters/{id}/chunks",
+            get(chunks)
+                .post(upload_chunk)
+                .delete(clear_chunks)
+                // The signed request's headers and a little slack beyond the chunk.
+                .layer(DefaultBodyLimit::max(MAX_CHUNK_BYTES + 1024)),
+        )
         .route("/api/v1/canisters/{id}/call", post(call).layer(small()))
         .route("/api/v1/canisters/{id}/submit", post(submit).layer(small()))
         .route("/api/v1/canisters/{id}/query", post(query).layer(small()))
@@ -441,6 +453,26 @@ async fn install(
 ) -> Result<impl IntoResponse, HttpError> {
     let id = canister_id(&id)?;
     let request: InstallRequest = signed.json()?;
+    if let ModuleSource::Chunked(chunked) = request.module {
+        let caller = signed.caller;
+        let status = management(
+            &api,
+            signed.tag.clone(),
+            signed.envelope.clone(),
+            move |node| {
+                node.install_chunked(
+                    &caller,
+                    &id,
+                    request.mode,
+                    chunked.chunk_hashes,
+                    chunked.module_hash,
+                    request.arg,
+                )
+            },
+        )
+        .await?;
+        return Ok(Json(status));
+    }
     let (wasm, default_arg) = module_bytes(&request.module)?;
     let arg = match request.mode {
         InstallMode::Upgrade => request.arg,
@@ -669,6 +701,50 @@ async fn start(
     )
     .await?;
     Ok(Json(status))
+}
+
+async fn chunks(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<ChunkList>, HttpError> {
+    let hashes = api.node.chunks(&canister_id(&id)?)?;
+    Ok(Json(ChunkList { hashes }))
+}
+
+/// `POST .../chunks`: the body is the chunk's bytes.
+async fn upload_chunk(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> Result<Json<ChunkList>, HttpError> {
+    let id = canister_id(&id)?;
+    let caller = signed.caller;
+    let chunk = signed.body.clone();
+    let hashes = management(
+        &api,
+        signed.tag.clone(),
+        signed.envelope.clone(),
+        move |node| node.upload_chunk(&caller, &id, &chunk),
+    )
+    .await?;
+    Ok(Json(ChunkList { hashes }))
+}
+
+async fn clear_chunks(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> Result<Json<ChunkList>, HttpError> {
+    let id = canister_id(&id)?;
+    let caller = signed.caller;
+    management(
+        &api,
+        signed.tag.clone(),
+        signed.envelope.clone(),
+        move |node| node.clear_chunks(&caller, &id),
+    )
+    .await?;
+    Ok(Json(ChunkList::default()))
 }
 
 async fn delete(

@@ -46,6 +46,33 @@ pub enum Op {
         /// WAVE argument list for the hook.
         arg: Option<String>,
     },
+    /// Install, reinstall or upgrade code assembled from the canister's
+    /// chunk store; a successful install empties the store.
+    InstallChunked {
+        /// The canister.
+        id: Principal,
+        /// How.
+        mode: InstallMode,
+        /// SHA-256 (hex) of each chunk, in module order.
+        chunk_hashes: Vec<String>,
+        /// SHA-256 (hex) of the assembled module.
+        module_hash: String,
+        /// WAVE argument list for the hook.
+        arg: Option<String>,
+    },
+    /// Add a chunk (stored under `modules/` by its hash before this record
+    /// is journaled) to the canister's chunk store.
+    UploadChunk {
+        /// The canister.
+        id: Principal,
+        /// SHA-256 (hex) of the chunk.
+        hash: String,
+    },
+    /// Empty the canister's chunk store.
+    ClearChunks {
+        /// The canister.
+        id: Principal,
+    },
     /// An update call.
     Call {
         /// The canister.

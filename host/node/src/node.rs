@@ -34,7 +34,9 @@ use crate::journal::{Durability, Ingress, Journal, Op, Record, RequestTag, read_
 use crate::messages::IngressId;
 use crate::state_hash;
 
+mod chunks;
 mod sync;
+pub(crate) use chunks::check_chunk_size;
 pub use sync::{Certified, SyncImage};
 
 /// Why a request could not be carried out (as opposed to a message that ran
@@ -193,9 +195,21 @@ pub(crate) enum Applied {
     Created(Principal),
     Status(CanisterStatus),
     Call(CallOutcome),
+    /// A chunk store's hashes after an upload or a clear.
+    Chunks(Vec<String>),
 }
 
 impl Applied {
+    /// The chunk store's hashes of an upload's or clear's answer.
+    pub(crate) fn into_chunks(self) -> Result<Vec<String>, NodeError> {
+        match self {
+            Applied::Chunks(hashes) => Ok(hashes),
+            _ => Err(NodeError::Internal(anyhow::anyhow!(
+                "a chunk request answered with something else than the chunk store"
+            ))),
+        }
+    }
+
     /// The outcome of a call's answer (anything else is a bug, reported
     /// as an internal error).
     pub(crate) fn into_call(self) -> Result<CallOutcome, NodeError> {
@@ -951,14 +965,12 @@ impl Node {
     /// Replica mode: sends `op` to consensus (with the module for an
     /// install) and waits for the finalized batch that answers it.
     fn submit_replicated(&self, caller: &Principal, op: Op) -> Result<Applied, NodeError> {
-        let module = match &op {
-            Op::Install { module_hash, .. }
-            | Op::CreateWithModule { module_hash, .. }
-            | Op::SetConsensusPolicy { module_hash } => Some(
-                std::fs::read(self.modules_dir.join(format!("{module_hash}.wasm")))
+        let module = match crate::replica::attached_hash(&op) {
+            Some(hash) => Some(
+                self.read_module(hash)
                     .map_err(|e| NodeError::Internal(e.into()))?,
             ),
-            _ => None,
+            None => None,
         };
         let ingress = Ingress {
             caller: caller.clone(),
@@ -1019,19 +1031,20 @@ impl Node {
             let tracked = crate::replica::TrackedCall::of(&decoded, verified.as_ref());
             let crate::replica::Decoded {
                 ingress: request,
-                module,
+                attachment,
                 ..
             } = decoded;
-            if let (
-                Op::Install { module_hash, .. }
-                | Op::CreateWithModule { module_hash, .. }
-                | Op::SetConsensusPolicy { module_hash },
-                Some(wasm),
-            ) = (&request.op, module)
-            {
-                let hash: [u8; 32] = Sha256::digest(&wasm).into();
-                if HEXLOWER.encode(&hash) == *module_hash {
-                    self.store_module(module_hash, &wasm)?;
+            // The module or chunk a request names comes with it; one that
+            // does not is skipped on every replica alike (whatever this
+            // replica happens to have stored).
+            if let Some(hash) = crate::replica::attached_hash(&request.op) {
+                match crate::replica::check_attachment(&request.op, hash, attachment) {
+                    Ok(bytes) => self.store_module(hash, &bytes)?,
+                    Err(reason) => {
+                        tracing::warn!(height, "skipped a request: {reason}");
+                        self.replica.refuse(id, reason);
+                        continue;
+                    }
                 }
             }
             let index = IngressId {
@@ -1675,6 +1688,24 @@ impl Node {
                 let updated = self.install_code(canister, code, *mode, arg.as_deref(), step)?;
                 Ok(Applied::Status(self.commit(updated)))
             }
+            Op::InstallChunked {
+                id,
+                mode,
+                chunk_hashes,
+                module_hash,
+                arg,
+            } => {
+                self.abort_paused(Some(id));
+                let install = chunks::ChunkedInstall {
+                    mode: *mode,
+                    chunk_hashes,
+                    module_hash,
+                    arg: arg.as_deref(),
+                };
+                self.apply_install_chunked(controlled(id)?, install, step)
+            }
+            Op::UploadChunk { id, hash } => self.apply_upload_chunk(controlled(id)?, hash),
+            Op::ClearChunks { id } => Ok(self.apply_clear_chunks(controlled(id)?)),
             Op::Call { .. } => Err(NodeError::Internal(anyhow::anyhow!(
                 "calls go through input queues"
             ))),

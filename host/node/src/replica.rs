@@ -96,16 +96,19 @@ impl TrackedCall {
     }
 }
 
-/// What travels in an ingress message's content: the request, the module
-/// of an install, the user's signed request as sent (so every replica
-/// checks the signature itself instead of trusting the replica that
-/// received it), and a nonce that keeps identical unsigned requests distinct
-/// (0 for signed ones: their content, hence their message id, is a function
-/// of the signed request, so consensus refuses a replay within its expiry).
+/// What travels in an ingress message's content: the request, the user's
+/// signed request as sent (so every replica checks the signature itself
+/// instead of trusting the replica that received it), the bytes an unsigned
+/// request names (module or chunk, base64; a signed request's are in its
+/// signed body, so they travel once), and a nonce that keeps identical
+/// unsigned requests distinct (0 for signed ones: their content, hence
+/// their message id, is a function of the signed request, so consensus
+/// refuses a replay within its expiry).
 #[derive(Serialize, Deserialize)]
 struct ReplicatedRequest {
     ingress: Ingress,
-    module: Option<String>,
+    #[serde(default)]
+    attachment: Option<String>,
     nonce: u64,
     #[serde(default)]
     envelope: Option<Envelope>,
@@ -150,26 +153,102 @@ static NONCE: AtomicU64 = AtomicU64::new(0);
 /// A payload item as every replica sees it.
 pub(crate) struct Decoded {
     pub(crate) ingress: Ingress,
-    pub(crate) module: Option<Vec<u8>>,
+    /// The bytes the request names ([`attached_hash`]), when it carries
+    /// them: attached, or in its signed body.
+    pub(crate) attachment: Option<Vec<u8>>,
     envelope: Option<Envelope>,
     canonical: bool,
 }
 
-/// Decodes a payload item into the request, the install's module and the
+/// Decodes a payload item into the request, the bytes it names and the
 /// signed request.
 pub(crate) fn decode_request(content: &[u8]) -> Option<Decoded> {
     let r: ReplicatedRequest = serde_json::from_slice(content).ok()?;
     let canonical = serde_json::to_vec(&r).ok().as_deref() == Some(content) && r.nonce == 0;
-    let module = match r.module {
-        Some(hex) => Some(HEXLOWER.decode(hex.as_bytes()).ok()?),
-        None => None,
+    let attachment = match (r.attachment, &r.envelope) {
+        (Some(b64), _) => Some(data_encoding::BASE64.decode(b64.as_bytes()).ok()?),
+        (None, Some(envelope)) => signed_attachment(envelope, &r.ingress.op),
+        (None, None) => None,
     };
     Some(Decoded {
         ingress: r.ingress,
-        module,
+        attachment,
         envelope: r.envelope,
         canonical,
     })
+}
+
+/// The hash of the bytes `op` names and every replica must store before
+/// it executes: an install's module, a policy's component, a chunk.
+pub(crate) fn attached_hash(op: &Op) -> Option<&str> {
+    match op {
+        Op::Install { module_hash, .. }
+        | Op::CreateWithModule { module_hash, .. }
+        | Op::SetConsensusPolicy { module_hash } => Some(module_hash),
+        Op::UploadChunk { hash, .. } => Some(hash),
+        _ => None,
+    }
+}
+
+/// The bytes a request carries for `op`, checked against the `hash` it
+/// names (and a chunk against the chunk size limit): a pure function of
+/// the payload item, so every replica decides alike.
+pub(crate) fn check_attachment(
+    op: &Op,
+    hash: &str,
+    attachment: Option<Vec<u8>>,
+) -> Result<Vec<u8>, String> {
+    let bytes = attachment.ok_or("the request does not carry the module or chunk it names")?;
+    if HEXLOWER.encode(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)) != hash {
+        return Err("the bytes the request carries do not match the hash it names".into());
+    }
+    if matches!(op, Op::UploadChunk { .. }) {
+        crate::node::check_chunk_size(bytes.len()).map_err(|e| e.to_string())?;
+    }
+    Ok(bytes)
+}
+
+/// The bytes a signed request carries for `op` in its body: the module of
+/// an install (an example's from the embedded examples), the component of
+/// a consensus-policy change, the body of a chunk upload.
+fn signed_attachment(envelope: &Envelope, op: &Op) -> Option<Vec<u8>> {
+    use cellar_types::api::{CreateRequest, InstallRequest, SetPolicyRequest};
+    attached_hash(op)?;
+    let body = data_encoding::BASE64
+        .decode(envelope.body.as_bytes())
+        .ok()?;
+    match op {
+        Op::UploadChunk { .. } => Some(body),
+        Op::Install { .. } => {
+            let r: InstallRequest = serde_json::from_slice(&body).ok()?;
+            source_bytes(&r.module).map(|(wasm, _)| wasm)
+        }
+        Op::CreateWithModule { .. } => {
+            let r: CreateRequest = serde_json::from_slice(&body).ok()?;
+            source_bytes(r.module.as_ref()?).map(|(wasm, _)| wasm)
+        }
+        Op::SetConsensusPolicy { .. } => {
+            let r: SetPolicyRequest = serde_json::from_slice(&body).ok()?;
+            consensus_policy_module(r.module.as_ref()).ok()
+        }
+        _ => None,
+    }
+}
+
+/// A module source's bytes and default init argument (examples have one);
+/// none for a chunked module, whose bytes are in the canister's chunk
+/// store.
+fn source_bytes(source: &cellar_types::api::ModuleSource) -> Option<(Vec<u8>, Option<String>)> {
+    match source {
+        cellar_types::api::ModuleSource::Example(name) => {
+            let e = cellar_examples::get(name)?;
+            Some((e.wasm.to_vec(), e.init_arg.map(str::to_string)))
+        }
+        cellar_types::api::ModuleSource::Wasm(b) => {
+            Some((data_encoding::BASE64.decode(b.as_bytes()).ok()?, None))
+        }
+        cellar_types::api::ModuleSource::Chunked(_) => None,
+    }
 }
 
 /// The consensus expiry (ms) of a signed request's message.
@@ -255,18 +334,10 @@ fn binds(
             && parts[1] == id.to_text()
             && parts[2] == action
     };
+    let sha256 = |bytes: &[u8]| HEXLOWER.encode(&<sha2::Sha256 as sha2::Digest>::digest(bytes));
     let module_hash = |m: &cellar_types::api::ModuleSource| -> Option<(String, Option<String>)> {
-        let (wasm, default_arg) = match m {
-            cellar_types::api::ModuleSource::Example(name) => {
-                let e = cellar_examples::get(name)?;
-                (e.wasm.to_vec(), e.init_arg.map(str::to_string))
-            }
-            cellar_types::api::ModuleSource::Wasm(b) => {
-                (data_encoding::BASE64.decode(b.as_bytes()).ok()?, None)
-            }
-        };
-        let hash: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&wasm).into();
-        Some((HEXLOWER.encode(&hash), default_arg))
+        let (wasm, default_arg) = source_bytes(m)?;
+        Some((sha256(&wasm), default_arg))
     };
     let ok = match (env.method.as_str(), op) {
         ("POST", Op::Call { id, method, args }) => {
@@ -324,6 +395,26 @@ fn binds(
                 && matches!(module_hash(&r.module), Some((h, default))
                     if h == *hash && *arg == expected_arg(default.clone()))
         }
+        (
+            "POST",
+            Op::InstallChunked {
+                id,
+                mode,
+                chunk_hashes,
+                module_hash,
+                arg,
+            },
+        ) => {
+            let r: InstallRequest = json(body)?;
+            let named =
+                cellar_types::api::ModuleSource::Chunked(cellar_types::api::ChunkedModule {
+                    chunk_hashes: chunk_hashes.clone(),
+                    module_hash: module_hash.clone(),
+                });
+            target(id, "install") && r.mode == *mode && r.module == named && r.arg == *arg
+        }
+        ("POST", Op::UploadChunk { id, hash }) => target(id, "chunks") && sha256(body) == *hash,
+        ("DELETE", Op::ClearChunks { id }) => target(id, "chunks"),
         ("POST", Op::Stop { id }) => target(id, "stop"),
         ("POST", Op::Start { id }) => target(id, "start"),
         ("DELETE", Op::Delete { id }) => {
@@ -397,9 +488,14 @@ impl ReplicaLink {
             None => now_nanos() ^ (NONCE.fetch_add(1, Ordering::Relaxed) << 40),
         };
         let expiry_ms = envelope.as_ref().map(message_expiry_ms);
+        // A signed request's bytes are in its signed body already.
+        let attachment = match envelope {
+            Some(_) => None,
+            None => module.map(|m| data_encoding::BASE64.encode(&m)),
+        };
         let content = match serde_json::to_vec(&ReplicatedRequest {
             ingress: ingress.clone(),
-            module: module.map(|m| HEXLOWER.encode(&m)),
+            attachment,
             nonce,
             envelope,
         }) {
@@ -564,6 +660,9 @@ pub fn consensus_policy_module(
         Some(ModuleSource::Wasm(b)) => data_encoding::BASE64
             .decode(b.as_bytes())
             .map_err(|e| format!("the module is not valid base64: {e}")),
+        Some(ModuleSource::Chunked(_)) => {
+            Err("a consensus policy is sent whole (base64), not in chunks".into())
+        }
         None => Err("name a consensus policy (icc, round-robin) or send a module".into()),
     }
 }
@@ -1697,7 +1796,7 @@ mod tests {
         assert_ne!(sent[0].0, sent[1].0, "the nonce keeps equal requests apart");
         let decoded = decode_request(&sent[0].1).unwrap();
         assert_eq!(decoded.ingress.caller, ingress.caller);
-        assert_eq!(decoded.module, Some(vec![1, 2, 3]));
+        assert_eq!(decoded.attachment, Some(vec![1, 2, 3]));
         assert!(decode_request(b"garbage").is_none());
 
         let at = IngressId { round: 7, index: 0 };
@@ -1737,7 +1836,7 @@ mod tests {
             .unwrap_or(T / 1_000_000 + 60_000);
         let content = serde_json::to_vec(&ReplicatedRequest {
             ingress,
-            module: None,
+            attachment: None,
             nonce,
             envelope,
         })
@@ -1940,7 +2039,7 @@ mod tests {
                     arg: counter.init_arg.map(str::to_string),
                 },
             },
-            module: Some(HEXLOWER.encode(counter.wasm)),
+            attachment: Some(data_encoding::BASE64.encode(counter.wasm)),
             nonce: 2,
             envelope: None,
         })

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::canister::Canister;
 
 /// Domain separation (and the version of the encoding below).
-const DOMAIN: &[u8] = b"cellar-state-hash-v2\0";
+const DOMAIN: &[u8] = b"cellar-state-hash-v3\0";
 
 /// Size and content hash of every linear memory of a canister, in order.
 ///
@@ -63,7 +63,8 @@ impl Encoder {
 
 /// Hashes the replicated state: the round, the next canister index and,
 /// for each canister in id order, its id, controllers, run status, module
-/// hash, cycles, certified data, timers, stable memory and linear memories.
+/// hash, chunk store, cycles, certified data, timers, stable memory and
+/// linear memories.
 ///
 /// Stable memory is hashed by contents ([`StableMemory::hash`]: its size and
 /// the Merkle hashes of its chunk maps, maintained incrementally; chunks of
@@ -91,6 +92,10 @@ pub(crate) fn hash(
             RunStatus::Stopped => 1u8,
         }]);
         e.option(canister.code.as_ref(), |e, code| e.0.update(code.hash));
+        e.u64(canister.chunks.len() as u64);
+        for chunk in &canister.chunks {
+            e.bytes(chunk.as_bytes());
+        }
         e.u64(canister.cycles);
         let state = &canister.state;
         e.bytes(&state.certified_data);

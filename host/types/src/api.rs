@@ -138,6 +138,36 @@ pub enum ModuleSource {
     Example(String),
     /// A component binary, base64 encoded.
     Wasm(String),
+    /// A component assembled from chunks already uploaded to the target
+    /// canister's chunk store (`POST .../chunks`): for modules larger than
+    /// one request may carry.
+    Chunked(ChunkedModule),
+}
+
+/// A module as the concatenation of stored chunks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChunkedModule {
+    /// SHA-256 (hex) of each chunk, in module order; each must be in the
+    /// canister's chunk store.
+    pub chunk_hashes: Vec<String>,
+    /// SHA-256 (hex) of the whole module, which the concatenation must
+    /// match.
+    pub module_hash: String,
+}
+
+/// Largest chunk one upload may carry (1 MiB).
+pub const MAX_CHUNK_BYTES: usize = 1 << 20;
+
+/// Chunks a canister's chunk store may hold (so modules up to 100 MiB).
+pub const MAX_STORED_CHUNKS: usize = 100;
+
+/// A canister's chunk store: the SHA-256 (hex) of every chunk it holds, in
+/// ascending order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkList {
+    /// The chunk hashes.
+    pub hashes: Vec<String>,
 }
 
 /// Creates a canister and, when a module is given, installs it.
