@@ -22,14 +22,19 @@ pub struct FleetBenchArgs {
     pub nodes: usize,
     /// Concurrent clients (threads), each waiting for its update's answer
     /// before it sends the next: throughput is at most clients / latency.
-    #[arg(long, default_value_t = 256)]
-    pub clients: usize,
+    /// Comma separated for several runs on the same fleet.
+    #[arg(long, value_delimiter = ',', default_value = "256")]
+    pub clients: Vec<usize>,
     /// Seconds each measurement runs.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
     /// Injected one-way delays to measure (ms), comma separated.
     #[arg(long, value_delimiter = ',', default_value = "0,50")]
     pub delays_ms: Vec<u64>,
+    /// The replicas' memory tracker [default: the fastest the kernel
+    /// supports].
+    #[arg(long, value_name = "TRACKER")]
+    pub memory_tracker: Option<cellar_node::engine::MemoryTracker>,
 }
 
 /// One measurement.
@@ -56,11 +61,18 @@ pub fn run(args: &FleetBenchArgs, json: bool) -> Result<()> {
             delay,
             None,
             None,
-            crate::fleet::SyncOptions::default(),
+            crate::fleet::ReplicaOptions {
+                memory_tracker: args.memory_tracker,
+                ..Default::default()
+            },
         )?;
-        let row = measure(args, &urls, delay);
+        let measured: Result<Vec<Row>> = args
+            .clients
+            .iter()
+            .map(|&clients| measure(args, clients, &urls, delay))
+            .collect();
         let _ = crate::fleet::fleet_down(dir.path());
-        rows.push(row?);
+        rows.extend(measured?);
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -105,7 +117,7 @@ pub fn run(args: &FleetBenchArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn measure(args: &FleetBenchArgs, urls: &[String], delay_ms: u64) -> Result<Row> {
+fn measure(args: &FleetBenchArgs, clients: usize, urls: &[String], delay_ms: u64) -> Result<Row> {
     let admin = Agent::new(&urls[0], Identity::generate()?);
     let kv = admin
         .create(&CreateRequest {
@@ -119,7 +131,7 @@ fn measure(args: &FleetBenchArgs, urls: &[String], delay_ms: u64) -> Result<Row>
     let first_round = rounds(&urls[0])?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.seconds);
-    let handles: Vec<_> = (0..args.clients)
+    let handles: Vec<_> = (0..clients)
         .map(|i| {
             let url = urls[i % urls.len()].clone();
             let kv = kv.clone();
@@ -159,7 +171,7 @@ fn measure(args: &FleetBenchArgs, urls: &[String], delay_ms: u64) -> Result<Row>
     };
     Ok(Row {
         delay_ms,
-        clients: args.clients,
+        clients,
         updates: all.len(),
         failed,
         per_second: all.len() as f64 / elapsed,

@@ -73,12 +73,12 @@ pub fn parse_nodes(text: &str) -> Result<Vec<SocketAddr>> {
         .collect()
 }
 
-/// Test only (hidden options of `node start` and `fleet up`): how many
-/// executed batches a replica keeps for peers that catch up, and the
-/// checkpoint interval, made small so a test can make a replica fall
-/// behind far enough to state-sync.
+/// Options of `node start` and `fleet up` for each replica: its memory
+/// tracker, and (test only, hidden) how many executed batches it keeps for
+/// peers that catch up and the checkpoint interval, made small so a test
+/// can make a replica fall behind far enough to state-sync.
 #[derive(clap::Args, Clone, Copy, Debug, Default)]
-pub struct SyncOptions {
+pub struct ReplicaOptions {
     /// Executed batches kept for peers that catch up.
     #[arg(long, hide = true)]
     pub recent_batches: Option<usize>,
@@ -86,15 +86,22 @@ pub struct SyncOptions {
     /// `node start`: for a genesis that does not fix it).
     #[arg(long, hide = true)]
     pub checkpoint_interval: Option<u64>,
+    /// How dirty pages are tracked: signal, userfaultfd, uffd-mapped or
+    /// copy-all [default: the fastest the kernel supports].
+    #[arg(long, value_name = "TRACKER")]
+    pub memory_tracker: Option<cellar_node::engine::MemoryTracker>,
 }
 
-impl SyncOptions {
+impl ReplicaOptions {
     /// The options as `node start` arguments (the checkpoint interval is
     /// in the genesis).
     fn args(&self) -> Vec<String> {
         let mut args = Vec::new();
         if let Some(n) = self.recent_batches {
             args.extend(["--recent-batches".to_string(), n.to_string()]);
+        }
+        if let Some(tracker) = self.memory_tracker {
+            args.extend(["--memory-tracker".to_string(), tracker.name().to_string()]);
         }
         args
     }
@@ -108,7 +115,7 @@ pub fn node_start(
     listen: SocketAddr,
     delay_ms: u64,
     byzantine: Option<Fault>,
-    sync: SyncOptions,
+    sync: ReplicaOptions,
 ) -> Result<()> {
     crate::start::init_logging();
     let genesis: Genesis = read_json(config)?;
@@ -130,6 +137,7 @@ pub fn node_start(
                 .recent_batches
                 .unwrap_or(cellar_node::replica::RECENT_BATCHES),
             checkpoint_interval: sync.checkpoint_interval,
+            memory_tracker: sync.memory_tracker,
         })
         .await?;
         println!("replica {index} serving http://{}", running.addr);
@@ -166,7 +174,7 @@ pub fn fleet_up(
     delay_ms: u64,
     byzantine: Option<&str>,
     consensus_policy: Option<&str>,
-    sync: SyncOptions,
+    sync: ReplicaOptions,
 ) -> Result<Vec<String>> {
     if dir.join(PIDS).exists() {
         fleet_down(dir)?;

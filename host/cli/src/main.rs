@@ -220,7 +220,7 @@ enum NodeCommand {
         #[arg(long, hide = true)]
         byzantine: Option<fleet::Fault>,
         #[command(flatten)]
-        sync: fleet::SyncOptions,
+        sync: fleet::ReplicaOptions,
     },
 }
 
@@ -247,7 +247,7 @@ enum FleetCommand {
         #[arg(long)]
         consensus_policy: Option<String>,
         #[command(flatten)]
-        sync: fleet::SyncOptions,
+        sync: fleet::ReplicaOptions,
     },
     /// Stop the replicas of a fleet.
     Down {

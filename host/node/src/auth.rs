@@ -75,13 +75,59 @@ fn shorten(text: &str) -> String {
     cut
 }
 
-/// Determines the caller and id of a request from its headers and content.
-pub fn authenticate(
+/// A request's credentials, read but with its signature not yet checked:
+/// the caller and id it claims, and the signature that must hold for the
+/// claim to stand (none for an anonymous request).
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// Who the request says it is from, and its id.
+    pub authenticated: Authenticated,
+    /// The signature to check, when the request is signed.
+    pub signature: Option<PendingSignature>,
+}
+
+/// An Ed25519 signature over a signing payload, to be checked alone
+/// ([`PendingSignature::holds`]) or with others ([`check_all`]).
+#[derive(Debug, Clone)]
+pub struct PendingSignature {
+    key: VerifyingKey,
+    signature: Signature,
+    payload: Vec<u8>,
+}
+
+impl PendingSignature {
+    /// Whether the signature verifies for its key and payload.
+    pub fn holds(&self) -> bool {
+        self.key.verify(&self.payload, &self.signature).is_ok()
+    }
+}
+
+/// Checks many signatures at once, the same way on every replica given the
+/// same list: one batch verification (its random weights are derived from
+/// the list itself, so the outcome is a function of the list), and only when
+/// the batch fails, each signature alone to find the ones that do not hold.
+/// Returns whether each signature holds, in order.
+pub fn check_all(signatures: &[&PendingSignature]) -> Vec<bool> {
+    if signatures.is_empty() {
+        return Vec::new();
+    }
+    let payloads: Vec<&[u8]> = signatures.iter().map(|s| s.payload.as_slice()).collect();
+    let sigs: Vec<Signature> = signatures.iter().map(|s| s.signature).collect();
+    let keys: Vec<VerifyingKey> = signatures.iter().map(|s| s.key).collect();
+    if ed25519_dalek::verify_batch(&payloads, &sigs, &keys).is_ok() {
+        return vec![true; signatures.len()];
+    }
+    signatures.iter().map(|s| s.holds()).collect()
+}
+
+/// Reads a request's credentials (without checking its signature): the
+/// caller and id it claims, and the signature that must hold.
+pub fn claim(
     method: &str,
     path: &str,
     body: &[u8],
     credentials: Credentials<'_>,
-) -> Result<Authenticated, AuthError> {
+) -> Result<Claim, AuthError> {
     let ingress_expiry = credentials
         .ingress_expiry
         .map(|text| {
@@ -111,10 +157,13 @@ pub fn authenticate(
     let payload = signing_payload(method, path, ingress_expiry.unwrap_or(0), &nonce, body);
     let (public_key, signature) = match (credentials.public_key, credentials.signature) {
         (None, None) => {
-            return Ok(Authenticated {
-                caller: Principal::anonymous(),
-                request_id: request_id(None, &payload),
-                ingress_expiry,
+            return Ok(Claim {
+                authenticated: Authenticated {
+                    caller: Principal::anonymous(),
+                    request_id: request_id(None, &payload),
+                    ingress_expiry,
+                },
+                signature: None,
             });
         }
         (Some(k), Some(s)) => (k, s),
@@ -128,15 +177,37 @@ pub fn authenticate(
     let sig_bytes: [u8; 64] = hex_array(signature, "signature")?;
     let key = VerifyingKey::from_bytes(&key_bytes)
         .map_err(|_| malformed("the public key is not a valid Ed25519 key"))?;
-    key.verify(&payload, &Signature::from_bytes(&sig_bytes))
-        .map_err(|_| {
-            AuthError::BadSignature("the signature does not match the request".to_string())
-        })?;
-    Ok(Authenticated {
-        caller: Principal::self_authenticating(&key_bytes),
-        request_id: request_id(Some(&key_bytes), &payload),
-        ingress_expiry,
+    Ok(Claim {
+        authenticated: Authenticated {
+            caller: Principal::self_authenticating(&key_bytes),
+            request_id: request_id(Some(&key_bytes), &payload),
+            ingress_expiry,
+        },
+        signature: Some(PendingSignature {
+            key,
+            signature: Signature::from_bytes(&sig_bytes),
+            payload,
+        }),
     })
+}
+
+/// The error of a signature that does not hold.
+pub fn bad_signature() -> AuthError {
+    AuthError::BadSignature("the signature does not match the request".to_string())
+}
+
+/// Determines the caller and id of a request from its headers and content.
+pub fn authenticate(
+    method: &str,
+    path: &str,
+    body: &[u8],
+    credentials: Credentials<'_>,
+) -> Result<Authenticated, AuthError> {
+    let claim = claim(method, path, body, credentials)?;
+    match &claim.signature {
+        Some(signature) if !signature.holds() => Err(bad_signature()),
+        _ => Ok(claim.authenticated),
+    }
 }
 
 #[cfg(test)]
@@ -144,6 +215,41 @@ mod tests {
     use super::*;
     use data_encoding::HEXLOWER;
     use ed25519_dalek::{Signer, SigningKey};
+
+    #[test]
+    fn signatures_checked_together_agree_with_each_checked_alone() {
+        let pending = |seed: u8, forged: bool| {
+            let key = SigningKey::from_bytes(&[seed; 32]);
+            let body = [seed; 3];
+            let payload = signing_payload("POST", "/p", 1, &[], &body);
+            let mut sig = key.sign(&payload).to_bytes();
+            if forged {
+                sig[0] ^= 1;
+            }
+            claim(
+                "POST",
+                "/p",
+                &body,
+                Credentials {
+                    public_key: Some(&HEXLOWER.encode(key.verifying_key().as_bytes())),
+                    signature: Some(&HEXLOWER.encode(&sig)),
+                    ingress_expiry: Some("1"),
+                    nonce: None,
+                },
+            )
+            .unwrap()
+            .signature
+            .unwrap()
+        };
+        assert!(check_all(&[]).is_empty());
+        let good: Vec<_> = (1..=20).map(|i| pending(i, false)).collect();
+        assert_eq!(check_all(&good.iter().collect::<Vec<_>>()), vec![true; 20]);
+        let mixed: Vec<_> = (1..=20).map(|i| pending(i, i % 7 == 0)).collect();
+        let together = check_all(&mixed.iter().collect::<Vec<_>>());
+        let alone: Vec<bool> = mixed.iter().map(PendingSignature::holds).collect();
+        assert_eq!(together, alone);
+        assert_eq!(together.iter().filter(|h| !**h).count(), 2);
+    }
 
     #[test]
     fn signed_unsigned_and_forged_requests() {

@@ -194,7 +194,9 @@ impl Checkpointer {
     }
 
     /// Writes the changes since the last checkpoint and makes the new one
-    /// current, atomically.
+    /// current, atomically. It is durable when this returns (fjall's
+    /// journal is synced); [`Checkpointer::flush_memtables`] should follow,
+    /// off the critical path, so that a restart need not replay it.
     pub fn write(
         &mut self,
         round: u64,
@@ -260,7 +262,6 @@ impl Checkpointer {
         batch.insert(&self.meta, META_KEY, serde_json::to_vec(&meta)?);
         batch.commit().map_err(storage)?;
         self.db.persist(PersistMode::SyncAll).map_err(storage)?;
-        self.flush_memtables()?;
         self.last = canisters
             .iter()
             .map(|(id, c)| (id.clone(), c.state.clone()))
@@ -275,8 +276,9 @@ impl Checkpointer {
     /// rest into memtables at every open. `meta` gets one small value per
     /// checkpoint and would otherwise never fill a memtable, so every page
     /// ever checkpointed would be replayed at restart. (Checkpoints run on
-    /// their own thread, not in a round.)
-    fn flush_memtables(&self) -> anyhow::Result<()> {
+    /// their own thread, not in a round.) Durability does not wait for
+    /// this: a crash before it only makes the next open replay the journal.
+    pub fn flush_memtables(&self) -> anyhow::Result<()> {
         for keyspace in [&self.pages, &self.stable, &self.meta] {
             keyspace.rotate_memtable_and_wait().map_err(storage)?;
         }

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
 use cellar_types::Principal;
@@ -43,12 +43,39 @@ pub(crate) struct Snapshot {
     pub covered_journals: Vec<PathBuf>,
 }
 
-type Job = JoinHandle<anyhow::Result<CheckpointStats>>;
+/// A checkpoint being written: its durability is reported on `durable`
+/// (once), then the thread flushes the store's memtables and ends.
+struct InFlight {
+    durable: Option<mpsc::Receiver<anyhow::Result<CheckpointStats>>>,
+    job: JoinHandle<()>,
+}
+
+impl InFlight {
+    /// Waits for durability, unless already waited for (then `None`).
+    fn wait_durable(&mut self) -> Option<anyhow::Result<CheckpointStats>> {
+        let durable = self.durable.take()?;
+        Some(durable.recv().unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "the checkpoint thread ended before the checkpoint was durable"
+            ))
+        }))
+    }
+
+    /// Waits for durability (logging a failure) and then for the flush.
+    fn finish(mut self) {
+        if let Some(result) = self.wait_durable() {
+            log_failure(result);
+        }
+        if self.job.join().is_err() {
+            tracing::error!("the checkpoint thread panicked");
+        }
+    }
+}
 
 /// Writes checkpoints on a background thread, one at a time.
 pub(crate) struct CheckpointWriter {
     checkpointer: Arc<Mutex<Checkpointer>>,
-    in_flight: Mutex<Option<Job>>,
+    in_flight: Mutex<Option<InFlight>>,
     last: Arc<Mutex<CheckpointStats>>,
     state_dir: PathBuf,
     durability: Durability,
@@ -73,38 +100,56 @@ impl CheckpointWriter {
     }
 
     /// Starts writing `snapshot` once the checkpoint in flight, if any, is
-    /// written. A failure of that earlier one is logged: its journals are
-    /// still there, and this checkpoint writes everything that changed
-    /// since the last one that succeeded.
+    /// written and flushed. A failure of that earlier one is logged: its
+    /// journals are still there, and this checkpoint writes everything that
+    /// changed since the last one that succeeded.
+    ///
+    /// The thread makes the checkpoint durable (one synced batch), reports
+    /// it, deletes the journals it covers, and only then flushes the store's
+    /// memtables (which a restart would otherwise replay): waiting for
+    /// durability does not wait for the flush.
     pub fn start(&self, snapshot: Snapshot) {
         let mut in_flight = self.in_flight.lock().expect("checkpoint lock");
-        if let Some(job) = in_flight.take() {
-            log_failure(join(job));
+        if let Some(previous) = in_flight.take() {
+            previous.finish();
         }
         let checkpointer = Arc::clone(&self.checkpointer);
         let last = Arc::clone(&self.last);
         let state_dir = self.state_dir.clone();
         let durability = self.durability;
+        let (report, durable) = mpsc::channel();
         let job = std::thread::Builder::new()
             .name("cellar-checkpoint".into())
             .spawn(move || {
-                let stats = write(&checkpointer, &snapshot)?;
-                for path in &snapshot.covered_journals {
-                    match std::fs::remove_file(path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e.into()),
+                let written = write(&checkpointer, &snapshot).and_then(|stats| {
+                    delete_journals(&snapshot.covered_journals, &state_dir, durability)?;
+                    Ok(stats)
+                });
+                let ok = written.is_ok();
+                if let Ok(stats) = &written {
+                    *last.lock().expect("stats lock") = *stats;
+                    tracing::debug!(round = snapshot.round, ?stats, "checkpoint durable");
+                }
+                // The receiver may be gone (the writer dropped): nothing to tell.
+                let _ = report.send(written);
+                if ok {
+                    let flushed = checkpointer
+                        .lock()
+                        .expect("checkpointer lock")
+                        .flush_memtables();
+                    if let Err(e) = flushed {
+                        tracing::warn!(
+                            "flushing the checkpoint's memtables failed (the next open \
+                             replays them): {e:#}"
+                        );
                     }
                 }
-                if durability == Durability::Sync && !snapshot.covered_journals.is_empty() {
-                    std::fs::File::open(&state_dir)?.sync_all()?;
-                }
-                *last.lock().expect("stats lock") = stats;
-                tracing::debug!(round = snapshot.round, ?stats, "checkpoint written");
-                Ok(stats)
             })
             .expect("spawning the checkpoint thread");
-        *in_flight = Some(job);
+        *in_flight = Some(InFlight {
+            durable: Some(durable),
+            job,
+        });
     }
 
     /// Runs `f` on the store once the checkpoint in flight, if any, is
@@ -120,9 +165,9 @@ impl CheckpointWriter {
     /// Waits until the checkpoint in flight, if any, is durable; returns
     /// what it wrote (the last one's figures when none was in flight).
     pub fn wait(&self) -> anyhow::Result<CheckpointStats> {
-        let job = self.in_flight.lock().expect("checkpoint lock").take();
-        match job {
-            Some(job) => join(job),
+        let mut in_flight = self.in_flight.lock().expect("checkpoint lock");
+        match in_flight.as_mut().and_then(InFlight::wait_durable) {
+            Some(result) => result,
             None => Ok(self.last()),
         }
     }
@@ -135,10 +180,30 @@ impl CheckpointWriter {
 
 impl Drop for CheckpointWriter {
     fn drop(&mut self) {
-        if let Some(job) = self.in_flight.get_mut().expect("checkpoint lock").take() {
-            log_failure(join(job));
+        if let Some(in_flight) = self.in_flight.get_mut().expect("checkpoint lock").take() {
+            in_flight.finish();
         }
     }
+}
+
+/// Deletes the journal files a durable checkpoint covers (and syncs their
+/// directory, so the deletion is durable too).
+fn delete_journals(
+    covered: &[PathBuf],
+    state_dir: &Path,
+    durability: Durability,
+) -> anyhow::Result<()> {
+    for path in covered {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if durability == Durability::Sync && !covered.is_empty() {
+        std::fs::File::open(state_dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn write(checkpointer: &Mutex<Checkpointer>, s: &Snapshot) -> anyhow::Result<CheckpointStats> {
@@ -153,11 +218,6 @@ fn write(checkpointer: &Mutex<Checkpointer>, s: &Snapshot) -> anyhow::Result<Che
         },
         &s.requests,
     )
-}
-
-fn join(job: Job) -> anyhow::Result<CheckpointStats> {
-    job.join()
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("the checkpoint thread panicked")))
 }
 
 fn log_failure(result: anyhow::Result<CheckpointStats>) {

@@ -1012,15 +1012,31 @@ impl Node {
                  state sync is needed"
             )));
         }
+        let time = time_nanos.max(last_time + 1);
+        // Undecodable content, and requests whose signature does not hold,
+        // are skipped on every replica alike. The block's signatures are
+        // checked together (one batch; see `auth::check_all`).
+        let claimed: Vec<_> = items
+            .iter()
+            .filter_map(|(id, content)| {
+                let decoded = crate::replica::decode_request(content)?;
+                let claim = crate::replica::claim_request(id, content, &decoded);
+                Some((id, decoded, claim))
+            })
+            .collect();
+        let pending: Vec<_> = claimed
+            .iter()
+            .filter_map(|(_, _, claim)| claim.as_ref().ok()?.as_ref()?.signature.as_ref())
+            .collect();
+        let mut holds = crate::auth::check_all(&pending).into_iter();
         let mut ingress = Vec::new();
-        for (id, content) in items {
-            // Undecodable content, and requests whose signature does not
-            // hold, are skipped on every replica alike.
-            let Some(decoded) = crate::replica::decode_request(content) else {
-                continue;
-            };
-            let time = time_nanos.max(last_time + 1);
-            let verified = match crate::replica::verify_request(id, content, &decoded, time) {
+        for (id, decoded, claim) in claimed {
+            let checked = claim.and_then(|claim| {
+                let signed = claim.as_ref().is_some_and(|c| c.signature.is_some());
+                let holds = !signed || holds.next().expect("one result per signature");
+                crate::replica::settle_request(claim, holds, &decoded, time)
+            });
+            let verified = match checked {
                 Ok(verified) => verified,
                 Err(reason) => {
                     tracing::warn!(height, "skipped a request: {reason}");
@@ -1059,7 +1075,7 @@ impl Node {
         }
         let record = Record {
             round: height,
-            time_nanos: time_nanos.max(last_time + 1),
+            time_nanos: time,
             ingress,
         };
         let w = writer.as_mut().expect("journal open");

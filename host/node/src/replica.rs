@@ -264,14 +264,30 @@ fn message_expiry_ms(envelope: &Envelope) -> u64 {
 /// one message its signature allows (canonical content, nonce 0, consensus
 /// expiry = the signed expiry), so a replayed copy has the same id.
 /// Returns the signed request's id and expiry (none for anonymous ones).
+#[cfg(test)]
 pub(crate) fn verify_request(
     id: &[u8; 32],
     content: &[u8],
     d: &Decoded,
     time_nanos: u64,
 ) -> Result<Option<crate::auth::Authenticated>, String> {
-    let caller = &d.ingress.caller;
-    if *caller == cellar_types::Principal::anonymous() {
+    let claim = claim_request(id, content, d)?;
+    let holds = claim
+        .as_ref()
+        .and_then(|c| c.signature.as_ref())
+        .is_none_or(|s| s.holds());
+    settle_request(claim, holds, d, time_nanos)
+}
+
+/// The first half of [`verify_request`]: everything up to the signature
+/// check, which the caller does (for a whole block at once, with
+/// [`crate::auth::check_all`]). None for an anonymous request.
+pub(crate) fn claim_request(
+    id: &[u8; 32],
+    content: &[u8],
+    d: &Decoded,
+) -> Result<Option<crate::auth::Claim>, String> {
+    if d.ingress.caller == cellar_types::Principal::anonymous() {
         return Ok(None);
     }
     let env = d
@@ -285,10 +301,8 @@ pub(crate) fn verify_request(
     if !d.canonical || message.id().0 != *id {
         return Err("the message is not the one its signature allows".into());
     }
-    let body = data_encoding::BASE64
-        .decode(env.body.as_bytes())
-        .map_err(|_| "the signed body is not base64")?;
-    let auth = crate::auth::authenticate(
+    let body = signed_body(env)?;
+    crate::auth::claim(
         &env.method,
         &env.path,
         &body,
@@ -299,16 +313,43 @@ pub(crate) fn verify_request(
             nonce: env.nonce.as_deref(),
         },
     )
-    .map_err(|e| e.to_string())?;
-    if auth.caller != *caller {
+    .map(Some)
+    .map_err(|e| e.to_string())
+}
+
+/// The second half of [`verify_request`]: given the claim and whether its
+/// signature `holds`, checks the caller, the expiry against `time_nanos`
+/// and that the signed request asks for exactly this operation.
+pub(crate) fn settle_request(
+    claim: Option<crate::auth::Claim>,
+    holds: bool,
+    d: &Decoded,
+    time_nanos: u64,
+) -> Result<Option<crate::auth::Authenticated>, String> {
+    let Some(claim) = claim else {
+        return Ok(None);
+    };
+    if !holds {
+        return Err(crate::auth::bad_signature().to_string());
+    }
+    let env = d.envelope.as_ref().expect("a claim comes from an envelope");
+    let caller = &d.ingress.caller;
+    if claim.authenticated.caller != *caller {
         return Err("the signature is not the caller's".into());
     }
     match env.ingress_expiry {
         Some(e) if e >= time_nanos => {}
         _ => return Err("the request's ingress expiry has passed".into()),
     }
-    binds(env, &body, caller, &d.ingress.op)?;
-    Ok(Some(auth))
+    binds(env, &signed_body(env)?, caller, &d.ingress.op)?;
+    Ok(Some(claim.authenticated))
+}
+
+/// The signed request's body, decoded.
+fn signed_body(env: &Envelope) -> Result<Vec<u8>, String> {
+    data_encoding::BASE64
+        .decode(env.body.as_bytes())
+        .map_err(|_| "the signed body is not base64".into())
 }
 
 /// Whether the signed request asks for `op` (the same parsing as the HTTP
@@ -774,6 +815,9 @@ pub struct ReplicaConfig {
     /// (older genesis files); one that does must agree. Every replica of a
     /// subnet must use the same.
     pub checkpoint_interval: Option<u64>,
+    /// How this replica tracks dirty pages (default: the fastest the kernel
+    /// supports). A local choice: every tracker gives the same state.
+    pub memory_tracker: Option<cellar_engine::MemoryTracker>,
 }
 
 /// Reads a JSON file.
@@ -793,6 +837,10 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
         .map_err(|_| anyhow::anyhow!("the transport seed must be 32 bytes"))?;
     let keys = NodeKeyPair::from_seed(seed);
     let mut options = NodeOptions::new(&config.data_dir);
+    if let Some(tracker) = config.memory_tracker {
+        tracker.check_available().map_err(anyhow::Error::msg)?;
+        options.limits.memory_tracker = tracker;
+    }
     match (
         config.genesis.checkpoint_interval,
         config.checkpoint_interval,
