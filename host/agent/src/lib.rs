@@ -39,6 +39,12 @@ use ureq::http::{Method, Request, Uri};
 pub use chunked::{INLINE_MODULE_BYTES, sha256_hex};
 pub use identity::{Identity, Signature};
 
+/// How long [`Agent::wait`] keeps polling a request the node answers
+/// "unknown" for: a subnet replica learns of a request another replica
+/// received once consensus has ordered it (well under a second on a
+/// healthy subnet).
+pub const UNKNOWN_GRACE: Duration = Duration::from_secs(3);
+
 /// What can go wrong talking to a node.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -347,8 +353,13 @@ impl Agent {
 
     /// Polls a submitted request until it is replied or rejected (backing
     /// off from 1 ms to 100 ms), for at most the agent's `max_wait`.
+    ///
+    /// A replica of a subnet that did not receive the request learns of it
+    /// only when consensus orders it, so "unknown" is taken as "not yet"
+    /// for [`UNKNOWN_GRACE`] before it counts as an answer.
     pub fn wait(&self, request_id: &str) -> Result<CallResponse, AgentError> {
-        let deadline = Instant::now() + self.options.max_wait;
+        let started = Instant::now();
+        let deadline = started + self.options.max_wait;
         let mut pause = Duration::from_millis(1);
         loop {
             let status = self.request_status(request_id)?;
@@ -357,7 +368,7 @@ impl Agent {
                     .response
                     .ok_or_else(|| AgentError::Decode("a finished request without result".into()));
             }
-            if status.status == RequestState::Unknown {
+            if status.status == RequestState::Unknown && started.elapsed() >= UNKNOWN_GRACE {
                 return Err(AgentError::Decode(format!(
                     "the node does not know request {request_id}"
                 )));

@@ -48,6 +48,29 @@ struct Row {
     p50_ms: f64,
     p99_ms: f64,
     blocks_per_second: f64,
+    /// CPU time (user + system) the replica processes used per answered
+    /// update, all replicas together: less sensitive to a busy machine
+    /// than throughput.
+    replica_cpu_ms_per_update: f64,
+}
+
+/// CPU time (user + system, in ms) the processes `pids` have used so far,
+/// from `/proc/<pid>/stat`; processes that are gone count nothing.
+fn cpu_ms(pids: &[i32]) -> f64 {
+    // SAFETY: sysconf with a valid name has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may hold spaces), from
+            // field 3 on: utime and stime are fields 14 and 15.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum();
+    ticks as f64 * 1e3 / ticks_per_second
 }
 
 /// Runs the benchmark and prints a table (or JSON).
@@ -69,7 +92,7 @@ pub fn run(args: &FleetBenchArgs, json: bool) -> Result<()> {
         let measured: Result<Vec<Row>> = args
             .clients
             .iter()
-            .map(|&clients| measure(args, clients, &urls, delay))
+            .map(|&clients| measure(args, clients, &urls, dir.path(), delay))
             .collect();
         let _ = crate::fleet::fleet_down(dir.path());
         rows.extend(measured?);
@@ -90,6 +113,7 @@ pub fn run(args: &FleetBenchArgs, json: bool) -> Result<()> {
                 format!("{:.0}", r.p50_ms),
                 format!("{:.0}", r.p99_ms),
                 format!("{:.1}", r.blocks_per_second),
+                format!("{:.2}", r.replica_cpu_ms_per_update),
             ]
         })
         .collect();
@@ -104,7 +128,8 @@ pub fn run(args: &FleetBenchArgs, json: bool) -> Result<()> {
                 "UPDATES/S",
                 "P50 ms",
                 "P99 ms",
-                "BLOCKS/S"
+                "BLOCKS/S",
+                "REPLICA CPU ms/UPDATE"
             ],
             &table
         )
@@ -117,7 +142,14 @@ pub fn run(args: &FleetBenchArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn measure(args: &FleetBenchArgs, clients: usize, urls: &[String], delay_ms: u64) -> Result<Row> {
+fn measure(
+    args: &FleetBenchArgs,
+    clients: usize,
+    urls: &[String],
+    fleet_dir: &std::path::Path,
+    delay_ms: u64,
+) -> Result<Row> {
+    let pids = crate::fleet::fleet_pids(fleet_dir)?;
     let admin = Agent::new(&urls[0], Identity::generate()?);
     let kv = admin
         .create(&CreateRequest {
@@ -129,6 +161,7 @@ fn measure(args: &FleetBenchArgs, clients: usize, urls: &[String], delay_ms: u64
     let rounds =
         |url: &str| -> Result<u64> { Ok(Agent::new(url, Identity::anonymous()).status()?.round) };
     let first_round = rounds(&urls[0])?;
+    let first_cpu_ms = cpu_ms(&pids);
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.seconds);
     let handles: Vec<_> = (0..clients)
@@ -160,6 +193,7 @@ fn measure(args: &FleetBenchArgs, clients: usize, urls: &[String], delay_ms: u64
         failed += f;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let used_cpu_ms = cpu_ms(&pids) - first_cpu_ms;
     let last_round = rounds(&urls[0])?;
     all.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| {
@@ -178,5 +212,6 @@ fn measure(args: &FleetBenchArgs, clients: usize, urls: &[String], delay_ms: u64
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         blocks_per_second: (last_round - first_round) as f64 / elapsed,
+        replica_cpu_ms_per_update: used_cpu_ms / all.len().max(1) as f64,
     })
 }

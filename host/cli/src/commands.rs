@@ -218,8 +218,16 @@ fn print_response(response: CallResponse, json: bool) -> Result<()> {
     }
 }
 
-/// `cellar request`: a submitted request's status, and its reply when done.
-pub fn request(agent: &Agent, request_id: &str, out: Output) -> Result<()> {
+/// `cellar request`: a submitted request's status, and its reply when done;
+/// with `wait`, polls until it is done and prints its reply as `call` does.
+pub fn request(agent: &Agent, request_id: &str, wait: bool, out: Output) -> Result<()> {
+    if wait {
+        let response = agent.wait(request_id)?;
+        if out.json {
+            return out.value(&response, String::new);
+        }
+        return print_response(response, false);
+    }
     let status = agent.request_status(request_id)?;
     if out.json {
         return out.value(&status, String::new);

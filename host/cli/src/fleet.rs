@@ -235,13 +235,22 @@ pub fn fleet_up(
     Ok(urls)
 }
 
-/// `cellar fleet down`: stops the replicas listed in the pid file.
-pub fn fleet_down(dir: &Path) -> Result<usize> {
+/// The process ids of the replicas of the fleet in `dir`.
+pub fn fleet_pids(dir: &Path) -> Result<Vec<i32>> {
     let path = dir.join(PIDS);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("no fleet running here ({} missing)", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+        .collect())
+}
+
+/// `cellar fleet down`: stops the replicas listed in the pid file.
+pub fn fleet_down(dir: &Path) -> Result<usize> {
+    let path = dir.join(PIDS);
     let mut stopped = 0;
-    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+    for pid in fleet_pids(dir)? {
         // SAFETY: kill(2) with a pid we started and a plain signal number.
         if unsafe { libc::kill(pid, libc::SIGTERM) } == 0 {
             stopped += 1;

@@ -119,6 +119,10 @@ enum Command {
     Request {
         /// The request id printed by `cellar call --no-wait`.
         request_id: String,
+        /// Wait until the request is done and print its reply (as `call`
+        /// does); on a subnet, any replica can be asked.
+        #[arg(long)]
+        wait: bool,
     },
     /// Upgrade a canister's code, keeping its stable memory.
     Upgrade {
@@ -461,7 +465,7 @@ fn client_command(agent: &Agent, command: Command, out: Output) -> Result<()> {
         } => project::deploy(agent, &project, arg, out),
         Command::Call(a) => call(agent, CallKind::Update, a, out),
         Command::Query(a) => call(agent, CallKind::Query, a, out),
-        Command::Request { request_id } => commands::request(agent, &request_id, out),
+        Command::Request { request_id, wait } => commands::request(agent, &request_id, wait, out),
         Command::Upgrade {
             canister,
             module,

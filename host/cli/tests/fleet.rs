@@ -186,6 +186,19 @@ fn four_replicas_agree_and_survive_a_kill() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    // A request submitted to one replica and at once waited for on
+    // another: that one answers "unknown" until consensus has ordered it,
+    // and the wait takes that as "not yet".
+    let request_id = cellar(
+        &fleet,
+        &fleet.urls[0],
+        &["call", &id, "increment()", "--no-wait"],
+    )
+    .expect("submit");
+    expected += 1;
+    let reply = cellar(&fleet, &fleet.urls[3], &["request", &request_id, "--wait"])
+        .expect("wait on another replica");
+    assert_eq!(reply.trim(), expected.to_string());
     // Nobody else reads the result.
     let other = Command::new(CELLAR)
         .args(["--url", &fleet.urls[2], "--identity"])
