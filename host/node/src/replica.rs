@@ -952,6 +952,7 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
         cups: BTreeMap::from([(start_height, start_cup)]),
         served: VecDeque::new(),
         fetch: None,
+        stalled_fetch: None,
         want_state: false,
         last_state_request_ms: 0,
         failed: BTreeMap::new(),
@@ -1013,6 +1014,10 @@ struct Replica {
     served: VecDeque<Served>,
     /// The checkpoint this replica is fetching (state sync).
     fetch: Option<Fetch>,
+    /// A fetch whose peer was given up while its chunks checked out (it
+    /// fell silent): resumed, with the chunks held, from the next peer that
+    /// announces the same image.
+    stalled_fetch: Option<Fetch>,
     /// Peers no longer hold the batches this replica needs: it asks for a
     /// checkpoint.
     want_state: bool,
@@ -1368,6 +1373,7 @@ impl Replica {
     async fn finish_sync(&mut self) {
         self.syncing = None;
         self.fetch = None;
+        self.stalled_fetch = None;
         self.want_state = false;
         let deferred: Vec<FinalizedBatch> = self.deferred.drain(..).collect();
         for batch in deferred {
@@ -1384,6 +1390,7 @@ impl Replica {
         if self.syncing.is_none() {
             self.want_state = false;
             self.fetch = None;
+            self.stalled_fetch = None;
             return;
         }
         let now = now_ms();
@@ -1391,7 +1398,11 @@ impl Replica {
             let (peer, height) = (fetch.peer, fetch.manifest.height);
             match fetch.on_tick(now) {
                 Ok(again) => self.request_chunks(peer, height, &again),
-                Err(why) => self.fail_peer(peer, &why),
+                Err(why) => {
+                    // What it sent checked out: keep it for the next peer.
+                    self.stalled_fetch = self.fetch.take();
+                    self.fail_peer(peer, &why);
+                }
             }
             return;
         }
@@ -1499,6 +1510,22 @@ impl Replica {
             "state sync: fetching the checkpoint"
         );
         let height = manifest.height;
+        if let Some(mut stalled) = self.stalled_fetch.take()
+            && stalled.same_image(&manifest)
+        {
+            let (held, all) = stalled.progress();
+            tracing::info!(
+                peer = from,
+                height,
+                held,
+                all,
+                "state sync: resuming the fetch from another peer"
+            );
+            let missing = stalled.resume(from, now_ms());
+            self.fetch = Some(stalled);
+            self.request_chunks(from, height, &missing);
+            return;
+        }
         let (fetch, first) = Fetch::new(from, manifest, now_ms());
         self.fetch = Some(fetch);
         self.request_chunks(from, height, &first);

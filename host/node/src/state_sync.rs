@@ -170,15 +170,41 @@ impl Fetch {
         (fetch, first)
     }
 
-    /// Chunks still to ask for, up to the window.
+    /// Chunks still to ask for, up to the window (chunks already held are
+    /// skipped: a resumed fetch asks only for what it lacks).
     fn more(&mut self) -> Vec<u32> {
         let mut asked = Vec::new();
         while self.outstanding.len() < WINDOW && (self.next as usize) < self.chunks.len() {
-            self.outstanding.insert(self.next);
-            asked.push(self.next);
+            if self.chunks[self.next as usize].is_none() {
+                self.outstanding.insert(self.next);
+                asked.push(self.next);
+            }
             self.next += 1;
         }
         asked
+    }
+
+    /// Whether `manifest` announces the same image as this fetch's (same
+    /// height, size, image hash and chunk hashes), so that the chunks held
+    /// can be completed from whoever sent it.
+    pub fn same_image(&self, manifest: &Manifest) -> bool {
+        let m = &self.manifest;
+        m.height == manifest.height
+            && m.size == manifest.size
+            && m.image_hash == manifest.image_hash
+            && m.chunks == manifest.chunks
+    }
+
+    /// Goes on with another peer that announced the same image
+    /// ([`Fetch::same_image`]): keeps every chunk received (each was checked
+    /// against its hash) and returns the missing ones to ask `peer` for.
+    pub fn resume(&mut self, peer: u32, now_ms: u64) -> Vec<u32> {
+        self.peer = peer;
+        self.outstanding.clear();
+        self.next = 0;
+        self.last_progress_ms = now_ms;
+        self.last_retry_ms = now_ms;
+        self.more()
     }
 
     /// Chunk `index` of the state at `height` from `from`.
@@ -363,6 +389,58 @@ mod tests {
         assert!(short.check(&keys, 0).is_err());
         let other = deal_subnet(b"other", 4).unwrap();
         assert!(m.check(&other.public, 0).is_err(), "another subnet's key");
+    }
+
+    #[test]
+    fn a_fetch_resumes_from_another_peer_with_the_same_image() {
+        let (_, served) = served(40, 5 * CHUNK_BYTES);
+        let n = served.manifest.chunks.len() as u32;
+        let (mut fetch, asked) = Fetch::new(1, served.manifest.clone(), 0);
+        // Peer 1 sends two chunks, then falls silent and is given up.
+        for &index in &asked[..2] {
+            let bytes = served.chunk(index).unwrap().to_vec();
+            assert!(matches!(
+                fetch.on_chunk(1, 40, index, bytes, 1),
+                Progress::Request(_)
+            ));
+        }
+        assert!(fetch.on_tick(GIVE_UP_MS + 1).is_err());
+        assert_eq!(fetch.progress(), (2, n as usize));
+        // Another image (another height) is not resumed.
+        let (_, other) = self::served(41, 5 * CHUNK_BYTES);
+        assert!(!fetch.same_image(&other.manifest));
+        // Peer 2 announces the same image: only the missing chunks are
+        // asked for, and chunks from peer 1 are no longer taken.
+        assert!(fetch.same_image(&served.manifest));
+        let mut asked = fetch.resume(2, GIVE_UP_MS + 2);
+        assert!(!asked.contains(&asked_first(&served)[0]));
+        assert_eq!(fetch.on_tick(GIVE_UP_MS + 3), Ok(vec![]));
+        let late = served.chunk(asked[0]).unwrap().to_vec();
+        assert_eq!(
+            fetch.on_chunk(1, 40, asked[0], late, GIVE_UP_MS + 3),
+            Progress::Ignored
+        );
+        let mut fetched = 0;
+        let image = 'done: loop {
+            let mut next = Vec::new();
+            for index in asked {
+                fetched += 1;
+                let bytes = served.chunk(index).unwrap().to_vec();
+                match fetch.on_chunk(2, 40, index, bytes, GIVE_UP_MS + 4) {
+                    Progress::Request(more) => next.extend(more),
+                    Progress::Done(image) => break 'done image,
+                    other => panic!("{other:?}"),
+                }
+            }
+            asked = next;
+        };
+        assert_eq!(fetched, n - 2, "held chunks are not fetched again");
+        assert_eq!(decode(&image).unwrap(), self::image(5 * CHUNK_BYTES));
+    }
+
+    /// The chunks a fresh fetch of `served` asks for first.
+    fn asked_first(served: &Served) -> Vec<u32> {
+        Fetch::new(1, served.manifest.clone(), 0).1
     }
 
     #[test]
