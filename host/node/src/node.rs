@@ -691,6 +691,13 @@ impl Node {
         self.checkpoint_locked(&mut writer)
     }
 
+    /// Waits until the checkpoint being written, if any, is durable and
+    /// its store flushed (nothing is written in the background afterwards),
+    /// and returns what it wrote.
+    pub fn settle_checkpoint(&self) -> anyhow::Result<CheckpointStats> {
+        self.checkpoints.settle()
+    }
+
     /// Waits until the checkpoint being written, if any, is durable, and
     /// returns what it wrote.
     pub fn wait_for_checkpoint(&self) -> anyhow::Result<CheckpointStats> {
