@@ -163,12 +163,15 @@ fn four_replicas_agree_and_survive_a_kill() {
     }
     // An update submitted to one replica can be polled on every other:
     // each keeps the status of every signed call it executes.
-    let request_id = cellar(
-        &fleet,
-        &fleet.urls[0],
-        &["call", &id, "increment()", "--no-wait"],
-    )
-    .expect("submit");
+    let submit_to_first = || {
+        cellar(
+            &fleet,
+            &fleet.urls[0],
+            &["call", &id, "increment()", "--no-wait"],
+        )
+        .expect("submit")
+    };
+    let request_id = submit_to_first();
     expected += 1;
     for url in &fleet.urls[1..] {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -189,12 +192,7 @@ fn four_replicas_agree_and_survive_a_kill() {
     // A request submitted to one replica and at once waited for on
     // another: that one answers "unknown" until consensus has ordered it,
     // and the wait takes that as "not yet".
-    let request_id = cellar(
-        &fleet,
-        &fleet.urls[0],
-        &["call", &id, "increment()", "--no-wait"],
-    )
-    .expect("submit");
+    let request_id = submit_to_first();
     expected += 1;
     let reply = cellar(&fleet, &fleet.urls[3], &["request", &request_id, "--wait"])
         .expect("wait on another replica");
