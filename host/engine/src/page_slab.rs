@@ -426,7 +426,7 @@ mod tests {
                 s.spawn(move || {
                     for round in 0..200u32 {
                         let fill = t.wrapping_mul(50).wrapping_add(round as u8);
-                        let mut mine: Vec<PageRef> = shared.iter().cloned().collect();
+                        let mut mine: Vec<PageRef> = shared.to_vec();
                         mine.extend((0..16).map(|_| page(fill)));
                         for (i, p) in mine.iter().enumerate().take(shared.len()) {
                             assert_eq!(p[123], i as u8);
