@@ -8,8 +8,9 @@
 //! a leaf touches 32 counts packed in a few cache lines instead of 32
 //! separate 4 KiB allocations (one cache and TLB miss each).
 //!
-//! A page whose last handle is dropped goes on a free list and is the next
-//! one handed out: committing a message writes into memory that is already
+//! A page whose last handle is dropped goes on a free list and is among the
+//! next ones handed out (threads take free slots in batches of 32, one
+//! lock per batch): committing a message writes into memory that is already
 //! faulted in (no page fault, no zeroing by the kernel). When more than
 //! [`RETAINED_FREE_PAGES`] pages are free, a chunk whose pages are all free
 //! is given back to the kernel (`MADV_DONTNEED`); its pages stay on the
@@ -163,49 +164,69 @@ impl Slab {
     /// A free slot (its count still zero, its bytes unspecified), mapping a
     /// new chunk if needed.
     fn allocate(&self) -> u32 {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        let index = match free.list.pop() {
-            Some(index) => index,
-            None => {
-                let index = free.fresh;
-                let number = (index >> CHUNK_BITS) as usize;
-                if number == free.live.len() {
-                    self.new_chunk(number);
-                    free.live.push(0);
-                    free.released.push(false);
-                }
-                free.fresh = index.checked_add(1).expect("page slab full");
-                index
-            }
-        };
-        let number = (index >> CHUNK_BITS) as usize;
-        free.live[number] += 1;
-        free.released[number] = false;
-        index
+        let mut slots = Vec::with_capacity(1);
+        self.allocate_into(&mut slots, 1);
+        slots[0]
     }
 
-    /// Returns a slot whose count dropped to zero to the free list, and
-    /// gives its chunk's memory back to the kernel if that was the chunk's
-    /// last page in use and enough pages are free.
-    fn release(&self, index: u32) {
+    /// Appends `n` free slots to `slots` under one lock (see [`allocate`]).
+    ///
+    /// [`allocate`]: Slab::allocate
+    fn allocate_into(&self, slots: &mut Vec<u32>, n: usize) {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        free.list.push(index);
-        let number = (index >> CHUNK_BITS) as usize;
-        free.live[number] -= 1;
-        if free.live[number] == 0
-            && !free.released[number]
-            && free.list.len() > self.retained_free_pages
-        {
-            free.released[number] = true;
-            let pages = self.chunk(index).pages.as_ptr();
-            // SAFETY: every page of the chunk is free, and slots are handed
-            // out only under this lock (which we hold), so no handle refers
-            // to this memory and none can be created before we are done;
-            // afterwards the pages read as zero until rewritten, which
-            // `PageRef::new` does before anyone reads them.
-            let _ = unsafe {
-                libc::madvise(pages.cast(), CHUNK_PAGES * PAGE_SIZE, libc::MADV_DONTNEED)
+        for _ in 0..n {
+            let index = match free.list.pop() {
+                Some(index) => index,
+                None => {
+                    let index = free.fresh;
+                    let number = (index >> CHUNK_BITS) as usize;
+                    if number == free.live.len() {
+                        self.new_chunk(number);
+                        free.live.push(0);
+                        free.released.push(false);
+                    }
+                    free.fresh = index.checked_add(1).expect("page slab full");
+                    index
+                }
             };
+            let number = (index >> CHUNK_BITS) as usize;
+            free.live[number] += 1;
+            free.released[number] = false;
+            slots.push(index);
+        }
+    }
+
+    /// Returns a slot whose count dropped to zero to the free list (see
+    /// [`Slab::release_all`]).
+    fn release(&self, index: u32) {
+        self.release_all(&[index]);
+    }
+
+    /// Returns free slots to the free list under one lock, and gives a
+    /// chunk's memory back to the kernel when its last page in use was
+    /// returned and enough pages are free.
+    fn release_all(&self, slots: &[u32]) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        for &index in slots {
+            free.list.push(index);
+            let number = (index >> CHUNK_BITS) as usize;
+            free.live[number] -= 1;
+            if free.live[number] == 0
+                && !free.released[number]
+                && free.list.len() > self.retained_free_pages
+            {
+                free.released[number] = true;
+                let pages = self.chunk(index).pages.as_ptr();
+                // SAFETY: every page of the chunk is free, and slots are
+                // handed out only under this lock (which we hold), so no
+                // handle refers to this memory and none can be created
+                // before we are done; afterwards the pages read as zero
+                // until rewritten, which `PageRef::new` does before anyone
+                // reads them.
+                let _ = unsafe {
+                    libc::madvise(pages.cast(), CHUNK_PAGES * PAGE_SIZE, libc::MADV_DONTNEED)
+                };
+            }
         }
     }
 
@@ -221,10 +242,46 @@ impl Slab {
     }
 }
 
+/// Slots a thread takes from the shared free list at once: one lock per
+/// batch rather than per page (threads loading a checkpoint allocate side
+/// by side).
+const THREAD_BATCH: usize = 32;
+
+/// A thread's free slots, taken from [`SLAB`] in batches; counted as in
+/// use by the slab until handed out, and given back when the thread ends.
+struct ThreadSlots(Vec<u32>);
+
+impl Drop for ThreadSlots {
+    fn drop(&mut self) {
+        SLAB.release_all(&self.0);
+    }
+}
+
+thread_local! {
+    static THREAD_SLOTS: std::cell::RefCell<ThreadSlots> =
+        const { std::cell::RefCell::new(ThreadSlots(Vec::new())) };
+}
+
+/// A free slot of the global slab for this thread.
+fn take_slot() -> u32 {
+    THREAD_SLOTS
+        .try_with(|slots| {
+            let slots = &mut slots.borrow_mut().0;
+            if slots.is_empty() {
+                SLAB.allocate_into(slots, THREAD_BATCH);
+                // Handed out from the end: the most recently freed first.
+                slots.reverse();
+            }
+            slots.pop().expect("a batch was just taken")
+        })
+        // While the thread ends, without its cache.
+        .unwrap_or_else(|_| SLAB.allocate())
+}
+
 impl PageRef {
     /// A new page holding a copy of `page`.
     pub fn new(page: &Page) -> PageRef {
-        let index = SLAB.allocate();
+        let index = take_slot();
         // SAFETY: the slot is free (count zero, handed out to us alone under
         // the lock), so no one else reads or writes it; it is PAGE_SIZE
         // writable bytes inside the chunk's mapping.
@@ -295,7 +352,8 @@ impl std::fmt::Debug for PageRef {
 /// Slab occupancy, for tests and diagnostics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlabStats {
-    /// Pages in use.
+    /// Pages in use (with the free slots threads hold ready, at most
+    /// 32 per thread).
     pub live: usize,
     /// Free slots (reused before new memory is mapped).
     pub free: usize,
