@@ -358,8 +358,12 @@ fn supported() -> bool {
 }
 
 fn probe() -> io::Result<()> {
-    let pages = PageMap::default()
-        .with_updates((0..4u64).map(|i| (i, Some(Arc::new([i as u8 + 1; PAGE_SIZE])))));
+    let pages = PageMap::default().with_updates((0..4u64).map(|i| {
+        (
+            i,
+            Some(crate::paging::PageRef::new(&[i as u8 + 1; PAGE_SIZE])),
+        )
+    }));
     let image = Image::build(&pages, 4 * PAGE_SIZE)?;
     // SAFETY: a fresh private mapping of the probe image.
     let base = unsafe {
@@ -404,8 +408,8 @@ mod tests {
     use crate::tracker::{self, ArmGuard, Armed};
     use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
 
-    fn page_of(byte: u8) -> Option<Arc<crate::paging::Page>> {
-        Some(Arc::new([byte; PAGE_SIZE]))
+    fn page_of(byte: u8) -> Option<crate::paging::PageRef> {
+        Some(crate::paging::PageRef::new(&[byte; PAGE_SIZE]))
     }
 
     /// A host memory of `pages` pages, filled with garbage as if
@@ -487,10 +491,10 @@ mod tests {
         let mut grown = [0u8; PAGE_SIZE];
         grown[7] = 0x22;
         let expected = committed.with_updates([
-            (10, Some(Arc::new(ten))),
+            (10, Some(crate::paging::PageRef::new(&ten))),
             (20, None),
-            (3001, Some(Arc::new(zero_page_written))),
-            (pages as u64 + 4, Some(Arc::new(grown))),
+            (3001, Some(crate::paging::PageRef::new(&zero_page_written))),
+            (pages as u64 + 4, Some(crate::paging::PageRef::new(&grown))),
         ]);
         assert_eq!(next, expected);
         drop(armed);

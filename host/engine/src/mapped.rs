@@ -137,7 +137,7 @@ unsafe fn restore(uffd: &UffdMemory, pages: &[usize]) -> io::Result<()> {
         match uffd.committed().get(page as u64) {
             Some(content) if current != &content[..] => current.copy_from_slice(&content[..]),
             Some(_) => {}
-            None if current.iter().any(|b| *b != 0) => current.fill(0),
+            None if !crate::paging::is_zero(current) => current.fill(0),
             None => {}
         }
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::paging::{MAX_PAGES, PAGE_SIZE, Page, PageMap, page_from_slice};
+use crate::paging::{MAX_PAGES, PAGE_SIZE, PageMap, PageRef, page_from_slice};
 
 /// Stable memory is sized in pages of 64 KiB.
 pub const STABLE_PAGE_SIZE: u64 = 64 << 10;
@@ -54,14 +54,14 @@ impl StableMemory {
             segments: Vec::new(),
         }
         .with_chunks(chunks.into_iter().map(|(index, bytes)| {
-            let content = (bytes.iter().any(|b| *b != 0)).then(|| page_from_slice(&bytes));
+            let content = (!crate::paging::is_zero(&bytes)).then(|| page_from_slice(&bytes));
             (index, content)
         }))
     }
 
     /// A new version with `updates` applied (`None` makes a chunk zero).
-    fn with_chunks(&self, updates: impl IntoIterator<Item = (u64, Option<Arc<Page>>)>) -> Self {
-        type Updates = Vec<(u64, Option<Arc<Page>>)>;
+    fn with_chunks(&self, updates: impl IntoIterator<Item = (u64, Option<PageRef>)>) -> Self {
+        type Updates = Vec<(u64, Option<PageRef>)>;
         let mut by_segment: BTreeMap<usize, Updates> = BTreeMap::new();
         for (index, content) in updates {
             assert!(
@@ -89,7 +89,7 @@ impl StableMemory {
         }
     }
 
-    fn get(&self, index: u64) -> Option<&Arc<Page>> {
+    fn get(&self, index: u64) -> Option<&PageRef> {
         self.segments
             .get((index / SEGMENT_CHUNKS) as usize)?
             .get(index % SEGMENT_CHUNKS)
@@ -263,10 +263,8 @@ impl StableOverlay {
         let mut next = self
             .base
             .with_chunks(self.dirty.into_iter().map(|(index, chunk)| {
-                let content = chunk
-                    .iter()
-                    .any(|b| *b != 0)
-                    .then(|| page_from_slice(&chunk));
+                let content =
+                    (!crate::paging::is_zero(&chunk[..])).then(|| page_from_slice(&chunk));
                 (index, content)
             }));
         next.pages = self.pages;

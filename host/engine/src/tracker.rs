@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::memory::MemoryView;
-use crate::paging::{MAX_PAGES, PAGE_SIZE, Page, PageMap};
+use crate::paging::{MAX_PAGES, PAGE_SIZE, PageMap, PageRef};
 
 /// Pages mapped together on a read fault. Measured with random reads of a
 /// 256 MiB heap (`fault_cost_probe`): prefetching 8 pages cost more than it
@@ -429,7 +429,7 @@ unsafe fn compare_all(base: usize, size: usize, committed: &PageMap) -> (PageMap
     // SAFETY: guaranteed by the caller.
     let bytes = unsafe { std::slice::from_raw_parts(base as *const u8, size) };
     let zero = [0u8; PAGE_SIZE];
-    let updates: Vec<(u64, Option<Arc<Page>>)> = bytes
+    let updates: Vec<(u64, Option<PageRef>)> = bytes
         .chunks(PAGE_SIZE)
         .enumerate()
         .filter_map(|(i, chunk)| {
@@ -456,12 +456,12 @@ pub(crate) unsafe fn scan(view: &MemoryView) -> PageMap {
         .chunks(PAGE_SIZE)
         .enumerate()
         .filter_map(|(i, chunk)| {
-            if chunk.iter().all(|b| *b == 0) {
+            if crate::paging::is_zero(chunk) {
                 return None;
             }
             let mut page = Box::new([0u8; PAGE_SIZE]);
             page[..chunk.len()].copy_from_slice(chunk);
-            Some((i as u64, Some(Arc::<Page>::from(page))))
+            Some((i as u64, Some(crate::paging::PageRef::new(&page))))
         });
     PageMap::default().with_updates(updates)
 }

@@ -649,8 +649,9 @@ fn handle(address: usize, write: Option<bool>) -> bool {
 
 // ---- Armed memories ---------------------------------------------------
 
-/// Page-aligned staging for committed pages (their `Arc` allocations are not
-/// page aligned, which `UFFDIO_COPY` requires of its source).
+/// Page-aligned staging for committed pages (`UFFDIO_COPY` requires a
+/// page-aligned source; slab pages are aligned too, but windows of
+/// consecutive pages are copied in one call).
 struct Scratch(NonNull<u8>);
 
 impl Scratch {
@@ -981,8 +982,8 @@ mod tests {
     use crate::tracker::ArmGuard;
     use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
 
-    fn page_of(byte: u8) -> Option<Arc<crate::paging::Page>> {
-        Some(Arc::new([byte; PAGE_SIZE]))
+    fn page_of(byte: u8) -> Option<crate::paging::PageRef> {
+        Some(crate::paging::PageRef::new(&[byte; PAGE_SIZE]))
     }
 
     fn supported() -> bool {
@@ -1086,28 +1087,28 @@ mod tests {
             (10, {
                 let mut p = [11u8; PAGE_SIZE];
                 p[1] = 0xAB;
-                Some(Arc::new(p))
+                Some(crate::paging::PageRef::new(&p))
             }),
             (100, {
                 let mut p = [0u8; PAGE_SIZE];
                 p[3] = 0xCD;
-                Some(Arc::new(p))
+                Some(crate::paging::PageRef::new(&p))
             }),
             (120, {
                 let mut p = [9u8; PAGE_SIZE];
                 p[2] = 0x33;
-                Some(Arc::new(p))
+                Some(crate::paging::PageRef::new(&p))
             }),
             (150, {
                 let mut p = [0u8; PAGE_SIZE];
                 p[0] = 0x11;
-                Some(Arc::new(p))
+                Some(crate::paging::PageRef::new(&p))
             }),
             (200, None),
             (290, {
                 let mut p = [0u8; PAGE_SIZE];
                 p[0] = 0x22;
-                Some(Arc::new(p))
+                Some(crate::paging::PageRef::new(&p))
             }),
         ]);
         assert_eq!(next, expected);

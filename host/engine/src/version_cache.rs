@@ -166,7 +166,6 @@ pub(crate) fn forget<T: Resident>(cache: &Mutex<VersionCache<T>>, version: &Page
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     struct Bytes(usize);
     impl Resident for Bytes {
@@ -176,7 +175,10 @@ mod tests {
     }
 
     fn version(i: u8) -> PageMap {
-        PageMap::default().with_updates([(0, Some(Arc::new([i; crate::paging::PAGE_SIZE])))])
+        PageMap::default().with_updates([(
+            0,
+            Some(crate::paging::PageRef::new(&[i; crate::paging::PAGE_SIZE])),
+        )])
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cellar_engine::{
-    ExecutionState, HeapSnapshot, MemoryImage, PAGE_SIZE, Page, PageMap, StableMemory, Timer,
+    ExecutionState, HeapSnapshot, MemoryImage, PAGE_SIZE, PageMap, PageRef, StableMemory, Timer,
     page_from_slice,
 };
 use cellar_types::Principal;
@@ -385,10 +385,10 @@ impl Checkpointer {
         prefix: &[u8],
         memory: u32,
         size: u64,
-    ) -> anyhow::Result<Vec<(u64, Option<Arc<Page>>)>> {
+    ) -> anyhow::Result<Vec<(u64, Option<PageRef>)>> {
         let end = size.div_ceil(PAGE_SIZE as u64).max(1);
         let share = end.div_ceil(LOAD_THREADS);
-        let read = |from: u64, to: u64| -> anyhow::Result<Vec<(u64, Option<Arc<Page>>)>> {
+        let read = |from: u64, to: u64| -> anyhow::Result<Vec<(u64, Option<PageRef>)>> {
             let mut pages = Vec::new();
             for entry in self
                 .pages
