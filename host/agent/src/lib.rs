@@ -85,6 +85,12 @@ pub enum AgentError {
     /// A submitted request did not finish before the agent gave up.
     #[error("request {0} did not finish in time")]
     Timeout(String),
+    /// The node kept answering "unknown" for a request being waited for.
+    #[error(
+        "the node does not know request {0} (a wrong id, a request that expired, \
+         or one another identity sent)"
+    )]
+    UnknownRequest(String),
 }
 
 /// Extension to print reject codes as the API spells them.
@@ -369,9 +375,7 @@ impl Agent {
                     .ok_or_else(|| AgentError::Decode("a finished request without result".into()));
             }
             if status.status == RequestState::Unknown && started.elapsed() >= UNKNOWN_GRACE {
-                return Err(AgentError::Decode(format!(
-                    "the node does not know request {request_id}"
-                )));
+                return Err(AgentError::UnknownRequest(request_id.to_string()));
             }
             if Instant::now() >= deadline {
                 return Err(AgentError::Timeout(request_id.to_string()));

@@ -321,6 +321,14 @@ fn default_url() -> String {
 }
 
 fn main() -> ExitCode {
+    // Output piped into a command that stops reading (`cellar status |
+    // head`) ends the process quietly, as for other command-line tools,
+    // instead of a panic on the broken pipe.
+    // SAFETY: restoring a signal's default disposition at start-up, before
+    // any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
