@@ -1033,13 +1033,13 @@ impl Node {
             .collect();
         let pending: Vec<_> = claimed
             .iter()
-            .filter_map(|(_, _, claim)| claim.as_ref().ok()?.as_ref()?.signature.as_ref())
+            .filter_map(|(_, _, claim)| claim.as_ref().ok()?.as_ref()?.signature())
             .collect();
         let mut holds = crate::auth::check_all(&pending).into_iter();
         let mut ingress = Vec::new();
         for (id, decoded, claim) in claimed {
             let checked = claim.and_then(|claim| {
-                let signed = claim.as_ref().is_some_and(|c| c.signature.is_some());
+                let signed = claim.as_ref().is_some_and(|c| c.signature().is_some());
                 let holds = !signed || holds.next().expect("one result per signature");
                 crate::replica::settle_request(claim, holds, &decoded, time)
             });

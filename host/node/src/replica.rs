@@ -274,9 +274,23 @@ pub(crate) fn verify_request(
     let claim = claim_request(id, content, d)?;
     let holds = claim
         .as_ref()
-        .and_then(|c| c.signature.as_ref())
+        .and_then(SignedClaim::signature)
         .is_none_or(|s| s.holds());
     settle_request(claim, holds, d, time_nanos)
+}
+
+/// A signed request's claim ([`claim_request`]) with its decoded body,
+/// which [`settle_request`] checks against the operation.
+pub(crate) struct SignedClaim {
+    claim: crate::auth::Claim,
+    body: Vec<u8>,
+}
+
+impl SignedClaim {
+    /// The signature that must hold for the claim to stand.
+    pub(crate) fn signature(&self) -> Option<&crate::auth::PendingSignature> {
+        self.claim.signature.as_ref()
+    }
 }
 
 /// The first half of [`verify_request`]: everything up to the signature
@@ -286,7 +300,7 @@ pub(crate) fn claim_request(
     id: &[u8; 32],
     content: &[u8],
     d: &Decoded,
-) -> Result<Option<crate::auth::Claim>, String> {
+) -> Result<Option<SignedClaim>, String> {
     if d.ingress.caller == cellar_types::Principal::anonymous() {
         return Ok(None);
     }
@@ -301,8 +315,10 @@ pub(crate) fn claim_request(
     if !d.canonical || message.id().0 != *id {
         return Err("the message is not the one its signature allows".into());
     }
-    let body = signed_body(env)?;
-    crate::auth::claim(
+    let body = data_encoding::BASE64
+        .decode(env.body.as_bytes())
+        .map_err(|_| "the signed body is not base64")?;
+    let claim = crate::auth::claim(
         &env.method,
         &env.path,
         &body,
@@ -313,20 +329,20 @@ pub(crate) fn claim_request(
             nonce: env.nonce.as_deref(),
         },
     )
-    .map(Some)
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    Ok(Some(SignedClaim { claim, body }))
 }
 
 /// The second half of [`verify_request`]: given the claim and whether its
 /// signature `holds`, checks the caller, the expiry against `time_nanos`
 /// and that the signed request asks for exactly this operation.
 pub(crate) fn settle_request(
-    claim: Option<crate::auth::Claim>,
+    claim: Option<SignedClaim>,
     holds: bool,
     d: &Decoded,
     time_nanos: u64,
 ) -> Result<Option<crate::auth::Authenticated>, String> {
-    let Some(claim) = claim else {
+    let Some(SignedClaim { claim, body }) = claim else {
         return Ok(None);
     };
     if !holds {
@@ -341,15 +357,8 @@ pub(crate) fn settle_request(
         Some(e) if e >= time_nanos => {}
         _ => return Err("the request's ingress expiry has passed".into()),
     }
-    binds(env, &signed_body(env)?, caller, &d.ingress.op)?;
+    binds(env, &body, caller, &d.ingress.op)?;
     Ok(Some(claim.authenticated))
-}
-
-/// The signed request's body, decoded.
-fn signed_body(env: &Envelope) -> Result<Vec<u8>, String> {
-    data_encoding::BASE64
-        .decode(env.body.as_bytes())
-        .map_err(|_| "the signed body is not base64".into())
 }
 
 /// Whether the signed request asks for `op` (the same parsing as the HTTP
