@@ -505,24 +505,34 @@ fn complete(
     let (heap, delta_pages) = if !persists {
         (state.heap.clone(), 0)
     } else {
+        // Each commit counts the pages whose contents changed (a tracker
+        // may also report pages written with the bytes they held): the same
+        // on every replica, whatever its tracker.
+        let mut heap_delta = 0;
         let memories: Vec<MemoryImage> = views
             .iter()
             .zip(&tracked)
-            // SAFETY: the store is alive, no wasm runs, no guard is armed.
-            .map(|(view, memory)| MemoryImage {
-                size: view.len() as u64,
-                pages: unsafe { memory.commit() },
+            .map(|(view, memory)| {
+                // SAFETY: the store is alive, no wasm runs, no guard is armed.
+                let (pages, changed) = unsafe { memory.commit() };
+                heap_delta += changed;
+                MemoryImage {
+                    size: view.len() as u64,
+                    pages,
+                }
             })
             .collect();
-        // Pages whose contents changed (a tracker may also report pages
-        // written with the bytes they held): the same on every replica.
-        let heap_delta: usize = memories
-            .iter()
-            .zip(&bases)
-            .map(|(new, base)| new.pages.diff(base).len())
-            .sum();
+        debug_assert_eq!(
+            heap_delta,
+            memories
+                .iter()
+                .zip(&bases)
+                .map(|(new, base)| new.pages.diff(base).len() as u64)
+                .sum::<u64>(),
+            "a commit's count of changed pages disagrees with the diff"
+        );
         let stable_delta = store.data().sys.stable.written_chunks();
-        (HeapSnapshot { memories }, heap_delta as u64 + stable_delta)
+        (HeapSnapshot { memories }, heap_delta + stable_delta)
     };
     let stats = TrackingStats {
         setup_nanos,

@@ -266,46 +266,47 @@ impl ImageMemory {
         })
     }
 
-    /// The committed map with this message's written pages applied. The
-    /// image is brought to the new version.
+    /// The committed map with this message's written pages applied, and the
+    /// number of pages whose contents changed. The image is brought to the
+    /// new version (only changed pages are written into it).
     ///
     /// # Safety
     /// The store must be alive and no wasm may run.
-    pub(crate) unsafe fn commit(&self) -> PageMap {
-        let written = self.written().to_vec();
-        let mut updates = Vec::with_capacity(written.len());
-        for page in written {
-            // SAFETY: written pages are mapped and readable.
-            let bytes = unsafe {
-                std::slice::from_raw_parts((self.base + page * PAGE_SIZE) as *const u8, PAGE_SIZE)
-            };
-            let content = crate::paging::page_content(bytes);
-            updates.push((page as u64, content));
+    pub(crate) unsafe fn commit(&self) -> (PageMap, u64) {
+        let mut image = self.image.take();
+        if let Some(held) = &mut image
+            && held.resize(self.size.load(Ordering::Acquire)).is_err()
+        {
+            forget(&self.committed);
+            image = None;
         }
-        let next = self.committed.with_updates(updates.iter().cloned());
-        if let Some(mut image) = self.image.take() {
-            let size = self.size.load(Ordering::Acquire);
-            if image.resize(size).is_ok() {
-                for (page, content) in &updates {
-                    let at = *page as usize * PAGE_SIZE;
-                    let target = (image.view + at) as *mut u8;
-                    // SAFETY: inside the image's length, in its shared view,
-                    // which this memory holds exclusively.
-                    unsafe {
-                        match content {
-                            Some(bytes) => {
-                                std::ptr::copy_nonoverlapping(bytes.as_ptr(), target, PAGE_SIZE)
-                            }
-                            None => std::ptr::write_bytes(target, 0, PAGE_SIZE),
-                        }
-                    }
+        let view = image.as_ref().map(|image| image.view);
+        let base = self.base;
+        let write_into_image = |page: u64, content: Option<&crate::paging::PageRef>| {
+            let Some(view) = view else { return };
+            let target = (view + page as usize * PAGE_SIZE) as *mut u8;
+            // SAFETY: inside the image's length (resized to the memory), in
+            // its shared view, which this memory holds exclusively.
+            unsafe {
+                match content {
+                    Some(bytes) => std::ptr::copy_nonoverlapping(bytes.as_ptr(), target, PAGE_SIZE),
+                    None => std::ptr::write_bytes(target, 0, PAGE_SIZE),
                 }
-                give_back(&self.committed, next.clone(), image);
-            } else {
-                forget(&self.committed);
             }
+        };
+        // SAFETY: written pages are mapped and readable (listed in
+        // ascending order by the scan), in this memory, not the page slab.
+        let (next, changed) = unsafe {
+            self.committed.with_written(
+                self.written(),
+                |page| (base + page * PAGE_SIZE) as *const crate::paging::Page,
+                write_into_image,
+            )
+        };
+        if let Some(image) = image {
+            give_back(&self.committed, next.clone(), image);
         }
-        next
+        (next, changed)
     }
 
     /// Faults handled (only growth; page faults are the kernel's).
@@ -483,7 +484,7 @@ mod tests {
         };
         assert_eq!(memory.written(), &[10, 20, 3001, pages + 4]);
         // SAFETY: the guard is gone, the memory alive.
-        let next = unsafe { armed[0].commit() };
+        let (next, _) = unsafe { armed[0].commit() };
         let mut ten = [11u8; PAGE_SIZE];
         ten[7] = 0xAB;
         let mut zero_page_written = [0u8; PAGE_SIZE];

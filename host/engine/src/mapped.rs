@@ -402,15 +402,16 @@ impl MappedMemory {
     }
 
     /// The committed map with this message's writes applied (the new
-    /// version the mapping holds, once [confirmed](MappedMemory::confirm)).
+    /// version the mapping holds, once [confirmed](MappedMemory::confirm)),
+    /// and the number of pages whose contents changed.
     ///
     /// # Safety
     /// The store must be alive and no wasm may run.
-    pub(crate) unsafe fn commit(&self) -> PageMap {
+    pub(crate) unsafe fn commit(&self) -> (PageMap, u64) {
         // SAFETY: forwarded contract.
-        let next = unsafe { self.uffd.commit() };
+        let (next, changed) = unsafe { self.uffd.commit() };
         *self.next.borrow_mut() = Some(next.clone());
-        next
+        (next, changed)
     }
 
     /// The message's changes persist: the mapping keeps the committed

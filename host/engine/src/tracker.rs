@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::memory::MemoryView;
-use crate::paging::{MAX_PAGES, PAGE_SIZE, PageMap, PageRef};
+use crate::paging::{MAX_PAGES, PAGE_SIZE, Page, PageMap, PageRef};
 
 /// Pages mapped together on a read fault. Measured with random reads of a
 /// 256 MiB heap (`fault_cost_probe`): prefetching 8 pages cost more than it
@@ -378,13 +378,14 @@ impl TrackedMemory {
         }
     }
 
-    /// The committed map with this message's dirty pages applied; pages
-    /// written back to zero become absent again.
+    /// The committed map with this message's dirty pages applied (pages
+    /// written back to zero become absent again), and the number of pages
+    /// whose contents changed.
     ///
     /// # Safety
     /// The store owning the memory must be alive, no wasm may run, and the
     /// memory must no longer be armed.
-    pub(crate) unsafe fn commit(&self) -> PageMap {
+    pub(crate) unsafe fn commit(&self) -> (PageMap, u64) {
         if self.whole {
             // SAFETY: in whole mode the accessible range is read-write.
             let (map, dirty) = unsafe {
@@ -395,28 +396,33 @@ impl TrackedMemory {
                 )
             };
             self.whole_dirty.set(dirty);
-            return map;
+            return (map, dirty as u64);
         }
-        let dirty: Box<dyn Iterator<Item = usize>> = if self.dirty_overflow {
-            Box::new(
-                self.state
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| **s == DIRTY)
-                    .map(|(i, _)| i),
-            )
+        let mut dirty: Vec<usize> = if self.dirty_overflow {
+            self.state
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| **s == DIRTY)
+                .map(|(i, _)| i)
+                .collect()
         } else {
-            Box::new(self.dirty.iter().map(|p| *p as usize))
+            // In fault order.
+            let mut dirty: Vec<usize> = self.dirty.iter().map(|p| *p as usize).collect();
+            dirty.sort_unstable();
+            dirty.dedup();
+            dirty
         };
-        let updates = dirty.map(|page| {
-            // SAFETY: dirty pages are mapped read-write.
-            let bytes = unsafe {
-                std::slice::from_raw_parts((self.base + page * PAGE_SIZE) as *const u8, PAGE_SIZE)
-            };
-            let content = crate::paging::page_content(bytes);
-            (page as u64, content)
-        });
-        self.committed.with_updates(updates)
+        dirty.shrink_to_fit();
+        let base = self.base;
+        // SAFETY: dirty pages are mapped read-write, in the memory (not the
+        // page slab), and no wasm runs while the map is built.
+        unsafe {
+            self.committed.with_written(
+                &dirty,
+                |page| (base + page * PAGE_SIZE) as *const Page,
+                |_, _| {},
+            )
+        }
     }
 }
 
@@ -620,7 +626,7 @@ impl Armed {
     ///
     /// # Safety
     /// The store must be alive, no wasm may run, the guard must be gone.
-    pub(crate) unsafe fn commit(&self) -> PageMap {
+    pub(crate) unsafe fn commit(&self) -> (PageMap, u64) {
         // SAFETY: forwarded contract.
         unsafe {
             match self {
@@ -696,7 +702,7 @@ impl CopyMemory {
 
     /// # Safety
     /// The store must be alive and no wasm may run.
-    unsafe fn commit(&self) -> PageMap {
+    unsafe fn commit(&self) -> (PageMap, u64) {
         // SAFETY: the memory is accessible up to its size.
         let (map, changed) = unsafe {
             compare_all(
@@ -706,6 +712,6 @@ impl CopyMemory {
             )
         };
         self.dirty.set(changed);
-        map
+        (map, changed as u64)
     }
 }

@@ -946,21 +946,23 @@ impl UffdMemory {
         })
     }
 
-    /// The committed map with this message's written pages applied; pages
-    /// written back to zero become absent again.
+    /// The committed map with this message's written pages applied (pages
+    /// written back to zero become absent again), and the number of pages
+    /// whose contents changed.
     ///
     /// # Safety
     /// The store must be alive and no wasm may run.
-    pub(crate) unsafe fn commit(&self) -> PageMap {
-        let updates = self.written().iter().map(|&page| {
-            // SAFETY: written pages are mapped and readable.
-            let bytes = unsafe {
-                std::slice::from_raw_parts((self.base + page * PAGE_SIZE) as *const u8, PAGE_SIZE)
-            };
-            let content = crate::paging::page_content(bytes);
-            (page as u64, content)
-        });
-        self.committed.with_updates(updates)
+    pub(crate) unsafe fn commit(&self) -> (PageMap, u64) {
+        let base = self.base;
+        // SAFETY: written pages are mapped and readable (listed in
+        // ascending order by the scan), in this memory, not the page slab.
+        unsafe {
+            self.committed.with_written(
+                self.written(),
+                |page| (base + page * PAGE_SIZE) as *const crate::paging::Page,
+                |_, _| {},
+            )
+        }
     }
 
     /// Faults handled so far (SIGBUS for missing pages, SIGSEGV for growth;
@@ -1082,7 +1084,7 @@ mod tests {
         assert!(memory.faults() > 0);
         assert_eq!(memory.written(), &[10, 100, 120, 150, 200, 290]);
         // SAFETY: the guard is gone, the memory alive.
-        let next = unsafe { armed[0].commit() };
+        let (next, _) = unsafe { armed[0].commit() };
         let expected = committed.with_updates([
             (10, {
                 let mut p = [11u8; PAGE_SIZE];
@@ -1130,6 +1132,6 @@ mod tests {
         assert_eq!(armed.dirty_pages(), 0);
         assert_eq!(armed.faults(), 0);
         // SAFETY: as above.
-        assert!(unsafe { armed.commit() }.same_version(&committed));
+        assert!(unsafe { armed.commit() }.0.same_version(&committed));
     }
 }
