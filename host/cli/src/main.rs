@@ -82,8 +82,9 @@ enum Command {
         /// The address to serve the HTTP API on.
         #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
-        /// How dirty pages are tracked: signal, userfaultfd, uffd-mapped or
-        /// copy-all [default: the fastest the kernel supports].
+        /// How dirty pages are tracked: uffd-auto, signal, userfaultfd,
+        /// uffd-mapped or copy-all [default: uffd-auto where the kernel has
+        /// userfaultfd, else signal].
         #[arg(long, value_name = "TRACKER")]
         memory_tracker: Option<MemoryTracker>,
         /// Rounds between checkpoints.

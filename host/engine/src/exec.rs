@@ -30,7 +30,7 @@ use crate::stable::StableOverlay;
 use crate::state::StateChanges;
 use crate::state::{ExecutionState, HeapSnapshot};
 use crate::system_api::{HostState, SystemState};
-use crate::tracker::{self, ArmGuard, Armed, MemoryTracker, TrackingStats, scan};
+use crate::tracker::{self, ArmGuard, Armed, TrackingStats, scan};
 use crate::wasi::deterministic_wasi;
 
 /// What kind of message runs; decides the instruction limit and whether
@@ -391,7 +391,8 @@ fn prepare(
     let persists = store.data().sys.ctx.kind.persists();
     // Kept memories (`uffd-mapped`): lent before instantiation, which
     // creates the memories in them.
-    let mut lending = (mechanism == MemoryTracker::Mapped && !state.heap.memories.is_empty())
+    let mut lending = mechanism
+        .keeps(&state.heap)
         .then(|| Lending::lend(&state.heap, persists));
     let kept = lending
         .as_ref()

@@ -58,7 +58,7 @@ pub use policy::{
 };
 pub use stable::{MAX_STABLE_BYTES, STABLE_PAGE_SIZE, StableMemory};
 pub use state::{ExecutionState, HeapSnapshot, LateReply, OutgoingCall, StateChanges, Timer};
-pub use tracker::{MemoryTracker, TrackingStats};
+pub use tracker::{KEPT_MAX_PAGES, MemoryTracker, TrackingStats};
 pub use values::{
     CallArgs, CallText, Encoding, decode_args, decode_results_wave, encode_results, json_to_val,
     parse_call_text, results_to_json, results_to_wave, val_to_json,

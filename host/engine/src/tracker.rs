@@ -517,6 +517,30 @@ pub(crate) fn stats(memories: &[Armed]) -> TrackingStats {
     }
 }
 
+/// The largest memory (in stored pages) [`MemoryTracker::Auto`] keeps
+/// mapped between messages: 64 MiB. A kept memory's per-message
+/// `PAGEMAP_SCAN` walk costs ~3 ns per resident page (~50 µs here), less
+/// than arming and committing through an image; at 1 GiB it is ~0.8 ms,
+/// four times an image's (`docs/persistence.md`).
+pub const KEPT_MAX_PAGES: u64 = 16 * 1024;
+
+impl MemoryTracker {
+    /// Whether a message on `heap` runs in kept memories.
+    pub(crate) fn keeps(self, heap: &crate::state::HeapSnapshot) -> bool {
+        !heap.memories.is_empty()
+            && match self {
+                MemoryTracker::Mapped => true,
+                MemoryTracker::Auto => heap
+                    .memories
+                    .iter()
+                    .all(|m| m.pages.len() <= KEPT_MAX_PAGES),
+                MemoryTracker::Signal | MemoryTracker::Userfaultfd | MemoryTracker::CopyAll => {
+                    false
+                }
+            }
+    }
+}
+
 /// How dirty pages are found while a message runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -528,6 +552,15 @@ pub enum MemoryTracker {
     /// userfaultfd with each canister memory kept mapped and populated
     /// between messages (see `mapped`).
     Mapped,
+    /// The default where userfaultfd works: kept memories (as [`Mapped`])
+    /// for memories of at most [`KEPT_MAX_PAGES`] stored pages, whose
+    /// per-message page-table walk is short, and memory images (as
+    /// [`Userfaultfd`]) for larger ones, whose walk would cost more than
+    /// mapping an image.
+    ///
+    /// [`Mapped`]: MemoryTracker::Mapped
+    /// [`Userfaultfd`]: MemoryTracker::Userfaultfd
+    Auto,
     /// The naive baseline: copy the whole heap in, compare it all after.
     CopyAll,
 }
@@ -539,9 +572,10 @@ impl std::str::FromStr for MemoryTracker {
             "signal" => Ok(MemoryTracker::Signal),
             "userfaultfd" | "uffd" => Ok(MemoryTracker::Userfaultfd),
             "uffd-mapped" | "mapped" => Ok(MemoryTracker::Mapped),
+            "uffd-auto" | "auto" => Ok(MemoryTracker::Auto),
             "copy-all" => Ok(MemoryTracker::CopyAll),
             other => Err(format!(
-                "unknown memory tracker '{other}': use signal, userfaultfd, uffd-mapped or copy-all"
+                "unknown memory tracker '{other}': use uffd-auto, signal, userfaultfd, uffd-mapped or copy-all"
             )),
         }
     }
@@ -551,7 +585,9 @@ impl MemoryTracker {
     /// Whether this kernel can provide the tracker.
     pub fn check_available(self) -> Result<(), String> {
         match self {
-            MemoryTracker::Userfaultfd | MemoryTracker::Mapped => crate::uffd::check_supported(),
+            MemoryTracker::Userfaultfd | MemoryTracker::Mapped | MemoryTracker::Auto => {
+                crate::uffd::check_supported()
+            }
             MemoryTracker::Signal | MemoryTracker::CopyAll => Ok(()),
         }
     }
@@ -559,8 +595,8 @@ impl MemoryTracker {
     /// The tracker to use by default: the faster of the two real ones
     /// (`cellar bench memory`), falling back when the kernel lacks it.
     pub fn best_available() -> MemoryTracker {
-        if MemoryTracker::Userfaultfd.check_available().is_ok() {
-            MemoryTracker::Userfaultfd
+        if MemoryTracker::Auto.check_available().is_ok() {
+            MemoryTracker::Auto
         } else {
             MemoryTracker::Signal
         }
@@ -572,6 +608,7 @@ impl MemoryTracker {
             MemoryTracker::Signal => "signal",
             MemoryTracker::Userfaultfd => "userfaultfd",
             MemoryTracker::Mapped => "uffd-mapped",
+            MemoryTracker::Auto => "uffd-auto",
             MemoryTracker::CopyAll => "copy-all",
         }
     }
@@ -606,7 +643,8 @@ impl Armed {
         unsafe {
             Ok(match tracker {
                 MemoryTracker::Signal => Armed::Signal(TrackedMemory::arm(view, committed)?),
-                MemoryTracker::Userfaultfd => {
+                // `Auto` arms here only the memories it does not keep.
+                MemoryTracker::Userfaultfd | MemoryTracker::Auto => {
                     match crate::image::ImageMemory::arm(view, &committed)? {
                         Some(memory) => Armed::Image(memory),
                         None => Armed::Userfaultfd(crate::uffd::UffdMemory::arm(view, committed)?),

@@ -412,10 +412,11 @@ fn a_message_costs_the_pages_it_touches_not_the_heap() {
     // Reading dirties (almost) nothing.
     let read = t.update("read-pages(100, 7)");
     assert!(read.tracking.dirty_pages < 30, "{:?}", read.tracking);
-    // Copies need no fault, nor does a kept memory (it holds every page).
-    if !matches!(
+    // Copies need no fault, nor does a kept memory (it holds every page;
+    // `uffd-auto` keeps memories up to about this size).
+    if matches!(
         t.limits.memory_tracker,
-        cellar_engine::MemoryTracker::CopyAll | cellar_engine::MemoryTracker::Mapped
+        cellar_engine::MemoryTracker::Signal | cellar_engine::MemoryTracker::Userfaultfd
     ) {
         assert!(read.tracking.faults >= 1);
     }
@@ -686,6 +687,76 @@ fn kept_memories_agree_with_the_lazy_tracker_message_by_message() {
     let (mapped_trace, mapped_state) = run(mapped);
     assert_eq!(lazy_trace, mapped_trace);
     assert!(lazy_state == mapped_state, "states differ");
+}
+
+#[test]
+fn the_auto_tracker_keeps_small_memories_and_maps_large_ones_from_images() {
+    let auto: cellar_engine::MemoryTracker = "uffd-auto".parse().unwrap();
+    if let Err(e) = auto.check_available() {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    let lazy = Limits {
+        memory_tracker: "userfaultfd".parse().unwrap(),
+        ..Limits::default()
+    };
+    // The heap grows past KEPT_MAX_PAGES (64 MiB) half-way: messages before
+    // run in a kept memory, messages after in an image.
+    let grow_mib = ((cellar_engine::KEPT_MAX_PAGES * cellar_engine::PAGE_SIZE as u64) >> 20) + 8;
+    let grow = format!("grow-heap({grow_mib})");
+    let script = [
+        "set(\"a\", \"1\")",
+        "set(\"b\", \"2\")",
+        "set-then-trap(\"c\", \"3\")",
+        "write-pages(20, 9)",
+        grow.as_str(),
+        "write-pages(50, 7)",
+        "set-then-trap(\"d\", \"4\")",
+        "set(\"e\", \"5\")",
+    ];
+    let run = |limits: Limits| {
+        let mut t = Harness::with_limits(cellar_examples::testbed(), limits);
+        let mut trace = Vec::new();
+        let mut faults = Vec::new();
+        for call in script {
+            let o = t.update(call);
+            let shown = match &o.result {
+                Ok(v) => results_to_wave(v).unwrap(),
+                Err(r) => format!("reject {:?}", r.code),
+            };
+            let q = Harness::reply(&t.query("get(\"a\")"));
+            faults.push(o.tracking.faults);
+            trace.push((o.instructions, shown, o.delta_pages, q));
+        }
+        (trace, faults, t.state)
+    };
+    let (lazy_trace, lazy_faults, lazy_state) = run(lazy);
+    let (auto_trace, auto_faults, auto_state) = run(Limits {
+        memory_tracker: auto,
+        ..Limits::default()
+    });
+    assert_eq!(lazy_trace, auto_trace);
+    assert!(lazy_state == auto_state, "states differ");
+    let stored: u64 = auto_state
+        .heap
+        .memories
+        .iter()
+        .map(|m| m.pages.len())
+        .max()
+        .unwrap();
+    assert!(stored > cellar_engine::KEPT_MAX_PAGES, "{stored} pages");
+    // Up to the growth the memory was kept, as with `uffd-mapped` (no fault
+    // after the message that created it); the lazy tracker faulted pages in.
+    let Some(mapped) = mapped_limits() else {
+        return;
+    };
+    let (_, mapped_faults, _) = run(mapped);
+    assert_eq!(auto_faults[..4], mapped_faults[..4]);
+    assert_ne!(auto_faults[..4], lazy_faults[..4]);
+    // After it, the memory is mapped from an image, as with `userfaultfd`
+    // (a growth fault per message that grows; a kept memory takes none).
+    assert_eq!(auto_faults[5..], lazy_faults[5..]);
+    assert_ne!(auto_faults[5..], mapped_faults[5..]);
 }
 
 #[test]
