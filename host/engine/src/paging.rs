@@ -727,7 +727,7 @@ mod tests {
                     .iter()
                     .map(|(i, bytes)| (*i as u64, page_content(&bytes[..]))),
             );
-            let seen = std::sync::Mutex::new(Vec::new());
+            let mut seen = Vec::new();
             // SAFETY: the pointers are into `contents`, alive for the call
             // and outside the slab.
             let (next, changed) = unsafe {
@@ -736,11 +736,10 @@ mod tests {
                     |i| &*contents[&i] as *const Page,
                     |i, content| {
                         let same = content.map(|p| p[..] == contents[&(i as usize)][..]);
-                        seen.lock().unwrap().push((i, same));
+                        seen.push((i, same));
                     },
                 )
             };
-            let mut seen = seen.into_inner().unwrap();
             // Reported in ascending order.
             assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
             assert_eq!(next, expected, "round {round}");
