@@ -5,7 +5,8 @@
 //!   of a large heap, for each memory tracker and for the naive baseline
 //!   that copies the whole heap (`copy-all`).
 //! * Checkpoint time against the number of pages dirtied since the last one.
-//! * Restart time (loading the last checkpoint) against state size.
+//! * Restart time (loading the last checkpoint) against state size, in
+//!   this process and as a new `cellar start` until its API answers.
 
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,10 @@ struct CheckpointRow {
 /// One restart measurement.
 #[derive(Serialize, Debug)]
 struct RestartRow {
+    /// `in-process` (the store opened again by this process) or
+    /// `cellar start N` (the Nth new node process on the data dir, until
+    /// its API answers; the first also deploys the example canisters).
+    how: &'static str,
     state_mib: u64,
     millis: f64,
 }
@@ -308,11 +313,81 @@ fn checkpoints_and_restarts(args: &MemoryBenchArgs, report: &mut Report) -> Resu
     let started = Instant::now();
     let node = Node::open(options()).context("restart")?;
     report.restarts.push(RestartRow {
+        how: "in-process",
         state_mib,
         millis: started.elapsed().as_secs_f64() * 1e3,
     });
     drop(node);
+    // What a user sees: a new `cellar start` on the same data dir, until
+    // its API answers (its status includes the state hash: every page is
+    // hashed once after loading). The first start also deploys the example
+    // canisters (and checkpoints them); the next ones only restart.
+    for how in ["cellar start 1", "cellar start 2", "cellar start 3"] {
+        eprintln!("restart: {how} on the data dir");
+        report.restarts.push(RestartRow {
+            how,
+            state_mib,
+            millis: node_process_start(dir.path())?.as_secs_f64() * 1e3,
+        });
+    }
     Ok(())
+}
+
+/// Runs `cellar start` on `data_dir` until its status endpoint answers,
+/// stops it (SIGINT, as Ctrl-C) and returns how long it took to answer.
+fn node_process_start(data_dir: &std::path::Path) -> Result<Duration> {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("start")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("cannot start a node process")?;
+    let answered = loop {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("the node process exited before answering: {status}");
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "the node process did not answer within 120 s"
+        );
+        let answer = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100))
+            .and_then(|mut stream| {
+                stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+                stream.write_all(
+                    b"GET /api/v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                )?;
+                let mut head = [0u8; 12];
+                stream.read_exact(&mut head)?;
+                Ok(head)
+            });
+        match answer {
+            Ok(head) if head.starts_with(b"HTTP/1.1 200") => break started.elapsed(),
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    // SAFETY: signals our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let stopping = Instant::now();
+    while child.try_wait()?.is_none() {
+        if stopping.elapsed() > Duration::from_secs(30) {
+            child.kill()?;
+            child.wait()?;
+            anyhow::bail!("the node process did not stop within 30 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(answered)
 }
 
 fn print_table(report: &Report) {
@@ -359,8 +434,8 @@ fn print_table(report: &Report) {
         );
     }
     println!("\nRestart");
-    println!("{:>12} {:>10}", "state MiB", "ms");
+    println!("{:<14} {:>12} {:>10}", "how", "state MiB", "ms");
     for row in &report.restarts {
-        println!("{:>12} {:>10.1}", row.state_mib, row.millis);
+        println!("{:<14} {:>12} {:>10.1}", row.how, row.state_mib, row.millis);
     }
 }

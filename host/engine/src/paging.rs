@@ -371,11 +371,18 @@ impl PageMap {
     /// A hash of the contents (a Merkle tree over the radix tree). Node
     /// hashes are cached in the nodes, which versions share: after a
     /// message that dirtied `k` pages, only those pages and their paths are
-    /// hashed again.
+    /// hashed again. When many subtrees lack a hash (a version just loaded
+    /// from a checkpoint: SHA-256 of every page, ~0.7 s per GiB on one
+    /// core here), they are hashed on the rayon pool first.
     pub fn hash(&self) -> [u8; 32] {
         match &self.root {
             None => [0; 32],
-            Some(root) => root.hash(),
+            Some(root) => {
+                if root.hash.get().is_none() {
+                    hash_subtrees_in_parallel(root);
+                }
+                root.hash()
+            }
         }
     }
 
@@ -386,6 +393,37 @@ impl PageMap {
             (None, None) => true,
             _ => false,
         }
+    }
+}
+
+/// Levels below the root at which [`hash_subtrees_in_parallel`] splits the
+/// work: subtrees of 32² pages (4 MiB), up to 1,024 of them.
+const PARALLEL_HASH_DEPTH: u32 = 2;
+/// Unhashed subtrees worth handing to the pool (fewer are hashed on the
+/// calling thread, as after an ordinary message).
+const PARALLEL_HASH_MIN_SUBTREES: usize = 16;
+
+/// Hashes the unhashed subtrees [`PARALLEL_HASH_DEPTH`] levels below `root`
+/// on the rayon pool, so that `root.hash()` then only combines cached
+/// hashes. The result is the same as hashing on one thread.
+fn hash_subtrees_in_parallel(root: &Node) {
+    let mut level: Vec<&Node> = vec![root];
+    for _ in 0..PARALLEL_HASH_DEPTH {
+        level = level
+            .into_iter()
+            .filter(|node| node.hash.get().is_none())
+            .flat_map(|node| match &node.children {
+                Children::Inner(children) => children.iter().flatten().map(|c| &**c).collect(),
+                Children::Leaf(_) => Vec::new(),
+            })
+            .collect();
+    }
+    level.retain(|node| node.hash.get().is_none());
+    if level.len() >= PARALLEL_HASH_MIN_SUBTREES {
+        use rayon::prelude::*;
+        level.par_iter().for_each(|node| {
+            node.hash();
+        });
     }
 }
 
@@ -766,6 +804,25 @@ mod tests {
             );
             map = next;
         }
+    }
+
+    #[test]
+    fn subtrees_hashed_in_parallel_give_the_hash_of_one_thread() {
+        // Pages in 300 different 4 MiB subtrees: the parallel path runs.
+        let build = || {
+            PageMap::default()
+                .with_updates((0..300u64).map(|i| (i * 3000 + i % 7, page(i as u8 | 1))))
+        };
+        let parallel = build();
+        let one_thread = build();
+        let root = one_thread.root.as_deref().unwrap();
+        let sequential = root.hash();
+        assert_eq!(parallel.hash(), sequential);
+        // A new version: only its copied path lacks a hash.
+        let next = parallel.with_updates([(5, page(9))]);
+        let next_alone = one_thread.with_updates([(5, page(9))]);
+        assert_eq!(next.hash(), next_alone.root.as_deref().unwrap().hash());
+        assert_ne!(next.hash(), sequential);
     }
 
     #[test]
