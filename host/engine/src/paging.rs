@@ -76,13 +76,13 @@ fn prefetch_page(page: *const Page) {
 }
 
 /// A page's entry in a page map: none for an all-zero page (the map's
-/// default), else a copy of `bytes` (see [`page_from_slice`]).
+/// default), else a copy of `bytes`, checked and copied in one pass (see
+/// [`PageRef::copy_unless_zero`]).
+///
+/// # Panics
+/// When `bytes` is not exactly one page long.
 pub fn page_content(bytes: &[u8]) -> Option<PageRef> {
-    if is_zero(bytes) {
-        None
-    } else {
-        Some(page_from_slice(bytes))
-    }
+    PageRef::copy_unless_zero(bytes.try_into().expect("a page is PAGE_SIZE bytes"))
 }
 
 enum Children {

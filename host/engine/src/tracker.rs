@@ -398,7 +398,7 @@ impl TrackedMemory {
             self.whole_dirty.set(dirty);
             return (map, dirty as u64);
         }
-        let mut dirty: Vec<usize> = if self.dirty_overflow {
+        let dirty: Vec<usize> = if self.dirty_overflow {
             self.state
                 .iter()
                 .enumerate()
@@ -412,7 +412,6 @@ impl TrackedMemory {
             dirty.dedup();
             dirty
         };
-        dirty.shrink_to_fit();
         let base = self.base;
         // SAFETY: dirty pages are mapped read-write, in the memory (not the
         // page slab), and no wasm runs while the map is built.
