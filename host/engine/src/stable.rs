@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::paging::{MAX_PAGES, PAGE_SIZE, PageMap, PageRef, page_from_slice};
+use crate::paging::{MAX_PAGES, PAGE_SIZE, PageMap, PageRef};
 
 /// Stable memory is sized in pages of 64 KiB.
 pub const STABLE_PAGE_SIZE: u64 = 64 << 10;
@@ -53,10 +53,11 @@ impl StableMemory {
             pages,
             segments: Vec::new(),
         }
-        .with_chunks(chunks.into_iter().map(|(index, bytes)| {
-            let content = (!crate::paging::is_zero(&bytes)).then(|| page_from_slice(&bytes));
-            (index, content)
-        }))
+        .with_chunks(
+            chunks
+                .into_iter()
+                .map(|(index, bytes)| (index, crate::paging::page_content(&bytes))),
+        )
     }
 
     /// A new version with `updates` applied (`None` makes a chunk zero).
@@ -260,13 +261,11 @@ impl StableOverlay {
         if self.dirty.is_empty() && self.pages == self.base.pages {
             return None;
         }
-        let mut next = self
-            .base
-            .with_chunks(self.dirty.into_iter().map(|(index, chunk)| {
-                let content =
-                    (!crate::paging::is_zero(&chunk[..])).then(|| page_from_slice(&chunk));
-                (index, content)
-            }));
+        let mut next = self.base.with_chunks(
+            self.dirty
+                .into_iter()
+                .map(|(index, chunk)| (index, crate::paging::page_content(&chunk[..]))),
+        );
         next.pages = self.pages;
         Some(Arc::new(next))
     }
