@@ -650,6 +650,23 @@ fn a_replica_far_behind_state_syncs_a_checkpoint() {
         .find(|l| l.contains("state sync: installed the checkpoint"))
         .unwrap_or_else(|| panic!("replica 3 did not state-sync:\n{log}"));
     eprintln!("{installed}");
+    // Its own older checkpoint had parts that did not change since (and
+    // the kv module): the sync kept them and fetched only the others.
+    let fetching = log
+        .lines()
+        .find(|l| l.contains("state sync: fetching the checkpoint"))
+        .unwrap_or_else(|| panic!("no fetch logged:\n{log}"));
+    eprintln!("{fetching}");
+    let held: u64 = fetching
+        .split("held=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no held count in {fetching}"));
+    assert!(
+        held > 0,
+        "nothing of its own checkpoint was kept: {fetching}"
+    );
     assert!(!log.contains("DIVERGENCE"), "{log}");
     wait_for_answer(&fleet, 3, &big_id, "get()", &big_count);
     // And it takes updates again.

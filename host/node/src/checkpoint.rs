@@ -29,6 +29,10 @@ use crate::canister::Canister;
 use crate::journal::RequestTag;
 use crate::messages::Messaging;
 
+mod parts;
+
+pub use parts::{CheckpointView, Part, PartInfo};
+
 const META_KEY: &[u8] = b"checkpoint";
 
 /// The node-wide part of a checkpoint.
@@ -468,90 +472,5 @@ fn canister_meta(canister: &Canister) -> CanisterMeta {
         next_call_id: canister.state.next_call_id,
         messaging: canister.messaging.clone(),
         chunks: canister.chunks.clone(),
-    }
-}
-
-/// A checkpoint's contents as stored, for state sync: the metadata and
-/// every heap page and stable chunk entry (key, value), so that another
-/// node can store exactly this checkpoint ([`Checkpointer::import`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckpointImage {
-    /// The metadata (canisters, round, policies), as stored.
-    pub meta: Vec<u8>,
-    /// The `pages` keyspace: (canister, memory, page) → 4 KiB page.
-    pub pages: Vec<(Vec<u8>, Vec<u8>)>,
-    /// The `stable` keyspace: (canister, chunk) → 4 KiB chunk.
-    pub stable: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-impl CheckpointImage {
-    /// The round of the checkpoint and the module hashes it names (the
-    /// canisters' code, their stored chunks and the policies in force),
-    /// without loading it.
-    pub fn summary(&self) -> anyhow::Result<(u64, Vec<String>)> {
-        let meta: Meta = serde_json::from_slice(&self.meta)?;
-        let mut modules: Vec<String> = meta
-            .canisters
-            .iter()
-            .flat_map(|c| c.module_hash.iter().chain(&c.chunks).cloned())
-            .chain(meta.scheduler_policy)
-            .chain(meta.consensus_policy.map(|(_, hash)| hash))
-            .collect();
-        modules.sort();
-        modules.dedup();
-        Ok((meta.round, modules))
-    }
-}
-
-impl Checkpointer {
-    /// The current checkpoint's contents, or `None` when there is none.
-    pub fn export(&self) -> anyhow::Result<Option<CheckpointImage>> {
-        let Some(meta) = self.meta.get(META_KEY).map_err(storage)? else {
-            return Ok(None);
-        };
-        let entries = |keyspace: &Keyspace| -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-            keyspace
-                .iter()
-                .map(|entry| {
-                    let (key, value) = entry.into_inner().map_err(storage)?;
-                    Ok((key.to_vec(), value.to_vec()))
-                })
-                .collect()
-        };
-        Ok(Some(CheckpointImage {
-            meta: meta.to_vec(),
-            pages: entries(&self.pages)?,
-            stable: entries(&self.stable)?,
-        }))
-    }
-
-    /// Replaces the stored checkpoint with `image` in one atomic, synced
-    /// batch (entries it does not have are removed) and loads it, so the
-    /// next [`Checkpointer::write`] writes its differences from it. The
-    /// caller checks the image first (state sync: against the certified
-    /// state hash, on a store of its own).
-    pub fn import(&mut self, image: &CheckpointImage) -> anyhow::Result<Loaded> {
-        let _: Meta = serde_json::from_slice(&image.meta)?;
-        let mut batch = self.db.batch();
-        for (keyspace, entries) in [(&self.pages, &image.pages), (&self.stable, &image.stable)] {
-            let keep: std::collections::BTreeSet<&[u8]> =
-                entries.iter().map(|(k, _)| k.as_slice()).collect();
-            for entry in keyspace.iter() {
-                let key = entry.key().map_err(storage)?;
-                if !keep.contains(&key[..]) {
-                    batch.remove(keyspace, key);
-                }
-            }
-            for (key, value) in entries {
-                batch.insert(keyspace, key.as_slice(), value.as_slice());
-            }
-        }
-        batch.insert(&self.meta, META_KEY, image.meta.as_slice());
-        batch.commit().map_err(storage)?;
-        self.db.persist(PersistMode::SyncAll).map_err(storage)?;
-        self.flush_memtables()?;
-        self.last.clear();
-        self.load()?
-            .ok_or_else(|| anyhow::anyhow!("the imported checkpoint does not load"))
     }
 }

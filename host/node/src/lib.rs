@@ -33,10 +33,10 @@ use std::sync::Arc;
 
 pub use canister::{Canister, INITIAL_CYCLES, MAX_LOG_ENTRIES};
 pub use cellar_engine as engine;
-pub use checkpoint::{CheckpointImage, CheckpointStats};
+pub use checkpoint::{CheckpointStats, CheckpointView, Part, PartInfo};
 pub use journal::{Durability, RequestTag};
 pub use node::{
-    CallOutcome, Certified, Node, NodeError, NodeOptions, SyncImage, genesis_state_hash,
+    CallOutcome, Certified, Node, NodeError, NodeOptions, Staging, SyncSource, genesis_state_hash,
 };
 
 use cellar_types::Principal;

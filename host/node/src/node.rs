@@ -37,7 +37,7 @@ use crate::state_hash;
 mod chunks;
 mod sync;
 pub(crate) use chunks::check_chunk_size;
-pub use sync::{Certified, SyncImage};
+pub use sync::{Certified, Staging, SyncSource};
 
 /// Why a request could not be carried out (as opposed to a message that ran
 /// and was rejected, which is a [`CallOutcome`]).
@@ -302,6 +302,26 @@ fn journal_path(state_dir: &Path, first_round: u64) -> PathBuf {
     state_dir.join(format!("journal-{first_round:012}.log"))
 }
 
+/// Stores a module as `<module_hash>.wasm` in `modules_dir`, durably (file
+/// and name), unless it is there.
+fn store_module_file(modules_dir: &Path, module_hash: &str, wasm: &[u8]) -> anyhow::Result<()> {
+    let path = modules_dir.join(format!("{module_hash}.wasm"));
+    if path.exists() {
+        return Ok(());
+    }
+    // Concurrent stores of one module each write their own file.
+    static NEXT_TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT_TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("wasm.{n}.tmp"));
+    std::fs::write(&tmp, wasm)?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all())?;
+    std::fs::rename(&tmp, &path)?;
+    // The journal record naming the module follows: the module's name
+    // must be as durable as the record.
+    std::fs::File::open(modules_dir).and_then(|d| d.sync_all())?;
+    Ok(())
+}
+
 /// The journal files in `state_dir`, oldest first.
 fn journal_files(state_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut journals: Vec<PathBuf> = std::fs::read_dir(state_dir)?
@@ -415,7 +435,8 @@ impl Node {
             Some(&options.data_dir.join("compiled")),
             options.limits.max_component_bytes,
         )?;
-        let store = Checkpointer::open(&state_dir.join("pages"))?;
+        let mut store = Checkpointer::open(&state_dir.join("pages"))?;
+        sync::finish_interrupted_install(&state_dir, &mut store)?;
         let store_opened = opened.elapsed();
         let checkpoints = CheckpointWriter::new(store, &state_dir, options.durability);
         let mut node = Node {
@@ -733,21 +754,7 @@ impl Node {
     /// Stores a module under `modules/` by its hash, durably, before a
     /// journal record names it.
     fn store_module(&self, module_hash: &str, wasm: &[u8]) -> anyhow::Result<()> {
-        let path = self.modules_dir.join(format!("{module_hash}.wasm"));
-        if path.exists() {
-            return Ok(());
-        }
-        // Concurrent stores of one module each write their own file.
-        static NEXT_TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT_TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = path.with_extension(format!("wasm.{n}.tmp"));
-        std::fs::write(&tmp, wasm)?;
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all())?;
-        std::fs::rename(&tmp, &path)?;
-        // The journal record naming the module follows: the module's name
-        // must be as durable as the record.
-        std::fs::File::open(&self.modules_dir).and_then(|d| d.sync_all())?;
-        Ok(())
+        store_module_file(&self.modules_dir, module_hash, wasm)
     }
 
     /// Replica mode: replaces the subnet's consensus policy with the

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -44,7 +44,8 @@ use tokio::sync::mpsc as tokio_mpsc;
 use crate::journal::{Ingress, Op};
 use crate::messages::IngressId;
 use crate::node::{Applied, Node, NodeError, NodeOptions};
-use crate::state_sync::{self, Fetch, Manifest, Progress, Served};
+use crate::node::{Staging, SyncSource};
+use crate::state_sync::{Fetch, Manifest, Progress};
 
 /// Hands the encoded request to consensus (with the expiry in ms a signed
 /// request fixes, else the sink's own) and returns its ingress message id.
@@ -960,6 +961,7 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
         keys: config.genesis.keys.clone(),
         cups: BTreeMap::from([(start_height, start_cup)]),
         served: VecDeque::new(),
+        chunk_reads: Arc::new(AtomicUsize::new(0)),
         fetch: None,
         stalled_fetch: None,
         want_state: false,
@@ -1018,15 +1020,17 @@ struct Replica {
     /// Recent catch-up packages, by height: a checkpoint at one of these
     /// heights can be served to replicas that state-sync.
     cups: BTreeMap<u64, CatchUpPackage>,
-    /// The checkpoints this replica serves (encoded, with their manifests;
-    /// the newest two, so a fetch survives the next checkpoint).
+    /// The checkpoints this replica serves (snapshots, with their
+    /// manifests; the newest two, so a fetch survives the next checkpoint).
     served: VecDeque<Served>,
+    /// Chunk reads in flight (at most [`MAX_CHUNK_READS`]).
+    chunk_reads: Arc<AtomicUsize>,
     /// The checkpoint this replica is fetching (state sync).
-    fetch: Option<Fetch>,
+    fetch: Option<Fetch<Staging>>,
     /// A fetch whose peer was given up while its chunks checked out (it
     /// fell silent): resumed, with the chunks held, from the next peer that
     /// announces the same image.
-    stalled_fetch: Option<Fetch>,
+    stalled_fetch: Option<Fetch<Staging>>,
     /// Peers no longer hold the batches this replica needs: it asks for a
     /// checkpoint.
     want_state: bool,
@@ -1055,6 +1059,17 @@ const KEPT_CUPS: usize = 16;
 
 /// How long a peer whose state was refused is not asked again (ms).
 const FAILED_PEER_MS: u64 = 30_000;
+
+/// Chunk reads a serving replica runs at once; requests beyond are dropped
+/// (the fetching side asks again).
+const MAX_CHUNK_READS: usize = 8;
+
+/// A checkpoint this replica serves: its manifest and where its chunks are
+/// read from.
+struct Served {
+    manifest: Manifest,
+    source: Arc<SyncSource>,
+}
 
 /// Most batches in one sync answer.
 const SYNC_CHUNK: usize = 256;
@@ -1462,27 +1477,35 @@ impl Replica {
             .is_none_or(|s| s.manifest.height < latest)
         {
             let node = self.node.clone();
-            match tokio::task::spawn_blocking(move || node.export_sync_image()).await {
-                Ok(Ok(Some((height, image)))) => match self.cups.get(&height) {
-                    Some(cup) => match Served::new(cup.clone(), &image) {
-                        Ok(served) => {
-                            tracing::info!(
-                                height,
-                                bytes = served.manifest.size,
-                                chunks = served.manifest.chunks.len(),
-                                "serving the checkpoint to replicas that state-sync"
-                            );
-                            self.served.push_back(served);
-                            while self.served.len() > 2 {
-                                self.served.pop_front();
-                            }
+            match tokio::task::spawn_blocking(move || node.sync_source()).await {
+                Ok(Ok(Some(source))) => match self.cups.get(&source.round()) {
+                    Some(cup) => {
+                        let manifest = Manifest {
+                            height: source.round(),
+                            cup: cup.clone(),
+                            chunks: source.chunks().to_vec(),
+                        };
+                        tracing::info!(
+                            height = manifest.height,
+                            bytes = manifest.size(),
+                            chunks = manifest.chunks.len(),
+                            "serving the checkpoint to replicas that state-sync"
+                        );
+                        self.served.push_back(Served {
+                            manifest,
+                            source: Arc::new(source),
+                        });
+                        while self.served.len() > 2 {
+                            self.served.pop_front();
                         }
-                        Err(e) => tracing::warn!(height, "cannot encode the checkpoint: {e}"),
-                    },
-                    None => tracing::debug!(height, "no catch-up package for the checkpoint yet"),
+                    }
+                    None => tracing::debug!(
+                        height = source.round(),
+                        "no catch-up package for the checkpoint yet"
+                    ),
                 },
                 Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::warn!("cannot export the checkpoint: {e:#}"),
+                Ok(Err(e)) => tracing::warn!("cannot read the checkpoint to serve: {e:#}"),
                 Err(e) => tracing::warn!("checkpoint export panicked: {e}"),
             }
         }
@@ -1496,8 +1519,9 @@ impl Replica {
     }
 
     /// A peer offers a checkpoint: fetch it if it is ahead and its
-    /// catch-up package verifies.
-    fn on_manifest(&mut self, from: u32, manifest: Manifest) {
+    /// catch-up package verifies (resuming a stalled fetch of the same
+    /// state, or staging a new one, which keeps what this replica holds).
+    async fn on_manifest(&mut self, from: u32, manifest: Manifest) {
         if self.syncing.is_none() || self.fetch.is_some() || manifest.height <= self.node.round() {
             return;
         }
@@ -1511,33 +1535,53 @@ impl Replica {
         if let Err(e) = manifest.check(&self.keys, self.node.round()) {
             return self.fail_peer(from, &format!("manifest: {e}"));
         }
+        let height = manifest.height;
+        match self.stalled_fetch.take() {
+            Some(mut stalled) if stalled.same_image(&manifest) => {
+                let (held, all) = stalled.progress();
+                tracing::info!(
+                    peer = from,
+                    height,
+                    held,
+                    all,
+                    "state sync: resuming the fetch from another peer"
+                );
+                let missing = stalled.resume(from, now_ms());
+                self.fetch = Some(stalled);
+                self.request_chunks(from, height, &missing);
+                return;
+            }
+            // Another state: its staging store goes before a new one.
+            other => drop(other),
+        }
+        let node = self.node.clone();
+        let chunks = manifest.chunks.clone();
+        let (staging, held) =
+            match tokio::task::spawn_blocking(move || node.stage_sync(&chunks)).await {
+                Ok(Ok(staged)) => staged,
+                Ok(Err(e)) => return tracing::error!("state sync: cannot stage: {e:#}"),
+                Err(e) => {
+                    tracing::error!("state sync staging panicked: {e}");
+                    std::process::exit(4);
+                }
+            };
+        let (fetch, first) = Fetch::new(from, manifest, &held, staging, now_ms());
+        let (have, all) = fetch.progress();
         tracing::info!(
             peer = from,
-            height = manifest.height,
-            bytes = manifest.size,
-            chunks = manifest.chunks.len(),
-            "state sync: fetching the checkpoint"
+            height,
+            bytes = fetch.manifest.size(),
+            chunks = all,
+            held = have,
+            "state sync: fetching the checkpoint (the chunks this replica holds are kept)"
         );
-        let height = manifest.height;
-        if let Some(mut stalled) = self.stalled_fetch.take()
-            && stalled.same_image(&manifest)
-        {
-            let (held, all) = stalled.progress();
-            tracing::info!(
-                peer = from,
-                height,
-                held,
-                all,
-                "state sync: resuming the fetch from another peer"
-            );
-            let missing = stalled.resume(from, now_ms());
-            self.fetch = Some(stalled);
-            self.request_chunks(from, height, &missing);
-            return;
-        }
-        let (fetch, first) = Fetch::new(from, manifest, now_ms());
+        let done = fetch.is_done();
         self.fetch = Some(fetch);
-        self.request_chunks(from, height, &first);
+        if done {
+            self.install_fetched().await;
+        } else {
+            self.request_chunks(from, height, &first);
+        }
     }
 
     /// A chunk of the checkpoint being fetched.
@@ -1549,29 +1593,27 @@ impl Replica {
             Progress::Ignored => {}
             Progress::Request(more) => self.request_chunks(from, height, &more),
             Progress::Bad(why) => self.fail_peer(from, &why),
-            Progress::Done(image) => self.install_fetched(image).await,
+            Progress::Done => self.install_fetched().await,
         }
     }
 
     /// Checks the fetched checkpoint against its catch-up package and, if
     /// it holds, installs it; then catches up from peers' batches above it.
-    async fn install_fetched(&mut self, image: Vec<u8>) {
+    async fn install_fetched(&mut self) {
         let Some(fetch) = self.fetch.take() else {
             return;
         };
-        let (peer, manifest, started) = (fetch.peer, fetch.manifest, fetch.started_ms);
+        let (peer, started) = (fetch.peer, fetch.started_ms);
+        let (manifest, staging) = fetch.into_parts();
         if manifest.height <= self.node.round() {
             // Peers' batches got this replica there meanwhile.
             return;
         }
-        let decoded = match state_sync::decode(&image) {
-            Ok(decoded) => decoded,
-            Err(why) => return self.fail_peer(peer, &why),
-        };
         let certified = manifest.certified();
         let node = self.node.clone();
+        let chunks = manifest.chunks.clone();
         let installed =
-            tokio::task::spawn_blocking(move || node.install_sync_image(&decoded, &certified))
+            tokio::task::spawn_blocking(move || node.install_staged(staging, &chunks, &certified))
                 .await;
         let round = match installed {
             Ok(Ok(round)) => round,
@@ -1584,7 +1626,7 @@ impl Replica {
         tracing::info!(
             height = round,
             peer,
-            bytes = manifest.size,
+            bytes = manifest.size(),
             ms = now_ms().saturating_sub(started),
             "state sync: installed the checkpoint (its state hash is the certified one)"
         );
@@ -1655,26 +1697,37 @@ impl Replica {
             SyncMessage::StateRequest { above, nonce } => {
                 self.serve_manifest(r.from, above, nonce).await;
             }
-            SyncMessage::Manifest { manifest, .. } => self.on_manifest(r.from, *manifest),
+            SyncMessage::Manifest { manifest, .. } => self.on_manifest(r.from, *manifest).await,
             SyncMessage::ChunkRequest {
                 height,
                 index,
                 nonce,
             } => {
-                let chunk = self
-                    .served
-                    .iter()
-                    .find(|s| s.manifest.height == height)
-                    .and_then(|s| s.chunk(index));
-                if let Some(bytes) = chunk {
-                    let answer = SyncMessage::Chunk {
-                        height,
-                        index,
-                        nonce,
-                        bytes: bytes.to_vec(),
-                    };
-                    self.send_sync(Some(r.from), &answer);
+                let Some(served) = self.served.iter().find(|s| s.manifest.height == height) else {
+                    return;
+                };
+                if self.chunk_reads.fetch_add(1, Ordering::SeqCst) >= MAX_CHUNK_READS {
+                    // Busy: the fetching side asks again.
+                    self.chunk_reads.fetch_sub(1, Ordering::SeqCst);
+                    return;
                 }
+                let (source, transport) = (served.source.clone(), self.transport.clone());
+                let (reads, to) = (self.chunk_reads.clone(), r.from);
+                tokio::task::spawn_blocking(move || {
+                    match source.read(index) {
+                        Ok(bytes) => {
+                            let answer = SyncMessage::Chunk {
+                                height,
+                                index,
+                                nonce,
+                                bytes,
+                            };
+                            send_sync_message(&transport, Some(to), &answer);
+                        }
+                        Err(e) => tracing::warn!(height, index, "cannot read a chunk: {e:#}"),
+                    }
+                    reads.fetch_sub(1, Ordering::SeqCst);
+                });
             }
             SyncMessage::Chunk {
                 height,
@@ -1746,18 +1799,7 @@ impl Replica {
 
     /// Sends a catch-up message to `to`, or to every peer.
     fn send_sync(&self, to: Option<u32>, message: &SyncMessage) {
-        let bytes = match postcard::to_stdvec(message) {
-            Ok(bytes) => bytes,
-            Err(e) => return tracing::warn!("cannot encode a sync message: {e}"),
-        };
-        let artifact = NetArtifact::new(SYNC_KIND, bytes);
-        let sent = match to {
-            Some(to) => self.transport.send(to, &artifact).map(|_| ()),
-            None => self.transport.broadcast(&artifact).map(|_| ()),
-        };
-        if let Err(e) = sent {
-            tracing::debug!(?to, "sync message not sent: {e}");
-        }
+        send_sync_message(&self.transport, to, message);
     }
 
     /// Compares the certified state hash with the one this replica reported.
@@ -1848,6 +1890,22 @@ impl Replica {
                 None
             }
         }
+    }
+}
+
+/// Sends a catch-up message to `to`, or to every peer.
+fn send_sync_message(transport: &TransportHandle, to: Option<u32>, message: &SyncMessage) {
+    let bytes = match postcard::to_stdvec(message) {
+        Ok(bytes) => bytes,
+        Err(e) => return tracing::warn!("cannot encode a sync message: {e}"),
+    };
+    let artifact = NetArtifact::new(SYNC_KIND, bytes);
+    let sent = match to {
+        Some(to) => transport.send(to, &artifact).map(|_| ()),
+        None => transport.broadcast(&artifact).map(|_| ()),
+    };
+    if let Err(e) = sent {
+        tracing::debug!(?to, "sync message not sent: {e}");
     }
 }
 

@@ -1,23 +1,29 @@
-//! State sync, the node's side: a replica exports its last checkpoint with
-//! the modules it names ([`SyncImage`]); a replica that fell behind installs
-//! one only after the state it loads to hashes to the state hash a catch-up
-//! package certifies (and its time is that package's block time). Nothing
-//! of a refused image is installed: it is checked on a store of its own.
+//! State sync, the node's side. A replica serves its last checkpoint as a
+//! [`SyncSource`]: an LSM snapshot of it and the modules it names, read a
+//! chunk at a time. A replica that fell behind stages the state it fetches
+//! in a store of its own ([`Staging`], under `state/sync-staging`): it
+//! copies in the parts of its own checkpoint that did not change, takes the
+//! others as they arrive, and installs the whole only after it loads to the
+//! state hash a catch-up package certifies (and its time is that package's
+//! block time). Nothing of a refused state is installed.
+//!
+//! Installing replaces the node's checkpoint with the staged one, writing
+//! only the differences. A crash midway would leave a mixed store, so the
+//! staging store is marked as checked first and kept until the install is
+//! complete; opening the node completes an install that a crash
+//! interrupted ([`finish_interrupted_install`]).
 
-use serde::{Deserialize, Serialize};
+use std::io::{Read, Seek, SeekFrom};
 
 use super::*;
-use crate::checkpoint::{CheckpointImage, Loaded};
+use crate::checkpoint::{CheckpointView, Loaded};
+use crate::state_sync::{ChunkInfo, Item, Sink, piece_of, pieces};
 
-/// A checkpoint's contents and the modules (canister code, policies) it
-/// names, by hash: what state sync transfers.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SyncImage {
-    /// The checkpoint as stored.
-    pub checkpoint: CheckpointImage,
-    /// The modules it names: (SHA-256 hex, binary).
-    pub modules: Vec<(String, Vec<u8>)>,
-}
+/// The staging store's directory, under the state directory.
+const STAGING: &str = "sync-staging";
+
+/// The mark of a staged state that was checked: its install must complete.
+const CHECKED: &str = "CHECKED";
 
 /// What a catch-up package certifies about the state at its height.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,98 +57,252 @@ impl Adopted {
     }
 }
 
-impl Node {
-    /// The last checkpoint written, with the modules it names, and its
-    /// round; `None` before the first checkpoint.
-    pub fn export_sync_image(&self) -> anyhow::Result<Option<(u64, SyncImage)>> {
-        let exported = self.checkpoints.with(|store| store.export())?;
-        let Some(checkpoint) = exported else {
-            return Ok(None);
-        };
-        let (round, hashes) = checkpoint.summary()?;
-        let modules = hashes
-            .into_iter()
-            .map(|hash| {
-                let wasm = self
-                    .read_module(&hash)
-                    .map_err(|e| anyhow::anyhow!("module {hash} of the checkpoint: {e}"))?;
-                Ok((hash, wasm))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Some((
-            round,
-            SyncImage {
-                checkpoint,
-                modules,
-            },
-        )))
+/// The chunks of a checkpoint's parts (not its modules).
+fn state_chunks(view: &CheckpointView) -> anyhow::Result<Vec<ChunkInfo>> {
+    let mut chunks = Vec::new();
+    for info in view.parts()? {
+        let item = Item::State(info.part);
+        if info.size <= crate::state_sync::PIECE_BYTES as u64 {
+            chunks.push(ChunkInfo {
+                item,
+                piece: 0,
+                hash: info.hash,
+                size: info.size as u32,
+            });
+        } else if let Item::State(part) = &item {
+            chunks.extend(pieces(&item, &view.read(part)?));
+        }
+    }
+    Ok(chunks)
+}
+
+/// A checkpoint a replica serves: a snapshot of it, and the modules it
+/// names; cheap to share between the tasks that answer chunk requests.
+pub struct SyncSource {
+    round: u64,
+    view: CheckpointView,
+    modules_dir: PathBuf,
+    chunks: Vec<ChunkInfo>,
+}
+
+impl SyncSource {
+    /// The checkpoint's round.
+    pub fn round(&self) -> u64 {
+        self.round
     }
 
-    /// Checks `image` against `certified` and, when it holds, installs it:
-    /// it becomes the node's checkpoint and state, paused executions are
-    /// dropped and the journal restarts after it. The check loads the image
-    /// on a store of its own (under `state/sync-staging`), gives it its
-    /// code (modules must match their hashes) and compares its state hash
-    /// and time with the certified ones; a refused image changes nothing
-    /// but the modules directory (modules are stored by their hash only
-    /// when they match it). Returns the installed round.
-    pub fn install_sync_image(
+    /// Its chunks, in order (a manifest's list).
+    pub fn chunks(&self) -> &[ChunkInfo] {
+        &self.chunks
+    }
+
+    /// Chunk `index`'s bytes (read now: the snapshot keeps them).
+    pub fn read(&self, index: u32) -> anyhow::Result<Vec<u8>> {
+        let info = self
+            .chunks
+            .get(index as usize)
+            .ok_or_else(|| anyhow::anyhow!("no chunk {index}"))?;
+        let bytes = match &info.item {
+            Item::State(part) => {
+                let whole = self.view.read(part)?;
+                piece_of(&whole, info.piece)
+                    .ok_or_else(|| anyhow::anyhow!("chunk {index} is past its part"))?
+                    .to_vec()
+            }
+            Item::Module(hash) => {
+                let mut file = std::fs::File::open(self.modules_dir.join(format!("{hash}.wasm")))?;
+                file.seek(SeekFrom::Start(
+                    u64::from(info.piece) * crate::state_sync::PIECE_BYTES as u64,
+                ))?;
+                let mut bytes = vec![0; info.size as usize];
+                file.read_exact(&mut bytes)?;
+                bytes
+            }
+        };
+        anyhow::ensure!(
+            <[u8; 32]>::from(Sha256::digest(&bytes)) == info.hash,
+            "chunk {index} changed since it was announced"
+        );
+        Ok(bytes)
+    }
+}
+
+/// A state being fetched: a page store of its own, and where modules go.
+/// Dropped, it removes its store, unless it is marked checked (then the
+/// next open of the node completes its install).
+pub struct Staging {
+    store: Option<Checkpointer>,
+    dir: PathBuf,
+    modules_dir: PathBuf,
+    /// Marked checked: kept on drop.
+    keep: bool,
+}
+
+impl Staging {
+    fn store(&mut self) -> &mut Checkpointer {
+        self.store.as_mut().expect("the store is open until drop")
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        drop(self.store.take());
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Sink for Staging {
+    fn put(&mut self, item: &Item, bytes: &[u8]) -> anyhow::Result<()> {
+        match item {
+            Item::State(part) => self.store().put_part(part, bytes),
+            Item::Module(hash) => {
+                anyhow::ensure!(
+                    HEXLOWER.encode(&Sha256::digest(bytes)) == *hash,
+                    "module {hash} does not match its hash"
+                );
+                store_module_file(&self.modules_dir, hash, bytes)
+            }
+        }
+    }
+}
+
+/// Completes the install of a state-synced checkpoint that a crash
+/// interrupted (its staging store is marked checked): the node's store
+/// becomes the staged checkpoint and the journal, which is older, goes.
+/// Removes any other staging store (an unfinished fetch).
+pub(super) fn finish_interrupted_install(
+    state_dir: &Path,
+    store: &mut Checkpointer,
+) -> anyhow::Result<()> {
+    let dir = state_dir.join(STAGING);
+    if dir.join(CHECKED).exists() {
+        tracing::warn!(
+            "completing the install of a state-synced checkpoint that a crash interrupted"
+        );
+        let mut staged = Checkpointer::open(&dir)?;
+        store.replace_with(&mut staged)?;
+        drop(staged);
+        for path in journal_files(state_dir)? {
+            std::fs::remove_file(&path)?;
+        }
+        std::fs::File::open(state_dir)?.sync_all()?;
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Ok(())
+}
+
+impl Node {
+    /// The last checkpoint written, as a source of chunks for replicas
+    /// that state-sync; `None` before the first checkpoint. Reads and
+    /// hashes the checkpoint and its modules once.
+    pub fn sync_source(&self) -> anyhow::Result<Option<SyncSource>> {
+        let Some(view) = self.checkpoints.with(|store| store.view())? else {
+            return Ok(None);
+        };
+        let (round, modules) = view.summary()?;
+        let mut chunks = state_chunks(&view)?;
+        for hash in modules {
+            let wasm = self
+                .read_module(&hash)
+                .map_err(|e| anyhow::anyhow!("module {hash} of the checkpoint: {e}"))?;
+            chunks.extend(pieces(&Item::Module(hash), &wasm));
+        }
+        Ok(Some(SyncSource {
+            round,
+            view,
+            modules_dir: self.modules_dir.clone(),
+            chunks,
+        }))
+    }
+
+    /// Starts fetching the state made of `chunks`: a fresh staging store,
+    /// into which the parts of this node's checkpoint that are the same
+    /// (same pieces, same hashes) are copied. Returns it and the items it
+    /// need not fetch: those copied, and the modules this node has.
+    pub fn stage_sync(&self, chunks: &[ChunkInfo]) -> anyhow::Result<(Staging, BTreeSet<Item>)> {
+        let dir = self.state_dir.join(STAGING);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        let store = Checkpointer::open(&dir)?;
+        let view = self.checkpoints.with(|store| store.view())?;
+        let mut local: BTreeMap<Item, Vec<ChunkInfo>> = BTreeMap::new();
+        if let Some(view) = &view {
+            for chunk in state_chunks(view)? {
+                local.entry(chunk.item.clone()).or_default().push(chunk);
+            }
+        }
+        let mut wanted: BTreeMap<&Item, Vec<ChunkInfo>> = BTreeMap::new();
+        for chunk in chunks {
+            wanted.entry(&chunk.item).or_default().push(chunk.clone());
+        }
+        let mut held = BTreeSet::new();
+        for (item, pieces) in wanted {
+            let have = match item {
+                Item::Module(hash) => self.modules_dir.join(format!("{hash}.wasm")).exists(),
+                Item::State(part) => match &view {
+                    Some(view) if local.get(item) == Some(&pieces) => {
+                        store.put_part(part, &view.read(part)?)?;
+                        true
+                    }
+                    _ => false,
+                },
+            };
+            if have {
+                held.insert(item.clone());
+            }
+        }
+        Ok((
+            Staging {
+                store: Some(store),
+                dir,
+                modules_dir: self.modules_dir.clone(),
+                keep: false,
+            },
+            held,
+        ))
+    }
+
+    /// Checks the state staged from `chunks` (every item in) against
+    /// `certified` and, when it holds, installs it: it becomes the node's
+    /// checkpoint and state, paused executions are dropped and the journal
+    /// restarts after it. The check loads the staged state, gives it its
+    /// code (the modules it names must be stored) and compares its state
+    /// hash and time with the certified ones. A refused state changes
+    /// nothing (but the modules directory: modules are stored by their
+    /// hash, only when they match it). Returns the installed round.
+    pub fn install_staged(
         &self,
-        image: &SyncImage,
+        mut staging: Staging,
+        chunks: &[ChunkInfo],
         certified: &Certified,
     ) -> anyhow::Result<u64> {
         let mut writer = self.writer.lock().expect("writer lock");
-        let (round, needed) = image.checkpoint.summary()?;
-        anyhow::ensure!(
-            round == certified.height,
-            "the state is at round {round}, not at the certified height {}",
-            certified.height
-        );
-        let current = self.registry.read().expect("registry lock").round;
-        anyhow::ensure!(
-            round > current,
-            "the state (round {round}) is not ahead of this node's round {current}"
-        );
-        for hash in &needed {
-            if self.modules_dir.join(format!("{hash}.wasm")).exists() {
-                continue;
-            }
-            let wasm = image
-                .modules
-                .iter()
-                .find(|(h, _)| h == hash)
-                .map(|(_, wasm)| wasm)
-                .ok_or_else(|| anyhow::anyhow!("module {hash} is missing"))?;
-            anyhow::ensure!(
-                HEXLOWER.encode(&Sha256::digest(wasm)) == *hash,
-                "module {hash} does not match its hash"
-            );
-            self.store_module(hash, wasm)?;
-        }
-        let staging = self.state_dir.join("sync-staging");
-        let _ = std::fs::remove_dir_all(&staging);
-        let checked = Checkpointer::open(&staging)
-            .and_then(|mut store| store.import(&image.checkpoint))
-            .and_then(|loaded| self.adopt(loaded));
-        let _ = std::fs::remove_dir_all(&staging);
-        let checked = checked?;
-        let hash = checked.state_hash();
-        anyhow::ensure!(
-            hash == certified.state_hash,
-            "the state hashes to {}, not to the certified {}",
-            HEXLOWER.encode(&hash),
-            HEXLOWER.encode(&certified.state_hash)
-        );
-        anyhow::ensure!(
-            checked.registry.time_nanos == certified.time_nanos,
-            "the state's time {} is not the certified block time {}",
-            checked.registry.time_nanos,
-            certified.time_nanos
-        );
+        // Refused, the staging store goes with `staging`.
+        let checked = self.check_staged(staging.store(), chunks, certified)?;
+        let round = checked.registry.round;
 
-        // Checked: store it as this node's checkpoint, then switch.
-        self.checkpoints
-            .with(|store| store.import(&image.checkpoint))?;
+        // Checked: mark it so, so that a crash while the node's store is
+        // replaced is completed at the next open, then replace and switch.
+        let mark = staging.dir.join(CHECKED);
+        std::fs::write(&mark, round.to_string())?;
+        std::fs::File::open(&mark)?.sync_all()?;
+        std::fs::File::open(&staging.dir)?.sync_all()?;
+        staging.keep = true;
+        if let Err(e) = self
+            .checkpoints
+            .with(|store| store.replace_with(staging.store()))
+        {
+            // The store is half replaced: only a restart (which completes
+            // the install) can go on from here.
+            panic!(
+                "installing the synced checkpoint failed midway (a restart completes it): {e:#}"
+            );
+        }
         self.paused.lock().expect("paused lock").clear();
         self.consensus_changes
             .lock()
@@ -167,7 +327,55 @@ impl Node {
         *writer = Some(Writer {
             journal: Journal::open(&new_path, self.options.durability)?,
         });
+        // Installed: the staging store can go.
+        staging.keep = false;
+        drop(staging);
         Ok(round)
+    }
+
+    /// Loads the staged state and checks it against `certified`.
+    fn check_staged(
+        &self,
+        staged: &mut Checkpointer,
+        chunks: &[ChunkInfo],
+        certified: &Certified,
+    ) -> anyhow::Result<Adopted> {
+        staged.sync()?;
+        let parts = chunks.iter().filter_map(|c| match &c.item {
+            Item::State(part) => Some(part),
+            Item::Module(_) => None,
+        });
+        staged.check_parts(parts)?;
+        let loaded = staged
+            .load()?
+            .ok_or_else(|| anyhow::anyhow!("the staged state has no metadata"))?;
+        anyhow::ensure!(
+            loaded.round == certified.height,
+            "the state is at round {}, not at the certified height {}",
+            loaded.round,
+            certified.height
+        );
+        let current = self.registry.read().expect("registry lock").round;
+        anyhow::ensure!(
+            loaded.round > current,
+            "the state (round {}) is not ahead of this node's round {current}",
+            loaded.round
+        );
+        let checked = self.adopt(loaded)?;
+        let hash = checked.state_hash();
+        anyhow::ensure!(
+            hash == certified.state_hash,
+            "the state hashes to {}, not to the certified {}",
+            HEXLOWER.encode(&hash),
+            HEXLOWER.encode(&certified.state_hash)
+        );
+        anyhow::ensure!(
+            checked.registry.time_nanos == certified.time_nanos,
+            "the state's time {} is not the certified block time {}",
+            checked.registry.time_nanos,
+            certified.time_nanos
+        );
+        Ok(checked)
     }
 
     /// A loaded checkpoint as a registry, with its code and policies.
@@ -197,6 +405,7 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::Part;
 
     fn wave(text: &str) -> Args {
         Args::Wave(text.to_string())
@@ -247,91 +456,153 @@ mod tests {
         format!("{:?}", out.result)
     }
 
-    /// Refused images change nothing: no round, state, checkpoint or
+    /// What a lying peer does to an item (`None`: leaves it out).
+    type Tamper = dyn Fn(&Item, Vec<u8>) -> Option<Vec<u8>>;
+
+    /// Syncs `to` from `from`'s last checkpoint in process, as a fetch
+    /// would: the items `to` lacks are assembled from `from`'s chunks and
+    /// passed through `tamper` (a peer that lies; `None` leaves the item
+    /// out), then installed against `certified`. Returns the installed
+    /// round and the number of chunks fetched.
+    fn sync_with(
+        from: &Node,
+        to: &Node,
+        certified: &Certified,
+        tamper: impl Fn(&Item, Vec<u8>) -> Option<Vec<u8>>,
+    ) -> anyhow::Result<(u64, usize)> {
+        let source = from.sync_source()?.expect("a checkpoint");
+        let chunks = source.chunks().to_vec();
+        let (mut staging, held) = to.stage_sync(&chunks)?;
+        let mut items: BTreeMap<Item, Vec<u8>> = BTreeMap::new();
+        let mut fetched = 0;
+        for (index, chunk) in chunks.iter().enumerate() {
+            if !held.contains(&chunk.item) {
+                fetched += 1;
+                let bytes = source.read(index as u32)?;
+                items.entry(chunk.item.clone()).or_default().extend(bytes);
+            }
+        }
+        for (item, bytes) in items {
+            if let Some(bytes) = tamper(&item, bytes) {
+                staging.put(&item, &bytes)?;
+            }
+        }
+        let round = to.install_staged(staging, &chunks, certified)?;
+        Ok((round, fetched))
+    }
+
+    fn sync(from: &Node, to: &Node) -> anyhow::Result<(u64, usize)> {
+        sync_with(from, to, &certified(from), |_, b| Some(b))
+    }
+
+    /// Flips a bit of the first non-zero page of a part of pages.
+    fn flip_a_page(item: &Item, bytes: Vec<u8>) -> Option<Vec<u8>> {
+        if !matches!(item, Item::State(Part::Entries { .. })) {
+            return Some(bytes);
+        }
+        let mut entries: Vec<(u64, Vec<u8>)> = postcard::from_bytes(&bytes).unwrap();
+        if let Some((_, page)) = entries.iter_mut().find(|(_, p)| p.iter().any(|b| *b != 0)) {
+            page[0] ^= 1;
+        }
+        Some(postcard::to_stdvec(&entries).unwrap())
+    }
+
+    /// Refused states change nothing: no round, state, checkpoint or
     /// journal of the receiving node moves, and no staging store is left.
     #[test]
-    fn an_image_that_does_not_match_the_certified_state_is_refused() {
+    fn a_state_that_does_not_match_the_certified_state_is_refused() {
         let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (a, _) = source(a_dir.path());
-        let (height, image) = a.export_sync_image().unwrap().unwrap();
         let good = certified(&a);
-        assert_eq!(height, good.height);
-        assert_eq!(image.modules.len(), 1, "the kv module comes along");
+        let source = a.sync_source().unwrap().unwrap();
+        assert_eq!(source.round(), good.height);
+        let modules = source
+            .chunks()
+            .iter()
+            .filter(|c| matches!(c.item, Item::Module(_)))
+            .count();
+        assert_eq!(modules, 1, "the kv module comes along");
 
         let b = Node::open(options(b_dir.path())).unwrap();
         let empty = b.state_hash();
-        let refused = |image: &SyncImage, certified: &Certified, why: &str| {
-            let err = b.install_sync_image(image, certified).expect_err(why);
-            assert!(format!("{err:#}").contains(why), "{err:#}");
+        let refused = |certified: &Certified, tamper: &Tamper, why: &str| {
+            let err = sync_with(&a, &b, certified, tamper).expect_err(why);
+            assert!(format!("{err:#}").contains(why), "{why}: {err:#}");
             assert_eq!(b.round(), 0);
             assert_eq!(b.state_hash(), empty);
             assert!(b.list().is_empty());
-            assert!(b.export_sync_image().unwrap().is_none(), "no checkpoint");
+            assert!(b.sync_source().unwrap().is_none(), "no checkpoint");
             assert!(!b_dir.path().join("state/sync-staging").exists());
         };
-        // Its module missing, or another binary under its hash (first:
-        // a refused image may leave its matching modules stored).
-        let mut without = image.clone();
-        without.modules.clear();
-        refused(&without, &good, "missing");
-        let mut wrong = image.clone();
-        wrong.modules[0].1.push(0);
-        refused(&wrong, &good, "does not match its hash");
+        let honest = |_: &Item, b: Vec<u8>| Some(b);
+        // Another binary under the module's hash, or no module (first: a
+        // refused state may leave its matching modules stored).
+        let other_module = |item: &Item, mut b: Vec<u8>| {
+            if matches!(item, Item::Module(_)) {
+                b.push(0);
+            }
+            Some(b)
+        };
+        refused(&good, &other_module, "does not match its hash");
+        let no_module = |item: &Item, b: Vec<u8>| (!matches!(item, Item::Module(_))).then_some(b);
+        refused(&good, &no_module, "cannot read module");
         // A page flipped on the way.
-        let mut corrupt = image.clone();
-        let page = corrupt
-            .checkpoint
-            .pages
-            .iter_mut()
-            .find(|(_, v)| v.iter().any(|b| *b != 0));
-        page.unwrap().1[0] ^= 1;
-        refused(&corrupt, &good, "not to the certified");
-        // Metadata changed (cycles).
-        let mut meta: serde_json::Value = serde_json::from_slice(&image.checkpoint.meta).unwrap();
-        meta["canisters"][0]["cycles"] = serde_json::json!(1);
-        let mut forged = image.clone();
-        forged.checkpoint.meta = serde_json::to_vec(&meta).unwrap();
-        refused(&forged, &good, "not to the certified");
+        refused(&good, &flip_a_page, "not to the certified");
+        // Metadata changed (cycles), or garbage.
+        let more_cycles = |item: &Item, b: Vec<u8>| {
+            if *item != Item::State(Part::Meta) {
+                return Some(b);
+            }
+            let mut meta: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            meta["canisters"][0]["cycles"] = serde_json::json!(1);
+            Some(serde_json::to_vec(&meta).unwrap())
+        };
+        refused(&good, &more_cycles, "not to the certified");
+        let garbage = |item: &Item, b: Vec<u8>| {
+            Some(if *item == Item::State(Part::Meta) {
+                b"{".to_vec()
+            } else {
+                b
+            })
+        };
+        refused(&good, &garbage, "EOF");
+        let no_meta = |item: &Item, b: Vec<u8>| (*item != Item::State(Part::Meta)).then_some(b);
+        refused(&good, &no_meta, "metadata");
         // A state other than the certified one, a time, a height.
         let other = Certified {
             state_hash: [1; 32],
             ..good
         };
-        refused(&image, &other, "not to the certified");
+        refused(&other, &honest, "not to the certified");
         let late = Certified {
             time_nanos: good.time_nanos + 1,
             ..good
         };
-        refused(&image, &late, "block time");
+        refused(&late, &honest, "block time");
         let higher = Certified {
             height: good.height + 10,
             ..good
         };
-        refused(&image, &higher, "certified height");
-        // Garbage metadata.
-        let mut garbage = image.clone();
-        garbage.checkpoint.meta = b"{".to_vec();
-        refused(&garbage, &good, "EOF");
+        refused(&higher, &honest, "certified height");
     }
 
-    /// A checked image becomes the node's state, checkpoint and journal
+    /// A checked state becomes the node's state, checkpoint and journal
     /// start: it answers queries like the source, executes on alike, and
     /// comes back after a restart; a second install of an older state is
     /// refused.
     #[test]
-    fn a_checked_image_is_installed_and_the_node_goes_on_from_it() {
+    fn a_checked_state_is_installed_and_the_node_goes_on_from_it() {
         let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (a, id) = source(a_dir.path());
-        let (_, image) = a.export_sync_image().unwrap().unwrap();
-        let good = certified(&a);
         let b = Node::open(options(b_dir.path())).unwrap();
         // B has some state of its own, and a journal, before it syncs.
         b.create(&Principal::anonymous(), vec![]).unwrap();
-        assert_eq!(b.install_sync_image(&image, &good).unwrap(), good.height);
+        assert_eq!(sync(&a, &b).unwrap().0, a.round());
         assert_eq!(b.round(), a.round());
         assert_eq!(b.state_hash(), a.state_hash());
         assert_eq!(get(&b, &id), get(&a, &id));
         assert_eq!(get(&b, &id), "Ok([Option(Some(U64(7)))])");
+        assert!(!b_dir.path().join("state/sync-staging").exists());
         // Both execute the same update: same state again.
         for node in [&a, &b] {
             node.update(&Principal::anonymous(), &id, "add", wave("\"k\", 1"))
@@ -344,7 +615,77 @@ mod tests {
         assert_eq!(b.state_hash(), hash, "checkpoint + journal after it");
         // kv's add sets the value.
         assert_eq!(get(&b, &id), "Ok([Option(Some(U64(1)))])");
-        assert!(b.install_sync_image(&image, &good).is_err(), "not ahead");
+        a.checkpoint().unwrap();
+        let err = sync(&a, &b).unwrap_err();
+        assert!(format!("{err:#}").contains("not ahead"), "{err:#}");
+    }
+
+    /// A replica that holds an older checkpoint of the same state fetches
+    /// only the parts that changed, and ends with the source's checkpoint,
+    /// part for part.
+    #[test]
+    fn a_sync_fetches_only_what_changed() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, id) = source(a_dir.path());
+        let b = Node::open(options(b_dir.path())).unwrap();
+        let all = a.sync_source().unwrap().unwrap().chunks().len();
+        assert_eq!(sync(&a, &b).unwrap().1, all, "everything, the first time");
+        a.update(&Principal::anonymous(), &id, "add", wave("\"j\", 3"))
+            .unwrap();
+        a.checkpoint().unwrap();
+        let now = a.sync_source().unwrap().unwrap();
+        let (round, fetched) = sync(&a, &b).unwrap();
+        assert_eq!(round, a.round());
+        assert!(
+            fetched < now.chunks().len(),
+            "{fetched} of {}",
+            now.chunks().len()
+        );
+        assert!(fetched >= 2, "the metadata and a changed page");
+        assert_eq!(b.state_hash(), a.state_hash());
+        assert_eq!(b.sync_source().unwrap().unwrap().chunks(), now.chunks());
+    }
+
+    /// A crash after the staged state was checked, while the node's store
+    /// was being replaced, is completed when the node opens again.
+    #[test]
+    fn an_install_cut_by_a_crash_completes_at_the_next_open() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, id) = source(a_dir.path());
+        let b = Node::open(options(b_dir.path())).unwrap();
+        b.create(&Principal::anonymous(), vec![]).unwrap();
+        let source = a.sync_source().unwrap().unwrap();
+        let chunks = source.chunks().to_vec();
+        let (mut staging, _) = b.stage_sync(&chunks).unwrap();
+        let mut items: BTreeMap<Item, Vec<u8>> = BTreeMap::new();
+        for (index, chunk) in chunks.iter().enumerate() {
+            let bytes = source.read(index as u32).unwrap();
+            items.entry(chunk.item.clone()).or_default().extend(bytes);
+        }
+        for (item, bytes) in &items {
+            staging.put(item, bytes).unwrap();
+        }
+        // Checked and marked, then the process dies.
+        staging.store().sync().unwrap();
+        std::fs::write(staging.dir.join(CHECKED), b"1").unwrap();
+        staging.keep = true;
+        drop(staging);
+        drop(b);
+        let b = Node::open(options(b_dir.path())).unwrap();
+        assert_eq!(b.round(), a.round());
+        assert_eq!(b.state_hash(), a.state_hash());
+        assert_eq!(get(&b, &id), "Ok([Option(Some(U64(7)))])");
+        assert!(!b_dir.path().join("state/sync-staging").exists());
+        // A fetch a crash cut (its store left, not marked) goes at open.
+        let (mut staging, _) = b.stage_sync(&chunks).unwrap();
+        staging.keep = true;
+        let dir = staging.dir.clone();
+        drop(staging);
+        drop(b);
+        assert!(dir.exists());
+        let b = Node::open(options(b_dir.path())).unwrap();
+        assert!(!dir.exists());
+        assert_eq!(b.state_hash(), a.state_hash());
     }
 
     /// The last consensus-policy change is part of the state hash and
@@ -364,10 +705,15 @@ mod tests {
         assert_ne!(a.state_hash(), with_policy, "the height counts");
         *a.consensus_change.lock().unwrap() = Some((40, hash.clone()));
         a.checkpoint().unwrap();
-        let (_, image) = a.export_sync_image().unwrap().unwrap();
-        assert_eq!(image.modules.len(), 2, "the policy's module comes along");
+        let source = a.sync_source().unwrap().unwrap();
+        let modules = source
+            .chunks()
+            .iter()
+            .filter(|c| matches!(c.item, Item::Module(_)))
+            .count();
+        assert_eq!(modules, 2, "the policy's module comes along");
         let b = Node::open(options(b_dir.path())).unwrap();
-        b.install_sync_image(&image, &certified(&a)).unwrap();
+        sync(&a, &b).unwrap();
         assert_eq!(b.consensus_change(), Some((40, hash.clone())));
         assert_eq!(b.state_hash(), with_policy);
         assert!(b.read_module(&hash).is_ok());
