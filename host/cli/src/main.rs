@@ -12,7 +12,7 @@
 //! cellar canister list|status|stop|start|delete|controllers ...
 //! cellar identity new|list|use|show
 //! cellar completions bash|zsh|fish|...
-//! cellar bench memory|api
+//! cellar bench memory|api|scheduler|fleet|sync
 //! ```
 //!
 //! Client commands sign every request with the current identity (`cellar
@@ -23,6 +23,7 @@ mod bench;
 mod bench_api;
 mod bench_fleet;
 mod bench_scheduler;
+mod bench_sync;
 mod call_text;
 mod canister;
 mod commands;
@@ -296,6 +297,9 @@ enum BenchCommand {
     /// Update throughput, p50/p99 latency and blocks per second through a
     /// local subnet of replica processes, with and without injected delay.
     Fleet(bench_fleet::FleetBenchArgs),
+    /// State sync of a large checkpoint between two nodes in process: full,
+    /// then incremental after k pages changed.
+    Sync(bench_sync::SyncBenchArgs),
 }
 
 /// Arguments of `call` and `query`.
@@ -376,6 +380,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Memory(args)) => bench::memory(&args, cli.json),
         Command::Bench(BenchCommand::Api(args)) => bench_api::run(&args, cli.json),
         Command::Bench(BenchCommand::Fleet(args)) => bench_fleet::run(&args, cli.json),
+        Command::Bench(BenchCommand::Sync(args)) => bench_sync::run(&args, cli.json),
         Command::Bench(BenchCommand::Scheduler(args)) => {
             bench_scheduler::scheduler(&args, cli.json)
         }

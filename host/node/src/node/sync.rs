@@ -196,6 +196,20 @@ pub(super) fn finish_interrupted_install(
 }
 
 impl Node {
+    /// What a catch-up package at this node's current round certifies:
+    /// the round, its time and the state hash.
+    pub fn certified(&self) -> Certified {
+        let (height, time_nanos) = {
+            let registry = self.registry.read().expect("registry lock");
+            (registry.round, registry.time_nanos)
+        };
+        Certified {
+            height,
+            time_nanos,
+            state_hash: self.state_hash(),
+        }
+    }
+
     /// The last checkpoint written, as a source of chunks for replicas
     /// that state-sync; `None` before the first checkpoint. Reads and
     /// hashes the checkpoint and its modules once.
@@ -438,15 +452,7 @@ mod tests {
     }
 
     fn certified(node: &Node) -> Certified {
-        let (height, time_nanos) = {
-            let registry = node.registry.read().unwrap();
-            (registry.round, registry.time_nanos)
-        };
-        Certified {
-            height,
-            time_nanos,
-            state_hash: node.state_hash(),
-        }
+        node.certified()
     }
 
     fn get(node: &Node, id: &Principal) -> String {
