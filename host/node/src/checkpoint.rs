@@ -31,7 +31,7 @@ use crate::messages::Messaging;
 
 mod parts;
 
-pub use parts::{CheckpointView, Part, PartInfo};
+pub use parts::{CheckpointView, Part, PartInfo, Plan};
 
 const META_KEY: &[u8] = b"checkpoint";
 
@@ -294,9 +294,9 @@ impl Checkpointer {
         let Some(bytes) = self.meta.get(META_KEY).map_err(storage)? else {
             return Ok(None);
         };
-        let meta: Meta = serde_json::from_slice(&bytes)?;
+        let mut meta: Meta = serde_json::from_slice(&bytes)?;
         let mut canisters = Vec::new();
-        for m in meta.canisters {
+        for m in std::mem::take(&mut meta.canisters) {
             let prefix = canister_prefix(&m.id);
             let mut pages = Vec::with_capacity(m.memory_sizes.len());
             for (memory, size) in m.memory_sizes.iter().enumerate() {
@@ -330,52 +330,71 @@ impl Checkpointer {
                     value.to_vec(),
                 ));
             }
-            let state = ExecutionState {
-                heap: HeapSnapshot { memories },
-                stable: Arc::new(StableMemory::from_parts(m.stable_pages, chunks)),
-                certified_data: m.certified_data,
-                timers: m
-                    .timers
-                    .into_iter()
-                    .map(|(id, (at_nanos, interval_nanos))| {
-                        (
-                            id,
-                            Timer {
-                                at_nanos,
-                                interval_nanos,
-                            },
-                        )
-                    })
-                    .collect(),
-                next_timer_id: m.next_timer_id,
-                next_call_id: m.next_call_id,
-            };
-            self.last.insert(m.id.clone(), state.clone());
-            let canister = Canister {
-                id: m.id,
-                controllers: m.controllers,
-                status: m.status,
-                code: None,
-                state,
-                cycles: m.cycles,
-                logs: m.logs,
-                next_log_index: m.next_log_index,
-                updates: m.updates,
-                messaging: m.messaging,
-                chunks: m.chunks,
-            };
-            canisters.push((canister, m.module_hash));
+            let stable = StableMemory::from_parts(m.stable_pages, chunks);
+            let (canister, module_hash) = restore(m, memories, stable);
+            self.last
+                .insert(canister.id.clone(), canister.state.clone());
+            canisters.push((canister, module_hash));
         }
-        Ok(Some(Loaded {
-            round: meta.round,
-            time_nanos: meta.time_nanos,
-            next_index: meta.next_index,
-            canisters,
-            scheduler_policy: meta.scheduler_policy,
-            requests: meta.requests,
-            consensus_policy: meta.consensus_policy,
-        }))
+        Ok(Some(loaded(meta, canisters)))
     }
+}
+
+/// A loaded checkpoint: its metadata (less the canisters) and the
+/// canisters restored.
+fn loaded(meta: Meta, canisters: Vec<(Canister, Option<String>)>) -> Loaded {
+    Loaded {
+        round: meta.round,
+        time_nanos: meta.time_nanos,
+        next_index: meta.next_index,
+        canisters,
+        scheduler_policy: meta.scheduler_policy,
+        requests: meta.requests,
+        consensus_policy: meta.consensus_policy,
+    }
+}
+
+/// A canister as its metadata and memory contents describe it, and its
+/// module hash (its code is attached by the caller).
+fn restore(
+    m: CanisterMeta,
+    memories: Vec<MemoryImage>,
+    stable: StableMemory,
+) -> (Canister, Option<String>) {
+    let state = ExecutionState {
+        heap: HeapSnapshot { memories },
+        stable: Arc::new(stable),
+        certified_data: m.certified_data,
+        timers: m
+            .timers
+            .into_iter()
+            .map(|(id, (at_nanos, interval_nanos))| {
+                (
+                    id,
+                    Timer {
+                        at_nanos,
+                        interval_nanos,
+                    },
+                )
+            })
+            .collect(),
+        next_timer_id: m.next_timer_id,
+        next_call_id: m.next_call_id,
+    };
+    let canister = Canister {
+        id: m.id,
+        controllers: m.controllers,
+        status: m.status,
+        code: None,
+        state,
+        cycles: m.cycles,
+        logs: m.logs,
+        next_log_index: m.next_log_index,
+        updates: m.updates,
+        messaging: m.messaging,
+        chunks: m.chunks,
+    };
+    (canister, m.module_hash)
 }
 
 /// Threads that read a memory's pages at restart.

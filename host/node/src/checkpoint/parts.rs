@@ -11,14 +11,15 @@
 //! of the checkpoint it serves: later checkpoints do not change what it
 //! reads, and nothing is held in memory but the part being read. The
 //! fetching side stores each part as it arrives ([`Checkpointer::put_part`])
-//! into a store of its own, checks the whole by its state hash, and only
-//! then replaces its checkpoint with it ([`Checkpointer::replace_with`]),
-//! writing only the differences.
+//! into a store of its own, and loads the state they make with the parts
+//! it kept from its own last checkpoint, which are in memory
+//! ([`Checkpointer::load_overlay`]); only once that state hashes to the
+//! certified hash does it write the differences into its store
+//! ([`Checkpointer::apply_plan`]).
 
-use std::cmp::Ordering;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use fjall::{Iter, Readable, Slice, Snapshot};
+use fjall::{Readable, Slice, Snapshot};
 use sha2::{Digest, Sha256};
 
 use super::*;
@@ -29,7 +30,7 @@ pub const PART_PAGES: u64 = 256;
 /// Longest key prefix a part may name (a canister and a memory index).
 const MAX_PREFIX: usize = 64;
 
-/// Writes per batch while a checkpoint is replaced (bounds the memory).
+/// Writes per batch while a plan is applied (bounds the memory).
 const REPLACE_BATCH: usize = 4096;
 
 /// A part of a checkpoint (see the module documentation).
@@ -298,75 +299,215 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Replaces this store's checkpoint with `other`'s (loaded: its states
-    /// become this store's last checkpointed ones), writing only the
-    /// entries that differ, in bounded batches, the metadata last, then
-    /// syncing. A crash midway leaves a mixed store: the caller keeps
-    /// `other` and a mark that it was checked, and completes the
-    /// replacement before this store is loaded again.
-    pub fn replace_with(&mut self, other: &mut Checkpointer) -> anyhow::Result<()> {
-        for (mine, theirs) in [(&self.pages, &other.pages), (&self.stable, &other.stable)] {
-            replace_keyspace(&self.db, mine, theirs.iter())?;
+    fn entries_keyspace(&self, stable: bool) -> &Keyspace {
+        if stable { &self.stable } else { &self.pages }
+    }
+
+    /// The round of the stored checkpoint, if there is one.
+    pub fn stored_round(&self) -> anyhow::Result<Option<u64>> {
+        let Some(bytes) = self.meta.get(META_KEY).map_err(storage)? else {
+            return Ok(None);
+        };
+        Ok(Some(serde_json::from_slice::<Meta>(&bytes)?.round))
+    }
+
+    /// The entries of a part as stored here, by index.
+    fn part_entries(
+        &self,
+        stable: bool,
+        prefix: &[u8],
+        group: u64,
+    ) -> anyhow::Result<Vec<(u64, Slice)>> {
+        let (first, last) = group_bounds(group)?;
+        let range = chunk_key(prefix, first)..=chunk_key(prefix, last);
+        let mut entries = Vec::new();
+        for entry in self.entries_keyspace(stable).range(range) {
+            let (key, value) = entry.into_inner().map_err(storage)?;
+            let (key_prefix, index) = split_key(&key)?;
+            anyhow::ensure!(key_prefix == prefix, "malformed key in the page store");
+            entries.push((index, value));
         }
-        let meta = other
+        Ok(entries)
+    }
+
+    /// The changes `plan` makes to one memory (or stable memory) whose
+    /// stored indices are `old`: the pages of dropped parts go, the pages
+    /// of fetched parts (in this, the staging store) come, in that order.
+    fn overlay(
+        &self,
+        stable: bool,
+        prefix: &[u8],
+        old: impl Iterator<Item = u64>,
+        plan: &Plan,
+    ) -> anyhow::Result<Vec<(u64, Option<Slice>)>> {
+        let mut updates = Vec::new();
+        let mut group = None;
+        for index in old {
+            let g = index / PART_PAGES;
+            let dropped = match group {
+                Some((at, dropped)) if at == g => dropped,
+                _ => {
+                    let part = Part::Entries {
+                        stable,
+                        prefix: prefix.to_vec(),
+                        group: g,
+                    };
+                    let dropped = plan.dropped.contains(&part);
+                    group = Some((g, dropped));
+                    dropped
+                }
+            };
+            if dropped {
+                updates.push((index, None));
+            }
+        }
+        let from = Part::Entries {
+            stable,
+            prefix: prefix.to_vec(),
+            group: 0,
+        };
+        for part in plan.fetched.range(from..) {
+            match part {
+                Part::Entries {
+                    stable: s,
+                    prefix: p,
+                    group,
+                } if *s == stable && p == prefix => {
+                    for (index, value) in self.part_entries(stable, prefix, *group)? {
+                        updates.push((index, Some(value)));
+                    }
+                }
+                _ => break,
+            }
+        }
+        Ok(updates)
+    }
+
+    /// Loads the checkpoint this store's becomes with `plan` applied,
+    /// without changing the store: `staged` holds its metadata and the
+    /// fetched parts; the kept parts are the last checkpoint's, taken from
+    /// its states in memory rather than read again.
+    pub fn load_overlay(&self, staged: &Checkpointer, plan: &Plan) -> anyhow::Result<Loaded> {
+        anyhow::ensure!(
+            self.stored_round()? == plan.base_round,
+            "the node checkpointed since the state sync started"
+        );
+        let bytes = staged
             .meta
             .get(META_KEY)
             .map_err(storage)?
-            .ok_or_else(|| anyhow::anyhow!("the replacing checkpoint has no metadata"))?;
+            .ok_or_else(|| anyhow::anyhow!("the metadata part is missing"))?;
+        let mut meta: Meta = serde_json::from_slice(&bytes)?;
+        let mut canisters = Vec::new();
+        for m in std::mem::take(&mut meta.canisters) {
+            let prefix = canister_prefix(&m.id);
+            let base = self.last.get(&m.id);
+            let mut memories = Vec::with_capacity(m.memory_sizes.len());
+            for (memory, size) in m.memory_sizes.iter().enumerate() {
+                let key = [&prefix[..], &(memory as u32).to_be_bytes()].concat();
+                let empty = PageMap::default();
+                let old = base
+                    .and_then(|s| s.heap.memories.get(memory))
+                    .map_or(&empty, |m| &m.pages);
+                let updates = staged.overlay(false, &key, old.iter().map(|(i, _)| i), plan)?;
+                let pages = old.with_updates(
+                    updates
+                        .into_iter()
+                        .map(|(i, page)| (i, page.map(|p| page_from_slice(&p)))),
+                );
+                memories.push(MemoryImage { size: *size, pages });
+            }
+            let mut chunks: BTreeMap<u64, Vec<u8>> = base
+                .map(|s| s.stable.chunks().map(|(i, c)| (i, c.to_vec())).collect())
+                .unwrap_or_default();
+            let old: Vec<u64> = chunks.keys().copied().collect();
+            for (index, chunk) in staged.overlay(true, &prefix, old.into_iter(), plan)? {
+                match chunk {
+                    Some(chunk) => chunks.insert(index, chunk.to_vec()),
+                    None => chunks.remove(&index),
+                };
+            }
+            let stable = StableMemory::from_parts(m.stable_pages, chunks);
+            canisters.push(restore(m, memories, stable));
+        }
+        Ok(loaded(meta, canisters))
+    }
+
+    /// Applies `plan` to this store: the entries of dropped parts go, those
+    /// of fetched parts (from `staged`) come, the metadata becomes
+    /// `staged`'s; in bounded batches, then synced. The result is the same
+    /// however often it runs, so a crash midway is completed by running it
+    /// again. `states` are the states it stores (as loaded by
+    /// [`Checkpointer::load_overlay`]): the next checkpoint writes its
+    /// differences from them (`None`: the caller loads the store next).
+    pub fn apply_plan(
+        &mut self,
+        staged: &Checkpointer,
+        plan: &Plan,
+        states: Option<BTreeMap<Principal, ExecutionState>>,
+    ) -> anyhow::Result<()> {
+        let mut batch = self.db.batch();
+        for part in plan.dropped.union(&plan.fetched) {
+            let Part::Entries {
+                stable,
+                prefix,
+                group,
+            } = part
+            else {
+                continue;
+            };
+            let keyspace = self.entries_keyspace(*stable);
+            let new: BTreeMap<u64, Slice> = if plan.fetched.contains(part) {
+                staged
+                    .part_entries(*stable, prefix, *group)?
+                    .into_iter()
+                    .collect()
+            } else {
+                BTreeMap::new()
+            };
+            for (index, _) in self.part_entries(*stable, prefix, *group)? {
+                if !new.contains_key(&index) {
+                    batch.remove(keyspace, chunk_key(prefix, index));
+                }
+            }
+            for (index, value) in new {
+                batch.insert(keyspace, chunk_key(prefix, index), value);
+            }
+            if batch.len() >= REPLACE_BATCH {
+                std::mem::replace(&mut batch, self.db.batch())
+                    .commit()
+                    .map_err(storage)?;
+            }
+        }
+        batch.commit().map_err(storage)?;
+        let meta = staged
+            .meta
+            .get(META_KEY)
+            .map_err(storage)?
+            .ok_or_else(|| anyhow::anyhow!("the staged state has no metadata"))?;
         self.meta.insert(META_KEY, meta).map_err(storage)?;
         self.sync()?;
         self.flush_memtables()?;
-        self.last = std::mem::take(&mut other.last);
+        match states {
+            Some(states) => self.last = states,
+            None => self.last.clear(),
+        }
         Ok(())
     }
 }
 
-/// Makes `mine` hold exactly the entries `theirs` yields (in key order):
-/// a merge of the two sorted sequences.
-fn replace_keyspace(db: &Database, mine: &Keyspace, mut theirs: Iter) -> anyhow::Result<()> {
-    fn next(iter: &mut Iter) -> anyhow::Result<Option<(Slice, Slice)>> {
-        iter.next()
-            .map(|g| g.into_inner().map_err(storage))
-            .transpose()
-    }
-    let mut ours = mine.iter();
-    let (mut a, mut b) = (next(&mut ours)?, next(&mut theirs)?);
-    let mut batch = db.batch();
-    loop {
-        let order = match (&a, &b) {
-            (None, None) => break,
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (Some((ka, _)), Some((kb, _))) => ka[..].cmp(&kb[..]),
-        };
-        match order {
-            Ordering::Less => {
-                let (key, _) = a.take().expect("compared");
-                batch.remove(mine, key);
-                a = next(&mut ours)?;
-            }
-            Ordering::Greater => {
-                let (key, value) = b.take().expect("compared");
-                batch.insert(mine, key, value);
-                b = next(&mut theirs)?;
-            }
-            Ordering::Equal => {
-                let (_, old) = a.take().expect("compared");
-                let (key, value) = b.take().expect("compared");
-                if old != value {
-                    batch.insert(mine, key, value);
-                }
-                a = next(&mut ours)?;
-                b = next(&mut theirs)?;
-            }
-        }
-        if batch.len() >= REPLACE_BATCH {
-            std::mem::replace(&mut batch, db.batch())
-                .commit()
-                .map_err(storage)?;
-        }
-    }
-    batch.commit().map_err(storage)
+/// How a fetched state differs from the store's checkpoint it started
+/// from (at `base_round`): the parts of that checkpoint that go (changed
+/// or gone) and the parts fetched into the staging store. The parts of
+/// both that are the same are kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The round of the checkpoint it applies to.
+    pub base_round: Option<u64>,
+    /// Its parts that go.
+    pub dropped: BTreeSet<Part>,
+    /// The parts fetched.
+    pub fetched: BTreeSet<Part>,
 }
 
 #[cfg(test)]
@@ -543,20 +684,63 @@ mod tests {
         assert!(target.check_parts([&part, &Part::Meta]).is_ok());
     }
 
-    /// Replacing writes what differs and removes what the other lacks.
+    /// A plan from one checkpoint to another: the overlay of the kept
+    /// parts (in memory) and the fetched ones loads the other checkpoint's
+    /// state, and applying it (twice: a crash midway runs it again) makes
+    /// the store hold exactly the other's entries.
     #[test]
-    fn a_replaced_checkpoint_holds_exactly_the_others() {
-        let (_d, mut old, _) = filled(&[(0, 1), (1, 1), (2, 1), (9_000, 1)]);
-        let (_e, mut new, _) = filled(&[(1, 1), (2, 2), (3, 3)]);
-        new.stable
-            .remove(chunk_key(&canister_prefix(&Principal::canister(7)), 3))
+    fn a_plan_turns_one_checkpoint_into_another() {
+        let (_d, mut old, canister) = filled(&[(0, 1), (1, 1), (2, 1), (9_000, 1)]);
+        let (_e, mut new, _) = filled(&[(1, 1), (2, 2), (3, 3), (600, 4)]);
+        new.stable.remove(chunk_key(&canister, 3)).unwrap();
+        old.load().unwrap();
+        let wanted = new.load().unwrap().unwrap();
+        let (old_view, new_view) = (old.view().unwrap().unwrap(), new.view().unwrap().unwrap());
+        let old_parts = old_view.parts().unwrap();
+        let new_parts = new_view.parts().unwrap();
+        let kept: BTreeSet<&Part> = new_parts
+            .iter()
+            .filter(|p| old_parts.contains(p))
+            .map(|p| &p.part)
+            .collect();
+        let entries = |infos: &[PartInfo]| -> BTreeSet<Part> {
+            infos
+                .iter()
+                .map(|p| p.part.clone())
+                .filter(|p| *p != Part::Meta && !kept.contains(p))
+                .collect()
+        };
+        let plan = Plan {
+            base_round: Some(9),
+            dropped: entries(&old_parts),
+            fetched: entries(&new_parts),
+        };
+        // Heap group 0 changed, group 2 is new, group 35 gone; stable
+        // group 0 gone (its only chunk went), group 2 the same.
+        assert_eq!(plan.dropped.len(), 3, "{plan:?}");
+        assert_eq!(plan.fetched.len(), 2, "{plan:?}");
+        let (_f, staged) = store();
+        staged
+            .put_part(&Part::Meta, &new_view.read(&Part::Meta).unwrap())
             .unwrap();
-        old.replace_with(&mut new).unwrap();
+        for part in &plan.fetched {
+            staged
+                .put_part(part, &new_view.read(part).unwrap())
+                .unwrap();
+        }
+        let loaded = old.load_overlay(&staged, &plan).unwrap();
+        let states = |l: &Loaded| -> Vec<ExecutionState> {
+            l.canisters.iter().map(|(c, _)| c.state.clone()).collect()
+        };
+        assert_eq!(states(&loaded), states(&wanted));
+        let stale = Plan {
+            base_round: Some(8),
+            ..plan.clone()
+        };
+        assert!(old.load_overlay(&staged, &stale).is_err(), "another base");
+        old.apply_plan(&staged, &plan, None).unwrap();
+        old.apply_plan(&staged, &plan, None).unwrap();
         assert_eq!(contents(&old), contents(&new));
-        let view = old.view().unwrap().unwrap();
-        assert_eq!(
-            view.parts().unwrap(),
-            new.view().unwrap().unwrap().parts().unwrap()
-        );
+        assert_eq!(states(&old.load().unwrap().unwrap()), states(&wanted));
     }
 }

@@ -16,13 +16,14 @@
 use std::io::{Read, Seek, SeekFrom};
 
 use super::*;
-use crate::checkpoint::{CheckpointView, Loaded};
+use crate::checkpoint::{CheckpointView, Loaded, Part, Plan};
 use crate::state_sync::{ChunkInfo, Item, Sink, piece_of, pieces};
 
 /// The staging store's directory, under the state directory.
 const STAGING: &str = "sync-staging";
 
-/// The mark of a staged state that was checked: its install must complete.
+/// The mark of a staged state that was checked: its install must complete
+/// (the file holds the plan, postcard).
 const CHECKED: &str = "CHECKED";
 
 /// What a catch-up package certifies about the state at its height.
@@ -136,11 +137,35 @@ pub struct Staging {
     modules_dir: PathBuf,
     /// Marked checked: kept on drop.
     keep: bool,
+    /// The round of the node's checkpoint when the fetch started.
+    base_round: Option<u64>,
+    /// That checkpoint's parts.
+    local: BTreeSet<Part>,
+    /// The parts of it that the fetched state has too (not fetched).
+    kept: BTreeSet<Part>,
 }
 
 impl Staging {
     fn store(&mut self) -> &mut Checkpointer {
         self.store.as_mut().expect("the store is open until drop")
+    }
+
+    /// How the state made of `chunks` differs from the node's checkpoint:
+    /// the parts of that checkpoint not kept go, the parts not kept are
+    /// fetched (the metadata is always the staged one).
+    fn plan(&self, chunks: &[ChunkInfo]) -> Plan {
+        let changed = |part: &Part| *part != Part::Meta && !self.kept.contains(part);
+        Plan {
+            base_round: self.base_round,
+            dropped: self.local.iter().filter(|p| changed(p)).cloned().collect(),
+            fetched: chunks
+                .iter()
+                .filter_map(|c| match &c.item {
+                    Item::State(part) if changed(part) => Some(part.clone()),
+                    _ => None,
+                })
+                .collect(),
+        }
     }
 }
 
@@ -177,12 +202,14 @@ pub(super) fn finish_interrupted_install(
     store: &mut Checkpointer,
 ) -> anyhow::Result<()> {
     let dir = state_dir.join(STAGING);
-    if dir.join(CHECKED).exists() {
+    if let Ok(bytes) = std::fs::read(dir.join(CHECKED)) {
         tracing::warn!(
             "completing the install of a state-synced checkpoint that a crash interrupted"
         );
-        let mut staged = Checkpointer::open(&dir)?;
-        store.replace_with(&mut staged)?;
+        let plan: Plan = postcard::from_bytes(&bytes)
+            .map_err(|e| anyhow::anyhow!("the checked state's plan does not decode: {e}"))?;
+        let staged = Checkpointer::open(&dir)?;
+        store.apply_plan(&staged, &plan, None)?;
         drop(staged);
         for path in journal_files(state_dir)? {
             std::fs::remove_file(&path)?;
@@ -234,16 +261,18 @@ impl Node {
     }
 
     /// Starts fetching the state made of `chunks`: a fresh staging store,
-    /// into which the parts of this node's checkpoint that are the same
-    /// (same pieces, same hashes) are copied. Returns it and the items it
-    /// need not fetch: those copied, and the modules this node has.
+    /// and the items it need not fetch: the parts of this node's checkpoint
+    /// that are the same (same pieces, same hashes; they stay where they
+    /// are, only the metadata is copied) and the modules this node has.
     pub fn stage_sync(&self, chunks: &[ChunkInfo]) -> anyhow::Result<(Staging, BTreeSet<Item>)> {
         let dir = self.state_dir.join(STAGING);
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
         let store = Checkpointer::open(&dir)?;
-        let view = self.checkpoints.with(|store| store.view())?;
+        let (view, base_round) = self
+            .checkpoints
+            .with(|store| Ok((store.view()?, store.stored_round()?)))?;
         let mut local: BTreeMap<Item, Vec<ChunkInfo>> = BTreeMap::new();
         if let Some(view) = &view {
             for chunk in state_chunks(view)? {
@@ -255,12 +284,16 @@ impl Node {
             wanted.entry(&chunk.item).or_default().push(chunk.clone());
         }
         let mut held = BTreeSet::new();
+        let mut kept = BTreeSet::new();
         for (item, pieces) in wanted {
             let have = match item {
                 Item::Module(hash) => self.modules_dir.join(format!("{hash}.wasm")).exists(),
                 Item::State(part) => match &view {
                     Some(view) if local.get(item) == Some(&pieces) => {
-                        store.put_part(part, &view.read(part)?)?;
+                        if *part == Part::Meta {
+                            store.put_part(part, &view.read(part)?)?;
+                        }
+                        kept.insert(part.clone());
                         true
                     }
                     _ => false,
@@ -270,12 +303,22 @@ impl Node {
                 held.insert(item.clone());
             }
         }
+        let local = local
+            .into_keys()
+            .filter_map(|item| match item {
+                Item::State(part) => Some(part),
+                Item::Module(_) => None,
+            })
+            .collect();
         Ok((
             Staging {
                 store: Some(store),
                 dir,
                 modules_dir: self.modules_dir.clone(),
                 keep: false,
+                base_round,
+                local,
+                kept,
             },
             held,
         ))
@@ -296,20 +339,28 @@ impl Node {
         certified: &Certified,
     ) -> anyhow::Result<u64> {
         let mut writer = self.writer.lock().expect("writer lock");
+        let plan = staging.plan(chunks);
         // Refused, the staging store goes with `staging`.
-        let checked = self.check_staged(staging.store(), chunks, certified)?;
+        let checked = self.check_staged(staging.store(), chunks, &plan, certified)?;
         let round = checked.registry.round;
 
         // Checked: mark it so, so that a crash while the node's store is
         // replaced is completed at the next open, then replace and switch.
         let mark = staging.dir.join(CHECKED);
-        std::fs::write(&mark, round.to_string())?;
+        std::fs::write(&mark, postcard::to_stdvec(&plan)?)?;
         std::fs::File::open(&mark)?.sync_all()?;
         std::fs::File::open(&staging.dir)?.sync_all()?;
         staging.keep = true;
+        let states = checked
+            .registry
+            .canisters
+            .iter()
+            .map(|(id, c)| (id.clone(), c.state.clone()))
+            .collect();
+        let staged = staging.store.as_ref().expect("open until drop");
         if let Err(e) = self
             .checkpoints
-            .with(|store| store.replace_with(staging.store()))
+            .with(|store| store.apply_plan(staged, &plan, Some(states)))
         {
             // The store is half replaced: only a restart (which completes
             // the install) can go on from here.
@@ -347,11 +398,13 @@ impl Node {
         Ok(round)
     }
 
-    /// Loads the staged state and checks it against `certified`.
+    /// Loads the state `plan` makes of this node's checkpoint and the
+    /// staged parts, and checks it against `certified`.
     fn check_staged(
         &self,
         staged: &mut Checkpointer,
         chunks: &[ChunkInfo],
+        plan: &Plan,
         certified: &Certified,
     ) -> anyhow::Result<Adopted> {
         staged.sync()?;
@@ -360,9 +413,9 @@ impl Node {
             Item::Module(_) => None,
         });
         staged.check_parts(parts)?;
-        let loaded = staged
-            .load()?
-            .ok_or_else(|| anyhow::anyhow!("the staged state has no metadata"))?;
+        let loaded = self
+            .checkpoints
+            .with(|store| store.load_overlay(staged, plan))?;
         anyhow::ensure!(
             loaded.round == certified.height,
             "the state is at round {}, not at the certified height {}",
@@ -673,7 +726,8 @@ mod tests {
         }
         // Checked and marked, then the process dies.
         staging.store().sync().unwrap();
-        std::fs::write(staging.dir.join(CHECKED), b"1").unwrap();
+        let plan = postcard::to_stdvec(&staging.plan(&chunks)).unwrap();
+        std::fs::write(staging.dir.join(CHECKED), plan).unwrap();
         staging.keep = true;
         drop(staging);
         drop(b);
