@@ -31,6 +31,7 @@ use crate::messages::Messaging;
 
 mod parts;
 
+use parts::ChangedParts;
 pub use parts::{CheckpointView, Part, PartInfo, Plan};
 
 const META_KEY: &[u8] = b"checkpoint";
@@ -129,6 +130,10 @@ pub struct Checkpointer {
     meta: Keyspace,
     /// The states as of the last checkpoint written or loaded.
     last: BTreeMap<Principal, ExecutionState>,
+    /// The parts of pages of the checkpoint stored when they were last
+    /// listed (state sync), and the parts written since.
+    part_infos: Option<BTreeMap<Part, PartInfo>>,
+    changed: ChangedParts,
 }
 
 fn canister_prefix(id: &Principal) -> Vec<u8> {
@@ -194,6 +199,8 @@ impl Checkpointer {
             stable,
             meta,
             last: BTreeMap::new(),
+            part_infos: None,
+            changed: ChangedParts::default(),
         })
     }
 
@@ -217,6 +224,7 @@ impl Checkpointer {
         let started = Instant::now();
         let mut batch = self.db.batch();
         let mut stats = CheckpointStats::default();
+        let mut changed = ChangedParts::default();
         let empty_state = ExecutionState::default();
         for canister in canisters.values() {
             let prefix = canister_prefix(&canister.id);
@@ -229,6 +237,7 @@ impl Checkpointer {
                 let before = old.heap.memories.get(i).map_or(&empty, |m| &m.pages);
                 for (page, content) in now.diff(before) {
                     let key = page_key(&prefix, i as u32, page);
+                    changed.note(false, &key);
                     match content {
                         Some(content) => batch.insert(&self.pages, key, &content[..]),
                         None => batch.remove(&self.pages, key),
@@ -238,6 +247,7 @@ impl Checkpointer {
             }
             for (chunk, content) in new.stable.diff(&old.stable) {
                 let key = chunk_key(&prefix, chunk);
+                changed.note(true, &key);
                 match content {
                     Some(content) => batch.insert(&self.stable, key, content),
                     None => batch.remove(&self.stable, key),
@@ -246,6 +256,7 @@ impl Checkpointer {
             }
         }
         for id in self.last.keys().filter(|id| !canisters.contains_key(*id)) {
+            changed.all = true;
             let prefix = canister_prefix(id);
             for entry in self.pages.prefix(&prefix) {
                 batch.remove(&self.pages, entry.key().map_err(storage)?);
@@ -270,6 +281,9 @@ impl Checkpointer {
             .iter()
             .map(|(id, c)| (id.clone(), c.state.clone()))
             .collect();
+        if self.part_infos.is_some() {
+            self.changed.absorb(changed);
+        }
         stats.micros = started.elapsed().as_micros() as u64;
         Ok(stats)
     }
@@ -291,6 +305,7 @@ impl Checkpointer {
 
     /// Loads the current checkpoint, or `None` when there is none.
     pub fn load(&mut self) -> anyhow::Result<Option<Loaded>> {
+        self.forget_part_infos();
         let Some(bytes) = self.meta.get(META_KEY).map_err(storage)? else {
             return Ok(None);
         };

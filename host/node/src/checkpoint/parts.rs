@@ -94,6 +94,78 @@ fn group_bounds(group: u64) -> anyhow::Result<(u64, u64)> {
     Ok((first, first + (PART_PAGES - 1)))
 }
 
+/// The encoding of a part whose entries `range` yields (keys under
+/// `prefix`).
+fn encode_entries(
+    range: impl Iterator<Item = fjall::Guard>,
+    prefix: &[u8],
+) -> anyhow::Result<Vec<u8>> {
+    let mut entries = Entries::new();
+    for entry in range {
+        let (key, value) = entry.into_inner().map_err(storage)?;
+        let (key_prefix, index) = split_key(&key)?;
+        anyhow::ensure!(key_prefix == prefix, "malformed key in the page store");
+        entries.push((index, value.to_vec()));
+    }
+    Ok(postcard::to_stdvec(&entries)?)
+}
+
+/// Parts that checkpoints wrote since the parts were last listed.
+#[derive(Debug, Default)]
+pub(super) struct ChangedParts {
+    parts: BTreeSet<Part>,
+    /// Too many to track, or a canister went: list them all again.
+    pub(super) all: bool,
+}
+
+/// Changed parts tracked at most (beyond, they are all listed again).
+const MAX_TRACKED_PARTS: usize = 1 << 16;
+
+impl ChangedParts {
+    /// Notes the part of an entry written or removed (its key).
+    pub(super) fn note(&mut self, stable: bool, key: &[u8]) {
+        if self.all {
+            return;
+        }
+        let Ok((prefix, index)) = split_key(key) else {
+            self.all = true;
+            return;
+        };
+        let group = index / PART_PAGES;
+        let same = |p: &Part| {
+            matches!(p, Part::Entries { stable: s, prefix: q, group: g }
+                if *s == stable && q == prefix && *g == group)
+        };
+        // Entries come in key order: most repeat the last part.
+        if self.parts.last().is_some_and(same) {
+            return;
+        }
+        self.parts.insert(Part::Entries {
+            stable,
+            prefix: prefix.to_vec(),
+            group,
+        });
+        if self.parts.len() > MAX_TRACKED_PARTS {
+            self.all = true;
+            self.parts.clear();
+        }
+    }
+
+    /// Adds another checkpoint's changes.
+    pub(super) fn absorb(&mut self, other: ChangedParts) {
+        self.all |= other.all;
+        if self.all {
+            self.parts.clear();
+            return;
+        }
+        self.parts.extend(other.parts);
+        if self.parts.len() > MAX_TRACKED_PARTS {
+            self.all = true;
+            self.parts.clear();
+        }
+    }
+}
+
 /// A checkpoint as it was when the view was taken; cheap to clone.
 #[derive(Clone)]
 pub struct CheckpointView {
@@ -201,21 +273,58 @@ impl CheckpointView {
                 group,
             } => {
                 let (first, last) = group_bounds(*group)?;
-                let mut entries = Entries::new();
                 let range = chunk_key(prefix, first)..=chunk_key(prefix, last);
-                for entry in self.snapshot.range(self.keyspace(*stable), range) {
-                    let (key, value) = entry.into_inner().map_err(storage)?;
-                    let (key_prefix, index) = split_key(&key)?;
-                    anyhow::ensure!(key_prefix == prefix, "malformed key in the page store");
-                    entries.push((index, value.to_vec()));
-                }
-                Ok(postcard::to_stdvec(&entries)?)
+                encode_entries(self.snapshot.range(self.keyspace(*stable), range), prefix)
             }
         }
     }
 }
 
 impl Checkpointer {
+    /// Drops the listed parts (the stored checkpoint was replaced).
+    pub(super) fn forget_part_infos(&mut self) {
+        self.part_infos = None;
+        self.changed = ChangedParts::default();
+    }
+
+    /// A view of the stored checkpoint and its parts (as
+    /// [`CheckpointView::parts`] lists them), or `None` when there is no
+    /// checkpoint. The parts of pages are listed once and then kept: a
+    /// later call hashes again only the parts that checkpoints wrote since.
+    pub fn listed_parts(&mut self) -> anyhow::Result<Option<(CheckpointView, Vec<PartInfo>)>> {
+        let Some(view) = self.view()? else {
+            return Ok(None);
+        };
+        let changed = std::mem::take(&mut self.changed);
+        let infos = match self.part_infos.take() {
+            Some(mut infos) if !changed.all => {
+                for part in changed.parts {
+                    let bytes = view.read(&part)?;
+                    // An empty list: the part has no entries left.
+                    if bytes == postcard::to_stdvec(&Entries::new())? {
+                        infos.remove(&part);
+                    } else {
+                        infos.insert(part.clone(), PartInfo::of(part, &bytes));
+                    }
+                }
+                infos
+            }
+            _ => view
+                .parts()?
+                .into_iter()
+                .filter(|info| info.part != Part::Meta)
+                .map(|info| (info.part.clone(), info))
+                .collect(),
+        };
+        let meta = view
+            .meta_bytes()?
+            .ok_or_else(|| anyhow::anyhow!("the checkpoint has no metadata"))?;
+        let mut list = vec![PartInfo::of(Part::Meta, &meta)];
+        list.extend(infos.values().cloned());
+        self.part_infos = Some(infos);
+        Ok(Some((view, list)))
+    }
+
     /// Stores `part` (its encoding, `bytes`) as fetched. Checks its form
     /// (the metadata parses; entries are whole pages, in order and in the
     /// part's group), not its truth: the state hash checks that.
@@ -488,6 +597,7 @@ impl Checkpointer {
         self.meta.insert(META_KEY, meta).map_err(storage)?;
         self.sync()?;
         self.flush_memtables()?;
+        self.forget_part_infos();
         match states {
             Some(states) => self.last = states,
             None => self.last.clear(),

@@ -16,7 +16,7 @@
 use std::io::{Read, Seek, SeekFrom};
 
 use super::*;
-use crate::checkpoint::{CheckpointView, Loaded, Part, Plan};
+use crate::checkpoint::{CheckpointView, Loaded, Part, PartInfo, Plan};
 use crate::state_sync::{ChunkInfo, Item, Sink, piece_of, pieces};
 
 /// The staging store's directory, under the state directory.
@@ -58,10 +58,10 @@ impl Adopted {
     }
 }
 
-/// The chunks of a checkpoint's parts (not its modules).
-fn state_chunks(view: &CheckpointView) -> anyhow::Result<Vec<ChunkInfo>> {
+/// The chunks of a checkpoint's parts (listed: `parts`), not its modules.
+fn state_chunks(view: &CheckpointView, parts: Vec<PartInfo>) -> anyhow::Result<Vec<ChunkInfo>> {
     let mut chunks = Vec::new();
-    for info in view.parts()? {
+    for info in parts {
         let item = Item::State(info.part);
         if info.size <= crate::state_sync::PIECE_BYTES as u64 {
             chunks.push(ChunkInfo {
@@ -238,14 +238,15 @@ impl Node {
     }
 
     /// The last checkpoint written, as a source of chunks for replicas
-    /// that state-sync; `None` before the first checkpoint. Reads and
-    /// hashes the checkpoint and its modules once.
+    /// that state-sync; `None` before the first checkpoint. Hashes the
+    /// parts that changed since the checkpoint's parts were last listed
+    /// (all of them the first time), and the modules.
     pub fn sync_source(&self) -> anyhow::Result<Option<SyncSource>> {
-        let Some(view) = self.checkpoints.with(|store| store.view())? else {
+        let Some((view, parts)) = self.checkpoints.with(|store| store.listed_parts())? else {
             return Ok(None);
         };
         let (round, modules) = view.summary()?;
-        let mut chunks = state_chunks(&view)?;
+        let mut chunks = state_chunks(&view, parts)?;
         for hash in modules {
             let wasm = self
                 .read_module(&hash)
@@ -270,14 +271,16 @@ impl Node {
             std::fs::remove_dir_all(&dir)?;
         }
         let store = Checkpointer::open(&dir)?;
-        let (view, base_round) = self
+        let (listed, base_round) = self
             .checkpoints
-            .with(|store| Ok((store.view()?, store.stored_round()?)))?;
+            .with(|store| Ok((store.listed_parts()?, store.stored_round()?)))?;
         let mut local: BTreeMap<Item, Vec<ChunkInfo>> = BTreeMap::new();
-        if let Some(view) = &view {
-            for chunk in state_chunks(view)? {
+        let mut view = None;
+        if let Some((listed_view, parts)) = listed {
+            for chunk in state_chunks(&listed_view, parts)? {
                 local.entry(chunk.item.clone()).or_default().push(chunk);
             }
+            view = Some(listed_view);
         }
         let mut wanted: BTreeMap<&Item, Vec<ChunkInfo>> = BTreeMap::new();
         for chunk in chunks {
@@ -703,6 +706,26 @@ mod tests {
         assert!(fetched >= 2, "the metadata and a changed page");
         assert_eq!(b.state_hash(), a.state_hash());
         assert_eq!(b.sync_source().unwrap().unwrap().chunks(), now.chunks());
+        // The parts listed once and kept up to date are those of a fresh
+        // listing, checkpoint after checkpoint (A's were listed above).
+        for n in 0..3 {
+            a.update(
+                &Principal::anonymous(),
+                &id,
+                "add",
+                wave(&format!("\"n{n}\", 1")),
+            )
+            .unwrap();
+            a.checkpoint().unwrap();
+            let (listed, fresh) = a
+                .checkpoints
+                .with(|store| {
+                    let (view, listed) = store.listed_parts()?.unwrap();
+                    Ok((listed, view.parts()?))
+                })
+                .unwrap();
+            assert_eq!(listed, fresh, "after checkpoint {n}");
+        }
     }
 
     /// A crash after the staged state was checked, while the node's store
