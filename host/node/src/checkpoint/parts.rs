@@ -287,6 +287,15 @@ impl Checkpointer {
         self.changed = ChangedParts::default();
     }
 
+    /// Takes `infos` as the stored checkpoint's parts of pages (an
+    /// installed state's, from its checked manifest), so that the next
+    /// listing need not hash them. Call it right after the store changed
+    /// to hold exactly them.
+    pub fn adopt_part_infos(&mut self, infos: BTreeMap<Part, PartInfo>) {
+        self.part_infos = Some(infos);
+        self.changed = ChangedParts::default();
+    }
+
     /// A view of the stored checkpoint and its parts (as
     /// [`CheckpointView::parts`] lists them), or `None` when there is no
     /// checkpoint. The parts of pages are listed once and then kept: a

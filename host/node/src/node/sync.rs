@@ -361,10 +361,27 @@ impl Node {
             .map(|(id, c)| (id.clone(), c.state.clone()))
             .collect();
         let staged = staging.store.as_ref().expect("open until drop");
-        if let Err(e) = self
-            .checkpoints
-            .with(|store| store.apply_plan(staged, &plan, Some(states)))
-        {
+        // The installed parts are the manifest's (each fetched one was
+        // checked against its hash, each kept one had it here): listed.
+        let listed = chunks
+            .iter()
+            .filter_map(|c| match &c.item {
+                Item::State(part @ Part::Entries { .. }) if c.piece == 0 => Some((
+                    part.clone(),
+                    PartInfo {
+                        part: part.clone(),
+                        hash: c.hash,
+                        size: u64::from(c.size),
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        if let Err(e) = self.checkpoints.with(|store| {
+            store.apply_plan(staged, &plan, Some(states))?;
+            store.adopt_part_infos(listed);
+            Ok(())
+        }) {
             // The store is half replaced: only a restart (which completes
             // the install) can go on from here.
             panic!(
@@ -706,6 +723,14 @@ mod tests {
         assert!(fetched >= 2, "the metadata and a changed page");
         assert_eq!(b.state_hash(), a.state_hash());
         assert_eq!(b.sync_source().unwrap().unwrap().chunks(), now.chunks());
+        let (listed, fresh) = b
+            .checkpoints
+            .with(|store| {
+                let (view, listed) = store.listed_parts()?.unwrap();
+                Ok((listed, view.parts()?))
+            })
+            .unwrap();
+        assert_eq!(listed, fresh, "the installed parts, listed");
         // The parts listed once and kept up to date are those of a fresh
         // listing, checkpoint after checkpoint (A's were listed above).
         for n in 0..3 {
