@@ -100,14 +100,27 @@ fn encode_entries(
     range: impl Iterator<Item = fjall::Guard>,
     prefix: &[u8],
 ) -> anyhow::Result<Vec<u8>> {
-    let mut entries = Entries::new();
+    let entries: Entries = collect_entries(range, prefix)?
+        .into_iter()
+        .map(|(index, value)| (index, value.to_vec()))
+        .collect();
+    Ok(postcard::to_stdvec(&entries)?)
+}
+
+/// The (index, value) pairs `range` yields, whose keys must be `prefix`
+/// and an index.
+fn collect_entries(
+    range: impl Iterator<Item = fjall::Guard>,
+    prefix: &[u8],
+) -> anyhow::Result<Vec<(u64, Slice)>> {
+    let mut entries = Vec::new();
     for entry in range {
         let (key, value) = entry.into_inner().map_err(storage)?;
         let (key_prefix, index) = split_key(&key)?;
         anyhow::ensure!(key_prefix == prefix, "malformed key in the page store");
-        entries.push((index, value.to_vec()));
+        entries.push((index, value));
     }
-    Ok(postcard::to_stdvec(&entries)?)
+    Ok(entries)
 }
 
 /// Parts that checkpoints wrote since the parts were last listed.
@@ -307,10 +320,11 @@ impl Checkpointer {
         let changed = std::mem::take(&mut self.changed);
         let infos = match self.part_infos.take() {
             Some(mut infos) if !changed.all => {
+                let empty = postcard::to_stdvec(&Entries::new())?;
                 for part in changed.parts {
                     let bytes = view.read(&part)?;
                     // An empty list: the part has no entries left.
-                    if bytes == postcard::to_stdvec(&Entries::new())? {
+                    if bytes == empty {
                         infos.remove(&part);
                     } else {
                         infos.insert(part.clone(), PartInfo::of(part, &bytes));
@@ -438,14 +452,7 @@ impl Checkpointer {
     ) -> anyhow::Result<Vec<(u64, Slice)>> {
         let (first, last) = group_bounds(group)?;
         let range = chunk_key(prefix, first)..=chunk_key(prefix, last);
-        let mut entries = Vec::new();
-        for entry in self.entries_keyspace(stable).range(range) {
-            let (key, value) = entry.into_inner().map_err(storage)?;
-            let (key_prefix, index) = split_key(&key)?;
-            anyhow::ensure!(key_prefix == prefix, "malformed key in the page store");
-            entries.push((index, value));
-        }
-        Ok(entries)
+        collect_entries(self.entries_keyspace(stable).range(range), prefix)
     }
 
     /// The changes `plan` makes to one memory (or stable memory) whose

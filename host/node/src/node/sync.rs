@@ -62,16 +62,16 @@ impl Adopted {
 fn state_chunks(view: &CheckpointView, parts: Vec<PartInfo>) -> anyhow::Result<Vec<ChunkInfo>> {
     let mut chunks = Vec::new();
     for info in parts {
-        let item = Item::State(info.part);
         if info.size <= crate::state_sync::PIECE_BYTES as u64 {
             chunks.push(ChunkInfo {
-                item,
+                item: Item::State(info.part),
                 piece: 0,
                 hash: info.hash,
                 size: info.size as u32,
             });
-        } else if let Item::State(part) = &item {
-            chunks.extend(pieces(&item, &view.read(part)?));
+        } else {
+            let bytes = view.read(&info.part)?;
+            chunks.extend(pieces(&Item::State(info.part), &bytes));
         }
     }
     Ok(chunks)
@@ -552,15 +552,7 @@ mod tests {
         let source = from.sync_source()?.expect("a checkpoint");
         let chunks = source.chunks().to_vec();
         let (mut staging, held) = to.stage_sync(&chunks)?;
-        let mut items: BTreeMap<Item, Vec<u8>> = BTreeMap::new();
-        let mut fetched = 0;
-        for (index, chunk) in chunks.iter().enumerate() {
-            if !held.contains(&chunk.item) {
-                fetched += 1;
-                let bytes = source.read(index as u32)?;
-                items.entry(chunk.item.clone()).or_default().extend(bytes);
-            }
-        }
+        let (items, fetched) = fetch_items(&source, &held)?;
         for (item, bytes) in items {
             if let Some(bytes) = tamper(&item, bytes) {
                 staging.put(&item, &bytes)?;
@@ -568,6 +560,34 @@ mod tests {
         }
         let round = to.install_staged(staging, &chunks, certified)?;
         Ok((round, fetched))
+    }
+
+    /// The items of `source` not `held`, assembled from its chunks, and
+    /// the number of chunks read.
+    fn fetch_items(
+        source: &SyncSource,
+        held: &BTreeSet<Item>,
+    ) -> anyhow::Result<(BTreeMap<Item, Vec<u8>>, usize)> {
+        let mut items: BTreeMap<Item, Vec<u8>> = BTreeMap::new();
+        let mut fetched = 0;
+        for (index, chunk) in source.chunks().iter().enumerate() {
+            if !held.contains(&chunk.item) {
+                fetched += 1;
+                let bytes = source.read(index as u32)?;
+                items.entry(chunk.item.clone()).or_default().extend(bytes);
+            }
+        }
+        Ok((items, fetched))
+    }
+
+    /// A node's listed parts and a fresh listing of its checkpoint.
+    fn listed_and_fresh(node: &Node) -> (Vec<PartInfo>, Vec<PartInfo>) {
+        node.checkpoints
+            .with(|store| {
+                let (view, listed) = store.listed_parts()?.unwrap();
+                Ok((listed, view.parts()?))
+            })
+            .unwrap()
     }
 
     fn sync(from: &Node, to: &Node) -> anyhow::Result<(u64, usize)> {
@@ -723,13 +743,7 @@ mod tests {
         assert!(fetched >= 2, "the metadata and a changed page");
         assert_eq!(b.state_hash(), a.state_hash());
         assert_eq!(b.sync_source().unwrap().unwrap().chunks(), now.chunks());
-        let (listed, fresh) = b
-            .checkpoints
-            .with(|store| {
-                let (view, listed) = store.listed_parts()?.unwrap();
-                Ok((listed, view.parts()?))
-            })
-            .unwrap();
+        let (listed, fresh) = listed_and_fresh(&b);
         assert_eq!(listed, fresh, "the installed parts, listed");
         // The parts listed once and kept up to date are those of a fresh
         // listing, checkpoint after checkpoint (A's were listed above).
@@ -742,13 +756,7 @@ mod tests {
             )
             .unwrap();
             a.checkpoint().unwrap();
-            let (listed, fresh) = a
-                .checkpoints
-                .with(|store| {
-                    let (view, listed) = store.listed_parts()?.unwrap();
-                    Ok((listed, view.parts()?))
-                })
-                .unwrap();
+            let (listed, fresh) = listed_and_fresh(&a);
             assert_eq!(listed, fresh, "after checkpoint {n}");
         }
     }
@@ -764,11 +772,7 @@ mod tests {
         let source = a.sync_source().unwrap().unwrap();
         let chunks = source.chunks().to_vec();
         let (mut staging, _) = b.stage_sync(&chunks).unwrap();
-        let mut items: BTreeMap<Item, Vec<u8>> = BTreeMap::new();
-        for (index, chunk) in chunks.iter().enumerate() {
-            let bytes = source.read(index as u32).unwrap();
-            items.entry(chunk.item.clone()).or_default().extend(bytes);
-        }
+        let (items, _) = fetch_items(&source, &BTreeSet::new()).unwrap();
         for (item, bytes) in &items {
             staging.put(item, bytes).unwrap();
         }
