@@ -650,6 +650,7 @@ fn a_replica_far_behind_state_syncs_a_checkpoint() {
         .find(|l| l.contains("state sync: installed the checkpoint"))
         .unwrap_or_else(|| panic!("replica 3 did not state-sync:\n{log}"));
     eprintln!("{installed}");
+    assert!(installed.contains("chunks_by_peer"), "{installed}");
     // Its own older checkpoint had parts that did not change since (and
     // the kv module): the sync kept them and fetched only the others.
     let fetching = log

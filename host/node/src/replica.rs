@@ -1027,9 +1027,9 @@ struct Replica {
     chunk_reads: Arc<AtomicUsize>,
     /// The checkpoint this replica is fetching (state sync).
     fetch: Option<Fetch<Staging>>,
-    /// A fetch whose peer was given up while its chunks checked out (it
-    /// fell silent): resumed, with the chunks held, from the next peer that
-    /// announces the same image.
+    /// A fetch left without peers while its chunks checked out (they fell
+    /// silent or sent a bad chunk): resumed, with the chunks held, from the
+    /// next peer that announces the same image.
     stalled_fetch: Option<Fetch<Staging>>,
     /// Peers no longer hold the batches this replica needs: it asks for a
     /// checkpoint.
@@ -1419,14 +1419,13 @@ impl Replica {
         }
         let now = now_ms();
         if let Some(fetch) = self.fetch.as_mut() {
-            let (peer, height) = (fetch.peer, fetch.manifest.height);
-            match fetch.on_tick(now) {
-                Ok(again) => self.request_chunks(peer, height, &again),
-                Err(why) => {
-                    // What it sent checked out: keep it for the next peer.
-                    self.stalled_fetch = self.fetch.take();
-                    self.fail_peer(peer, &why);
-                }
+            let height = fetch.manifest.height;
+            let tick = fetch.on_tick(now);
+            for (peer, indices) in &tick.ask {
+                self.request_chunks(*peer, height, indices);
+            }
+            for (peer, why) in &tick.dropped {
+                self.drop_fetch_peer(*peer, why);
             }
             return;
         }
@@ -1452,15 +1451,41 @@ impl Replica {
         }
     }
 
-    /// Gives up the fetch from `peer` (its state or chunks were refused,
-    /// or it stopped answering) and asks the other peers.
-    fn fail_peer(&mut self, peer: u32, why: &str) {
-        tracing::warn!(
-            peer,
-            "state sync: refused what this peer sent ({why}); nothing installed, asking the others"
-        );
+    /// Drops `peer` from the fetch (it sent a bad chunk or stopped
+    /// answering); the others take over its chunks. A fetch left without
+    /// peers keeps what it holds (every chunk checked out) for the next
+    /// peer that announces the same state, and the others are asked.
+    fn drop_fetch_peer(&mut self, peer: u32, why: &str) {
+        tracing::warn!(peer, "state sync: dropped this peer from the fetch ({why})");
         self.failed.insert(peer, now_ms() + FAILED_PEER_MS);
+        let Some(fetch) = self.fetch.as_mut() else {
+            return;
+        };
+        fetch.drop_peer(peer);
+        if fetch.peers().is_empty() {
+            self.stalled_fetch = self.fetch.take();
+            self.ask_for_state();
+        }
+    }
+
+    /// Gives up the state being fetched (an item or the whole state was
+    /// refused, though every chunk matched the manifest): every peer that
+    /// announced it is failed, and the others are asked.
+    fn fail_state(&mut self, peers: &[u32], why: &str) {
+        tracing::warn!(
+            ?peers,
+            "state sync: refused the state these peers announced ({why}); nothing installed, \
+             asking the others"
+        );
+        for &peer in peers {
+            self.failed.insert(peer, now_ms() + FAILED_PEER_MS);
+        }
         self.fetch = None;
+        self.ask_for_state();
+    }
+
+    /// Asks peers for a checkpoint now.
+    fn ask_for_state(&mut self) {
         self.want_state = true;
         self.last_state_request_ms = 0;
         self.maybe_request_state();
@@ -1519,10 +1544,11 @@ impl Replica {
     }
 
     /// A peer offers a checkpoint: fetch it if it is ahead and its
-    /// catch-up package verifies (resuming a stalled fetch of the same
-    /// state, or staging a new one, which keeps what this replica holds).
+    /// catch-up package verifies (adding the peer to the fetch of the same
+    /// state, resuming a stalled fetch of it, or staging a new one, which
+    /// keeps what this replica holds).
     async fn on_manifest(&mut self, from: u32, manifest: Manifest) {
-        if self.syncing.is_none() || self.fetch.is_some() || manifest.height <= self.node.round() {
+        if self.syncing.is_none() || manifest.height <= self.node.round() {
             return;
         }
         if self
@@ -1532,10 +1558,25 @@ impl Replica {
         {
             return;
         }
-        if let Err(e) = manifest.check(&self.keys, self.node.round()) {
-            return self.fail_peer(from, &format!("manifest: {e}"));
-        }
         let height = manifest.height;
+        if let Some(fetch) = self.fetch.as_mut() {
+            // The same manifest, byte for byte, as one already checked.
+            if fetch.same_image(&manifest) {
+                let first = fetch.add_peer(from, now_ms());
+                tracing::info!(
+                    peer = from,
+                    height,
+                    "state sync: another peer joins the fetch"
+                );
+                self.request_chunks(from, height, &first);
+            }
+            return;
+        }
+        if let Err(e) = manifest.check(&self.keys, self.node.round()) {
+            tracing::warn!(peer = from, "state sync: refused a manifest: {e}");
+            self.failed.insert(from, now_ms() + FAILED_PEER_MS);
+            return;
+        }
         match self.stalled_fetch.take() {
             Some(mut stalled) if stalled.same_image(&manifest) => {
                 let (held, all) = stalled.progress();
@@ -1546,7 +1587,7 @@ impl Replica {
                     all,
                     "state sync: resuming the fetch from another peer"
                 );
-                let missing = stalled.resume(from, now_ms());
+                let missing = stalled.add_peer(from, now_ms());
                 self.fetch = Some(stalled);
                 self.request_chunks(from, height, &missing);
                 return;
@@ -1592,7 +1633,12 @@ impl Replica {
         match fetch.on_chunk(from, height, index, bytes, now_ms()) {
             Progress::Ignored => {}
             Progress::Request(more) => self.request_chunks(from, height, &more),
-            Progress::Bad(why) => self.fail_peer(from, &why),
+            Progress::BadPeer(why) => self.drop_fetch_peer(from, &why),
+            Progress::BadState(why) => {
+                let mut peers = fetch.peers();
+                peers.push(from);
+                self.fail_state(&peers, &why);
+            }
             Progress::Done => self.install_fetched().await,
         }
     }
@@ -1603,7 +1649,7 @@ impl Replica {
         let Some(fetch) = self.fetch.take() else {
             return;
         };
-        let (peer, started) = (fetch.peer, fetch.started_ms);
+        let (peers, started) = (fetch.sent_by_peer(), fetch.started_ms);
         let (manifest, staging) = fetch.into_parts();
         if manifest.height <= self.node.round() {
             // Peers' batches got this replica there meanwhile.
@@ -1617,7 +1663,10 @@ impl Replica {
                 .await;
         let round = match installed {
             Ok(Ok(round)) => round,
-            Ok(Err(e)) => return self.fail_peer(peer, &format!("{e:#}")),
+            Ok(Err(e)) => {
+                let peers: Vec<u32> = peers.iter().map(|&(p, _)| p).collect();
+                return self.fail_state(&peers, &format!("{e:#}"));
+            }
             Err(e) => {
                 tracing::error!("state sync panicked: {e}");
                 std::process::exit(4);
@@ -1625,7 +1674,7 @@ impl Replica {
         };
         tracing::info!(
             height = round,
-            peer,
+            chunks_by_peer = ?peers,
             bytes = manifest.size(),
             ms = now_ms().saturating_sub(started),
             "state sync: installed the checkpoint (its state hash is the certified one)"

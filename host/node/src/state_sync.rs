@@ -12,11 +12,13 @@
 //! A replica that fell behind takes a manifest whose package verifies under
 //! the subnet's key, keeps the items it already holds (the parts of its
 //! own checkpoint that did not change, the modules it has) and fetches the
-//! others from that peer, a few at a time ([`Fetch`]), handing each item
+//! others from every peer that announced the same state, a few chunks at a
+//! time from each, so a faster peer sends more ([`Fetch`]), handing each item
 //! to a [`Sink`] as soon as its pieces are in (the node writes it into a
-//! staging store). A chunk that does not match its hash, an item the sink
-//! refuses, a peer that stops answering, or a state that does not hash to
-//! the certified hash fails that peer, and the replica asks the others.
+//! staging store). A peer that sends a chunk not matching its hash, or
+//! stops answering, is dropped and the others take over its chunks; an item
+//! the sink refuses, or a state that does not hash to the certified hash,
+//! fails every peer that announced it, and the replica asks the others.
 //! Everything a peer sends is untrusted; the certified state hash is the
 //! check, made before anything is installed
 //! ([`crate::Node::install_staged`]).
@@ -206,28 +208,70 @@ impl Manifest {
 
 /// Where a fetch puts each item once all its pieces are in.
 pub trait Sink {
-    /// Takes `item`, whole; an error fails the peer that sent it.
+    /// Takes `item`, whole; an error fails the state (every chunk of the
+    /// item matched its hash, so the manifest itself is wrong).
     fn put(&mut self, item: &Item, bytes: &[u8]) -> anyhow::Result<()>;
 }
 
 /// What a chunk did to a fetch.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Progress {
-    /// Not for this fetch (another peer, height or a chunk already held).
+    /// Not for this fetch (a peer not fetched from, another height, or a
+    /// chunk already held).
     Ignored,
-    /// Taken; ask for these chunks next.
+    /// Taken; ask the peer that sent it for these chunks next.
     Request(Vec<u32>),
     /// The last chunk: every item is in the sink.
     Done,
-    /// The peer sent a chunk that does not match its hash, or an item the
-    /// sink refused: give it up.
-    Bad(String),
+    /// The peer sent a chunk that does not match its hash or is not in the
+    /// manifest: it is dropped from the fetch, whose other peers take over
+    /// the chunks it was asked for.
+    BadPeer(String),
+    /// The sink refused an item whose chunks all matched their hashes: the
+    /// announced state is wrong, whoever sent it.
+    BadState(String),
 }
 
-/// Fetching one manifest's chunks from one peer into a sink.
+/// What a clock tick did to a fetch.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Tick {
+    /// Chunks to ask of each peer: again (nothing came for a while), or
+    /// newly (its window has room for chunks nobody is asked for).
+    pub ask: Vec<(u32, Vec<u32>)>,
+    /// Peers given up (silent too long), with the reason; their chunks go
+    /// to the others.
+    pub dropped: Vec<(u32, String)>,
+}
+
+/// One peer a fetch asks for chunks.
+#[derive(Debug)]
+struct Source {
+    /// Chunks asked of it and not received.
+    outstanding: BTreeSet<u32>,
+    /// When it last sent a chunk (or joined), ms.
+    last_progress_ms: u64,
+    /// When its outstanding chunks were last asked again, ms.
+    last_retry_ms: u64,
+    /// Chunks it sent that were taken.
+    sent: usize,
+}
+
+impl Source {
+    fn new(now_ms: u64) -> Source {
+        Source {
+            outstanding: BTreeSet::new(),
+            last_progress_ms: now_ms,
+            last_retry_ms: now_ms,
+            sent: 0,
+        }
+    }
+}
+
+/// Fetching one manifest's chunks into a sink from every peer that
+/// announced it, each asked for at most [`WINDOW`] chunks at a time: a peer
+/// that answers faster is asked more often, one that sends a bad chunk or
+/// falls silent is dropped and the others take over its chunks.
 pub struct Fetch<S> {
-    /// The peer asked.
-    pub peer: u32,
     /// Its manifest (checked).
     pub manifest: Manifest,
     sink: S,
@@ -236,15 +280,13 @@ pub struct Fetch<S> {
     held: Vec<bool>,
     /// Pieces of items not yet complete, by item.
     partial: BTreeMap<Item, BTreeMap<u32, Vec<u8>>>,
-    /// Chunks asked for and not received, by index.
-    outstanding: BTreeSet<u32>,
-    next: u32,
+    /// Chunks neither held nor asked of any peer, lowest first.
+    unasked: BTreeSet<u32>,
+    /// The peers fetched from.
+    sources: BTreeMap<u32, Source>,
     received: usize,
     /// When the fetch started, ms.
     pub started_ms: u64,
-    /// When a chunk last arrived (or the fetch started), ms.
-    pub last_progress_ms: u64,
-    last_retry_ms: u64,
 }
 
 impl<S: Sink> Fetch<S> {
@@ -264,33 +306,39 @@ impl<S: Sink> Fetch<S> {
             .map(|c| held.contains(&c.item))
             .collect();
         let received = held.iter().filter(|h| **h).count();
+        let unasked = (0..held.len() as u32)
+            .filter(|&i| !held[i as usize])
+            .collect();
         let mut fetch = Fetch {
-            peer,
             manifest,
             sink,
             held,
             partial: BTreeMap::new(),
-            outstanding: BTreeSet::new(),
-            next: 0,
+            unasked,
+            sources: BTreeMap::new(),
             received,
             started_ms: now_ms,
-            last_progress_ms: now_ms,
-            last_retry_ms: now_ms,
         };
-        let first = fetch.more();
+        let first = fetch.add_peer(peer, now_ms);
         (fetch, first)
     }
 
-    /// Chunks still to ask for, up to the window (chunks already held are
-    /// skipped: a resumed fetch asks only for what it lacks).
-    fn more(&mut self) -> Vec<u32> {
+    /// Chunks nobody is asked for, up to `peer`'s window, now asked of it
+    /// (a peer that had nothing to send starts its silence count now).
+    fn more(&mut self, peer: u32, now_ms: u64) -> Vec<u32> {
+        let Some(source) = self.sources.get_mut(&peer) else {
+            return Vec::new();
+        };
+        if source.outstanding.is_empty() {
+            source.last_progress_ms = now_ms;
+        }
         let mut asked = Vec::new();
-        while self.outstanding.len() < WINDOW && (self.next as usize) < self.held.len() {
-            if !self.held[self.next as usize] {
-                self.outstanding.insert(self.next);
-                asked.push(self.next);
-            }
-            self.next += 1;
+        while source.outstanding.len() < WINDOW {
+            let Some(index) = self.unasked.pop_first() else {
+                break;
+            };
+            source.outstanding.insert(index);
+            asked.push(index);
         }
         asked
     }
@@ -301,22 +349,41 @@ impl<S: Sink> Fetch<S> {
     }
 
     /// Whether `manifest` announces the same state as this fetch's (same
-    /// height and chunks), so that the items held can be completed from
-    /// whoever sent it.
+    /// height, package and chunks), so that its sender can help fetch it.
     pub fn same_image(&self, manifest: &Manifest) -> bool {
-        self.manifest.height == manifest.height && self.manifest.chunks == manifest.chunks
+        self.manifest == *manifest
     }
 
-    /// Goes on with another peer that announced the same state
-    /// ([`Fetch::same_image`]): keeps every chunk received (each was checked
-    /// against its hash) and returns the missing ones to ask `peer` for.
-    pub fn resume(&mut self, peer: u32, now_ms: u64) -> Vec<u32> {
-        self.peer = peer;
-        self.outstanding.clear();
-        self.next = 0;
-        self.last_progress_ms = now_ms;
-        self.last_retry_ms = now_ms;
-        self.more()
+    /// Adds `peer`, which announced the same state
+    /// ([`Fetch::same_image`]); returns the chunks to ask it for (none if
+    /// it is already a source). A fetch left without peers goes on this way
+    /// too, keeping every chunk received (each was checked against its
+    /// hash).
+    pub fn add_peer(&mut self, peer: u32, now_ms: u64) -> Vec<u32> {
+        if self.sources.contains_key(&peer) {
+            return Vec::new();
+        }
+        self.sources.insert(peer, Source::new(now_ms));
+        self.more(peer, now_ms)
+    }
+
+    /// Drops `peer`: the chunks asked of it are asked of the others as their
+    /// windows free up.
+    pub fn drop_peer(&mut self, peer: u32) {
+        if let Some(source) = self.sources.remove(&peer) {
+            self.unasked.extend(source.outstanding);
+        }
+    }
+
+    /// The peers fetched from.
+    pub fn peers(&self) -> Vec<u32> {
+        self.sources.keys().copied().collect()
+    }
+
+    /// Chunks each peer sent that were taken (a peer dropped is not
+    /// listed).
+    pub fn sent_by_peer(&self) -> Vec<(u32, usize)> {
+        self.sources.iter().map(|(&p, s)| (p, s.sent)).collect()
     }
 
     /// Chunk `index` of the state at `height` from `from`.
@@ -328,23 +395,32 @@ impl<S: Sink> Fetch<S> {
         bytes: Vec<u8>,
         now_ms: u64,
     ) -> Progress {
-        if from != self.peer || height != self.manifest.height {
+        if !self.sources.contains_key(&from) || height != self.manifest.height {
             return Progress::Ignored;
         }
         let Some(info) = self.manifest.chunks.get(index as usize) else {
-            return Progress::Bad(format!("chunk {index} is not in the manifest"));
+            self.drop_peer(from);
+            return Progress::BadPeer(format!("chunk {index} is not in the manifest"));
         };
         if self.held[index as usize] {
             return Progress::Ignored;
         }
         if <[u8; 32]>::from(Sha256::digest(&bytes)) != info.hash {
-            return Progress::Bad(format!("chunk {index} does not match its hash"));
+            self.drop_peer(from);
+            return Progress::BadPeer(format!("chunk {index} does not match its hash"));
         }
         let item = info.item.clone();
         self.held[index as usize] = true;
-        self.outstanding.remove(&index);
+        // Asked of this peer, or of another one (asked again after a
+        // drop), or of nobody yet: it is held now wherever it was.
+        self.unasked.remove(&index);
+        for source in self.sources.values_mut() {
+            source.outstanding.remove(&index);
+        }
+        let source = self.sources.get_mut(&from).expect("checked above");
+        source.last_progress_ms = now_ms;
+        source.sent += 1;
         self.received += 1;
-        self.last_progress_ms = now_ms;
         let pieces = self.manifest.items()[&item].len();
         let partial = self.partial.entry(item.clone()).or_default();
         partial.insert(info.piece, bytes);
@@ -357,27 +433,49 @@ impl<S: Sink> Fetch<S> {
                 .flatten()
                 .collect();
             if let Err(e) = self.sink.put(&item, &whole) {
-                return Progress::Bad(format!("{item:?} refused: {e:#}"));
+                return Progress::BadState(format!("{item:?} refused: {e:#}"));
             }
         }
         if self.is_done() {
             Progress::Done
         } else {
-            Progress::Request(self.more())
+            Progress::Request(self.more(from, now_ms))
         }
     }
 
-    /// On a clock tick: the chunks to ask for again (nothing came for a
-    /// while), or `Err` when the peer should be given up.
-    pub fn on_tick(&mut self, now_ms: u64) -> Result<Vec<u32>, String> {
-        if now_ms >= self.last_progress_ms + GIVE_UP_MS {
-            return Err(format!("no chunk for {} s", GIVE_UP_MS / 1000));
+    /// On a clock tick: gives up peers that sent nothing of what they were
+    /// asked for [`GIVE_UP_MS`], asks again
+    /// for chunks that did not come for [`RETRY_MS`], and fills the windows
+    /// of peers with room (chunks of a dropped peer).
+    pub fn on_tick(&mut self, now_ms: u64) -> Tick {
+        let mut tick = Tick::default();
+        let silent: Vec<u32> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| !s.outstanding.is_empty() && now_ms >= s.last_progress_ms + GIVE_UP_MS)
+            .map(|(&p, _)| p)
+            .collect();
+        for peer in silent {
+            self.drop_peer(peer);
+            tick.dropped
+                .push((peer, format!("no chunk for {} s", GIVE_UP_MS / 1000)));
         }
-        if now_ms >= self.last_progress_ms.max(self.last_retry_ms) + RETRY_MS {
-            self.last_retry_ms = now_ms;
-            return Ok(self.outstanding.iter().copied().collect());
+        let peers = self.peers();
+        for peer in peers {
+            let source = self.sources.get_mut(&peer).expect("listed");
+            let mut ask = Vec::new();
+            if !source.outstanding.is_empty()
+                && now_ms >= source.last_progress_ms.max(source.last_retry_ms) + RETRY_MS
+            {
+                source.last_retry_ms = now_ms;
+                ask.extend(source.outstanding.iter().copied());
+            }
+            ask.extend(self.more(peer, now_ms));
+            if !ask.is_empty() {
+                tick.ask.push((peer, ask));
+            }
         }
-        Ok(Vec::new())
+        tick
     }
 
     /// Chunks held so far, and in all.
@@ -484,7 +582,7 @@ mod tests {
                 match fetch.on_chunk(1, served.manifest.height, index, bytes, 1) {
                     Progress::Request(more) => next.extend(more),
                     Progress::Done => return Ok((fetch.into_parts().1, count)),
-                    Progress::Bad(why) => return Err(why),
+                    Progress::BadPeer(why) | Progress::BadState(why) => return Err(why),
                     Progress::Ignored => {}
                 }
             }
@@ -562,8 +660,9 @@ mod tests {
         assert_eq!(fetch.on_chunk(1, 40, 0, chunk, 1), Progress::Ignored);
         assert!(matches!(
             fetch.on_chunk(1, 40, 99, vec![], 1),
-            Progress::Bad(_)
+            Progress::BadPeer(_)
         ));
+        assert!(fetch.peers().is_empty(), "the peer is dropped");
     }
 
     #[test]
@@ -635,7 +734,10 @@ mod tests {
                 Progress::Request(_)
             ));
         }
-        assert!(fetch.on_tick(GIVE_UP_MS + 1).is_err());
+        let tick = fetch.on_tick(GIVE_UP_MS + 1);
+        assert_eq!(tick.dropped.len(), 1);
+        assert!(tick.ask.is_empty());
+        assert!(fetch.peers().is_empty());
         assert_eq!(fetch.progress(), (2, n as usize));
         // Another state (another height) is not resumed.
         let (_, other) = self::served(41, 8, 10);
@@ -643,9 +745,13 @@ mod tests {
         // Peer 2 announces the same state: only the missing chunks are
         // asked for, and chunks from peer 1 are no longer taken.
         assert!(fetch.same_image(&served.manifest));
-        let mut asked = fetch.resume(2, GIVE_UP_MS + 2);
+        let mut asked = fetch.add_peer(2, GIVE_UP_MS + 2);
         assert!(!asked.contains(&0) && !asked.contains(&1));
-        assert_eq!(fetch.on_tick(GIVE_UP_MS + 3), Ok(vec![]));
+        assert!(
+            fetch.add_peer(2, GIVE_UP_MS + 2).is_empty(),
+            "already a peer"
+        );
+        assert_eq!(fetch.on_tick(GIVE_UP_MS + 3), Tick::default());
         assert_eq!(
             fetch.on_chunk(1, 40, asked[0], served.chunk(asked[0]), GIVE_UP_MS + 3),
             Progress::Ignored
@@ -667,16 +773,88 @@ mod tests {
         assert_eq!(fetch.into_parts().1.0, served.items);
     }
 
+    /// Three peers announce the same state: each is asked for different
+    /// chunks; one sends a corrupted chunk and is dropped, one answers only
+    /// after its chunks were handed to the others; the state arrives whole
+    /// and every chunk is taken once.
+    #[test]
+    fn several_peers_share_a_fetch_and_a_bad_one_is_dropped() {
+        let (_, served) = served(40, 30, 10);
+        let n = served.manifest.chunks.len();
+        let none = BTreeSet::new();
+        let (mut fetch, first) = Fetch::new(1, served.manifest.clone(), &none, Kept::default(), 0);
+        let mut asks: BTreeMap<u32, Vec<u32>> = BTreeMap::from([(1, first)]);
+        asks.insert(2, fetch.add_peer(2, 0));
+        asks.insert(3, fetch.add_peer(3, 0));
+        let all: Vec<u32> = asks.values().flatten().copied().collect();
+        let distinct: BTreeSet<u32> = all.iter().copied().collect();
+        assert_eq!(all.len(), 3 * WINDOW, "a window each");
+        assert_eq!(distinct.len(), all.len(), "no chunk asked of two peers");
+        // Peer 3 corrupts its first chunk: dropped, its chunks go back.
+        let bad = asks.remove(&3).unwrap()[0];
+        let mut corrupted = served.chunk(bad);
+        corrupted[0] ^= 1;
+        assert!(matches!(
+            fetch.on_chunk(3, 40, bad, corrupted, 1),
+            Progress::BadPeer(why) if why.contains("does not match")
+        ));
+        assert_eq!(fetch.peers(), vec![1, 2]);
+        // Peer 1 answers at every turn, peer 2 every other turn.
+        let mut taken = 0;
+        let mut turn = 0u64;
+        'done: loop {
+            turn += 1;
+            for peer in [1u32, 2] {
+                if peer == 2 && turn % 2 == 1 {
+                    continue;
+                }
+                let asked = std::mem::take(asks.get_mut(&peer).unwrap());
+                for index in asked {
+                    match fetch.on_chunk(peer, 40, index, served.chunk(index), turn) {
+                        Progress::Request(more) => asks.get_mut(&peer).unwrap().extend(more),
+                        Progress::Done => {
+                            taken += 1;
+                            break 'done;
+                        }
+                        Progress::Ignored => {}
+                        other => panic!("{other:?}"),
+                    }
+                    taken += 1;
+                }
+            }
+            // Windows with room take the dropped peer's chunks.
+            for (peer, more) in fetch.on_tick(turn).ask {
+                asks.get_mut(&peer).unwrap().extend(more);
+            }
+            assert!(turn < 1000, "the fetch does not end");
+        }
+        assert_eq!(taken, n, "every chunk taken once");
+        let sent: BTreeMap<u32, usize> = fetch.sent_by_peer().into_iter().collect();
+        assert!(sent[&1] > sent[&2] && sent[&2] > 0, "{sent:?}");
+        assert_eq!(fetch.into_parts().1.0, served.items);
+    }
+
     #[test]
     fn a_silent_peer_is_asked_again_then_given_up() {
         let (_, served) = served(40, 0, 10);
         let none = BTreeSet::new();
         let (mut fetch, asked) = Fetch::new(1, served.manifest.clone(), &none, Kept::default(), 0);
         assert_eq!(asked, vec![0, 1]);
-        assert_eq!(fetch.on_tick(RETRY_MS - 1), Ok(vec![]));
-        assert_eq!(fetch.on_tick(RETRY_MS), Ok(vec![0, 1]));
-        assert_eq!(fetch.on_tick(RETRY_MS + 1), Ok(vec![]));
-        assert!(fetch.on_tick(GIVE_UP_MS).is_err());
+        assert_eq!(fetch.on_tick(RETRY_MS - 1), Tick::default());
+        assert_eq!(fetch.on_tick(RETRY_MS).ask, vec![(1, vec![0, 1])]);
+        assert_eq!(fetch.on_tick(RETRY_MS + 1), Tick::default());
+        let tick = fetch.on_tick(GIVE_UP_MS);
+        assert_eq!(tick.dropped.len(), 1);
+        assert!(fetch.peers().is_empty());
+        // A peer with nothing asked of it is not silent.
+        let (mut fetch, _) = Fetch::new(1, served.manifest.clone(), &none, Kept::default(), 0);
+        assert!(fetch.add_peer(2, 0).is_empty(), "peer 1 has every chunk");
+        let tick = fetch.on_tick(GIVE_UP_MS);
+        assert_eq!(tick.dropped.len(), 1);
+        assert_eq!(tick.ask, vec![(2, vec![0, 1])], "peer 2 takes over");
+        assert_eq!(fetch.peers(), vec![2]);
+        assert!(fetch.on_tick(2 * GIVE_UP_MS - 1).dropped.is_empty());
+        assert_eq!(fetch.on_tick(2 * GIVE_UP_MS).dropped.len(), 1);
     }
 
     #[test]
