@@ -649,7 +649,9 @@ fn a_replica_far_behind_state_syncs_a_checkpoint() {
         .lines()
         .find(|l| l.contains("state sync: installed the checkpoint"))
         .unwrap_or_else(|| panic!("replica 3 did not state-sync:\n{log}"));
-    eprintln!("{installed}");
+    for line in log.lines().filter(|l| l.contains("state sync")) {
+        eprintln!("{line}");
+    }
     assert!(installed.contains("chunks_by_peer"), "{installed}");
     // Its own older checkpoint had parts that did not change since (and
     // the kv module): the sync kept them and fetched only the others.

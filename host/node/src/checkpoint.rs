@@ -32,7 +32,7 @@ use crate::messages::Messaging;
 mod parts;
 
 use parts::ChangedParts;
-pub use parts::{CheckpointView, Part, PartInfo, Plan};
+pub use parts::{CheckpointView, Listed, Part, PartInfo, Plan};
 
 const META_KEY: &[u8] = b"checkpoint";
 
@@ -134,6 +134,9 @@ pub struct Checkpointer {
     /// listed (state sync), and the parts written since.
     part_infos: Option<BTreeMap<Part, PartInfo>>,
     changed: ChangedParts,
+    /// Counts listings begun and replacements of the store, so that a
+    /// listing overtaken by either is not kept.
+    parts_epoch: u64,
 }
 
 fn canister_prefix(id: &Principal) -> Vec<u8> {
@@ -201,6 +204,7 @@ impl Checkpointer {
             last: BTreeMap::new(),
             part_infos: None,
             changed: ChangedParts::default(),
+            parts_epoch: 0,
         })
     }
 
@@ -281,9 +285,8 @@ impl Checkpointer {
             .iter()
             .map(|(id, c)| (id.clone(), c.state.clone()))
             .collect();
-        if self.part_infos.is_some() {
-            self.changed.absorb(changed);
-        }
+        // Noted even while no listing is known: one may be under way.
+        self.changed.absorb(changed);
         stats.micros = started.elapsed().as_micros() as u64;
         Ok(stats)
     }

@@ -925,6 +925,7 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
     };
     let (transport, inbound) = Transport::start(transport_config, keys, membership).await?;
     let (submit_tx, submits) = tokio_mpsc::unbounded_channel::<IngressMessage>();
+    let (listed_tx, listed) = tokio_mpsc::unbounded_channel::<ListedSource>();
     node.set_replica_sink(Box::new(move |content, expiry_ms| {
         let msg = IngressMessage {
             expiry_ms: expiry_ms.unwrap_or(now_ms() + 4 * 60 * 1000),
@@ -961,14 +962,18 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
         keys: config.genesis.keys.clone(),
         cups: BTreeMap::from([(start_height, start_cup)]),
         served: VecDeque::new(),
+        listed_tx,
+        listing: false,
+        manifest_requests: Vec::new(),
         chunk_reads: Arc::new(AtomicUsize::new(0)),
         fetch: None,
         stalled_fetch: None,
         want_state: false,
         last_state_request_ms: 0,
         failed: BTreeMap::new(),
+        subnet_peers: config.genesis.members.len().saturating_sub(1),
     };
-    tokio::spawn(replica.run(inbound, submits));
+    tokio::spawn(replica.run(inbound, submits, listed));
     let max_body = cellar_engine::Limits::default().max_component_bytes * 4 / 3 + (1 << 20);
     crate::serve_listener(node, listener, max_body, false)
 }
@@ -1023,6 +1028,13 @@ struct Replica {
     /// The checkpoints this replica serves (snapshots, with their
     /// manifests; the newest two, so a fetch survives the next checkpoint).
     served: VecDeque<Served>,
+    /// Where a listing of the last checkpoint, made off the loop, reports.
+    listed_tx: tokio_mpsc::UnboundedSender<ListedSource>,
+    /// A listing of the last checkpoint is under way.
+    listing: bool,
+    /// Peers waiting for the manifest of the checkpoint being listed:
+    /// (peer, the height it is above, its nonce).
+    manifest_requests: Vec<(u32, u64, u64)>,
     /// Chunk reads in flight (at most [`MAX_CHUNK_READS`]).
     chunk_reads: Arc<AtomicUsize>,
     /// The checkpoint this replica is fetching (state sync).
@@ -1037,6 +1049,8 @@ struct Replica {
     last_state_request_ms: u64,
     /// Peers whose state was refused, until when (ms).
     failed: BTreeMap<u32, u64>,
+    /// The other members of the subnet, in number.
+    subnet_peers: usize,
     /// Test only: how this replica misbehaves.
     byzantine: Option<Byzantine>,
     /// Invalid artifacts received, by sender (logged as they grow).
@@ -1057,6 +1071,10 @@ pub const RECENT_BATCHES: usize = 8192;
 /// Catch-up packages kept to serve checkpoints at their heights.
 const KEPT_CUPS: usize = 16;
 
+/// While a fetch has fewer peers than the subnet, how often the others are
+/// asked to join it (ms).
+const RECRUIT_MS: u64 = 1_000;
+
 /// How long a peer whose state was refused is not asked again (ms).
 const FAILED_PEER_MS: u64 = 30_000;
 
@@ -1070,6 +1088,9 @@ struct Served {
     manifest: Manifest,
     source: Arc<SyncSource>,
 }
+
+/// A listing of the last checkpoint, to serve: its source, if any.
+type ListedSource = anyhow::Result<Option<SyncSource>>;
 
 /// Most batches in one sync answer.
 const SYNC_CHUNK: usize = 256;
@@ -1143,6 +1164,7 @@ impl Replica {
         mut self,
         mut inbound: tokio_mpsc::Receiver<Received>,
         mut submits: tokio_mpsc::UnboundedReceiver<IngressMessage>,
+        mut listed: tokio_mpsc::UnboundedReceiver<ListedSource>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1166,6 +1188,10 @@ impl Replica {
                             continue;
                         }
                     }
+                }
+                Some(source) = listed.recv() => {
+                    self.on_listed(source);
+                    continue;
                 }
                 Some(msg) = submits.recv() => match self.consensus.submit_ingress(msg) {
                     Ok(actions) => actions,
@@ -1421,11 +1447,23 @@ impl Replica {
         if let Some(fetch) = self.fetch.as_mut() {
             let height = fetch.manifest.height;
             let tick = fetch.on_tick(now);
+            let recruit = fetch.peers().len() < self.subnet_peers
+                && now >= self.last_state_request_ms + RECRUIT_MS;
             for (peer, indices) in &tick.ask {
                 self.request_chunks(*peer, height, indices);
             }
             for (peer, why) in &tick.dropped {
                 self.drop_fetch_peer(*peer, why);
+            }
+            if recruit && self.fetch.is_some() {
+                // Peers not connected when the fetch began (a replica just
+                // restarted) join it when they announce the same state.
+                self.last_state_request_ms = now;
+                let request = SyncMessage::StateRequest {
+                    above: self.node.round(),
+                    nonce: now_nanos(),
+                };
+                self.send_sync(None, &request);
             }
             return;
         }
@@ -1493,47 +1531,83 @@ impl Replica {
 
     /// A peer asks which checkpoint it could fetch: the last one this
     /// replica wrote, if a catch-up package it holds certifies its height.
-    async fn serve_manifest(&mut self, to: u32, above: u64, nonce: u64) {
+    /// A checkpoint not listed yet is listed off the loop (a cold listing
+    /// hashes every page), and the peer answered when it is
+    /// ([`Replica::on_listed`]).
+    fn serve_manifest(&mut self, to: u32, above: u64, nonce: u64) {
         let interval = self.node.options.checkpoint_interval.max(1);
         let latest = self.node.round() / interval * interval;
-        if self
+        let stale = self
             .served
             .back()
-            .is_none_or(|s| s.manifest.height < latest)
-        {
-            let node = self.node.clone();
-            match tokio::task::spawn_blocking(move || node.sync_source()).await {
-                Ok(Ok(Some(source))) => match self.cups.get(&source.round()) {
-                    Some(cup) => {
-                        let manifest = Manifest {
-                            height: source.round(),
-                            cup: cup.clone(),
-                            chunks: source.chunks().to_vec(),
-                        };
-                        tracing::info!(
-                            height = manifest.height,
-                            bytes = manifest.size(),
-                            chunks = manifest.chunks.len(),
-                            "serving the checkpoint to replicas that state-sync"
-                        );
+            .is_none_or(|s| s.manifest.height < latest);
+        if !stale {
+            return self.answer_manifest(to, above, nonce);
+        }
+        // One waiting request per peer: a peer that asks again replaces it.
+        self.manifest_requests.retain(|&(peer, ..)| peer != to);
+        self.manifest_requests.push((to, above, nonce));
+        if self.listing {
+            return;
+        }
+        self.listing = true;
+        let (node, listed) = (self.node.clone(), self.listed_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let source =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.sync_source()))
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the listing panicked")));
+            let _ = listed.send(source);
+        });
+    }
+
+    /// A listing of the last checkpoint is done: serve it if a catch-up
+    /// package certifies its height, and answer the peers that asked.
+    fn on_listed(&mut self, listed: ListedSource) {
+        self.listing = false;
+        match listed {
+            Ok(Some(source)) => match self.cups.get(&source.round()) {
+                Some(cup) => {
+                    let manifest = Manifest {
+                        height: source.round(),
+                        cup: cup.clone(),
+                        chunks: source.chunks().to_vec(),
+                    };
+                    tracing::info!(
+                        height = manifest.height,
+                        bytes = manifest.size(),
+                        chunks = manifest.chunks.len(),
+                        "serving the checkpoint to replicas that state-sync"
+                    );
+                    if self
+                        .served
+                        .back()
+                        .is_none_or(|s| s.manifest.height < manifest.height)
+                    {
                         self.served.push_back(Served {
                             manifest,
                             source: Arc::new(source),
                         });
-                        while self.served.len() > 2 {
-                            self.served.pop_front();
-                        }
                     }
-                    None => tracing::debug!(
-                        height = source.round(),
-                        "no catch-up package for the checkpoint yet"
-                    ),
-                },
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::warn!("cannot read the checkpoint to serve: {e:#}"),
-                Err(e) => tracing::warn!("checkpoint export panicked: {e}"),
-            }
+                    while self.served.len() > 2 {
+                        self.served.pop_front();
+                    }
+                }
+                None => tracing::debug!(
+                    height = source.round(),
+                    "no catch-up package for the checkpoint yet"
+                ),
+            },
+            Ok(None) => {}
+            Err(e) => tracing::warn!("cannot read the checkpoint to serve: {e:#}"),
         }
+        for (to, above, nonce) in std::mem::take(&mut self.manifest_requests) {
+            self.answer_manifest(to, above, nonce);
+        }
+    }
+
+    /// Sends `to` the manifest of the newest checkpoint served, if it is
+    /// above `above`.
+    fn answer_manifest(&self, to: u32, above: u64, nonce: u64) {
         if let Some(served) = self.served.back().filter(|s| s.manifest.height > above) {
             let answer = SyncMessage::Manifest {
                 manifest: Box::new(served.manifest.clone()),
@@ -1744,7 +1818,7 @@ impl Replica {
                 }
             }
             SyncMessage::StateRequest { above, nonce } => {
-                self.serve_manifest(r.from, above, nonce).await;
+                self.serve_manifest(r.from, above, nonce);
             }
             SyncMessage::Manifest { manifest, .. } => self.on_manifest(r.from, *manifest).await,
             SyncMessage::ChunkRequest {

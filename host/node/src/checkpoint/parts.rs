@@ -293,35 +293,42 @@ impl CheckpointView {
     }
 }
 
-impl Checkpointer {
-    /// Drops the listed parts (the stored checkpoint was replaced).
-    pub(super) fn forget_part_infos(&mut self) {
-        self.part_infos = None;
-        self.changed = ChangedParts::default();
-    }
+/// A listing of a checkpoint's parts under way ([`Checkpointer::begin_listing`]).
+pub struct Listing {
+    view: CheckpointView,
+    /// The parts' hashes as last listed, if they are known.
+    known: Option<BTreeMap<Part, PartInfo>>,
+    /// The parts checkpoints wrote since they were last listed.
+    changed: BTreeSet<Part>,
+    epoch: u64,
+}
 
-    /// Takes `infos` as the stored checkpoint's parts of pages (an
-    /// installed state's, from its checked manifest), so that the next
-    /// listing need not hash them. Call it right after the store changed
-    /// to hold exactly them.
-    pub fn adopt_part_infos(&mut self, infos: BTreeMap<Part, PartInfo>) {
-        self.part_infos = Some(infos);
-        self.changed = ChangedParts::default();
-    }
+/// A checkpoint's parts, listed ([`Listing::hash`]).
+pub struct Listed {
+    /// The view the parts were listed from.
+    pub view: CheckpointView,
+    /// Every part, the metadata first, as [`CheckpointView::parts`] lists
+    /// them.
+    pub parts: Vec<PartInfo>,
+    /// The parts of pages, for the checkpointer to keep.
+    infos: BTreeMap<Part, PartInfo>,
+    epoch: u64,
+}
 
-    /// A view of the stored checkpoint and its parts (as
-    /// [`CheckpointView::parts`] lists them), or `None` when there is no
-    /// checkpoint. The parts of pages are listed once and then kept: a
-    /// later call hashes again only the parts that checkpoints wrote since.
-    pub fn listed_parts(&mut self) -> anyhow::Result<Option<(CheckpointView, Vec<PartInfo>)>> {
-        let Some(view) = self.view()? else {
-            return Ok(None);
-        };
-        let changed = std::mem::take(&mut self.changed);
-        let infos = match self.part_infos.take() {
-            Some(mut infos) if !changed.all => {
+impl Listing {
+    /// Hashes what it must: the parts written since the last listing, or
+    /// every part when none is known (2–3 s per GiB of pages).
+    pub fn hash(self) -> anyhow::Result<Listed> {
+        let Listing {
+            view,
+            known,
+            changed,
+            epoch,
+        } = self;
+        let infos = match known {
+            Some(mut infos) => {
                 let empty = postcard::to_stdvec(&Entries::new())?;
-                for part in changed.parts {
+                for part in changed {
                     let bytes = view.read(&part)?;
                     // An empty list: the part has no entries left.
                     if bytes == empty {
@@ -332,7 +339,7 @@ impl Checkpointer {
                 }
                 infos
             }
-            _ => view
+            None => view
                 .parts()?
                 .into_iter()
                 .filter(|info| info.part != Part::Meta)
@@ -342,10 +349,78 @@ impl Checkpointer {
         let meta = view
             .meta_bytes()?
             .ok_or_else(|| anyhow::anyhow!("the checkpoint has no metadata"))?;
-        let mut list = vec![PartInfo::of(Part::Meta, &meta)];
-        list.extend(infos.values().cloned());
+        let mut parts = vec![PartInfo::of(Part::Meta, &meta)];
+        parts.extend(infos.values().cloned());
+        Ok(Listed {
+            view,
+            parts,
+            infos,
+            epoch,
+        })
+    }
+}
+
+impl Checkpointer {
+    /// Drops the listed parts (the stored checkpoint was replaced).
+    pub(super) fn forget_part_infos(&mut self) {
+        self.part_infos = None;
+        self.changed = ChangedParts::default();
+        self.parts_epoch += 1;
+    }
+
+    /// Takes `infos` as the stored checkpoint's parts of pages (an
+    /// installed state's, from its checked manifest), so that the next
+    /// listing need not hash them. Call it right after the store changed
+    /// to hold exactly them.
+    pub fn adopt_part_infos(&mut self, infos: BTreeMap<Part, PartInfo>) {
         self.part_infos = Some(infos);
-        Ok(Some((view, list)))
+        self.changed = ChangedParts::default();
+        self.parts_epoch += 1;
+    }
+
+    /// Starts listing the stored checkpoint's parts: a view of it, and
+    /// what is known of their hashes. The hashing ([`Listing::hash`]) needs
+    /// no access to the checkpointer, so checkpoints go on meanwhile;
+    /// [`Checkpointer::keep_listing`] then keeps its result for the next
+    /// listing. `None` when there is no checkpoint.
+    pub fn begin_listing(&mut self) -> anyhow::Result<Option<Listing>> {
+        let Some(view) = self.view()? else {
+            return Ok(None);
+        };
+        // Checkpoints written from here on are noted in a fresh set, for
+        // the listing after this one.
+        let changed = std::mem::take(&mut self.changed);
+        let known = self.part_infos.take().filter(|_| !changed.all);
+        self.parts_epoch += 1;
+        Ok(Some(Listing {
+            view,
+            known,
+            changed: changed.parts,
+            epoch: self.parts_epoch,
+        }))
+    }
+
+    /// Keeps the part hashes `listed` found, unless the listing was
+    /// overtaken (another listing began after it, or the store was
+    /// replaced): the next listing then hashes only the parts written
+    /// since its view.
+    pub fn keep_listing(&mut self, listed: &mut Listed) {
+        if listed.epoch == self.parts_epoch {
+            self.part_infos = Some(std::mem::take(&mut listed.infos));
+        }
+    }
+
+    /// [`Checkpointer::begin_listing`], [`Listing::hash`] and
+    /// [`Checkpointer::keep_listing`] in one, holding the checkpointer
+    /// throughout (tests).
+    #[cfg(test)]
+    pub fn listed_parts(&mut self) -> anyhow::Result<Option<(CheckpointView, Vec<PartInfo>)>> {
+        let Some(listing) = self.begin_listing()? else {
+            return Ok(None);
+        };
+        let mut listed = listing.hash()?;
+        self.keep_listing(&mut listed);
+        Ok(Some((listed.view, listed.parts)))
     }
 
     /// Stores `part` (its encoding, `bytes`) as fetched. Checks its form

@@ -16,7 +16,7 @@
 use std::io::{Read, Seek, SeekFrom};
 
 use super::*;
-use crate::checkpoint::{CheckpointView, Loaded, Part, PartInfo, Plan};
+use crate::checkpoint::{CheckpointView, Listed, Loaded, Part, PartInfo, Plan};
 use crate::state_sync::{ChunkInfo, Item, Sink, piece_of, pieces};
 
 /// The staging store's directory, under the state directory.
@@ -242,7 +242,7 @@ impl Node {
     /// parts that changed since the checkpoint's parts were last listed
     /// (all of them the first time), and the modules.
     pub fn sync_source(&self) -> anyhow::Result<Option<SyncSource>> {
-        let Some((view, parts)) = self.checkpoints.with(|store| store.listed_parts())? else {
+        let Some(Listed { view, parts, .. }) = self.list_parts()? else {
             return Ok(None);
         };
         let (round, modules) = view.summary()?;
@@ -261,6 +261,21 @@ impl Node {
         }))
     }
 
+    /// The stored checkpoint's parts, listed with the checkpointer held
+    /// only to begin and to keep the listing, not while hashing (a cold
+    /// listing hashes every page), so checkpoints go on meanwhile.
+    fn list_parts(&self) -> anyhow::Result<Option<Listed>> {
+        let Some(listing) = self.checkpoints.with(|store| store.begin_listing())? else {
+            return Ok(None);
+        };
+        let mut listed = listing.hash()?;
+        self.checkpoints.with(|store| {
+            store.keep_listing(&mut listed);
+            Ok(())
+        })?;
+        Ok(Some(listed))
+    }
+
     /// Starts fetching the state made of `chunks`: a fresh staging store,
     /// and the items it need not fetch: the parts of this node's checkpoint
     /// that are the same (same pieces, same hashes; they stay where they
@@ -271,12 +286,15 @@ impl Node {
             std::fs::remove_dir_all(&dir)?;
         }
         let store = Checkpointer::open(&dir)?;
-        let (listed, base_round) = self
-            .checkpoints
-            .with(|store| Ok((store.listed_parts()?, store.stored_round()?)))?;
         let mut local: BTreeMap<Item, Vec<ChunkInfo>> = BTreeMap::new();
-        let mut view = None;
-        if let Some((listed_view, parts)) = listed {
+        let (mut view, mut base_round) = (None, None);
+        if let Some(Listed {
+            view: listed_view,
+            parts,
+            ..
+        }) = self.list_parts()?
+        {
+            base_round = Some(listed_view.summary()?.0);
             for chunk in state_chunks(&listed_view, parts)? {
                 local.entry(chunk.item.clone()).or_default().push(chunk);
             }
@@ -759,6 +777,52 @@ mod tests {
             let (listed, fresh) = listed_and_fresh(&a);
             assert_eq!(listed, fresh, "after checkpoint {n}");
         }
+    }
+
+    /// A listing hashes without holding the checkpointer: checkpoints
+    /// written meanwhile are listed the next time, and a listing overtaken
+    /// by a later one is not kept.
+    #[test]
+    fn checkpoints_written_during_a_listing_are_listed_next_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, id) = source(dir.path());
+        let add = |key: &str| {
+            a.update(
+                &Principal::anonymous(),
+                &id,
+                "add",
+                wave(&format!("\"{key}\", 1")),
+            )
+            .unwrap();
+            a.checkpoint().unwrap();
+        };
+        let begin = || a.checkpoints.with(|s| s.begin_listing()).unwrap().unwrap();
+        let keep = |mut listed: Listed| {
+            a.checkpoints
+                .with(|s| {
+                    s.keep_listing(&mut listed);
+                    Ok(())
+                })
+                .unwrap();
+            listed
+        };
+        // Cold, with a checkpoint written while it hashes.
+        let cold = begin();
+        add("during-cold");
+        let listed = keep(cold.hash().unwrap());
+        assert_ne!(listed.view.summary().unwrap().0, a.round(), "an older view");
+        let (listed, fresh) = listed_and_fresh(&a);
+        assert_eq!(listed, fresh, "the checkpoint written meanwhile is listed");
+        // Two listings at once: the later one is kept, the earlier not.
+        add("before-two");
+        let first = begin();
+        add("between");
+        let second = begin();
+        keep(second.hash().unwrap());
+        keep(first.hash().unwrap());
+        add("after-two");
+        let (listed, fresh) = listed_and_fresh(&a);
+        assert_eq!(listed, fresh, "after two listings at once");
     }
 
     /// A crash after the staged state was checked, while the node's store
