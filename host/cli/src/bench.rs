@@ -63,6 +63,9 @@ struct MessageRow {
 /// One checkpoint measurement.
 #[derive(Serialize, Debug)]
 struct CheckpointRow {
+    /// The store's state when the checkpoint starts: `quiet` (no flush or
+    /// compaction running) or `after 1 GiB written` (compacting it).
+    store: &'static str,
     dirty_pages: u64,
     pages_written: u64,
     /// How long the round that checkpoints is held up (snapshot and the
@@ -70,6 +73,11 @@ struct CheckpointRow {
     round_millis: f64,
     /// Until the checkpoint is durable.
     millis: f64,
+    /// Of the background write: diffing and building the batch, committing
+    /// it (journal write, memtables), syncing the journal.
+    build_millis: f64,
+    commit_millis: f64,
+    sync_millis: f64,
 }
 
 /// One restart measurement.
@@ -286,23 +294,40 @@ fn checkpoints_and_restarts(args: &MemoryBenchArgs, report: &mut Report) -> Resu
             .result
             .map_err(|r| anyhow::anyhow!("{r}"))?;
         node.checkpoint()?;
-        for &k in &args.pages {
+        // The largest first, right after the heap's checkpoint (its flush
+        // done, its compaction under way); then each from a quiet store
+        // (no flush or compaction running).
+        let largest = args.pages.iter().copied().max();
+        let runs = largest
+            .map(|k| (k, false))
+            .into_iter()
+            .chain(args.pages.iter().map(|&k| (k, true)));
+        for (k, quiet) in runs {
             node.update(&me, &id, "write-pages", Args::Wave(format!("{k}, {k}")))?
                 .result
                 .map_err(|r| anyhow::anyhow!("{r}"))?;
-            // Measured from an idle store: the previous checkpoint's
-            // memtable flush (background work after it was durable) is over.
-            node.settle_checkpoint()?;
+            let store = if !quiet {
+                node.settle_checkpoint()?;
+                "after 1 GiB written"
+            } else if node.quiesce_checkpoints(Duration::from_secs(120))? {
+                "quiet"
+            } else {
+                "busy (2 min)"
+            };
             let started = Instant::now();
             node.start_checkpoint()?;
             let round_millis = started.elapsed().as_secs_f64() * 1e3;
             let stats = node.wait_for_checkpoint()?;
             let millis = started.elapsed().as_secs_f64() * 1e3;
             report.checkpoints.push(CheckpointRow {
+                store,
                 dirty_pages: u64::from(k),
                 pages_written: stats.pages,
                 round_millis,
                 millis,
+                build_millis: stats.build_micros as f64 / 1e3,
+                commit_millis: stats.commit_micros as f64 / 1e3,
+                sync_millis: stats.sync_micros as f64 / 1e3,
             });
         }
     }
@@ -424,13 +449,27 @@ fn print_table(report: &Report) {
     }
     println!("\nCheckpoint (1 GiB heap)");
     println!(
-        "{:>12} {:>14} {:>10} {:>12}",
-        "dirty pages", "pages written", "round ms", "durable ms"
+        "{:<20} {:>12} {:>14} {:>10} {:>12} {:>9} {:>10} {:>8}",
+        "store",
+        "dirty pages",
+        "pages written",
+        "round ms",
+        "durable ms",
+        "build ms",
+        "commit ms",
+        "sync ms"
     );
     for row in &report.checkpoints {
         println!(
-            "{:>12} {:>14} {:>10.2} {:>12.1}",
-            row.dirty_pages, row.pages_written, row.round_millis, row.millis
+            "{:<20} {:>12} {:>14} {:>10.2} {:>12.1} {:>9.1} {:>10.1} {:>8.1}",
+            row.store,
+            row.dirty_pages,
+            row.pages_written,
+            row.round_millis,
+            row.millis,
+            row.build_millis,
+            row.commit_millis,
+            row.sync_millis
         );
     }
     println!("\nRestart");

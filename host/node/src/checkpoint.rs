@@ -120,6 +120,12 @@ pub struct CheckpointStats {
     pub chunks: u64,
     /// Wall time taken, in microseconds.
     pub micros: u64,
+    /// Of which: diffing the states and building the batch.
+    pub build_micros: u64,
+    /// Committing the batch (fjall's journal write and memtable inserts).
+    pub commit_micros: u64,
+    /// Syncing the journal to disk.
+    pub sync_micros: u64,
 }
 
 /// Writes and loads checkpoints, remembering the last one to write deltas.
@@ -279,8 +285,12 @@ impl Checkpointer {
             consensus_policy: consensus_policy.cloned(),
         };
         batch.insert(&self.meta, META_KEY, serde_json::to_vec(&meta)?);
+        stats.build_micros = started.elapsed().as_micros() as u64;
         batch.commit().map_err(storage)?;
+        stats.commit_micros = started.elapsed().as_micros() as u64 - stats.build_micros;
         self.db.persist(PersistMode::SyncAll).map_err(storage)?;
+        stats.sync_micros =
+            started.elapsed().as_micros() as u64 - stats.build_micros - stats.commit_micros;
         self.last = canisters
             .iter()
             .map(|(id, c)| (id.clone(), c.state.clone()))
@@ -289,6 +299,12 @@ impl Checkpointer {
         self.changed.absorb(changed);
         stats.micros = started.elapsed().as_micros() as u64;
         Ok(stats)
+    }
+
+    /// The store's background work under way: memtable flushes queued and
+    /// compactions running.
+    pub fn background_work(&self) -> (usize, usize) {
+        (self.db.outstanding_flushes(), self.db.active_compactions())
     }
 
     /// Flushes what a checkpoint wrote into tables, so that fjall's

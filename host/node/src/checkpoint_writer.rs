@@ -194,6 +194,28 @@ impl CheckpointWriter {
         Ok(self.last())
     }
 
+    /// Settles ([`CheckpointWriter::settle`]), then waits up to `limit`
+    /// for the store's flushes and compactions to end; returns whether they
+    /// did (benchmarks measure a checkpoint from a quiet store).
+    pub fn quiesce(&self, limit: std::time::Duration) -> anyhow::Result<bool> {
+        self.settle()?;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let (flushes, compactions) = self
+                .checkpointer
+                .lock()
+                .expect("checkpointer lock")
+                .background_work();
+            if flushes == 0 && compactions == 0 {
+                return Ok(true);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// What the last durable checkpoint wrote, and how long it took.
     pub fn last(&self) -> CheckpointStats {
         *self.last.lock().expect("stats lock")

@@ -719,6 +719,13 @@ impl Node {
         self.checkpoints.settle()
     }
 
+    /// Waits until the checkpoint being written, if any, is durable and
+    /// flushed, and then up to `limit` for the store's compactions to end;
+    /// returns whether they did.
+    pub fn quiesce_checkpoints(&self, limit: std::time::Duration) -> anyhow::Result<bool> {
+        self.checkpoints.quiesce(limit)
+    }
+
     /// Waits until the checkpoint being written, if any, is durable, and
     /// returns what it wrote.
     pub fn wait_for_checkpoint(&self) -> anyhow::Result<CheckpointStats> {
