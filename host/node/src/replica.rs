@@ -1458,18 +1458,19 @@ impl Replica {
             if recruit && self.fetch.is_some() {
                 // Peers not connected when the fetch began (a replica just
                 // restarted) join it when they announce the same state.
-                self.last_state_request_ms = now;
-                let request = SyncMessage::StateRequest {
-                    above: self.node.round(),
-                    nonce: now_nanos(),
-                };
-                self.send_sync(None, &request);
+                self.broadcast_state_request(now);
             }
             return;
         }
         if !self.want_state || now < self.last_state_request_ms + 1000 {
             return;
         }
+        self.broadcast_state_request(now);
+    }
+
+    /// Asks every peer for the manifest of a checkpoint above this
+    /// replica's round.
+    fn broadcast_state_request(&mut self, now: u64) {
         self.last_state_request_ms = now;
         let request = SyncMessage::StateRequest {
             above: self.node.round(),
@@ -1709,8 +1710,7 @@ impl Replica {
             Progress::Request(more) => self.request_chunks(from, height, &more),
             Progress::BadPeer(why) => self.drop_fetch_peer(from, &why),
             Progress::BadState(why) => {
-                let mut peers = fetch.peers();
-                peers.push(from);
+                let peers = fetch.peers();
                 self.fail_state(&peers, &why);
             }
             Progress::Done => self.install_fetched().await,

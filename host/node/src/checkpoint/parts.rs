@@ -410,19 +410,6 @@ impl Checkpointer {
         }
     }
 
-    /// [`Checkpointer::begin_listing`], [`Listing::hash`] and
-    /// [`Checkpointer::keep_listing`] in one, holding the checkpointer
-    /// throughout (tests).
-    #[cfg(test)]
-    pub fn listed_parts(&mut self) -> anyhow::Result<Option<(CheckpointView, Vec<PartInfo>)>> {
-        let Some(listing) = self.begin_listing()? else {
-            return Ok(None);
-        };
-        let mut listed = listing.hash()?;
-        self.keep_listing(&mut listed);
-        Ok(Some((listed.view, listed.parts)))
-    }
-
     /// Stores `part` (its encoding, `bytes`) as fetched. Checks its form
     /// (the metadata parses; entries are whole pages, in order and in the
     /// part's group), not its truth: the state hash checks that.

@@ -600,12 +600,21 @@ mod tests {
 
     /// A node's listed parts and a fresh listing of its checkpoint.
     fn listed_and_fresh(node: &Node) -> (Vec<PartInfo>, Vec<PartInfo>) {
-        node.checkpoints
-            .with(|store| {
-                let (view, listed) = store.listed_parts()?.unwrap();
-                Ok((listed, view.parts()?))
-            })
-            .unwrap()
+        let listed = node.list_parts().unwrap().unwrap();
+        let fresh = listed.view.parts().unwrap();
+        (listed.parts, fresh)
+    }
+
+    /// Sets `key` to 1 in the kv canister `id`, then checkpoints.
+    fn add_and_checkpoint(node: &Node, id: &Principal, key: &str) {
+        node.update(
+            &Principal::anonymous(),
+            id,
+            "add",
+            wave(&format!("\"{key}\", 1")),
+        )
+        .unwrap();
+        node.checkpoint().unwrap();
     }
 
     fn sync(from: &Node, to: &Node) -> anyhow::Result<(u64, usize)> {
@@ -766,14 +775,7 @@ mod tests {
         // The parts listed once and kept up to date are those of a fresh
         // listing, checkpoint after checkpoint (A's were listed above).
         for n in 0..3 {
-            a.update(
-                &Principal::anonymous(),
-                &id,
-                "add",
-                wave(&format!("\"n{n}\", 1")),
-            )
-            .unwrap();
-            a.checkpoint().unwrap();
+            add_and_checkpoint(&a, &id, &format!("n{n}"));
             let (listed, fresh) = listed_and_fresh(&a);
             assert_eq!(listed, fresh, "after checkpoint {n}");
         }
@@ -786,16 +788,7 @@ mod tests {
     fn checkpoints_written_during_a_listing_are_listed_next_time() {
         let dir = tempfile::tempdir().unwrap();
         let (a, id) = source(dir.path());
-        let add = |key: &str| {
-            a.update(
-                &Principal::anonymous(),
-                &id,
-                "add",
-                wave(&format!("\"{key}\", 1")),
-            )
-            .unwrap();
-            a.checkpoint().unwrap();
-        };
+        let add = |key: &str| add_and_checkpoint(&a, &id, key);
         let begin = || a.checkpoints.with(|s| s.begin_listing()).unwrap().unwrap();
         let keep = |mut listed: Listed| {
             a.checkpoints
