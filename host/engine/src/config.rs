@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::memory::HostMemoryCreator;
+use crate::stacks::StackPool;
 use crate::tracker::MemoryTracker;
 
 /// Limits that protect a node from a canister (and a canister from itself).
@@ -56,8 +57,9 @@ impl Default for Limits {
 }
 
 /// Builds the wasmtime engine every canister runs on: fuel metering,
-/// canonical NaNs, no threads, deterministic relaxed SIMD, no memory64, and
-/// host-owned linear memories (see `memory`).
+/// canonical NaNs, no threads, deterministic relaxed SIMD, no memory64,
+/// host-owned linear memories (see `memory`) and pooled fiber stacks (see
+/// `stacks`).
 pub fn new_engine() -> anyhow::Result<wasmtime::Engine> {
     let mut config = wasmtime::Config::new();
     config
@@ -69,7 +71,9 @@ pub fn new_engine() -> anyhow::Result<wasmtime::Engine> {
         .relaxed_simd_deterministic(true)
         // Host-owned memories are incompatible with copy-on-write images.
         .memory_init_cow(false)
-        .with_host_memory(Arc::new(HostMemoryCreator));
+        .with_host_memory(Arc::new(HostMemoryCreator))
+        // Fiber stacks are kept and reused, not mapped for every message.
+        .with_host_stack(Arc::new(StackPool::default()));
     let engine = wasmtime::Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     // After wasmtime's own handler, which ours chains to.
     crate::tracker::install_handler();

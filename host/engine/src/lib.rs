@@ -25,6 +25,7 @@ mod paging;
 mod policy;
 mod rng;
 mod stable;
+mod stacks;
 mod state;
 mod system_api;
 mod tracker;

@@ -643,6 +643,24 @@ fn mapped_limits() -> Option<Limits> {
     })
 }
 
+#[test]
+fn a_stack_overflow_traps_cleanly_and_the_next_message_runs() {
+    let mut g = Harness::new(&globals_canister());
+    assert_eq!(Harness::reply(&g.update("bump()")), "1");
+    // Fiber stacks are reused between executions (`stacks`): each overflow
+    // leaves a used stack behind, and each next message still runs.
+    for _ in 0..3 {
+        let before = g.state.clone();
+        let overflowed = g.update("bump-then-overflow()");
+        let error = overflowed.result.unwrap_err().message;
+        assert!(error.contains("stack"), "{error}");
+        assert_eq!(g.state, before, "an overflow rolls back like any trap");
+        assert_eq!(Harness::reply(&g.query("peek()")), "1");
+    }
+    assert_eq!(Harness::reply(&g.update("bump()")), "2");
+    assert_eq!(Harness::reply(&g.query("bump-in-query()")), "3");
+}
+
 /// A canister with data segments (see `data.wat`).
 fn data_canister() -> Vec<u8> {
     wat::parse_str(include_str!("data.wat")).unwrap()

@@ -1,7 +1,8 @@
 ;; A canister that keeps its state in mutable wasm globals only: a counter
 ;; (i32), a wide counter (i64), a float (f64) and a v128, in one core module,
 ;; plus a tick counter (i64) in a second module instantiated twice. Used to
-;; check that the node persists globals across messages, restarts and traps.
+;; check that the node persists globals across messages, restarts and traps
+;; (a stack overflow among them).
 (component
   (core module $state
     (memory 1)
@@ -19,6 +20,11 @@
     (func (export "bump-then-trap")
       (drop (call $bump))
       unreachable)
+    (func $descend (param i32) (result i32)
+      (call $descend (i32.add (local.get 0) (i32.const 1))))
+    (func (export "bump-then-overflow") (result i32)
+      (drop (call $bump))
+      (call $descend (i32.const 0)))
     (func (export "peek") (result i32) (global.get $count))
     (func (export "wide") (result i64) (global.get $wide))
     (func (export "float") (result f64) (global.get $float))
@@ -34,6 +40,7 @@
   (core instance $b (instantiate $ticker))
   (func $bump (result u32) (canon lift (core func $s "bump")))
   (func $trap (canon lift (core func $s "bump-then-trap")))
+  (func $overflow (result u32) (canon lift (core func $s "bump-then-overflow")))
   (func $tick-a (result u64) (canon lift (core func $a "tick")))
   (func $tick-b (result u64) (canon lift (core func $b "tick")))
   (func $peek (result u32) (canon lift (core func $s "peek")))
@@ -43,6 +50,7 @@
   (func $constant (result u32) (canon lift (core func $s "constant")))
   (export "bump" (func $bump))
   (export "bump-then-trap" (func $trap))
+  (export "bump-then-overflow" (func $overflow))
   (export "tick-a" (func $tick-a))
   (export "tick-b" (func $tick-b))
   (instance $query
