@@ -38,7 +38,7 @@ pub struct MemoryBenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "messages,checkpoints")]
     pub parts: Vec<String>,
     /// Trackers to measure messages with (`signal`, `uffd-lazy`,
-    /// `uffd-image`, `uffd-mapped`, `copy-all`); all available ones by
+    /// `uffd-image`, `uffd-mapped`, `uffd-auto`, `copy-all`); all available ones by
     /// default.
     #[arg(long, value_delimiter = ',')]
     pub trackers: Vec<String>,
@@ -153,6 +153,10 @@ impl Subject {
     }
 }
 
+/// Unmeasured messages before each data point of `uffd-auto`: enough for
+/// its choice for a large memory to settle.
+const AUTO_WARM_UP: u32 = 5;
+
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
@@ -174,6 +178,7 @@ pub fn memory(args: &MemoryBenchArgs, json: bool) -> Result<()> {
             trackers.push((MemoryTracker::Userfaultfd, false, "uffd-lazy"));
             trackers.push((MemoryTracker::Userfaultfd, true, "uffd-image"));
             trackers.push((MemoryTracker::Mapped, false, "uffd-mapped"));
+            trackers.push((MemoryTracker::Auto, true, "uffd-auto"));
         }
         Err(why) => eprintln!("userfaultfd tracker skipped: {why}"),
     }
@@ -227,6 +232,14 @@ pub fn memory(args: &MemoryBenchArgs, json: bool) -> Result<()> {
                     } else {
                         args.repeat
                     };
+                    // `uffd-auto` chooses per canister from its last
+                    // updates (`write_rate`): measured once settled on the
+                    // k-page messages, after unmeasured ones of the kind.
+                    if tracker == MemoryTracker::Auto {
+                        for r in 0..AUTO_WARM_UP {
+                            subject.run(&format!("{call}({k}, {})", 900 + r), kind)?;
+                        }
+                    }
                     let mut samples = Vec::new();
                     let mut last = None;
                     for r in 0..repeat {

@@ -392,7 +392,7 @@ fn prepare(
     // Kept memories (`uffd-mapped`): lent before instantiation, which
     // creates the memories in them.
     let mut lending = mechanism
-        .keeps(&state.heap)
+        .keeps(&state.heap, &store.data().sys.ctx.canister_id)
         .then(|| Lending::lend(&state.heap, persists));
     let kept = lending
         .as_ref()
@@ -503,8 +503,8 @@ fn complete(
     let call_nanos = (started.elapsed().as_nanos() as u64).saturating_sub(setup_nanos);
     // A query's writes are discarded: nothing to build (and a memory image
     // must keep the committed version).
-    let (heap, delta_pages) = if !persists {
-        (state.heap.clone(), 0)
+    let (heap, heap_delta, stable_delta) = if !persists {
+        (state.heap.clone(), 0, 0)
     } else {
         // Each commit counts the pages whose contents changed (a tracker
         // may also report pages written with the bytes they held): the same
@@ -533,8 +533,9 @@ fn complete(
             "a commit's count of changed pages disagrees with the diff"
         );
         let stable_delta = store.data().sys.stable.written_chunks();
-        (HeapSnapshot { memories }, heap_delta + stable_delta)
+        (HeapSnapshot { memories }, heap_delta, stable_delta)
     };
+    let delta_pages = heap_delta + stable_delta;
     let stats = TrackingStats {
         setup_nanos,
         call_nanos,
@@ -557,6 +558,11 @@ fn complete(
     if persists {
         // Kept memories now hold the new version.
         tracked.iter().for_each(Armed::confirm);
+        limits.memory_tracker.record_update(
+            &state.heap,
+            &store.data().sys.ctx.canister_id,
+            heap_delta,
+        );
     }
     Ok(Completed {
         results,

@@ -162,6 +162,12 @@ fn lend(version: &PageMap, len: usize) -> Option<Image> {
     image.ok()
 }
 
+/// Drops the image of `version` when it rests in the cache (its memory
+/// runs in a kept mapping from now on).
+pub(crate) fn evict(version: &PageMap) {
+    version_cache::evict(&CACHE, version);
+}
+
 /// Drops the lent marker of `version`.
 fn forget(version: &PageMap) {
     version_cache::forget(&CACHE, version);
@@ -335,9 +341,12 @@ static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// Turns memory images off (or back on) for this process: the userfaultfd
 /// tracker then maps every memory lazily. For benchmarks that compare both.
 /// Turning them off frees the cached images, and the memories the
-/// `uffd-mapped` tracker keeps (not lent right now).
+/// `uffd-mapped` tracker keeps (not lent right now). Either way the
+/// canisters' write rates (`uffd-auto`'s choice for large memories) are
+/// forgotten, so each comparison starts alike.
 pub fn set_memory_images(enabled: bool) {
     DISABLED.store(!enabled, Ordering::Relaxed);
+    crate::write_rate::clear();
     if !enabled {
         crate::mapped::clear();
     }

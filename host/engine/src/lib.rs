@@ -33,6 +33,7 @@ mod uffd;
 mod values;
 mod version_cache;
 mod wasi;
+mod write_rate;
 
 pub use cache::{CanisterCode, CodeCache, InstallError};
 pub use config::{Limits, new_engine};

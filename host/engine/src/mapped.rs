@@ -79,6 +79,12 @@ fn lend(version: &PageMap) -> Lent<Kept> {
     }
 }
 
+/// Drops the kept memory of `version` when it rests in the cache (its
+/// memory is mapped from images from now on).
+pub(crate) fn evict(version: &PageMap) {
+    version_cache::evict(&CACHE, version);
+}
+
 /// Drops the lent marker of `version`.
 fn forget(version: &PageMap) {
     version_cache::forget(&CACHE, version);

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use cellar_types::Principal;
+
 use crate::memory::MemoryView;
 use crate::paging::{MAX_PAGES, PAGE_SIZE, Page, PageMap, PageRef};
 
@@ -516,28 +518,61 @@ pub(crate) fn stats(memories: &[Armed]) -> TrackingStats {
     }
 }
 
-/// The largest memory (in stored pages) [`MemoryTracker::Auto`] keeps
-/// mapped between messages: 64 MiB. A kept memory's per-message
+/// The largest memory (in stored pages) [`MemoryTracker::Auto`] always
+/// keeps mapped between messages: 64 MiB. A kept memory's per-message
 /// `PAGEMAP_SCAN` walk costs ~3 ns per resident page (~50 µs here), less
-/// than arming and committing through an image; at 1 GiB it is ~0.8 ms,
-/// four times an image's (`docs/persistence.md`).
+/// than arming and committing through an image; at 1 GiB it is ~0.6 ms,
+/// several times an image's, which only pays off for canisters whose
+/// updates write many pages (`write_rate`, `docs/persistence.md`).
 pub const KEPT_MAX_PAGES: u64 = 16 * 1024;
 
 impl MemoryTracker {
-    /// Whether a message on `heap` runs in kept memories.
-    pub(crate) fn keeps(self, heap: &crate::state::HeapSnapshot) -> bool {
+    /// Whether a message of `canister` on `heap` runs in kept memories.
+    pub(crate) fn keeps(self, heap: &crate::state::HeapSnapshot, canister: &Principal) -> bool {
         !heap.memories.is_empty()
             && match self {
                 MemoryTracker::Mapped => true,
-                MemoryTracker::Auto => heap
-                    .memories
-                    .iter()
-                    .all(|m| m.pages.len() <= KEPT_MAX_PAGES),
+                MemoryTracker::Auto => {
+                    !is_large(heap) || {
+                        let keep = crate::write_rate::keeps_large(canister);
+                        if crate::write_rate::take_switch(canister) {
+                            // The other way's copy of the heap is not needed.
+                            for memory in &heap.memories {
+                                if keep {
+                                    crate::image::evict(&memory.pages);
+                                } else {
+                                    crate::mapped::evict(&memory.pages);
+                                }
+                            }
+                        }
+                        keep
+                    }
+                }
                 MemoryTracker::Signal | MemoryTracker::Userfaultfd | MemoryTracker::CopyAll => {
                     false
                 }
             }
     }
+
+    /// Records how many pages an update of `canister` on `heap` changed,
+    /// for the choice [`MemoryTracker::Auto`] makes for large memories.
+    pub(crate) fn record_update(
+        self,
+        heap: &crate::state::HeapSnapshot,
+        canister: &Principal,
+        changed_pages: u64,
+    ) {
+        if self == MemoryTracker::Auto && is_large(heap) {
+            let stored = heap.memories.iter().map(|m| m.pages.len()).sum();
+            crate::write_rate::record(canister, stored, changed_pages);
+        }
+    }
+}
+
+/// Whether a memory of `heap` is beyond what [`MemoryTracker::Auto`] always
+/// keeps.
+fn is_large(heap: &crate::state::HeapSnapshot) -> bool {
+    heap.memories.iter().any(|m| m.pages.len() > KEPT_MAX_PAGES)
 }
 
 /// How dirty pages are found while a message runs.
@@ -553,9 +588,10 @@ pub enum MemoryTracker {
     Mapped,
     /// The default where userfaultfd works: kept memories (as [`Mapped`])
     /// for memories of at most [`KEPT_MAX_PAGES`] stored pages, whose
-    /// per-message page-table walk is short, and memory images (as
-    /// [`Userfaultfd`]) for larger ones, whose walk would cost more than
-    /// mapping an image.
+    /// per-message page-table walk is short, and for larger ones of
+    /// canisters whose updates write many pages (the walk then costs less
+    /// than the image's copy-on-write faults); memory images (as
+    /// [`Userfaultfd`]) for the other large ones.
     ///
     /// [`Mapped`]: MemoryTracker::Mapped
     /// [`Userfaultfd`]: MemoryTracker::Userfaultfd

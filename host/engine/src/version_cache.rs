@@ -131,6 +131,17 @@ impl<T: Resident> VersionCache<T> {
         evicted
     }
 
+    /// Takes out the resource of `version` when it is in the cache and not
+    /// lent right now.
+    #[must_use]
+    pub(crate) fn evict(&mut self, version: &PageMap) -> Option<T> {
+        let i = self
+            .entries
+            .iter()
+            .position(|e| e.value.is_some() && e.version.same_version(version))?;
+        self.entries.remove(i).value
+    }
+
     /// Takes out every resource not lent right now (lent markers stay).
     #[must_use]
     pub(crate) fn drain_resting(&mut self) -> Vec<T> {
@@ -153,6 +164,13 @@ pub(crate) fn give_back<T: Resident>(
         Ok(mut cache) => cache.give_back(lent, version, value),
         Err(_) => return,
     };
+    drop(evicted);
+}
+
+/// Drops the resource of `version` from `cache` when it rests there (after
+/// the lock is released).
+pub(crate) fn evict<T: Resident>(cache: &Mutex<VersionCache<T>>, version: &PageMap) {
+    let evicted = cache.lock().ok().and_then(|mut cache| cache.evict(version));
     drop(evicted);
 }
 
@@ -204,6 +222,12 @@ mod tests {
         // Over the byte bound: everything older goes.
         assert!(matches!(cache.lend(&b), Lent::Miss));
         assert_eq!(cache.give_back(&b, b.clone(), Bytes(95)).len(), 2);
+        // Evicted by version, only when resting.
+        assert!(matches!(cache.lend(&c), Lent::Miss));
+        assert!(cache.evict(&c).is_none());
+        assert!(cache.give_back(&c, c.clone(), Bytes(1)).is_empty());
+        assert!(cache.evict(&c).is_some());
+        assert!(cache.evict(&c).is_none());
         assert_eq!(cache.drain_resting().len(), 1);
     }
 }

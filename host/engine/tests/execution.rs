@@ -16,6 +16,9 @@ struct Harness {
     limits: Limits,
     round: u64,
     caller: Principal,
+    /// The canister's id (tests that depend on per-canister history kept
+    /// by the engine use their own).
+    canister_id: Principal,
 }
 
 impl Harness {
@@ -41,6 +44,7 @@ impl Harness {
             limits,
             round: 0,
             caller: Principal::self_authenticating(&[1; 32]),
+            canister_id: Principal::canister(7),
         }
     }
 
@@ -50,7 +54,7 @@ impl Harness {
         let params = decode_args(&CallArgs::Wave(call.args), &method).unwrap();
         self.round += 1;
         let ctx = MessageContext {
-            canister_id: Principal::canister(7),
+            canister_id: self.canister_id.clone(),
             caller: self.caller.clone(),
             method: method.function.clone(),
             kind,
@@ -734,6 +738,8 @@ fn the_auto_tracker_keeps_small_memories_and_maps_large_ones_from_images() {
     ];
     let run = |limits: Limits| {
         let mut t = Harness::with_limits(cellar_examples::testbed(), limits);
+        // Its own id: no other test's history (per canister) applies.
+        t.canister_id = Principal::canister(1000);
         let mut trace = Vec::new();
         let mut faults = Vec::new();
         for call in script {
@@ -775,6 +781,85 @@ fn the_auto_tracker_keeps_small_memories_and_maps_large_ones_from_images() {
     // (a growth fault per message that grows; a kept memory takes none).
     assert_eq!(auto_faults[5..], lazy_faults[5..]);
     assert_ne!(auto_faults[5..], mapped_faults[5..]);
+}
+
+#[test]
+fn the_auto_tracker_keeps_a_large_memory_while_its_updates_write_many_pages() {
+    let auto: cellar_engine::MemoryTracker = "uffd-auto".parse().unwrap();
+    if let Err(e) = auto.check_available() {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    // A heap past KEPT_MAX_PAGES (64 MiB): 72 MiB, where an update that
+    // changes 36 pages or more is heavy and one under 9 light.
+    let grow_mib = ((cellar_engine::KEPT_MAX_PAGES * cellar_engine::PAGE_SIZE as u64) >> 20) + 8;
+    let grow = format!("grow-heap({grow_mib})");
+    let mut script = vec![
+        grow, // heavy, but one of four
+        "set(\"a\", \"1\")".to_string(),
+        "write-pages(200, 1)".to_string(),
+        "write-pages(200, 2)".to_string(),
+        "write-pages(200, 3)".to_string(), // three of four heavy: kept from the next
+        "write-pages(200, 4)".to_string(),
+        "set-then-trap(\"b\", \"2\")".to_string(),
+        "write-pages(200, 5)".to_string(),
+    ];
+    // The choice holds for 16 updates after a switch (the trap does not
+    // count), then three light ones of the last four switch back.
+    script.extend((0..15).map(|i| format!("set(\"k{i}\", \"{i}\")")));
+    let images_again = script.len();
+    script.extend([
+        "set(\"f\", \"6\")".to_string(),
+        "write-pages(20, 6)".to_string(),
+    ]);
+    let run = |tracker: &str, id: u64| {
+        let mut t = Harness::with_limits(
+            cellar_examples::testbed(),
+            Limits {
+                memory_tracker: tracker.parse().unwrap(),
+                ..Limits::default()
+            },
+        );
+        t.canister_id = Principal::canister(id);
+        let mut trace = Vec::new();
+        let mut faults = Vec::new();
+        for call in &script {
+            let o = t.update(call);
+            let shown = match &o.result {
+                Ok(v) => results_to_wave(v).unwrap(),
+                Err(r) => format!("reject {:?}", r.code),
+            };
+            let q = Harness::reply(&t.query("get(\"a\")"));
+            faults.push(o.tracking.faults);
+            trace.push((o.instructions, shown, o.delta_pages, q));
+        }
+        (trace, faults, t.state)
+    };
+    let (image_trace, image_faults, image_state) = run("userfaultfd", 1001);
+    let (auto_trace, auto_faults, auto_state) = run("uffd-auto", 1002);
+    let (_, mapped_faults, _) = run("uffd-mapped", 1003);
+    assert_eq!(image_trace, auto_trace);
+    assert!(image_state == auto_state, "states differ");
+    // Which way each message ran shows in its faults: an image takes one
+    // (the globals' page), a kept memory none.
+    let end = script.len();
+    let phases = [
+        (1..5, &image_faults),
+        (5..images_again, &mapped_faults),
+        (images_again..end, &image_faults),
+    ];
+    for (phase, expected) in phases {
+        assert_eq!(
+            auto_faults[phase.clone()],
+            expected[phase.clone()],
+            "{phase:?}"
+        );
+    }
+    assert_ne!(
+        image_faults[5..images_again],
+        mapped_faults[5..images_again]
+    );
+    assert_ne!(image_faults[images_again..], mapped_faults[images_again..]);
 }
 
 #[test]
