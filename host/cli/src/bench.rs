@@ -234,8 +234,13 @@ pub fn memory(args: &MemoryBenchArgs, json: bool) -> Result<()> {
                     };
                     // `uffd-auto` chooses per canister from its last
                     // updates (`write_rate`): measured once settled on the
-                    // k-page messages, after unmeasured ones of the kind.
+                    // k-page messages, from no history (and no cached
+                    // image or kept memory, whose versions would pin old
+                    // pages), after unmeasured ones of the kind.
                     if tracker == MemoryTracker::Auto {
+                        cellar_node::engine::forget_write_rates();
+                        cellar_node::engine::set_memory_images(false);
+                        cellar_node::engine::set_memory_images(true);
                         for r in 0..AUTO_WARM_UP {
                             subject.run(&format!("{call}({k}, {})", 900 + r), kind)?;
                         }

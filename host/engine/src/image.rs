@@ -341,12 +341,9 @@ static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// Turns memory images off (or back on) for this process: the userfaultfd
 /// tracker then maps every memory lazily. For benchmarks that compare both.
 /// Turning them off frees the cached images, and the memories the
-/// `uffd-mapped` tracker keeps (not lent right now). Either way the
-/// canisters' write rates (`uffd-auto`'s choice for large memories) are
-/// forgotten, so each comparison starts alike.
+/// `uffd-mapped` tracker keeps (not lent right now).
 pub fn set_memory_images(enabled: bool) {
     DISABLED.store(!enabled, Ordering::Relaxed);
-    crate::write_rate::clear();
     if !enabled {
         crate::mapped::clear();
     }

@@ -66,3 +66,4 @@ pub use values::{
     parse_call_text, results_to_json, results_to_wave, val_to_json,
 };
 pub use wasmtime::component::Val;
+pub use write_rate::forget_write_rates;

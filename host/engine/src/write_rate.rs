@@ -6,8 +6,8 @@
 //! (`docs/persistence.md`): a kept memory (`mapped`) pays a `PAGEMAP_SCAN`
 //! walk of the whole resident heap per message (~0.6 ms per GiB here) and
 //! ~2 µs per written page; an image (`image`) pays ~0.1 ms whatever the
-//! heap and ~7–8 µs per written page (the kernel's copy-on-write fault).
-//! The break-even lies near 100 written pages per GiB of heap. An update
+//! heap and ~8–10 µs per written page (the kernel's copy-on-write fault).
+//! The break-even lies near 70–100 written pages per GiB of heap. An update
 //! is *heavy* when it changes at least [`HEAVY_PER_GIB`] pages per GiB of
 //! heap and *light* below [`LIGHT_PER_GIB`]. A canister moves to a kept
 //! memory when [`SWITCH_AFTER`] of its last [`WINDOW`] updates were heavy,
@@ -33,9 +33,9 @@ use std::sync::Mutex;
 use cellar_types::Principal;
 
 /// Changed pages per GiB of heap from which an update is heavy.
-pub(crate) const HEAVY_PER_GIB: u64 = 512;
+pub(crate) const HEAVY_PER_GIB: u64 = 256;
 /// Changed pages per GiB of heap below which an update is light.
-pub(crate) const LIGHT_PER_GIB: u64 = 128;
+pub(crate) const LIGHT_PER_GIB: u64 = 64;
 /// Updates remembered per canister.
 const WINDOW: u32 = 4;
 /// Heavy (or light) updates among the last [`WINDOW`] that switch.
@@ -142,8 +142,9 @@ pub(crate) fn take_switch(canister: &Principal) -> bool {
         .unwrap_or(false)
 }
 
-/// Forgets every canister (for benchmarks that compare trackers).
-pub(crate) fn clear() {
+/// Forgets every canister's recent updates, so that `uffd-auto` chooses
+/// afresh (for benchmarks: each data point starts from no history).
+pub fn forget_write_rates() {
     if let Ok(mut rates) = RATES.lock() {
         *rates = None;
     }
@@ -158,12 +159,12 @@ mod tests {
     #[test]
     fn heavy_and_light_are_per_gib_of_heap() {
         let mut rate = Rate::default();
-        // 1 GiB: heavy from 512 changed pages, light below 128.
-        rate.push(GIB, 512);
-        rate.push(GIB, 511);
-        rate.push(GIB, 127);
-        rate.push(4 * GIB, 2048);
-        rate.push(4 * GIB, 2047);
+        // 1 GiB: heavy from 256 changed pages, light below 64.
+        rate.push(GIB, 256);
+        rate.push(GIB, 255);
+        rate.push(GIB, 63);
+        rate.push(4 * GIB, 1024);
+        rate.push(4 * GIB, 1023);
         assert_eq!((rate.heavy, rate.light), (0b0010, 0b0100));
         // Between the two, neither choice changes.
         let (mut kept, mut imaged) = (
@@ -174,8 +175,8 @@ mod tests {
             Rate::default(),
         );
         for _ in 0..10 {
-            assert!(kept.push(GIB, 300));
-            assert!(!imaged.push(GIB, 300));
+            assert!(kept.push(GIB, 100));
+            assert!(!imaged.push(GIB, 100));
         }
     }
 

@@ -791,7 +791,7 @@ fn the_auto_tracker_keeps_a_large_memory_while_its_updates_write_many_pages() {
         return;
     }
     // A heap past KEPT_MAX_PAGES (64 MiB): 72 MiB, where an update that
-    // changes 36 pages or more is heavy and one under 9 light.
+    // changes 18 pages or more is heavy and one under 4.5 light.
     let grow_mib = ((cellar_engine::KEPT_MAX_PAGES * cellar_engine::PAGE_SIZE as u64) >> 20) + 8;
     let grow = format!("grow-heap({grow_mib})");
     let mut script = vec![
