@@ -31,6 +31,7 @@ use crate::state::StateChanges;
 use crate::state::{ExecutionState, HeapSnapshot};
 use crate::system_api::{HostState, SystemState};
 use crate::tracker::{self, ArmGuard, Armed, TrackingStats, scan};
+use crate::version_cache::Lineage;
 use crate::wasi::deterministic_wasi;
 
 /// What kind of message runs; decides the instruction limit and whether
@@ -393,7 +394,7 @@ fn prepare(
     // creates the memories in them.
     let mut lending = mechanism
         .keeps(&state.heap, &store.data().sys.ctx.canister_id)
-        .then(|| Lending::lend(&state.heap, persists));
+        .then(|| Lending::lend(&state.heap, &store.data().sys.ctx.canister_id, persists));
     let kept = lending
         .as_ref()
         .map(Lending::kept_memories)
@@ -443,8 +444,12 @@ fn prepare(
                 };
                 bases.push(committed.clone());
                 // SAFETY: as above.
-                let memory =
-                    unsafe { Armed::arm(mechanism, view, committed) }.map_err(arm_error)?;
+                let lineage = Lineage {
+                    canister: store.data().sys.ctx.canister_id.clone(),
+                    memory: i,
+                };
+                let memory = unsafe { Armed::arm(mechanism, view, committed, &lineage) }
+                    .map_err(arm_error)?;
                 tracked.push(memory);
             }
             (tracked, bases)

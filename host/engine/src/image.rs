@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::memory::MemoryView;
 use crate::paging::{PAGE_SIZE, PageMap};
-use crate::version_cache::{self, Lent, Resident, VersionCache};
+use crate::version_cache::{self, Lent, Lineage, Resident, VersionCache};
 
 /// Memories with fewer stored pages are armed lazily (building and keeping
 /// an image would cost more than it saves).
@@ -117,6 +117,27 @@ impl Image {
         Ok(image)
     }
 
+    /// Makes the image, which holds `older`, hold `version` instead: writes
+    /// the pages that differ (a diff of the two maps, which skips what they
+    /// share). The image must already be as long as `version`'s memory.
+    fn bring_forward(&mut self, older: &PageMap, version: &PageMap) {
+        for (index, content) in version.diff(older) {
+            let at = index as usize * PAGE_SIZE;
+            if at + PAGE_SIZE > self.len {
+                continue;
+            }
+            let target = (self.view + at) as *mut u8;
+            // SAFETY: inside the file's length, in our shared view, which
+            // no one else uses while the image is lent to us.
+            unsafe {
+                match content {
+                    Some(page) => std::ptr::copy_nonoverlapping(page.as_ptr(), target, PAGE_SIZE),
+                    None => std::ptr::write_bytes(target, 0, PAGE_SIZE),
+                }
+            }
+        }
+    }
+
     /// Grows the memfd to at least `len` bytes (new bytes are zero).
     fn resize(&mut self, len: usize) -> io::Result<()> {
         if len <= self.len {
@@ -143,12 +164,21 @@ impl Resident for Image {
 static CACHE: Mutex<VersionCache<Image>> =
     Mutex::new(VersionCache::new(CACHE_ENTRIES, CACHE_BYTES));
 
-/// Takes the image of `version` out of the cache (building one when there
-/// is none), grown to `len` bytes. `None` when it is lent to another
-/// message right now (the caller arms lazily) or cannot be built.
-fn lend(version: &PageMap, len: usize) -> Option<Image> {
-    let cached = match CACHE.lock().ok()?.lend(version) {
+/// Takes the image of `version` (of `lineage`) out of the cache, grown to
+/// `len` bytes: the cached one, or the lineage's image of another version
+/// brought forward by the pages that differ, or a new one. `None` when it
+/// is lent to another message right now (the caller arms lazily) or cannot
+/// be built.
+fn lend(version: &PageMap, lineage: &Lineage, len: usize) -> Option<Image> {
+    let cached = match CACHE.lock().ok()?.lend(version, lineage) {
         Lent::Hit(image) => Some(image),
+        Lent::Older(mut image, older) => image
+            .resize(len)
+            .map(|()| {
+                image.bring_forward(&older, version);
+                image
+            })
+            .ok(),
         Lent::Miss => None,
         Lent::Busy => return None,
     };
@@ -198,12 +228,16 @@ impl ImageMemory {
     ///
     /// # Safety
     /// The store owning the memory must be alive and no wasm may run.
-    pub(crate) unsafe fn arm(view: &MemoryView, committed: &PageMap) -> io::Result<Option<Self>> {
+    pub(crate) unsafe fn arm(
+        view: &MemoryView,
+        committed: &PageMap,
+        lineage: &Lineage,
+    ) -> io::Result<Option<Self>> {
         let (base, size) = (view.base(), view.len());
         if committed.len() < MIN_IMAGE_PAGES || size == 0 || !supported() {
             return Ok(None);
         }
-        let Some(image) = lend(committed, size) else {
+        let Some(image) = lend(committed, lineage, size) else {
             return Ok(None);
         };
         view.set_tracked(true);
@@ -444,11 +478,20 @@ mod tests {
         unsafe { std::ptr::write_volatile((view.base() + page * PAGE_SIZE + 7) as *mut u8, value) }
     }
 
+    /// A lineage of this module's tests (each test its own: they share the
+    /// process-wide cache).
+    fn lineage(test: usize) -> Lineage {
+        Lineage {
+            canister: cellar_types::Principal::canister(u64::MAX - 1),
+            memory: test,
+        }
+    }
+
     /// Arms a fresh memory of `pages` pages with `committed`.
     fn arm(pages: usize, committed: &PageMap) -> (Box<dyn LinearMemory>, MemoryView, ImageMemory) {
         let (linear, view) = memory(pages);
         // SAFETY: no wasm runs; the memory is alive.
-        let armed = unsafe { ImageMemory::arm(&view, committed) }
+        let armed = unsafe { ImageMemory::arm(&view, committed, &lineage(1)) }
             .unwrap()
             .expect("an image for a large memory");
         (linear, view, armed)
@@ -545,7 +588,7 @@ mod tests {
         let committed = PageMap::default().with_updates([(1, page_of(1))]);
         // SAFETY: no wasm runs; the memory is alive.
         assert!(
-            unsafe { ImageMemory::arm(&view, &committed) }
+            unsafe { ImageMemory::arm(&view, &committed, &lineage(2)) }
                 .unwrap()
                 .is_none()
         );

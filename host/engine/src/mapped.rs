@@ -39,7 +39,7 @@ use crate::memory::{KeptMemory, MemoryView};
 use crate::paging::{PAGE_SIZE, PageMap};
 use crate::tracker::Armed;
 use crate::uffd::UffdMemory;
-use crate::version_cache::{self, Lent, Resident, VersionCache};
+use crate::version_cache::{self, Lent, Lineage, Resident, VersionCache};
 
 /// Bytes of accessible memory kept in the cache (least recently used go
 /// first). Resident memory is at most this (pages touched since a memory
@@ -47,6 +47,9 @@ use crate::version_cache::{self, Lent, Resident, VersionCache};
 const CACHE_BYTES: usize = 8 << 30;
 /// Memories kept in the cache.
 const CACHE_ENTRIES: usize = 256;
+/// A kept memory of an older version is brought forward when at most one
+/// page in this many differs; beyond, a new memory is populated.
+const MAX_FORWARD_SHARE: u64 = 4;
 /// Above this many runs of written pages, they are protected again with
 /// one `PAGEMAP_SCAN` walk of the memory instead of one ioctl per run.
 const MAX_PROTECT_RUNS: usize = 64;
@@ -72,9 +75,9 @@ impl Resident for Kept {
 
 static CACHE: Mutex<VersionCache<Kept>> = Mutex::new(VersionCache::new(CACHE_ENTRIES, CACHE_BYTES));
 
-fn lend(version: &PageMap) -> Lent<Kept> {
+fn lend(version: &PageMap, lineage: &Lineage) -> Lent<Kept> {
     match CACHE.lock() {
-        Ok(mut cache) => cache.lend(version),
+        Ok(mut cache) => cache.lend(version, lineage),
         Err(_) => Lent::Busy,
     }
 }
@@ -128,6 +131,44 @@ fn resize(kept: &mut Kept, size: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Brings `kept`, which holds `older`, forward to `version` (of the same
+/// canister memory, committed without it): the pages that differ are
+/// dropped, so they load from `version` on first touch. `false` when too
+/// many differ for that to beat populating a new memory.
+fn bring_forward(kept: &mut Kept, older: &PageMap, version: &PageMap) -> io::Result<bool> {
+    let limit = (kept.registered / PAGE_SIZE) as u64;
+    let pages: Vec<u64> = version
+        .diff(older)
+        .into_iter()
+        .map(|(index, _)| index)
+        .filter(|&index| index < limit)
+        .collect();
+    if pages.len() as u64 > limit / MAX_FORWARD_SHARE {
+        return Ok(false);
+    }
+    let base = kept.memory.reservation.base();
+    let mut runs = pages.chunk_by(|a, b| b == &(a + 1));
+    runs.try_for_each(|run| {
+        let start = base + run[0] as usize * PAGE_SIZE;
+        // SAFETY: registered pages of the kept reservation, which no
+        // instance uses right now; dropped, they are missing and load from
+        // the committed map on first touch.
+        let rc = unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                run.len() * PAGE_SIZE,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    })?;
+    Ok(true)
+}
+
 /// Puts the committed contents back into `pages` (written pages of the
 /// memory) and write-protects them again.
 ///
@@ -178,17 +219,39 @@ impl Lending {
     /// one gets a fresh reservation, to be kept after the message.
     /// `persists`: the message is an update (its writes are likely to be
     /// committed).
-    pub(crate) fn lend(heap: &crate::state::HeapSnapshot, persists: bool) -> Self {
+    pub(crate) fn lend(
+        heap: &crate::state::HeapSnapshot,
+        canister: &cellar_types::Principal,
+        persists: bool,
+    ) -> Self {
         let mut slots = Vec::with_capacity(heap.memories.len());
         let mut hits = Vec::new();
         let mut misses = Vec::new();
-        for memory in &heap.memories {
+        for (index, memory) in heap.memories.iter().enumerate() {
+            let lineage = Lineage {
+                canister: canister.clone(),
+                memory: index,
+            };
             let lent = if memory.pages.is_empty() {
                 // An empty map is not a distinct version (all of them are
                 // equal): nothing to key a kept memory by.
                 Lent::Busy
             } else {
-                lend(&memory.pages)
+                lend(&memory.pages, &lineage)
+            };
+            // A kept memory of another version of this memory (committed
+            // while a query had borrowed it) is brought forward, or
+            // dropped when too much differs (then built afresh).
+            let lent = match lent {
+                Lent::Older(mut kept, older) => {
+                    let forward = resize(&mut kept, memory.size as usize)
+                        .and_then(|()| bring_forward(&mut kept, &older, &memory.pages));
+                    match forward {
+                        Ok(true) => Lent::Hit(kept),
+                        _ => Lent::Miss,
+                    }
+                }
+                lent => lent,
             };
             match lent {
                 Lent::Hit(mut kept) => {
@@ -217,7 +280,8 @@ impl Lending {
                         }
                     }
                 }
-                Lent::Miss => {
+                // (`Older` was turned into a hit or a miss above.)
+                Lent::Miss | Lent::Older(..) => {
                     misses.push(memory.pages.clone());
                     slots.push(Slot::Miss);
                 }

@@ -665,7 +665,7 @@ pub(crate) enum Armed {
 }
 
 impl Armed {
-    /// Arms `view` with `committed` using `tracker`.
+    /// Arms `view` (memory `lineage`) with `committed` using `tracker`.
     ///
     /// # Safety
     /// The store owning the memory must be alive and no wasm may run.
@@ -673,6 +673,7 @@ impl Armed {
         tracker: MemoryTracker,
         view: &MemoryView,
         committed: PageMap,
+        lineage: &crate::version_cache::Lineage,
     ) -> std::io::Result<Self> {
         // SAFETY: forwarded contract.
         unsafe {
@@ -680,7 +681,7 @@ impl Armed {
                 MemoryTracker::Signal => Armed::Signal(TrackedMemory::arm(view, committed)?),
                 // `Auto` arms here only the memories it does not keep.
                 MemoryTracker::Userfaultfd | MemoryTracker::Auto => {
-                    match crate::image::ImageMemory::arm(view, &committed)? {
+                    match crate::image::ImageMemory::arm(view, &committed, lineage)? {
                         Some(memory) => Armed::Image(memory),
                         None => Armed::Userfaultfd(crate::uffd::UffdMemory::arm(view, committed)?),
                     }

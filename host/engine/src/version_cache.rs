@@ -2,10 +2,31 @@
 //! (memory images, kept memories): looked up by version, lent to one
 //! message at a time, bounded in entries and bytes, the least recently used
 //! evicted first.
+//!
+//! Each resource also belongs to a [`Lineage`], one memory of one canister,
+//! whose versions follow each other. A lineage rests in the cache at most
+//! once: a resource given back replaces any other of its lineage, and a
+//! version that misses is served from its lineage's resource of another
+//! version, which the caller brings forward by the pages that differ
+//! (cheaper than copying the whole heap again). So a version committed
+//! without the cache (a message armed lazily because a query had borrowed
+//! the resource) neither costs a rebuild nor leaves a stale resource behind,
+//! pinning the pages of its old version.
 
 use std::sync::Mutex;
 
+use cellar_types::Principal;
+
 use crate::paging::PageMap;
+
+/// One memory of one canister: the versions a resource may move between.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Lineage {
+    /// The canister.
+    pub(crate) canister: Principal,
+    /// The memory's index in the component's memories.
+    pub(crate) memory: usize,
+}
 
 /// A cached resource: how many bytes it holds.
 pub(crate) trait Resident {
@@ -17,6 +38,10 @@ pub(crate) trait Resident {
 pub(crate) enum Lent<T> {
     /// The resource (taken out until given back).
     Hit(T),
+    /// The resource of the same lineage, holding the other version given:
+    /// the caller brings it forward to the version asked for (or drops it
+    /// and builds afresh), then gives it back, as after a miss.
+    Older(T, PageMap),
     /// Nothing: the caller builds the resource and gives it back (or
     /// forgets the version when it cannot).
     Miss,
@@ -26,6 +51,7 @@ pub(crate) enum Lent<T> {
 
 struct Entry<T> {
     version: PageMap,
+    lineage: Lineage,
     /// `None` while lent out: the entry stays as a marker until returned.
     value: Option<T>,
     last_used: u64,
@@ -51,27 +77,38 @@ impl<T: Resident> VersionCache<T> {
         }
     }
 
-    /// Takes the resource of `version` out of the cache; on a miss a marker
-    /// records that the caller builds it.
-    pub(crate) fn lend(&mut self, version: &PageMap) -> Lent<T> {
+    /// Takes the resource of `version` (of `lineage`) out of the cache; on
+    /// a miss a marker records that the caller builds it.
+    pub(crate) fn lend(&mut self, version: &PageMap, lineage: &Lineage) -> Lent<T> {
         self.clock += 1;
-        match self
+        if let Some(entry) = self
             .entries
             .iter_mut()
             .find(|e| e.version.same_version(version))
         {
-            Some(entry) => match entry.value.take() {
+            return match entry.value.take() {
                 Some(value) => Lent::Hit(value),
                 None => Lent::Busy,
-            },
-            None => {
-                self.entries.push(Entry {
-                    version: version.clone(),
-                    value: None,
-                    last_used: 0,
-                });
-                Lent::Miss
-            }
+            };
+        }
+        let older = self
+            .entries
+            .iter()
+            .position(|e| e.value.is_some() && e.lineage == *lineage)
+            .map(|i| self.entries.remove(i));
+        self.entries.push(Entry {
+            version: version.clone(),
+            lineage: lineage.clone(),
+            value: None,
+            last_used: 0,
+        });
+        match older {
+            Some(Entry {
+                version,
+                value: Some(value),
+                ..
+            }) => Lent::Older(value, version),
+            _ => Lent::Miss,
         }
     }
 
@@ -92,18 +129,29 @@ impl<T: Resident> VersionCache<T> {
     /// lock.
     #[must_use]
     pub(crate) fn give_back(&mut self, lent: &PageMap, version: PageMap, value: T) -> Vec<T> {
+        let lineage = self
+            .entries
+            .iter()
+            .find(|e| e.value.is_none() && e.version.same_version(lent))
+            .map(|e| e.lineage.clone());
         self.forget(lent);
         self.clock += 1;
         let mut evicted = Vec::new();
-        if let Some(i) = self
-            .entries
-            .iter()
-            .position(|e| e.value.is_some() && e.version.same_version(&version))
-        {
+        // Another resource of the same version or lineage is stale.
+        while let Some(i) = self.entries.iter().position(|e| {
+            e.value.is_some()
+                && (e.version.same_version(&version) || Some(&e.lineage) == lineage.as_ref())
+        }) {
             evicted.extend(self.entries.remove(i).value);
         }
+        let Some(lineage) = lineage else {
+            // Not lent (cannot happen): nothing to file it under.
+            evicted.push(value);
+            return evicted;
+        };
         self.entries.push(Entry {
             version,
+            lineage,
             value: Some(value),
             last_used: self.clock,
         });
@@ -199,35 +247,70 @@ mod tests {
         )])
     }
 
+    fn ours(memory: usize) -> Lineage {
+        Lineage {
+            canister: Principal::canister(1),
+            memory,
+        }
+    }
+
     #[test]
     fn lends_once_and_evicts_the_least_recently_used() {
         let mut cache = VersionCache::<Bytes>::new(2, 100);
         let (a, b, c) = (version(1), version(2), version(3));
-        assert!(matches!(cache.lend(&a), Lent::Miss));
-        assert!(matches!(cache.lend(&a), Lent::Busy));
+        assert!(matches!(cache.lend(&a, &ours(1)), Lent::Miss));
+        assert!(matches!(cache.lend(&a, &ours(1)), Lent::Busy));
         assert!(cache.give_back(&a, a.clone(), Bytes(10)).is_empty());
-        assert!(matches!(cache.lend(&a), Lent::Hit(Bytes(10))));
+        assert!(matches!(cache.lend(&a, &ours(1)), Lent::Hit(Bytes(10))));
         // Given back holding a new version: found under that one.
         assert!(cache.give_back(&a, b.clone(), Bytes(10)).is_empty());
-        assert!(matches!(cache.lend(&a), Lent::Miss));
+        assert!(matches!(cache.lend(&a, &ours(9)), Lent::Miss));
         cache.forget(&a);
-        assert!(matches!(cache.lend(&c), Lent::Miss));
+        assert!(matches!(cache.lend(&c, &ours(3)), Lent::Miss));
         assert!(cache.give_back(&c, c.clone(), Bytes(10)).is_empty());
-        assert!(matches!(cache.lend(&a), Lent::Miss));
+        assert!(matches!(cache.lend(&a, &ours(4)), Lent::Miss));
         // A third resource: the oldest (b) goes.
         let evicted = cache.give_back(&a, a.clone(), Bytes(10));
         assert_eq!(evicted.len(), 1);
-        assert!(matches!(cache.lend(&b), Lent::Miss));
+        assert!(matches!(cache.lend(&b, &ours(2)), Lent::Miss));
         cache.forget(&b);
         // Over the byte bound: everything older goes.
-        assert!(matches!(cache.lend(&b), Lent::Miss));
+        assert!(matches!(cache.lend(&b, &ours(2)), Lent::Miss));
         assert_eq!(cache.give_back(&b, b.clone(), Bytes(95)).len(), 2);
         // Evicted by version, only when resting.
-        assert!(matches!(cache.lend(&c), Lent::Miss));
+        assert!(matches!(cache.lend(&c, &ours(3)), Lent::Miss));
         assert!(cache.evict(&c).is_none());
         assert!(cache.give_back(&c, c.clone(), Bytes(1)).is_empty());
         assert!(cache.evict(&c).is_some());
         assert!(cache.evict(&c).is_none());
         assert_eq!(cache.drain_resting().len(), 1);
+    }
+
+    #[test]
+    fn a_lineage_rests_once_and_an_older_version_is_lent_for_a_newer() {
+        let mut cache = VersionCache::<Bytes>::new(8, 100);
+        let (v1, v2, v3) = (version(1), version(2), version(3));
+        let memory = ours(0);
+        // v1 kept, then v2 committed elsewhere: asking for v2 gets v1's.
+        assert!(matches!(cache.lend(&v1, &memory), Lent::Miss));
+        assert!(cache.give_back(&v1, v1.clone(), Bytes(10)).is_empty());
+        match cache.lend(&v2, &memory) {
+            Lent::Older(Bytes(10), old) => assert!(old.same_version(&v1)),
+            _ => panic!("expected the older version"),
+        }
+        assert!(matches!(cache.lend(&v2, &memory), Lent::Busy));
+        assert!(matches!(cache.lend(&v1, &memory), Lent::Miss));
+        // Two of one lineage given back: the last one stays.
+        assert!(cache.give_back(&v2, v2.clone(), Bytes(20)).is_empty());
+        assert_eq!(cache.give_back(&v1, v1.clone(), Bytes(11)).len(), 1);
+        assert!(matches!(
+            cache.lend(&v2, &memory),
+            Lent::Older(Bytes(11), _)
+        ));
+        cache.forget(&v2);
+        // Other lineages are not touched.
+        assert!(matches!(cache.lend(&v3, &ours(1)), Lent::Miss));
+        assert!(cache.give_back(&v3, v3.clone(), Bytes(30)).is_empty());
+        assert!(matches!(cache.lend(&v3, &ours(1)), Lent::Hit(Bytes(30))));
     }
 }

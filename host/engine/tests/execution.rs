@@ -862,6 +862,73 @@ fn the_auto_tracker_keeps_a_large_memory_while_its_updates_write_many_pages() {
     assert_ne!(image_faults[images_again..], mapped_faults[images_again..]);
 }
 
+/// Runs a script whose steps alternate between `main` and `aside` (the
+/// trackers named) and checks that it gives the same replies, queries and
+/// state as running every step with `aside`. A step run aside commits a
+/// version without `main`'s cached memory (kept memory or image), as when
+/// a query has borrowed it; the next step finds the cached memory of the
+/// older version and must see every change.
+fn brought_forward_agrees(main: &str, aside: &str, canister: u64, first: &str) {
+    let limits = |name: &str| Limits {
+        memory_tracker: name.parse().unwrap(),
+        ..Limits::default()
+    };
+    let script = [
+        (first, false),
+        ("set(\"a\", \"1\")", false),
+        ("set(\"b\", \"2\")", false),
+        ("set(\"c\", \"3\")", true),
+        ("set(\"d\", \"4\")", false),
+        ("write-pages(30, 3)", true),
+        ("write-pages(30, 4)", true),
+        ("grow-heap(1)", true),
+        ("write-pages(40, 5)", false),
+        ("set-then-trap(\"x\", \"9\")", false),
+        ("set(\"c\", \"33\")", true),
+        ("set(\"e\", \"5\")", false),
+    ];
+    let run = |mixed: bool| {
+        let mut t = Harness::with_limits(cellar_examples::testbed(), limits(aside));
+        t.canister_id = Principal::canister(canister);
+        let mut trace = Vec::new();
+        for (call, aside_step) in script {
+            t.limits = limits(if mixed && !aside_step { main } else { aside });
+            let o = t.update(call);
+            let shown = match &o.result {
+                Ok(v) => results_to_wave(v).unwrap(),
+                Err(r) => format!("reject {:?}", r.code),
+            };
+            let seen: Vec<String> = ["a", "c", "d", "e"]
+                .iter()
+                .map(|k| Harness::reply(&t.query(&format!("get(\"{k}\")"))))
+                .collect();
+            trace.push((o.instructions, shown, o.delta_pages, seen));
+        }
+        (trace, t.state)
+    };
+    let (aside_trace, aside_state) = run(false);
+    let (mixed_trace, mixed_state) = run(true);
+    assert_eq!(aside_trace, mixed_trace);
+    assert!(aside_state == mixed_state, "states differ");
+}
+
+#[test]
+fn a_kept_memory_is_brought_forward_past_updates_committed_without_it() {
+    if mapped_limits().is_none() {
+        return;
+    }
+    brought_forward_agrees("uffd-mapped", "userfaultfd", 1010, "set(\"z\", \"0\")");
+}
+
+#[test]
+fn an_image_is_brought_forward_past_updates_committed_without_it() {
+    if mapped_limits().is_none() {
+        return;
+    }
+    // 8 MiB of written pages: past the smallest memory with an image.
+    brought_forward_agrees("userfaultfd", "signal", 1011, "grow-heap(8)");
+}
+
 #[test]
 fn kept_memories_roll_back_traps_and_queries() {
     let Some(limits) = mapped_limits() else {
