@@ -222,13 +222,12 @@ pub fn memory(args: &MemoryBenchArgs, json: bool) -> Result<()> {
                 round: 0,
             };
             subject.grow(gib)?;
+            // "aside": a write right after another write committed without
+            // the tracker's cached memory (an update armed lazily while a
+            // query borrowed it), which brings the cached memory forward;
+            // for the trackers that cache.
+            let caches = images || matches!(tracker, MemoryTracker::Mapped | MemoryTracker::Auto);
             for &k in &args.pages {
-                // "aside": a write right after another write committed
-                // without the tracker's cached memory (an update armed
-                // lazily while a query borrowed it), which brings the
-                // cached memory forward; for the trackers that cache.
-                let caches =
-                    images || matches!(tracker, MemoryTracker::Mapped | MemoryTracker::Auto);
                 let accesses = [
                     ("write", "write-pages", MessageKind::Update),
                     ("read", "read-pages", MessageKind::Update),

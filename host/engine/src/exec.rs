@@ -392,9 +392,10 @@ fn prepare(
     let persists = store.data().sys.ctx.kind.persists();
     // Kept memories (`uffd-mapped`): lent before instantiation, which
     // creates the memories in them.
+    let canister = store.data().sys.ctx.canister_id.clone();
     let mut lending = mechanism
-        .keeps(&state.heap, &store.data().sys.ctx.canister_id)
-        .then(|| Lending::lend(&state.heap, &store.data().sys.ctx.canister_id, persists));
+        .keeps(&state.heap, &canister)
+        .then(|| Lending::lend(&state.heap, &canister, persists));
     let kept = lending
         .as_ref()
         .map(Lending::kept_memories)
@@ -445,7 +446,7 @@ fn prepare(
                 bases.push(committed.clone());
                 // SAFETY: as above.
                 let lineage = Lineage {
-                    canister: store.data().sys.ctx.canister_id.clone(),
+                    canister: canister.clone(),
                     memory: i,
                 };
                 let memory = unsafe { Armed::arm(mechanism, view, committed, &lineage) }

@@ -120,20 +120,26 @@ impl Image {
     /// Makes the image, which holds `older`, hold `version` instead: writes
     /// the pages that differ (a diff of the two maps, which skips what they
     /// share). The image must already be as long as `version`'s memory.
-    fn bring_forward(&mut self, older: &PageMap, version: &PageMap) {
+    fn bring_forward(&self, older: &PageMap, version: &PageMap) {
         for (index, content) in version.diff(older) {
-            let at = index as usize * PAGE_SIZE;
-            if at + PAGE_SIZE > self.len {
-                continue;
-            }
-            let target = (self.view + at) as *mut u8;
-            // SAFETY: inside the file's length, in our shared view, which
-            // no one else uses while the image is lent to us.
-            unsafe {
-                match content {
-                    Some(page) => std::ptr::copy_nonoverlapping(page.as_ptr(), target, PAGE_SIZE),
-                    None => std::ptr::write_bytes(target, 0, PAGE_SIZE),
-                }
+            self.write_page(index, content);
+        }
+    }
+
+    /// Writes `content` (zeros for `None`) as page `index` of the image;
+    /// pages beyond its length are skipped.
+    fn write_page(&self, index: u64, content: Option<&crate::paging::PageRef>) {
+        let at = index as usize * PAGE_SIZE;
+        if at + PAGE_SIZE > self.len {
+            return;
+        }
+        let target = (self.view + at) as *mut u8;
+        // SAFETY: inside the file's length, in our shared view, which no one
+        // else uses while the image is lent to us.
+        unsafe {
+            match content {
+                Some(page) => std::ptr::copy_nonoverlapping(page.as_ptr(), target, PAGE_SIZE),
+                None => std::ptr::write_bytes(target, 0, PAGE_SIZE),
             }
         }
     }
@@ -172,13 +178,10 @@ static CACHE: Mutex<VersionCache<Image>> =
 fn lend(version: &PageMap, lineage: &Lineage, len: usize) -> Option<Image> {
     let cached = match CACHE.lock().ok()?.lend(version, lineage) {
         Lent::Hit(image) => Some(image),
-        Lent::Older(mut image, older) => image
-            .resize(len)
-            .map(|()| {
-                image.bring_forward(&older, version);
-                image
-            })
-            .ok(),
+        Lent::Older(mut image, older) => image.resize(len).ok().map(|()| {
+            image.bring_forward(&older, version);
+            image
+        }),
         Lent::Miss => None,
         Lent::Busy => return None,
     };
@@ -320,18 +323,11 @@ impl ImageMemory {
             forget(&self.committed);
             image = None;
         }
-        let view = image.as_ref().map(|image| image.view);
         let base = self.base;
+        // The image is resized to the memory; this memory holds it alone.
         let write_into_image = |page: u64, content: Option<&crate::paging::PageRef>| {
-            let Some(view) = view else { return };
-            let target = (view + page as usize * PAGE_SIZE) as *mut u8;
-            // SAFETY: inside the image's length (resized to the memory), in
-            // its shared view, which this memory holds exclusively.
-            unsafe {
-                match content {
-                    Some(bytes) => std::ptr::copy_nonoverlapping(bytes.as_ptr(), target, PAGE_SIZE),
-                    None => std::ptr::write_bytes(target, 0, PAGE_SIZE),
-                }
+            if let Some(image) = &image {
+                image.write_page(page, content);
             }
         };
         // SAFETY: written pages are mapped and readable (listed in

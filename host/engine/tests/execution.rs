@@ -83,6 +83,14 @@ impl Harness {
         self.run(call, MessageKind::Query)
     }
 
+    /// The reply as WAVE text, or the reject's code (for comparing runs).
+    fn shown(outcome: &MessageOutcome) -> String {
+        match &outcome.result {
+            Ok(values) => results_to_wave(values).unwrap(),
+            Err(reject) => format!("reject {:?}", reject.code),
+        }
+    }
+
     /// The reply as WAVE text; panics on a reject.
     fn reply(outcome: &MessageOutcome) -> String {
         match &outcome.result {
@@ -195,10 +203,7 @@ fn two_fresh_engines_agree_on_instructions_and_state() {
             .iter()
             .map(|call| {
                 let o = t.update(call);
-                let shown = match &o.result {
-                    Ok(v) => results_to_wave(v).unwrap(),
-                    Err(r) => format!("reject {:?}", r.code),
-                };
+                let shown = Harness::shown(&o);
                 (o.instructions, shown)
             })
             .collect();
@@ -696,10 +701,7 @@ fn kept_memories_agree_with_the_lazy_tracker_message_by_message() {
         let mut trace = Vec::new();
         for call in script {
             let o = t.update(call);
-            let shown = match &o.result {
-                Ok(v) => results_to_wave(v).unwrap(),
-                Err(r) => format!("reject {:?}", r.code),
-            };
+            let shown = Harness::shown(&o);
             let q = Harness::reply(&t.query("write-in-query(\"q\", \"x\")"));
             trace.push((o.instructions, shown, o.delta_pages, q));
         }
@@ -744,10 +746,7 @@ fn the_auto_tracker_keeps_small_memories_and_maps_large_ones_from_images() {
         let mut faults = Vec::new();
         for call in script {
             let o = t.update(call);
-            let shown = match &o.result {
-                Ok(v) => results_to_wave(v).unwrap(),
-                Err(r) => format!("reject {:?}", r.code),
-            };
+            let shown = Harness::shown(&o);
             let q = Harness::reply(&t.query("get(\"a\")"));
             faults.push(o.tracking.faults);
             trace.push((o.instructions, shown, o.delta_pages, q));
@@ -825,10 +824,7 @@ fn the_auto_tracker_keeps_a_large_memory_while_its_updates_write_many_pages() {
         let mut faults = Vec::new();
         for call in &script {
             let o = t.update(call);
-            let shown = match &o.result {
-                Ok(v) => results_to_wave(v).unwrap(),
-                Err(r) => format!("reject {:?}", r.code),
-            };
+            let shown = Harness::shown(&o);
             let q = Harness::reply(&t.query("get(\"a\")"));
             faults.push(o.tracking.faults);
             trace.push((o.instructions, shown, o.delta_pages, q));
@@ -894,10 +890,7 @@ fn brought_forward_agrees(main: &str, aside: &str, canister: u64, first: &str) {
         for (call, aside_step) in script {
             t.limits = limits(if mixed && !aside_step { main } else { aside });
             let o = t.update(call);
-            let shown = match &o.result {
-                Ok(v) => results_to_wave(v).unwrap(),
-                Err(r) => format!("reject {:?}", r.code),
-            };
+            let shown = Harness::shown(&o);
             let seen: Vec<String> = ["a", "c", "d", "e"]
                 .iter()
                 .map(|k| Harness::reply(&t.query(&format!("get(\"{k}\")"))))
