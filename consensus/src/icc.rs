@@ -29,6 +29,7 @@ use crate::ingress::{IngressError, IngressLimits, IngressMessage, IngressPool};
 use crate::keys::{NodeSecretKeys, SubnetPublicKeys};
 use crate::policy::{ConsensusPolicy, IccPolicy, PolicyError, PolicyHost};
 use crate::pool::{Pending, Pool};
+use crate::signed::{Commitments, Signed};
 
 mod protocol;
 mod validate;
@@ -95,6 +96,11 @@ pub struct FinalizedBatch {
 /// What the node asks its environment to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
+    /// Make this record durable before carrying out any `Broadcast` that
+    /// follows it (in this list or a later one), and give it back through
+    /// [`ConsensusNode::restore`] after a restart: it is a choice this node
+    /// signed (see [`crate::signed`]).
+    Persist(Signed),
     /// Send the artifact to every other node.
     Broadcast(Artifact),
     /// Execute the next finalized block.
@@ -164,9 +170,12 @@ pub struct ConsensusNode {
     round: Height,
     round_start_ms: Option<u64>,
     ranks: BTreeMap<Height, Vec<u32>>,
-    proposed: BTreeSet<Height>,
-    /// The blocks this node notarization-shared, by height and rank.
-    supported: BTreeMap<Height, BTreeMap<u32, BlockHash>>,
+    /// What this node signed (proposals, notarization and finalization
+    /// shares), restored after a restart from its [`Signed`] records.
+    commitments: Commitments,
+    /// The highest height whose notarization or finalization this node's
+    /// share is part of (its shares count again after a restart).
+    counted: Option<Height>,
     /// Last delivered height, its block and time.
     delivered: (Height, BlockHash, u64),
     awaiting_state: BTreeMap<Height, (BlockHash, u64, RandomBeacon)>,
@@ -208,8 +217,8 @@ impl ConsensusNode {
             now_ms: 0,
             round_start_ms: None,
             ranks: BTreeMap::new(),
-            proposed: BTreeSet::new(),
-            supported: BTreeMap::new(),
+            commitments: Commitments::default(),
+            counted: None,
             delivered,
             awaiting_state: BTreeMap::new(),
             reported: BTreeSet::new(),
@@ -219,6 +228,44 @@ impl ConsensusNode {
         };
         node.pool.at(c.height).beacon = Some(c.beacon.clone());
         Ok(node)
+    }
+
+    /// Takes back what this node signed before a restart (its
+    /// [`Action::Persist`] records, in any order): it will not propose again
+    /// at those heights, nor support a block that conflicts with its shares.
+    /// Records at or below the starting catch-up package are irrelevant and
+    /// dropped. Call before feeding any input.
+    pub fn restore(&mut self, records: impl IntoIterator<Item = Signed>) {
+        let floor = self.cup.content.height;
+        for r in records {
+            if r.height() > floor {
+                self.commitments.apply(r);
+            }
+        }
+    }
+
+    /// Ingress messages the caller's state says were finalized and executed
+    /// (id and expiry, ms), e.g. its ingress history after a restart or a
+    /// state sync: this node neither puts them in a block nor supports a
+    /// block that carries them again, while they are valid. Consensus
+    /// knows the messages of the blocks it delivered itself; what was
+    /// delivered below the catch-up package it started from, or jumped to,
+    /// only the state knows.
+    pub fn note_finalized_ingress(&mut self, ids: impl IntoIterator<Item = (Hash32, u64)>) {
+        let time = self.delivered.2;
+        for (id, expiry_ms) in ids {
+            if expiry_ms > time {
+                self.ingress.remove(&id);
+                self.finalized_ingress.insert(id, expiry_ms);
+            }
+        }
+    }
+
+    /// The highest height at which a notarization or finalization this
+    /// node has seen includes its own share (none yet: its shares have not
+    /// counted since it started).
+    pub fn counted_height(&self) -> Option<Height> {
+        self.counted
     }
 
     /// This node's index.
@@ -268,6 +315,9 @@ impl ConsensusNode {
 
     /// A client submits an ingress message here: it is pooled and gossiped.
     pub fn submit_ingress(&mut self, msg: IngressMessage) -> Result<Vec<Action>, ConsensusError> {
+        if self.finalized_ingress.contains_key(&msg.id()) {
+            return Err(IngressError::Duplicate.into());
+        }
         self.ingress.insert(msg.clone(), self.now_ms)?;
         let mut out = vec![Action::Broadcast(Artifact::Ingress(msg))];
         self.step(&mut out);

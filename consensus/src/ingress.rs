@@ -139,6 +139,12 @@ impl IngressPool {
         }
     }
 
+    /// Drops every message.
+    pub fn clear(&mut self) {
+        self.messages.clear();
+        self.bytes = 0;
+    }
+
     /// Drops the messages expired at `now_ms`.
     pub fn purge_expired(&mut self, now_ms: u64) {
         let expired: Vec<Hash32> = self

@@ -11,6 +11,7 @@
 //!   and the host-side checks.
 //! - [`catch_up`]: catch-up packages and the genesis.
 //! - [`icc`]: the protocol state machine ([`ConsensusNode`]).
+//! - [`signed`]: what a node signed, kept across restarts.
 //! - [`byzantine`]: misbehaviours for fault tests.
 //! - [`sim`]: a seeded discrete-event simulation of a subnet.
 
@@ -25,6 +26,7 @@ pub mod ingress;
 pub mod keys;
 pub mod policy;
 mod pool;
+pub mod signed;
 pub mod sim;
 
 pub use artifacts::{Artifact, CatchUpPackage, Hash32, Height};

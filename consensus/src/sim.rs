@@ -2,7 +2,7 @@
 //! real crypto, artifacts sent as bytes with simulated delays, crashes,
 //! restarts and Byzantine behaviours. Same seed, same run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use crate::icc::{Action, ConsensusConfig, ConsensusError, ConsensusNode, Finaliz
 use crate::ingress::IngressMessage;
 use crate::keys::{SubnetDealing, deal_subnet};
 use crate::policy::{ConsensusPolicy, IccDelays, IccPolicy, PayloadLimits, RoundRobinPolicy};
+use crate::signed::Signed;
 
 /// A small deterministic generator (SplitMix64).
 #[derive(Clone, Debug)]
@@ -144,6 +145,52 @@ pub struct SimNode {
     pub state_syncs: u64,
     /// If set, its execution goes wrong at this height (its state hash diverges).
     pub diverge_at: Option<Height>,
+    /// What it persisted ([`Action::Persist`]): all that survives a
+    /// [`Simulation::reboot`] of its consensus state.
+    pub disk: Vec<Signed>,
+    /// The highest height it executed (delivered or state-synced to):
+    /// execution is durable in the simulation, as a replica's journal is.
+    pub executed: Height,
+    /// Heights it state-synced to (its deliveries jump past them).
+    pub synced: BTreeSet<Height>,
+    /// Blocks delivered again after a reboot that differ from the block it
+    /// executed at that height, and catch-up packages that certify another
+    /// block at a height it executed: proof of a fork (must stay 0).
+    pub forks: u64,
+    /// Crash when this moment comes (see [`CrashPoint`]).
+    pub crash_at: Option<CrashPoint>,
+    /// The state hashes it reported, by catch-up height.
+    pub reported: BTreeMap<Height, Hash32>,
+    /// The ingress messages its state executed, with their expiry (its
+    /// ingress history: durable, and part of a state-synced state).
+    pub executed_ids: BTreeMap<Hash32, u64>,
+}
+
+/// A moment at which a node crashes, armed with [`Simulation::crash_at`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// Right after it persisted a record, before sending what it signed.
+    AfterPersist,
+    /// Right after it sent a block it proposed.
+    AfterProposal,
+    /// When a finalized block is handed to it, before it executes it.
+    BeforeExecute,
+    /// When it is told to state-sync, before it does.
+    OnStateSync,
+}
+
+impl SimNode {
+    /// Counts a fork if `cup` certifies a block other than the one this
+    /// node executed at that height.
+    fn check_executed(&mut self, cup: &CatchUpPackage) {
+        let c = &cup.content;
+        if c.height <= self.executed
+            && let Some(mine) = self.delivered.iter().rev().find(|b| b.height == c.height)
+            && mine.block != c.block
+        {
+            self.forks += 1;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -236,6 +283,13 @@ impl Simulation {
                 catch_ups: Vec::new(),
                 state_syncs: 0,
                 diverge_at: None,
+                disk: Vec::new(),
+                executed: 0,
+                synced: BTreeSet::new(),
+                forks: 0,
+                crash_at: None,
+                reported: BTreeMap::new(),
+                executed_ids: BTreeMap::new(),
             });
         }
         let mut sim = Simulation {
@@ -300,6 +354,54 @@ impl Simulation {
         }
     }
 
+    /// Crashes node `i` when `point` comes.
+    pub fn crash_at(&mut self, i: NodeIndex, point: CrashPoint) {
+        if let Some(n) = self.nodes.get_mut(i as usize) {
+            n.crash_at = Some(point);
+        }
+    }
+
+    /// Restarts node `i` as a replica process restarts: its consensus
+    /// state is gone except what it persisted (its [`Signed`] records, when
+    /// `keep_disk`), it starts from the newest catch-up package at or below
+    /// what it executed, and its execution (delivered blocks, state hash)
+    /// is kept. `keep_disk: false` models the amnesia this must not have.
+    pub fn reboot(&mut self, i: NodeIndex, keep_disk: bool) -> Result<(), ConsensusError> {
+        let Some(secret) = self.dealing.secrets.get(i as usize).cloned() else {
+            return Ok(());
+        };
+        let n = &self.nodes[i as usize];
+        let start = n
+            .catch_ups
+            .iter()
+            .filter(|c| c.content.height <= n.executed)
+            .max_by_key(|c| c.content.height)
+            .cloned()
+            .unwrap_or_else(|| self.genesis.clone());
+        let mut node = ConsensusNode::new(
+            self.cfg.consensus.clone(),
+            self.dealing.public.clone(),
+            secret,
+            start,
+            make_policy(&self.cfg, i),
+        )?;
+        let n = &mut self.nodes[i as usize];
+        if keep_disk {
+            node.restore(n.disk.iter().copied());
+        } else {
+            n.disk.clear();
+        }
+        node.note_finalized_ingress(n.executed_ids.iter().map(|(id, e)| (*id, *e)));
+        n.node = node;
+        n.crash_at = None;
+        let was_up = n.up;
+        n.up = true;
+        if !was_up {
+            self.schedule(self.now, Event::Tick(i));
+        }
+        Ok(())
+    }
+
     /// Replaces node `i` by a fresh node started from `cup` (its state taken
     /// from the package), as a replica that lost its disk would.
     pub fn rejoin_from(&mut self, i: NodeIndex, cup: CatchUpPackage) -> Result<(), ConsensusError> {
@@ -321,9 +423,16 @@ impl Simulation {
             delivered: Vec::new(),
             delivered_at_ms: Vec::new(),
             state_hash: cup.content.state_hash,
+            executed: cup.content.height,
+            synced: BTreeSet::from([cup.content.height]),
             catch_ups: vec![cup],
             state_syncs: 0,
             diverge_at: None,
+            disk: Vec::new(),
+            forks: 0,
+            crash_at: None,
+            reported: BTreeMap::new(),
+            executed_ids: BTreeMap::new(),
         };
         if !was_up {
             self.schedule(self.now, Event::Tick(i));
@@ -392,6 +501,7 @@ impl Simulation {
             for b in &n.delivered {
                 if let Some(p) = prev
                     && b.height != p + 1
+                    && !(b.height - 1 > p && n.synced.contains(&(b.height - 1)))
                 {
                     return Err(format!("node {i} delivered {} after {p}", b.height));
                 }
@@ -416,6 +526,12 @@ impl Simulation {
             }
             if n.node.stats().conflicting_finalizations > 0 {
                 return Err(format!("node {i} saw conflicting finalizations"));
+            }
+            if n.forks > 0 {
+                return Err(format!(
+                    "node {i} was handed {} block(s) or catch-up package(s) that conflict with what it executed",
+                    n.forks
+                ));
             }
         }
         Ok(top)
@@ -474,10 +590,54 @@ impl Simulation {
             rounds += 1;
             let mut next = Vec::new();
             for a in queue {
+                if !self.nodes[i as usize].up {
+                    // Crashed midway: the rest is lost.
+                    return;
+                }
+                let crash = self.nodes[i as usize].crash_at;
                 match a {
-                    Action::Broadcast(art) => self.broadcast(i, art),
+                    Action::Persist(record) => {
+                        let n = &mut self.nodes[i as usize];
+                        n.disk.push(record);
+                        if crash == Some(CrashPoint::AfterPersist) {
+                            n.up = false;
+                        }
+                    }
+                    Action::Broadcast(art) => {
+                        let proposal =
+                            matches!(&art, Artifact::Proposal(p) if p.block.proposer == i);
+                        self.broadcast(i, art);
+                        if proposal && crash == Some(CrashPoint::AfterProposal) {
+                            self.nodes[i as usize].up = false;
+                        }
+                    }
+                    Action::Deliver(_) if crash == Some(CrashPoint::BeforeExecute) => {
+                        self.nodes[i as usize].up = false;
+                    }
+                    Action::StateSync(_) if crash == Some(CrashPoint::OnStateSync) => {
+                        self.nodes[i as usize].up = false;
+                    }
+                    Action::Deliver(batch) if batch.height <= self.nodes[i as usize].executed => {
+                        // Executed before a reboot: the same block, or a fork.
+                        let n = &mut self.nodes[i as usize];
+                        let mine = n.delivered.iter().rev().find(|b| b.height == batch.height);
+                        if mine.is_some_and(|b| b.block != batch.block) {
+                            n.forks += 1;
+                        } else if batch.needs_state_hash
+                            && let Some(s) = n.reported.get(&batch.height).copied()
+                            && let Ok(more) = n.node.on_execution_state(batch.height, s)
+                        {
+                            // Its share of that package again (the same bytes).
+                            next.extend(more);
+                        }
+                    }
                     Action::Deliver(batch) => {
                         let n = &mut self.nodes[i as usize];
+                        n.executed = batch.height;
+                        n.executed_ids.retain(|_, e| *e > batch.time_ms);
+                        for m in &batch.payload.ingress {
+                            n.executed_ids.insert(m.id(), m.expiry_ms);
+                        }
                         let salt: &[u8] = if n.diverge_at == Some(batch.height) {
                             b"bug"
                         } else {
@@ -488,15 +648,43 @@ impl Simulation {
                         let (h, s, needs) = (batch.height, n.state_hash, batch.needs_state_hash);
                         n.delivered.push(batch);
                         n.delivered_at_ms.push(self.now);
+                        if needs {
+                            n.reported.insert(h, s);
+                        }
                         if needs && let Ok(more) = n.node.on_execution_state(h, s) {
                             next.extend(more);
                         }
                     }
-                    Action::CatchUpPackage(cup) => self.nodes[i as usize].catch_ups.push(cup),
-                    Action::StateSync(cup) => {
+                    Action::CatchUpPackage(cup) => {
                         let n = &mut self.nodes[i as usize];
-                        n.state_hash = cup.content.state_hash;
-                        n.state_syncs += 1;
+                        n.check_executed(&cup);
+                        n.catch_ups.push(cup);
+                    }
+                    Action::StateSync(cup) => {
+                        let history = self.history_at(&cup);
+                        let n = &mut self.nodes[i as usize];
+                        n.check_executed(&cup);
+                        let h = cup.content.height;
+                        if h > n.executed {
+                            // The synced state's ingress history.
+                            n.executed_ids = history;
+                            let ids = n.executed_ids.iter().map(|(id, e)| (*id, *e));
+                            n.node.note_finalized_ingress(ids);
+                        }
+                        let diverged = n
+                            .reported
+                            .get(&h)
+                            .is_some_and(|s| *s != cup.content.state_hash);
+                        if h > n.executed {
+                            n.executed = h;
+                            n.synced.insert(h);
+                        }
+                        if h >= n.executed || diverged {
+                            // Jumped ahead, or its own state at h was wrong:
+                            // it loads the certified state.
+                            n.state_hash = cup.content.state_hash;
+                            n.state_syncs += 1;
+                        }
                         n.catch_ups.push(cup);
                     }
                     Action::PolicyError(_) => {}
@@ -504,6 +692,20 @@ impl Simulation {
             }
             queue = next;
         }
+    }
+
+    /// The ingress history of the state `cup` certifies: the messages of
+    /// the blocks any node delivered up to its height, unexpired at its time.
+    fn history_at(&self, cup: &CatchUpPackage) -> BTreeMap<Hash32, u64> {
+        let c = &cup.content;
+        self.nodes
+            .iter()
+            .flat_map(|n| n.delivered.iter())
+            .filter(|b| b.height <= c.height)
+            .flat_map(|b| b.payload.ingress.iter())
+            .filter(|m| m.expiry_ms > c.block_time_ms)
+            .map(|m| (m.id(), m.expiry_ms))
+            .collect()
     }
 
     fn send(&mut self, from: NodeIndex, to: NodeIndex, bytes: Vec<u8>) {

@@ -11,6 +11,7 @@ use crate::artifacts::{
 use crate::bls::{self, NodeIndex, SignatureBytes};
 
 use super::{Action, ConsensusNode, FinalizedBatch};
+use crate::signed::Signed;
 
 impl ConsensusNode {
     // ----- protocol -----------------------------------------------------
@@ -41,6 +42,7 @@ impl ConsensusNode {
                 continue;
             };
             let supported: BTreeSet<BlockHash> = self
+                .commitments
                 .supported
                 .get(&h)
                 .map(|m| m.values().copied().collect())
@@ -60,12 +62,23 @@ impl ConsensusNode {
             else {
                 continue;
             };
-            let only_best = supported.iter().all(|b| *b == best);
+            let only_best = supported.iter().all(|b| *b == best)
+                && self
+                    .commitments
+                    .finalized
+                    .get(&h)
+                    .is_none_or(|b| *b == best);
             if only_best && h > self.delivered.0 {
                 let signature = self.secret.signing.sign(&finalization_message(h, &best));
                 let me = self.secret.index;
-                let p = self.pool.at(h);
-                if p.finalization.is_none() {
+                if self.pool.at(h).finalization.is_none() {
+                    if self.commitments.finalized.insert(h, best).is_none() {
+                        out.push(Action::Persist(Signed::Finalization {
+                            height: h,
+                            block: best,
+                        }));
+                    }
+                    let p = self.pool.at(h);
                     p.finalization_shares
                         .entry(best)
                         .or_default()
@@ -144,7 +157,7 @@ impl ConsensusNode {
         let Some(start) = self.round_start_ms else {
             return false;
         };
-        if self.proposed.contains(&h) {
+        if self.commitments.proposed.contains(&h) {
             return false;
         }
         let me = self.secret.index;
@@ -205,8 +218,13 @@ impl ConsensusNode {
             signature: self.secret.signing.sign(&proposal_message(&hash)),
             block,
         };
-        self.proposed.insert(h);
+        let record = Signed::Proposal {
+            height: h,
+            block: hash,
+        };
+        self.commitments.apply(record);
         self.pool.at(h).blocks.insert(hash, proposal.clone());
+        out.push(Action::Persist(record));
         out.push(Action::Broadcast(Artifact::Proposal(proposal)));
         true
     }
@@ -234,11 +252,21 @@ impl ConsensusNode {
         let Some((rank, hash)) = candidate else {
             return false;
         };
-        if self
+        // One block per rank, none after a finalization share at h; the
+        // block supported before a restart is signed again (the same bytes:
+        // BLS is deterministic) if its share is not in the pool.
+        let me = self.secret.index;
+        let again = self
+            .commitments
             .supported
             .get(&h)
-            .is_some_and(|m| m.contains_key(&rank))
-        {
+            .and_then(|m| m.get(&rank))
+            .is_some_and(|b| *b == hash);
+        let own_share_in = p
+            .notarization_shares
+            .get(&hash)
+            .is_some_and(|m| m.contains_key(&me));
+        if (again && own_share_in) || !self.commitments.may_support(h, rank, &hash) {
             return false;
         }
         let Some(proposal) = p.blocks.get(&hash).cloned() else {
@@ -252,9 +280,16 @@ impl ConsensusNode {
         if self.now_ms < start.saturating_add(delay) {
             return false;
         }
-        let me = self.secret.index;
         let signature = self.secret.signing.sign(&notarization_message(h, &hash));
-        self.supported.entry(h).or_default().insert(rank, hash);
+        if !again {
+            let record = Signed::Notarization {
+                height: h,
+                rank,
+                block: hash,
+            };
+            self.commitments.apply(record);
+            out.push(Action::Persist(record));
+        }
         self.pool
             .at(h)
             .notarization_shares
@@ -325,6 +360,7 @@ impl ConsensusNode {
             }
         }
         for (finalization, c) in made {
+            self.note_counted(&c);
             let p = self.pool.at(c.height);
             if finalization {
                 p.finalization = Some(c.clone());
@@ -497,6 +533,15 @@ impl ConsensusNode {
                     })));
                 }
             }
+        }
+    }
+}
+
+impl ConsensusNode {
+    /// Notes a certificate this node's share is part of.
+    pub(super) fn note_counted(&mut self, c: &BlockCertificate) {
+        if c.signers.contains(&self.secret.index) {
+            self.counted = self.counted.max(Some(c.height));
         }
     }
 }

@@ -373,6 +373,7 @@ impl ConsensusNode {
         if !self.verify_certificate(c, finalization) {
             return Verdict::Invalid;
         }
+        self.note_counted(c);
         let p = self.pool.at(c.height);
         if finalization {
             p.finalization = Some(c.clone());
@@ -450,9 +451,13 @@ impl ConsensusNode {
         let c = cup.content.clone();
         self.cup = cup.clone();
         if c.height > self.delivered.0 {
-            // Jump: everything up to the package is settled by it.
+            // Jump: everything up to the package is settled by it. The
+            // pooled messages may have been finalized below it (this node
+            // cannot tell): they are dropped rather than proposed again;
+            // peers that gossiped them still hold the live ones.
             self.delivered = (c.height, c.block, c.block_time_ms);
             self.awaiting_state.clear();
+            self.ingress.clear();
             if self.round <= c.height {
                 self.round = c.height + 1;
                 self.round_start_ms = None;
@@ -488,8 +493,7 @@ impl ConsensusNode {
             .max(self.delivered.0.saturating_sub(self.config.retain_heights));
         self.pool.purge_below(below);
         self.ranks = self.ranks.split_off(&below);
-        self.supported = self.supported.split_off(&below);
-        self.proposed = self.proposed.split_off(&below);
+        self.commitments.purge_below(below);
         self.awaiting_state = self.awaiting_state.split_off(&below);
     }
 }

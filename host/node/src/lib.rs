@@ -13,6 +13,7 @@ pub mod certify;
 mod checkpoint;
 mod checkpoint_writer;
 pub mod composite;
+mod consensus_log;
 mod cycles;
 mod dashboard;
 pub mod http;

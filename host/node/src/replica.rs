@@ -41,6 +41,7 @@ use data_encoding::HEXLOWER;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc as tokio_mpsc;
 
+use crate::consensus_log::{ConsensusLog, Entry};
 use crate::journal::{Ingress, Op};
 use crate::messages::IngressId;
 use crate::node::{Applied, Node, NodeError, NodeOptions};
@@ -913,6 +914,34 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
         start,
         policy,
     )?;
+    // What this replica signed and executed before a restart.
+    let log = ConsensusLog::open(&config.data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot open the consensus log: {e}"))?;
+    let mut signed = Vec::new();
+    let mut executed_blocks = BTreeMap::new();
+    for entry in log.entries() {
+        match *entry {
+            Entry::Signed(record) => signed.push(record),
+            Entry::Executed {
+                height,
+                block,
+                state_hash,
+            } => {
+                if let Some(block) = block {
+                    executed_blocks.insert(height, block);
+                }
+                if let Some(hash) = state_hash {
+                    reported.insert(height, hash);
+                }
+            }
+        }
+    }
+    tracing::info!(
+        signed = signed.len(),
+        executed = executed_blocks.len(),
+        "consensus log restored"
+    );
+    consensus.restore(signed);
     // Policy changes the replicated state holds (checkpoint and journal).
     let mut changes = node.take_consensus_changes();
     changes.extend(node.consensus_change());
@@ -953,6 +982,11 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
         transport,
         cup_path,
         reported,
+        log,
+        executed_blocks,
+        started: std::time::Instant::now(),
+        start_height,
+        rejoined: false,
         stalled: false,
         recent: VecDeque::new(),
         recent_batches: config.recent_batches.max(1),
@@ -1009,6 +1043,16 @@ struct Replica {
     cup_path: PathBuf,
     /// State hashes this replica reported, by height.
     reported: BTreeMap<u64, [u8; 32]>,
+    /// What it signed and executed (see [`crate::consensus_log`]).
+    log: ConsensusLog,
+    /// The blocks it executed, by height (the recent ones): a block
+    /// delivered again or certified at one of these heights must be the same.
+    executed_blocks: BTreeMap<u64, [u8; 32]>,
+    /// When the replica started, and the height its consensus started at
+    /// (to report when its shares count again).
+    started: std::time::Instant,
+    start_height: u64,
+    rejoined: bool,
     /// Execution cannot continue (it would need state sync).
     stalled: bool,
     /// The last batches executed, served to replicas catching up.
@@ -1067,6 +1111,13 @@ struct Byzantine {
 
 /// Batches kept for replicas that catch up, by default.
 pub const RECENT_BATCHES: usize = 8192;
+
+/// The consensus log is rewritten without the entries below the saved
+/// catch-up package once it holds more than this many.
+const LOG_COMPACT_ENTRIES: usize = 4096;
+
+/// Executed blocks remembered for the fork check.
+const EXECUTED_KEPT: usize = 4096;
 
 /// Catch-up packages kept to serve checkpoints at their heights.
 const KEPT_CUPS: usize = 16;
@@ -1209,20 +1260,64 @@ impl Replica {
                 else => break,
             };
             self.act(actions).await;
+            self.note_rejoin();
+        }
+    }
+
+    /// Logs, once, when this replica's shares first count in a
+    /// notarization or finalization above the height it started from.
+    fn note_rejoin(&mut self) {
+        if self.rejoined {
+            return;
+        }
+        if let Some(height) = self.consensus.counted_height()
+            && height > self.start_height
+        {
+            self.rejoined = true;
+            tracing::info!(
+                height,
+                after_ms = self.started.elapsed().as_millis() as u64,
+                "rejoined: this replica's shares count again"
+            );
+        }
+    }
+
+    /// Makes the records consensus asked to persist durable (one sync for
+    /// all of them) before anything else in `actions` is carried out, and
+    /// queues the rest. A replica that cannot persist what it signed must
+    /// not send it: it stops.
+    fn persist_then_queue(&mut self, actions: Vec<Action>, queue: &mut VecDeque<Action>) {
+        let mut records = Vec::new();
+        for action in actions {
+            match action {
+                Action::Persist(record) => records.push(Entry::Signed(record)),
+                other => queue.push_back(other),
+            }
+        }
+        if records.is_empty() {
+            return;
+        }
+        if let Err(e) = self.log.append_durably(&records) {
+            tracing::error!("cannot persist what consensus signed: {e}; stopping");
+            eprintln!("cellar replica: cannot write the consensus log: {e}");
+            std::process::exit(5);
         }
     }
 
     async fn act(&mut self, actions: Vec<Action>) {
-        let mut queue: VecDeque<Action> = actions.into();
+        let mut queue: VecDeque<Action> = VecDeque::new();
+        self.persist_then_queue(actions, &mut queue);
         while let Some(action) = queue.pop_front() {
             match action {
+                // Taken out by `persist_then_queue`.
+                Action::Persist(_) => {}
                 Action::Broadcast(a) => self.broadcast(a),
                 Action::Deliver(batch) if self.syncing.is_some() => {
                     self.deferred.push_back(batch);
                 }
                 Action::Deliver(batch) => {
                     if let Some(more) = self.execute(batch).await {
-                        queue.extend(more);
+                        self.persist_then_queue(more, &mut queue);
                     }
                 }
                 Action::CatchUpPackage(cup) => {
@@ -1406,13 +1501,17 @@ impl Replica {
         self.send_sync(None, &request);
     }
 
-    /// Saves `cup` as the package to start from after a restart.
-    fn save_cup(&self, cup: &CatchUpPackage) {
-        match serde_json::to_vec(cup) {
-            Ok(bytes) => {
-                let tmp = self.cup_path.with_extension("tmp");
-                let _ = std::fs::write(&tmp, bytes)
-                    .and_then(|()| std::fs::rename(&tmp, &self.cup_path));
+    /// Saves `cup` durably as the package to start from after a restart;
+    /// then the consensus log's entries at or below it are useless.
+    fn save_cup(&mut self, cup: &CatchUpPackage) {
+        let saved = serde_json::to_vec(cup)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| crate::consensus_log::write_durably(&self.cup_path, &bytes));
+        match saved {
+            Ok(()) => {
+                if let Err(e) = self.log.compact(cup.content.height, LOG_COMPACT_ENTRIES) {
+                    tracing::warn!("cannot compact the consensus log: {e}");
+                }
             }
             Err(e) => tracing::warn!("cannot save the catch-up package: {e}"),
         }
@@ -1756,6 +1855,11 @@ impl Replica {
         self.recent.clear();
         self.want_state = false;
         self.reported.insert(round, certified.state_hash);
+        self.note_executed(
+            round,
+            Some(manifest.cup.content.block.0),
+            Some(certified.state_hash),
+        );
         self.keep_cup(&manifest.cup);
         let saved = read_json::<CatchUpPackage>(&self.cup_path).ok();
         if saved.is_none_or(|c| c.content.height < round) {
@@ -1887,6 +1991,10 @@ impl Replica {
                             std::process::exit(4);
                         }
                     };
+                    // Only the package's block is known from a trusted source.
+                    let at_top = self.node.round() == top;
+                    let block = at_top.then_some(target.content.block.0);
+                    self.note_executed(b.height, block, at_top.then_some(hash));
                     self.remember(b);
                     for (from, hash) in self.node.take_consensus_changes() {
                         switch_policy(&self.node, &mut self.consensus, from, &hash);
@@ -1925,9 +2033,56 @@ impl Replica {
         send_sync_message(&self.transport, to, message);
     }
 
-    /// Compares the certified state hash with the one this replica reported.
+    /// Records an executed height in the consensus log (durable with the
+    /// log's next sync; the journal already holds the execution itself).
+    fn note_executed(
+        &mut self,
+        height: u64,
+        block: Option<[u8; 32]>,
+        state_hash: Option<[u8; 32]>,
+    ) {
+        if let Some(block) = block {
+            self.executed_blocks.insert(height, block);
+            while self.executed_blocks.len() > EXECUTED_KEPT {
+                self.executed_blocks.pop_first();
+            }
+        }
+        let entry = Entry::Executed {
+            height,
+            block,
+            state_hash,
+        };
+        if let Err(e) = self.log.append(&[entry]) {
+            tracing::warn!(height, "cannot log an executed height: {e}");
+        }
+    }
+
+    /// A block that consensus finalized, or a catch-up package certified,
+    /// at a height this replica executed must be the block it executed:
+    /// anything else is proof of a fork (more than f faulty replicas, or a
+    /// bug), and adopting it would undo what this replica acknowledged. It
+    /// stops, loudly.
+    fn check_fork(&self, height: u64, block: &[u8; 32]) {
+        if let Some(mine) = self.executed_blocks.get(&height)
+            && mine != block
+        {
+            tracing::error!(
+                height,
+                mine = %HEXLOWER.encode(mine),
+                subnet = %HEXLOWER.encode(block),
+                "FORK: the subnet finalized or certified a block other than the one this \
+                 replica executed at this height; stopping rather than undoing it"
+            );
+            eprintln!("cellar replica: fork at height {height}: stopping");
+            std::process::exit(3);
+        }
+    }
+
+    /// Compares the certified block and state hash with the ones this
+    /// replica executed and reported.
     fn check(&self, cup: &CatchUpPackage) {
         let c = &cup.content;
+        self.check_fork(c.height, &c.block.0);
         if let Some(mine) = self.reported.get(&c.height)
             && *mine != c.state_hash.0
         {
@@ -1950,6 +2105,22 @@ impl Replica {
     /// hash when the batch asked for one.
     async fn execute(&mut self, batch: FinalizedBatch) -> Option<Vec<Action>> {
         if self.stalled {
+            return None;
+        }
+        if batch.height <= self.node.round() {
+            // Executed before a restart (consensus restarted from an older
+            // catch-up package): the same block, or a fork.
+            self.check_fork(batch.height, &batch.block.0);
+            let hash = self.reported.get(&batch.height).copied();
+            if batch.needs_state_hash
+                && let Some(hash) = hash
+            {
+                // Its catch-up share again (the same bytes).
+                return self
+                    .consensus
+                    .on_execution_state(batch.height, Hash32(hash))
+                    .ok();
+            }
             return None;
         }
         let items: Vec<([u8; 32], Vec<u8>)> = batch
@@ -1988,6 +2159,7 @@ impl Replica {
             switch_policy(&self.node, &mut self.consensus, from, &hash);
         }
         if ran {
+            self.note_executed(height, Some(batch.block.0), wants_hash.then_some(hash));
             self.remember(SyncBatch {
                 height,
                 time_nanos,
@@ -2003,7 +2175,7 @@ impl Replica {
             return None;
         }
         self.reported.insert(height, hash);
-        while self.reported.len() > 64 {
+        while self.reported.len() > 256 {
             self.reported.pop_first();
         }
         match self.consensus.on_execution_state(height, Hash32(hash)) {
