@@ -28,9 +28,12 @@
 //!   or a read of the value, in real time; any put overwrote the initial
 //!   `None`);
 //! * a **lost write**: an acknowledged put, a read invoked after it
-//!   completed that returned an older value, and no read invoked after that
-//!   one returned the put's value or anything not older than it (the key
-//!   went back and stayed back, e.g. the final reads after a run);
+//!   completed that returned an older value (the witness), and the put's
+//!   value never read again from then on (no read that did not end before
+//!   the witness began returned it): the key went back, e.g. the final
+//!   reads after a run show an older value, or later puts were built on
+//!   the older state. (When the value is read again after an older one,
+//!   the older read was only stale.)
 //! * a read of a value **never written** to that key;
 //! * a read of a value whose put was invoked only **after the read
 //!   completed**.
@@ -177,8 +180,8 @@ pub enum Anomaly {
         overwriter: Op,
     },
     /// The acknowledged `put` was gone at `read` (invoked after the put
-    /// completed, returning an older value) and no later read saw it or
-    /// anything newer.
+    /// completed, returning an older value) and its value was never read
+    /// again from then on.
     LostWrite {
         /// The put.
         put: Op,
@@ -216,7 +219,7 @@ impl fmt::Display for Anomaly {
             Anomaly::LostWrite { put, read } => write!(
                 f,
                 "lost write: acknowledged {put}, then {read} returned an older value, \
-                 and no later read saw it again"
+                 and no read saw the put's value again"
             ),
             Anomaly::NeverWritten { read } => {
                 write!(f, "read of a value never written: {read}")
@@ -496,9 +499,11 @@ fn classify(ops: &[&Op]) -> Vec<Anomaly> {
         else {
             continue;
         };
+        // Seen again: a read that did not end before the witness began
+        // returned the put's value.
         let recovered = reads
             .iter()
-            .any(|r| witness.precedes(r) && (r.observed == Some(value) || !older(r.observed, put)));
+            .any(|r| r.observed == Some(value) && !r.precedes(witness));
         if !recovered {
             anomalies.push(Anomaly::LostWrite {
                 put: (*put).clone(),
@@ -839,6 +844,30 @@ mod tests {
         // Lost but never read before: an acked put, then only older values.
         let silent = check(&[put(0, 1, 0, 1), read(1, None, 2, 3)]);
         assert_eq!((silent.lost(), silent.stale()), (1, 1), "{silent}");
+        // Lost, and later writes built on the older state: put 2 is never
+        // seen again after the read of 1.
+        let rolled_back = check(&[
+            put(0, 1, 0, 1),
+            put(1, 2, 2, 3),
+            read(2, Some(2), 4, 5),
+            read(2, Some(1), 6, 7),
+            put(3, 3, 8, 9),
+            read(0, Some(3), 10, 11),
+        ]);
+        assert_eq!(
+            (rolled_back.lost(), rolled_back.stale()),
+            (1, 1),
+            "{rolled_back}"
+        );
+        // Only stale: the value comes back after the older read.
+        let back = check(&[
+            put(0, 1, 0, 1),
+            put(1, 2, 2, 3),
+            read(2, Some(1), 4, 5),
+            read(3, Some(2), 6, 7),
+            put(3, 3, 8, 9),
+        ]);
+        assert_eq!((back.lost(), back.stale()), (0, 1), "{back}");
     }
 
     #[test]
