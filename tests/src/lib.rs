@@ -1,4 +1,8 @@
-//! Helpers shared by the end-to-end tests in `tests/tests/`.
+//! Helpers shared by the end-to-end tests in `tests/tests/`, and a
+//! linearizability checker ([`linearizability`]) for histories the fleet
+//! tests record.
+
+pub mod linearizability;
 
 use std::path::Path;
 
