@@ -66,8 +66,10 @@ async fn serve(shared: Arc<Shared>, incoming: Incoming) {
         conn.close(CLOSE_BANNED, b"banned");
         return;
     }
-    if let Some(old) = lock(&shared.incoming).insert(from, conn.clone()) {
+    let old = lock(&shared.incoming).insert(from, conn.clone());
+    if let Some(old) = old {
         old.close(CLOSE_SUPERSEDED, b"superseded");
+        shared.peer_returned(from);
     }
     debug!(peer = from, %remote, "accepted");
     match read_all(&shared, from, &conn).await {

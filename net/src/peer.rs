@@ -23,6 +23,9 @@ enum Stop {
     Shutdown,
     /// The connection failed; redial.
     Lost(String),
+    /// The peer came back (restarted): this connection is stale; dial
+    /// again at once.
+    Returned,
 }
 
 /// Runs until the transport shuts down: keeps a connection to `peer` and
@@ -78,6 +81,13 @@ pub(crate) async fn run(
                 return;
             }
             Stop::Lost(reason) => info!(peer = index, %reason, "connection lost"),
+            Stop::Returned => {
+                info!(peer = index, "the peer came back: dialing it again");
+                Counters::bump(&shared.counters.returns);
+                conn.close(CLOSE_SHUTDOWN, b"redialing");
+                backoff.reset();
+                continue;
+            }
         }
         // A connection that lasted resets the backoff; one that keeps
         // failing right after the handshake (e.g. the peer refuses us)
@@ -185,12 +195,21 @@ async fn pump(conn: &Connection, outbox: &mut Outbox<'_>) -> Stop {
         Err(e) => return Stop::Lost(e.to_string()),
     };
     let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_BATCH_FRAMES);
+    let slot = outbox.slot;
+    let generation = slot.reconnect_generation.load(Ordering::SeqCst);
     loop {
+        let returned = slot.reconnect.notified();
+        let mut returned = std::pin::pin!(returned);
+        returned.as_mut().enable();
+        if slot.reconnect_generation.load(Ordering::SeqCst) != generation {
+            return Stop::Returned;
+        }
         tokio::select! {
             more = outbox.wait_for_frame() => if !more {
                 return Stop::Shutdown;
             },
             e = conn.closed() => return Stop::Lost(e.to_string()),
+            () = &mut returned => return Stop::Returned,
         }
         if let Some(due) = outbox.backlog.front().and_then(|f| f.due) {
             tokio::select! {

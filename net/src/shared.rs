@@ -58,7 +58,33 @@ pub(crate) struct PeerQueue {
     pub(crate) queued_bytes: AtomicUsize,
     /// Whether the outgoing connection is up.
     pub(crate) connected: AtomicBool,
+    /// Bumped when the peer came back (a new connection from it replaced
+    /// one that still looked alive: it restarted); the writer then drops
+    /// its own connection, stale as well, and dials again at once.
+    pub(crate) reconnect_generation: AtomicU64,
+    /// Wakes the writer when `reconnect_generation` moves.
+    pub(crate) reconnect: tokio::sync::Notify,
+    /// When a return last made the writer dial again (rate limit).
+    pub(crate) last_reconnect: Mutex<Option<Instant>>,
 }
+
+impl PeerQueue {
+    /// A queue feeding `tx`.
+    pub(crate) fn new(tx: mpsc::Sender<OutFrame>) -> Self {
+        PeerQueue {
+            tx,
+            queued_bytes: AtomicUsize::new(0),
+            connected: AtomicBool::new(false),
+            reconnect_generation: AtomicU64::new(0),
+            reconnect: tokio::sync::Notify::new(),
+            last_reconnect: Mutex::new(None),
+        }
+    }
+}
+
+/// A returning peer makes the writer dial again at most this often (so two
+/// nodes replacing each other's connections cannot loop).
+const RECONNECT_EVERY: Duration = Duration::from_secs(3);
 
 /// State shared by the handle and the tasks.
 #[derive(Debug)]
@@ -156,6 +182,26 @@ impl Shared {
     pub(crate) fn remember(&self, artifact: &Artifact) {
         lock(&self.seen).insert(artifact.id());
         lock(&self.cache).insert(artifact.clone());
+    }
+
+    /// A new connection from `peer` replaced one that still looked alive:
+    /// it has most likely restarted, and this node's own connection to it
+    /// is as stale. The writer drops it and dials again (at most every
+    /// [`RECONNECT_EVERY`]), instead of writing into it until the peer's
+    /// stateless reset arrives, which loses what it writes meanwhile.
+    pub(crate) fn peer_returned(&self, peer: NodeIndex) {
+        let Some(queue) = self.queues.get(&peer) else {
+            return;
+        };
+        {
+            let mut last = lock(&queue.last_reconnect);
+            if last.is_some_and(|at| at.elapsed() < RECONNECT_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        queue.reconnect_generation.fetch_add(1, Ordering::SeqCst);
+        queue.reconnect.notify_waiters();
     }
 
     /// Whether `peer` is currently banned.

@@ -18,6 +18,9 @@ pub struct TransportStats {
     pub refused: u64,
     /// Outgoing connections established (first connections and reconnects).
     pub connects: u64,
+    /// Outgoing connections dropped and dialed again because the peer came
+    /// back (restarted) before they failed by themselves.
+    pub returns: u64,
     /// Pull requests answered from the cache.
     pub requests_answered: u64,
 }
@@ -37,6 +40,8 @@ pub(crate) struct Counters {
     pub(crate) refused: AtomicU64,
     /// See [`TransportStats::connects`].
     pub(crate) connects: AtomicU64,
+    /// See [`TransportStats::returns`].
+    pub(crate) returns: AtomicU64,
     /// See [`TransportStats::requests_answered`].
     pub(crate) requests_answered: AtomicU64,
 }
@@ -57,6 +62,7 @@ impl Counters {
             misbehaviours: get(&self.misbehaviours),
             refused: get(&self.refused),
             connects: get(&self.connects),
+            returns: get(&self.returns),
             requests_answered: get(&self.requests_answered),
         }
     }

@@ -8,7 +8,7 @@
 //! needed when both restart or dial at once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -58,11 +58,7 @@ impl Transport {
             .filter(|p| p.node_index != own_index)
         {
             let (tx, rx) = mpsc::channel(config.send_queue_capacity);
-            let queue = PeerQueue {
-                tx,
-                queued_bytes: AtomicUsize::new(0),
-                connected: AtomicBool::new(false),
-            };
+            let queue = PeerQueue::new(tx);
             queues.insert(peer.node_index, queue);
             let client = client_config(&config, &keys, peer)?;
             receivers.push((peer.clone(), client, rx));

@@ -490,9 +490,17 @@ async fn next_from(inbox: &mut Receiver<Received>, from: u32) -> Received {
 async fn a_killed_peer_is_reconnected_after_it_restarts() {
     init_tracing();
     let (keys, membership) = subnet(3);
+    // Keep-alives far apart: node 0 sends node 2 nothing, so no stateless
+    // reset could tell it within the test's patience that its connection
+    // went stale; the restarted node's new connection must.
+    let config = TransportConfig {
+        keep_alive: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(60),
+        ..test_config()
+    };
     let mut nodes = Vec::new();
     for k in &keys[..2] {
-        let (net, inbox) = Transport::start(test_config(), k.clone(), membership.clone())
+        let (net, inbox) = Transport::start(config.clone(), k.clone(), membership.clone())
             .await
             .unwrap();
         nodes.push(Node { net, inbox });
@@ -519,8 +527,8 @@ async fn a_killed_peer_is_reconnected_after_it_restarts() {
             break;
         }
     }
-    // ...and node 0 notices its stale connection (a stateless reset at
-    // the next keep-alive) and redials.
+    // ...and node 0 takes the new connection replacing the old one as the
+    // sign that its own connection is stale, and redials at once.
     eventually("node 0 redialed the restarted node 2", || {
         nodes[0].net.stats().connects > connects
     })
@@ -528,6 +536,11 @@ async fn a_killed_peer_is_reconnected_after_it_restarts() {
     eprintln!(
         "node 0 redialed {:?} after the restart",
         restarted.elapsed()
+    );
+    assert_eq!(
+        nodes[0].net.stats().returns,
+        1,
+        "redialed because node 2 came back, not after its connection failed"
     );
     child.kill().unwrap();
     child.wait().unwrap();

@@ -467,73 +467,79 @@ impl ConsensusNode {
             return;
         }
         self.last_rebroadcast_ms = self.now_ms;
-        out.push(Action::Broadcast(Artifact::CatchUpPackage(
-            self.cup.clone(),
-        )));
+        out.extend(self.recent_chain().into_iter().map(Action::Broadcast));
+    }
+
+    /// The newest catch-up package and the chain above it (the recent
+    /// heights' beacons, notarized blocks, notarizations, finalizations,
+    /// and this node's own shares where those are missing): what a node
+    /// needs to take part in the current round. Rebroadcast after a stall,
+    /// and sent to a replica that asks for it after its restart.
+    pub fn recent_chain(&self) -> Vec<Artifact> {
+        let mut out = vec![Artifact::CatchUpPackage(self.cup.clone())];
         let me = self.secret.index;
         let from = (self.cup.content.height + 1)
             .max(self.round.saturating_sub(self.config.rebroadcast_heights));
         for (&h, p) in self.pool.heights.range(from..self.round.max(from) + 1) {
             if let Some(b) = &p.beacon {
-                out.push(Action::Broadcast(Artifact::Beacon(b.clone())));
+                out.push(Artifact::Beacon(b.clone()));
             } else if let Some(s) = p.beacon_shares.get(&me) {
-                out.push(Action::Broadcast(Artifact::BeaconShare(
-                    RandomBeaconShare {
-                        height: h,
-                        parent: self
-                            .pool
-                            .beacon(h - 1)
-                            .map(RandomBeacon::hash)
-                            .unwrap_or_default(),
-                        signer: me,
-                        signature: *s,
-                    },
-                )));
+                out.push(Artifact::BeaconShare(RandomBeaconShare {
+                    height: h,
+                    parent: self
+                        .pool
+                        .beacon(h - 1)
+                        .map(RandomBeacon::hash)
+                        .unwrap_or_default(),
+                    signer: me,
+                    signature: *s,
+                }));
             }
             for (hash, b) in &p.blocks {
                 if p.notarizations.contains_key(hash) || h == self.round {
-                    out.push(Action::Broadcast(Artifact::Proposal(b.clone())));
+                    out.push(Artifact::Proposal(b.clone()));
                 }
             }
             for c in p.notarizations.values() {
-                out.push(Action::Broadcast(Artifact::Notarization(c.clone())));
+                out.push(Artifact::Notarization(c.clone()));
             }
             if let Some(f) = &p.finalization {
-                out.push(Action::Broadcast(Artifact::Finalization(f.clone())));
+                out.push(Artifact::Finalization(f.clone()));
             } else {
                 for (block, shares) in &p.finalization_shares {
                     if let Some(s) = shares.get(&me) {
-                        out.push(Action::Broadcast(Artifact::FinalizationShare(BlockShare {
+                        out.push(Artifact::FinalizationShare(BlockShare {
                             height: h,
                             block: *block,
                             signer: me,
                             signature: *s,
-                        })));
+                        }));
                     }
                 }
             }
             if p.notarizations.is_empty() {
                 for (block, shares) in &p.notarization_shares {
                     if let Some(s) = shares.get(&me) {
-                        out.push(Action::Broadcast(Artifact::NotarizationShare(BlockShare {
+                        out.push(Artifact::NotarizationShare(BlockShare {
                             height: h,
                             block: *block,
                             signer: me,
                             signature: *s,
-                        })));
+                        }));
                     }
                 }
             }
             for (content, shares) in p.catch_up_shares.values() {
                 if let Some(s) = shares.get(&me) {
-                    out.push(Action::Broadcast(Artifact::CatchUpShare(CatchUpShare {
+                    out.push(Artifact::CatchUpShare(CatchUpShare {
                         content: content.clone(),
                         signer: me,
                         signature: *s,
-                    })));
+                    }));
                 }
             }
         }
+        out
     }
 }
 

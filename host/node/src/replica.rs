@@ -987,6 +987,9 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
         started: std::time::Instant::now(),
         start_height,
         rejoined: false,
+        chain_requests: 0,
+        last_chain_request_ms: 0,
+        chain_served: BTreeMap::new(),
         stalled: false,
         recent: VecDeque::new(),
         recent_batches: config.recent_batches.max(1),
@@ -1053,6 +1056,11 @@ struct Replica {
     started: std::time::Instant,
     start_height: u64,
     rejoined: bool,
+    /// Chain requests sent since the start, and when the last one went.
+    chain_requests: u32,
+    last_chain_request_ms: u64,
+    /// When each peer's chain request was last answered (ms).
+    chain_served: BTreeMap<u32, u64>,
     /// Execution cannot continue (it would need state sync).
     stalled: bool,
     /// The last batches executed, served to replicas catching up.
@@ -1115,6 +1123,11 @@ pub const RECENT_BATCHES: usize = 8192;
 /// The consensus log is rewritten without the entries below the saved
 /// catch-up package once it holds more than this many.
 const LOG_COMPACT_ENTRIES: usize = 4096;
+
+/// How many times a restarted replica asks for the recent chain, and how
+/// often (its peers may not be connected yet at the first ask).
+const CHAIN_REQUESTS: u32 = 20;
+const CHAIN_REQUEST_MS: u64 = 250;
 
 /// Executed blocks remembered for the fork check.
 const EXECUTED_KEPT: usize = 4096;
@@ -1199,6 +1212,12 @@ enum SyncMessage {
         nonce: u64,
         bytes: Vec<u8>,
     },
+    /// Send me your newest catch-up package and the chain above it (a
+    /// replica that just restarted: it takes part in the current round at
+    /// once instead of waiting for the next package).
+    ChainRequest {
+        nonce: u64,
+    },
 }
 
 fn kind_of(a: &ConsensusArtifact) -> ArtifactKind {
@@ -1252,6 +1271,7 @@ impl Replica {
                     }
                 },
                 _ = tick.tick() => {
+                    self.maybe_request_chain();
                     self.maybe_request_sync();
                     self.maybe_request_state();
                     self.misbehave_on_tick();
@@ -1261,6 +1281,38 @@ impl Replica {
             };
             self.act(actions).await;
             self.note_rejoin();
+        }
+    }
+
+    /// Until its shares count again, a replica asks its peers for the
+    /// recent chain every [`CHAIN_REQUEST_MS`] (at most [`CHAIN_REQUESTS`]
+    /// times).
+    fn maybe_request_chain(&mut self) {
+        let now = now_ms();
+        if self.rejoined
+            || self.chain_requests >= CHAIN_REQUESTS
+            || now < self.last_chain_request_ms + CHAIN_REQUEST_MS
+        {
+            return;
+        }
+        self.chain_requests += 1;
+        self.last_chain_request_ms = now;
+        self.send_sync(None, &SyncMessage::ChainRequest { nonce: now_nanos() });
+    }
+
+    /// Answers a peer's chain request (at most every 200 ms per peer).
+    fn serve_chain(&mut self, to: u32) {
+        let now = now_ms();
+        if self.chain_served.get(&to).is_some_and(|&at| now < at + 200) {
+            return;
+        }
+        self.chain_served.insert(to, now);
+        for a in self.consensus.recent_chain() {
+            let artifact = NetArtifact::new(kind_of(&a), a.to_bytes());
+            if let Err(e) = self.transport.send(to, &artifact) {
+                tracing::debug!(peer = to, "chain not sent: {e}");
+                break;
+            }
         }
     }
 
@@ -1921,6 +1973,7 @@ impl Replica {
                     self.maybe_request_state();
                 }
             }
+            SyncMessage::ChainRequest { .. } => self.serve_chain(r.from),
             SyncMessage::StateRequest { above, nonce } => {
                 self.serve_manifest(r.from, above, nonce);
             }
@@ -2003,6 +2056,8 @@ impl Replica {
                         self.reported.insert(top, hash);
                         self.check(&target);
                         tracing::info!(height = top, "caught up; the state hash matches");
+                        // Executed and certified: a restart starts here.
+                        self.save_cup(&target);
                         self.finish_sync().await;
                         return;
                     }
