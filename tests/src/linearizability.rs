@@ -456,8 +456,8 @@ fn classify(ops: &[&Op]) -> Vec<Anomaly> {
     };
     let mut anomalies = Vec::new();
     for read in &reads {
-        match read.observed {
-            Some(v) => match puts.get(&v) {
+        if let Some(v) = read.observed {
+            match puts.get(&v) {
                 None => {
                     anomalies.push(Anomaly::NeverWritten {
                         read: (*read).clone(),
@@ -472,8 +472,7 @@ fn classify(ops: &[&Op]) -> Vec<Anomaly> {
                     continue;
                 }
                 Some(_) => {}
-            },
-            None => {}
+            }
         }
         // The latest overwriter known to have taken effect, for the
         // explanation.

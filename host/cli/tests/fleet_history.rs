@@ -22,7 +22,9 @@
 //! `CELLAR_HISTORY_SECONDS` (of faults, default 26), `CELLAR_HISTORY_CLIENTS`
 //! (8), `CELLAR_HISTORY_KILL_EVERY_S` (6), `CELLAR_HISTORY_DOWN_S` (3),
 //! `CELLAR_HISTORY_CHECK_FATE` (`0` turns the fate check into a report
-//! only), `CELLAR_HISTORY_BIN` (another `cellar` binary than this build's),
+//! only), `CELLAR_HISTORY_MAX_STALL_S` (the longest interval with no
+//! acknowledged operation accepted, default 8; `0` reports it only),
+//! `CELLAR_HISTORY_BIN` (another `cellar` binary than this build's),
 //! `CELLAR_HISTORY_KEEP` (`1`: keep the fleet directory even on success; it
 //! is always kept on failure and printed).
 
@@ -44,6 +46,12 @@ const CELLAR: &str = env!("CARGO_BIN_EXE_cellar");
 /// answered, and on a replica after its restart. `CELLAR_HISTORY_CHECK_FATE=0`
 /// turns the assertion off.
 const CHECK_FATE_DEFAULT: bool = true;
+
+/// The longest interval with no acknowledged operation the test accepts,
+/// in seconds (`CELLAR_HISTORY_MAX_STALL_S`; `0` reports it only). With
+/// one replica of four down at most, the other three keep a quorum; the
+/// fault-free runs here never pause for more than a fraction of a second.
+const MAX_STALL_DEFAULT_S: f64 = 8.0;
 
 /// The keys the clients use.
 const KEYS: [&str; 3] = ["k0", "k1", "k2"];
@@ -99,6 +107,10 @@ struct Config {
     with_faults: bool,
     op_timeout: Duration,
     check_fate: bool,
+    /// The longest interval with no acknowledged operation allowed while
+    /// the clients run (at most one replica is ever down, so the other
+    /// three should keep ordering); `None`: only reported.
+    max_stall: Option<Duration>,
 }
 
 impl Config {
@@ -130,6 +142,8 @@ impl Config {
             check_fate: std::env::var("CELLAR_HISTORY_CHECK_FATE")
                 .map(|v| v.trim() != "0")
                 .unwrap_or(CHECK_FATE_DEFAULT),
+            max_stall: Some(secs("CELLAR_HISTORY_MAX_STALL_S", MAX_STALL_DEFAULT_S))
+                .filter(|d| !d.is_zero()),
         }
     }
 
@@ -909,7 +923,7 @@ fn run(config: Config) {
         *reasons.entry(short).or_default() += 1;
     }
     let mut reasons: Vec<(String, usize)> = reasons.into_iter().collect();
-    reasons.sort_by(|a, b| b.1.cmp(&a.1));
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
     for (reason, count) in reasons.iter().take(6) {
         eprintln!("no answer x{count}: {reason}");
     }
@@ -981,6 +995,14 @@ fn run(config: Config) {
             "the replicas did not converge: after the heal {healed:?}; after the final \
              reads {after_reads:?}"
         ));
+    }
+    match config.max_stall {
+        Some(max) if stall_max > max.as_secs_f64() => problems.push(format!(
+            "no operation was acknowledged for {stall_max:.1}s (at most {:.1}s allowed; \
+             CELLAR_HISTORY_MAX_STALL_S=0 reports this only)",
+            max.as_secs_f64()
+        )),
+        _ => {}
     }
     if finals_missing > 0 {
         problems.push(format!(
