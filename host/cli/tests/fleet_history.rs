@@ -12,10 +12,24 @@
 //! P seconds and restarts it (same data directory and arguments as
 //! `fleet.rs`'s `restart`) D seconds later, never two down at once. Then:
 //! every replica up, wait until all four report the same round and state
-//! hash, read every key from every replica through the update path, check
-//! the history (`cellar_tests::linearizability`), and check request fate
-//! (an acknowledged request polled on another replica, and on a restarted
-//! replica after its restart, reports replied).
+//! hash, read every key from every replica through the update path (and
+//! by query: when all four sit at one round and state hash before and
+//! after, those answers join the history too, so that a rolled-back write
+//! shows even when the fleet no longer orders anything), check the history
+//! (`cellar_tests::linearizability`), and check request fate (an
+//! acknowledged request polled on another replica, and on a restarted
+//! replica after its restart, reports replied). Asserted: linearizable, no
+//! lost writes, converged, every final read answered, no interval longer
+//! than 8 s without an acknowledged operation, request fate. The summary
+//! line (`seed=… ops=… acked=… indeterminate=… anomalies=… lost=… stale=…
+//! converged=… restarts=… stall_max_s=…`), one line per restart (acks/s
+//! while down and after, against the fault-free rate of the warm-up, and
+//! the longest gap), the anomalies with the replica and request id of each
+//! operation, and on failure excerpts of the replica logs are printed; a
+//! failing run keeps its fleet directory (logs, data, `history.txt`).
+//!
+//! The fault-free variant (5 s) is the baseline: the workload, the
+//! update-path reads and the checker work end to end.
 //!
 //! Knobs (environment): `CELLAR_HISTORY_SEED` (the fault schedule and the
 //! clients' choices; printed, and a failure prints how to replay it),
