@@ -39,6 +39,9 @@
 //! only), `CELLAR_HISTORY_MAX_STALL_S` (the longest interval with no
 //! acknowledged operation accepted, default 8; `0` reports it only),
 //! `CELLAR_HISTORY_BIN` (another `cellar` binary than this build's),
+//! `CELLAR_HISTORY_READS=query` (the clients read by query: a control that
+//! usually fails even without faults, since a replica answers queries from
+//! its own, possibly lagging, state),
 //! `CELLAR_HISTORY_KEEP` (`1`: keep the fleet directory even on success; it
 //! is always kept on failure and printed).
 
@@ -249,6 +252,12 @@ impl Fleet {
             Replica::Original(pid) => {
                 // SAFETY: a plain signal to a replica this test started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
+                // Not our child: wait (bounded) until it is gone, so that
+                // it writes nothing more into the directory.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while alive(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
             Replica::Restarted(mut child) => {
                 let _ = child.kill();
@@ -347,6 +356,17 @@ impl Fleet {
             }
         }
         out
+    }
+}
+
+/// Whether process `pid` still runs (a zombie does not).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesized command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X'])),
+        Err(_) => false,
     }
 }
 
@@ -458,6 +478,14 @@ fn agent_for(url: &str, identity: &Identity) -> Agent {
     )
 }
 
+/// `CELLAR_HISTORY_READS=query`: the clients read by query instead of
+/// through the update path, a control showing that the checker catches
+/// reads not ordered by consensus (a replica answers from its own state,
+/// which may lag behind a put another replica acknowledged).
+fn reads_as_queries() -> bool {
+    std::env::var("CELLAR_HISTORY_READS").is_ok_and(|v| v == "query")
+}
+
 /// One put or read through the update path to `replica`, recorded.
 #[allow(clippy::too_many_arguments)]
 fn run_op(
@@ -475,7 +503,20 @@ fn run_op(
         None => CallRequest::wave("get", &format!("\"{key}\"")),
     };
     let invoke = since(start);
-    let (request_id, outcome) = update(&agents[replica], id, &request, start, timeout);
+    let (request_id, outcome) = if put.is_none() && reads_as_queries() {
+        // The control: a query answers from the replica's own state.
+        let outcome = match agents[replica].query(id, &request) {
+            Ok(CallResponse::Replied { reply, .. }) => Outcome::Replied {
+                reply: reply.as_str().unwrap_or_default().to_string(),
+                at: since(start),
+            },
+            Ok(CallResponse::Rejected { reject, .. }) => Outcome::Rejected(reject.message),
+            Err(e) => Outcome::Indeterminate(format!("query: {e}")),
+        };
+        (None, outcome)
+    } else {
+        update(&agents[replica], id, &request, start, timeout)
+    };
     let op = match (&outcome, put) {
         (Outcome::Replied { at, .. }, Some(v)) => Op::put(client, key, v, invoke, Some(*at)),
         (_, Some(v)) => Op::put(client, key, v, invoke, None),
@@ -1042,6 +1083,10 @@ fn run(config: Config) {
     if keep {
         let kept = tmp.keep();
         eprintln!("fleet directory kept: {}", kept.display());
+    } else {
+        let path = tmp.path().to_path_buf();
+        drop(tmp);
+        let _ = std::fs::remove_dir_all(path);
     }
     assert!(
         problems.is_empty(),
