@@ -28,12 +28,13 @@
 //!   or a read of the value, in real time; any put overwrote the initial
 //!   `None`);
 //! * a **lost write**: an acknowledged put, a read invoked after it
-//!   completed that returned an older value (the witness), and the put's
-//!   value never read again from then on (no read that did not end before
-//!   the witness began returned it): the key went back, e.g. the final
-//!   reads after a run show an older value, or later puts were built on
-//!   the older state. (When the value is read again after an older one,
-//!   the older read was only stale.)
+//!   completed that returned an older value (the witness), and from then
+//!   on no read returned the put's value, nor that of any put invoked
+//!   before the witness that is not older than it (one that may have
+//!   overwritten it): the key went back, e.g. the final reads after a run
+//!   show an older value, or later puts were built on the older state.
+//!   (When such a value is read again after the older one, the witness was
+//!   only stale.)
 //! * a read of a value **never written** to that key;
 //! * a read of a value whose put was invoked only **after the read
 //!   completed**.
@@ -456,8 +457,8 @@ fn classify(ops: &[&Op]) -> Vec<Anomaly> {
     };
     let mut anomalies = Vec::new();
     for read in &reads {
-        match read.observed {
-            Some(v) => match puts.get(&v) {
+        if let Some(v) = read.observed {
+            match puts.get(&v) {
                 None => {
                     anomalies.push(Anomaly::NeverWritten {
                         read: (*read).clone(),
@@ -472,8 +473,7 @@ fn classify(ops: &[&Op]) -> Vec<Anomaly> {
                     continue;
                 }
                 Some(_) => {}
-            },
-            None => {}
+            }
         }
         // The latest overwriter known to have taken effect, for the
         // explanation.
@@ -500,10 +500,21 @@ fn classify(ops: &[&Op]) -> Vec<Anomaly> {
             continue;
         };
         // Seen again: a read that did not end before the witness began
-        // returned the put's value.
-        let recovered = reads
-            .iter()
-            .any(|r| r.observed == Some(value) && !r.precedes(witness));
+        // returned the put's value, or that of a put invoked before the
+        // witness and not older than this one (which may have overwritten
+        // it: then the witness was only stale). Puts invoked after the
+        // witness began do not count: they may build on the older state.
+        let newer: HashSet<u64> = puts
+            .values()
+            .filter(|q| q.invoke < witness.invoke)
+            .filter_map(|q| match q.action {
+                Action::Put(qv) if !older(Some(qv), put) => Some(qv),
+                _ => None,
+            })
+            .collect();
+        let recovered = reads.iter().any(|r| {
+            !r.precedes(witness) && r.observed.is_some_and(|v| v == value || newer.contains(&v))
+        });
         if !recovered {
             anomalies.push(Anomaly::LostWrite {
                 put: (*put).clone(),
@@ -868,6 +879,30 @@ mod tests {
             put(3, 3, 8, 9),
         ]);
         assert_eq!((back.lost(), back.stale()), (0, 1), "{back}");
+        // Only stale: put 2 was overwritten by the concurrent put 3, which
+        // is read after the older read.
+        let overwritten = check(&[
+            put(0, 1, 0, 1),
+            put(1, 2, 2, 5),
+            put(2, 3, 3, 6),
+            read(3, Some(1), 7, 8),
+            read(3, Some(3), 9, 10),
+        ]);
+        assert_eq!(
+            (overwritten.lost(), overwritten.stale()),
+            (0, 1),
+            "{overwritten}"
+        );
+        // But a put invoked after the older read began does not bring
+        // the lost one back.
+        let rebuilt = check(&[
+            put(0, 1, 0, 1),
+            put(1, 2, 2, 5),
+            read(3, Some(1), 7, 8),
+            put(2, 3, 7, 9),
+            read(3, Some(3), 10, 11),
+        ]);
+        assert_eq!((rebuilt.lost(), rebuilt.stale()), (1, 1), "{rebuilt}");
     }
 
     #[test]

@@ -12,17 +12,36 @@
 //! P seconds and restarts it (same data directory and arguments as
 //! `fleet.rs`'s `restart`) D seconds later, never two down at once. Then:
 //! every replica up, wait until all four report the same round and state
-//! hash, read every key from every replica through the update path, check
-//! the history (`cellar_tests::linearizability`), and check request fate
-//! (an acknowledged request polled on another replica, and on a restarted
-//! replica after its restart, reports replied).
+//! hash, read every key from every replica through the update path (and
+//! by query: when all four sit at one round and state hash before and
+//! after, those answers join the history too, so that a rolled-back write
+//! shows even when the fleet no longer orders anything), check the history
+//! (`cellar_tests::linearizability`), and check request fate (an
+//! acknowledged request polled on another replica, and on a restarted
+//! replica after its restart, reports replied). Asserted: linearizable, no
+//! lost writes, converged, every final read answered, no interval longer
+//! than 8 s without an acknowledged operation, request fate. The summary
+//! line (`seed=… ops=… acked=… indeterminate=… anomalies=… lost=… stale=…
+//! converged=… restarts=… stall_max_s=…`), one line per restart (acks/s
+//! while down and after, against the fault-free rate of the warm-up, and
+//! the longest gap), the anomalies with the replica and request id of each
+//! operation, and on failure excerpts of the replica logs are printed; a
+//! failing run keeps its fleet directory (logs, data, `history.txt`).
+//!
+//! The fault-free variant (5 s) is the baseline: the workload, the
+//! update-path reads and the checker work end to end.
 //!
 //! Knobs (environment): `CELLAR_HISTORY_SEED` (the fault schedule and the
 //! clients' choices; printed, and a failure prints how to replay it),
 //! `CELLAR_HISTORY_SECONDS` (of faults, default 26), `CELLAR_HISTORY_CLIENTS`
 //! (8), `CELLAR_HISTORY_KILL_EVERY_S` (6), `CELLAR_HISTORY_DOWN_S` (3),
 //! `CELLAR_HISTORY_CHECK_FATE` (`0` turns the fate check into a report
-//! only), `CELLAR_HISTORY_BIN` (another `cellar` binary than this build's),
+//! only), `CELLAR_HISTORY_MAX_STALL_S` (the longest interval with no
+//! acknowledged operation accepted, default 8; `0` reports it only),
+//! `CELLAR_HISTORY_BIN` (another `cellar` binary than this build's),
+//! `CELLAR_HISTORY_READS=query` (the clients read by query: a control that
+//! usually fails even without faults, since a replica answers queries from
+//! its own, possibly lagging, state),
 //! `CELLAR_HISTORY_KEEP` (`1`: keep the fleet directory even on success; it
 //! is always kept on failure and printed).
 
@@ -44,6 +63,12 @@ const CELLAR: &str = env!("CARGO_BIN_EXE_cellar");
 /// answered, and on a replica after its restart. `CELLAR_HISTORY_CHECK_FATE=0`
 /// turns the assertion off.
 const CHECK_FATE_DEFAULT: bool = true;
+
+/// The longest interval with no acknowledged operation the test accepts,
+/// in seconds (`CELLAR_HISTORY_MAX_STALL_S`; `0` reports it only). With
+/// one replica of four down at most, the other three keep a quorum; the
+/// fault-free runs here never pause for more than a fraction of a second.
+const MAX_STALL_DEFAULT_S: f64 = 8.0;
 
 /// The keys the clients use.
 const KEYS: [&str; 3] = ["k0", "k1", "k2"];
@@ -99,6 +124,10 @@ struct Config {
     with_faults: bool,
     op_timeout: Duration,
     check_fate: bool,
+    /// The longest interval with no acknowledged operation allowed while
+    /// the clients run (at most one replica is ever down, so the other
+    /// three should keep ordering); `None`: only reported.
+    max_stall: Option<Duration>,
 }
 
 impl Config {
@@ -130,6 +159,8 @@ impl Config {
             check_fate: std::env::var("CELLAR_HISTORY_CHECK_FATE")
                 .map(|v| v.trim() != "0")
                 .unwrap_or(CHECK_FATE_DEFAULT),
+            max_stall: Some(secs("CELLAR_HISTORY_MAX_STALL_S", MAX_STALL_DEFAULT_S))
+                .filter(|d| !d.is_zero()),
         }
     }
 
@@ -221,6 +252,12 @@ impl Fleet {
             Replica::Original(pid) => {
                 // SAFETY: a plain signal to a replica this test started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
+                // Not our child: wait (bounded) until it is gone, so that
+                // it writes nothing more into the directory.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while alive(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
             Replica::Restarted(mut child) => {
                 let _ = child.kill();
@@ -319,6 +356,17 @@ impl Fleet {
             }
         }
         out
+    }
+}
+
+/// Whether process `pid` still runs (a zombie does not).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesized command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X'])),
+        Err(_) => false,
     }
 }
 
@@ -430,6 +478,14 @@ fn agent_for(url: &str, identity: &Identity) -> Agent {
     )
 }
 
+/// `CELLAR_HISTORY_READS=query`: the clients read by query instead of
+/// through the update path, a control showing that the checker catches
+/// reads not ordered by consensus (a replica answers from its own state,
+/// which may lag behind a put another replica acknowledged).
+fn reads_as_queries() -> bool {
+    std::env::var("CELLAR_HISTORY_READS").is_ok_and(|v| v == "query")
+}
+
 /// One put or read through the update path to `replica`, recorded.
 #[allow(clippy::too_many_arguments)]
 fn run_op(
@@ -447,7 +503,20 @@ fn run_op(
         None => CallRequest::wave("get", &format!("\"{key}\"")),
     };
     let invoke = since(start);
-    let (request_id, outcome) = update(&agents[replica], id, &request, start, timeout);
+    let (request_id, outcome) = if put.is_none() && reads_as_queries() {
+        // The control: a query answers from the replica's own state.
+        let outcome = match agents[replica].query(id, &request) {
+            Ok(CallResponse::Replied { reply, .. }) => Outcome::Replied {
+                reply: reply.as_str().unwrap_or_default().to_string(),
+                at: since(start),
+            },
+            Ok(CallResponse::Rejected { reject, .. }) => Outcome::Rejected(reject.message),
+            Err(e) => Outcome::Indeterminate(format!("query: {e}")),
+        };
+        (None, outcome)
+    } else {
+        update(&agents[replica], id, &request, start, timeout)
+    };
     let op = match (&outcome, put) {
         (Outcome::Replied { at, .. }, Some(v)) => Op::put(client, key, v, invoke, Some(*at)),
         (_, Some(v)) => Op::put(client, key, v, invoke, None),
@@ -909,7 +978,7 @@ fn run(config: Config) {
         *reasons.entry(short).or_default() += 1;
     }
     let mut reasons: Vec<(String, usize)> = reasons.into_iter().collect();
-    reasons.sort_by(|a, b| b.1.cmp(&a.1));
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
     for (reason, count) in reasons.iter().take(6) {
         eprintln!("no answer x{count}: {reason}");
     }
@@ -982,6 +1051,14 @@ fn run(config: Config) {
              reads {after_reads:?}"
         ));
     }
+    match config.max_stall {
+        Some(max) if stall_max > max.as_secs_f64() => problems.push(format!(
+            "no operation was acknowledged for {stall_max:.1}s (at most {:.1}s allowed; \
+             CELLAR_HISTORY_MAX_STALL_S=0 reports this only)",
+            max.as_secs_f64()
+        )),
+        _ => {}
+    }
     if finals_missing > 0 {
         problems.push(format!(
             "{finals_missing} final reads got no answer (the fleet stalled?)"
@@ -1006,6 +1083,10 @@ fn run(config: Config) {
     if keep {
         let kept = tmp.keep();
         eprintln!("fleet directory kept: {}", kept.display());
+    } else {
+        let path = tmp.path().to_path_buf();
+        drop(tmp);
+        let _ = std::fs::remove_dir_all(path);
     }
     assert!(
         problems.is_empty(),
