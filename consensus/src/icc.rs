@@ -152,6 +152,10 @@ pub struct NodeStats {
     pub conflicting_finalizations: u64,
 }
 
+/// Whether the caller's state already executed an ingress message (its
+/// ingress history), for messages consensus itself has no record of.
+pub type ExecutedIngress = Box<dyn Fn(&IngressMessage) -> bool + Send>;
+
 /// Bound on the internal fixpoint loop of one input.
 const MAX_STEPS: usize = 10_000;
 
@@ -165,6 +169,9 @@ pub struct ConsensusNode {
     ingress: IngressPool,
     /// Ids (and expiry) of delivered ingress messages, for duplicate checks.
     finalized_ingress: BTreeMap<Hash32, u64>,
+    /// What the caller's state knows was executed (see
+    /// [`ConsensusNode::set_executed_ingress`]).
+    executed_ingress: Option<ExecutedIngress>,
     cup: CatchUpPackage,
     now_ms: u64,
     round: Height,
@@ -212,6 +219,7 @@ impl ConsensusNode {
             pool: Pool::default(),
             ingress,
             finalized_ingress: BTreeMap::new(),
+            executed_ingress: None,
             round: c.height + 1,
             cup: start.clone(),
             now_ms: 0,
@@ -259,6 +267,22 @@ impl ConsensusNode {
                 self.finalized_ingress.insert(id, expiry_ms);
             }
         }
+    }
+
+    /// Lets this node ask the caller's state whether a message was executed
+    /// (after a restart or a jump, consensus knows only the messages of the
+    /// blocks it delivered since): such a message is not pooled, so not
+    /// proposed again, when a peer's old gossip of it arrives late (a
+    /// restarted replica's transport hands it the frames its peers held
+    /// for it). Execution refuses a duplicate in any case; this keeps it
+    /// out of blocks.
+    pub fn set_executed_ingress(&mut self, executed: ExecutedIngress) {
+        self.executed_ingress = Some(executed);
+    }
+
+    fn known_executed(&self, msg: &IngressMessage) -> bool {
+        self.finalized_ingress.contains_key(&msg.id())
+            || self.executed_ingress.as_ref().is_some_and(|f| f(msg))
     }
 
     /// The highest height at which a notarization or finalization this
@@ -315,7 +339,7 @@ impl ConsensusNode {
 
     /// A client submits an ingress message here: it is pooled and gossiped.
     pub fn submit_ingress(&mut self, msg: IngressMessage) -> Result<Vec<Action>, ConsensusError> {
-        if self.finalized_ingress.contains_key(&msg.id()) {
+        if self.known_executed(&msg) {
             return Err(IngressError::Duplicate.into());
         }
         self.ingress.insert(msg.clone(), self.now_ms)?;
@@ -332,8 +356,7 @@ impl ConsensusNode {
         let mut out = Vec::new();
         match artifact {
             Artifact::Ingress(msg) => {
-                if self.finalized_ingress.contains_key(&msg.id())
-                    || self.ingress.insert(msg, self.now_ms).is_err()
+                if self.known_executed(&msg) || self.ingress.insert(msg, self.now_ms).is_err()
                 {
                     self.stats.ignored += 1;
                 }
