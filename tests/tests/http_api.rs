@@ -581,10 +581,12 @@ fn journaled_request_ids_survive_a_crash() {
     let tag = RequestTag {
         id: "ab".repeat(32),
         expiry,
+        encoding: Default::default(),
     };
     let expired = RequestTag {
         id: "cd".repeat(32),
         expiry: 1,
+        encoding: Default::default(),
     };
     {
         let node = Node::open(NodeOptions::new(dir.path())).unwrap();
@@ -600,6 +602,117 @@ fn journaled_request_ids_survive_a_crash() {
             "open {open}"
         );
         assert_eq!(node.list().len(), 1);
+    }
+}
+
+/// A request's fate is in the replicated ingress history: after a restart
+/// (a shutdown with a checkpoint, then a crash that leaves only the
+/// journal) the node still answers `replied` with the same reply, to the
+/// sender only (anonymous requests to anonymous callers), and still
+/// refuses a replay of the signed request.
+#[test]
+fn request_statuses_survive_restarts() {
+    let alice_id = Identity::from_seed([1; 32]);
+    let mut node = Fixture::start(&alice_id);
+    let kv = node.example("kv");
+    let alice = node.agent(&alice_id);
+    let anonymous = node.agent(&Identity::anonymous());
+    let body = serde_json::to_vec(&CallRequest::wave("add", "\"fate\", 2")).unwrap();
+    let signed = alice
+        .sign(
+            "POST",
+            &format!("/api/v1/canisters/{}/submit", kv.to_text()),
+            body,
+        )
+        .unwrap();
+    let submitted = alice.send_raw(&signed).unwrap();
+    assert_eq!(submitted.status, 202);
+    let signed_id = submitted.json()["request_id"].as_str().unwrap().to_string();
+    let reply = alice.wait(&signed_id).unwrap();
+    let anonymous_id = anonymous
+        .submit(&kv, &CallRequest::json("add", json!(["fate", 3])))
+        .unwrap();
+    let anonymous_reply = anonymous.wait(&anonymous_id).unwrap();
+    let check = |node: &Fixture| {
+        let (alice, anonymous) = (node.agent(&alice_id), node.agent(&Identity::anonymous()));
+        let status = alice.request_status(&signed_id).unwrap();
+        assert_eq!(status.status, RequestState::Replied);
+        assert_eq!(status.response.as_ref(), Some(&reply));
+        let status = anonymous.request_status(&anonymous_id).unwrap();
+        assert_eq!(status.status, RequestState::Replied);
+        assert_eq!(status.response.as_ref(), Some(&anonymous_reply));
+        // Only to their senders.
+        assert_eq!(
+            anonymous.request_status(&signed_id).unwrap().status,
+            RequestState::Unknown
+        );
+        assert_eq!(
+            alice.request_status(&anonymous_id).unwrap().status,
+            RequestState::Unknown
+        );
+        // The signed request is not executed again.
+        assert_eq!(alice.send_raw(&signed).unwrap().status, 409);
+    };
+    check(&node);
+    node.restart();
+    check(&node);
+}
+
+/// After a crash (the node dropped without a checkpoint), replaying the
+/// journal rebuilds the ingress history: the same status and reply, and
+/// the checkpoint written after the replay keeps them.
+#[test]
+fn request_statuses_survive_a_crash() {
+    use cellar_node::{Node, NodeOptions, RequestTag};
+    let dir = tempfile::tempdir().unwrap();
+    let alice = Principal::self_authenticating(&[1; 32]);
+    let tag = |n: u8| RequestTag {
+        id: format!("{n:02x}").repeat(32),
+        expiry: now_nanos() + 60_000_000_000,
+        encoding: Default::default(),
+    };
+    let counter = cellar_examples::get("counter").unwrap();
+    let (id, reply) = {
+        let node = Node::open(NodeOptions::new(dir.path())).unwrap();
+        let id = Node::tagged(Some(tag(1)), || {
+            node.create_with_module(
+                &alice,
+                vec![],
+                counter.wasm,
+                counter.init_arg.map(String::from),
+            )
+        })
+        .unwrap()
+        .canister_id;
+        Node::tagged(Some(tag(2)), || {
+            node.update(
+                &alice,
+                &id,
+                "increment",
+                cellar_types::api::Args::Wave(String::new()),
+            )
+        })
+        .unwrap();
+        let status = node.request_status(&tag(2).id, &alice).unwrap();
+        assert_eq!(status.status, RequestState::Replied);
+        (id, status.response)
+        // Dropped without a checkpoint: only the journal has them.
+    };
+    for open in 0..2 {
+        let node = Node::open(NodeOptions::new(dir.path())).unwrap();
+        let status = node.request_status(&tag(2).id, &alice).unwrap();
+        assert_eq!(status.status, RequestState::Replied, "open {open}");
+        assert_eq!(status.response, reply, "open {open}");
+        assert!(
+            node.request_status(&tag(2).id, &Principal::anonymous())
+                .is_none()
+        );
+        assert_eq!(
+            node.request_status(&tag(1).id, &alice).unwrap().status,
+            RequestState::Replied
+        );
+        assert_eq!(node.list()[0].canister_id, id);
+        node.checkpoint().unwrap();
     }
 }
 

@@ -724,3 +724,91 @@ fn wait_for_answer(fleet: &Fleet, i: usize, id: &str, query: &str, want: &str) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Every request's fate is in the replicated ingress history: an anonymous
+/// update submitted to replica 0 reads `replied`, with the same reply, on
+/// every replica once executed; SIGKILLed and restarted, replica 0 still
+/// answers `replied`; and the command line given two URLs, the first
+/// dead, still submits, waits and queries through the second.
+#[test]
+fn request_fates_are_replicated_and_survive_a_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = up(tmp.path());
+    let id = cellar(&fleet, &fleet.urls[0], &["deploy", "counter"]).expect("deploy");
+    let canister: cellar_types::Principal = id.parse().expect("a canister id");
+    let anonymous = Agent::new(&fleet.urls[0], Identity::anonymous());
+    let request = cellar_types::api::CallRequest::wave("increment", "");
+    let request_id = anonymous.submit(&canister, &request).expect("submit");
+    let status_on = |url: &str| {
+        let agent = Agent::new(url, Identity::anonymous());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match agent.request_status(&request_id) {
+                Ok(status) if status.status == cellar_types::api::RequestState::Replied => {
+                    return status;
+                }
+                Ok(status) => assert!(
+                    matches!(
+                        status.status,
+                        cellar_types::api::RequestState::Unknown
+                            | cellar_types::api::RequestState::Received
+                            | cellar_types::api::RequestState::Processing
+                    ),
+                    "{url}: {status:?}"
+                ),
+                Err(e) => assert!(Instant::now() < deadline, "{url}: {e}"),
+            }
+            assert!(Instant::now() < deadline, "{url} never answers replied");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let replied = status_on(&fleet.urls[0]);
+    for url in &fleet.urls[1..] {
+        assert_eq!(status_on(url), replied, "{url}");
+    }
+    // Replica 0, SIGKILLed and restarted, answers from its journal.
+    let victim = pids(&fleet.dir)[0];
+    // SAFETY: a plain signal to a replica this test started.
+    assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+    let restarted = restart(&fleet, 0);
+    assert_eq!(status_on(&fleet.urls[0]), replied, "after the restart");
+
+    // Two URLs, the first dead: the second takes the update, the wait and
+    // the query.
+    let dead = "http://127.0.0.1:1";
+    let two = |args: &[&str]| {
+        let out = Command::new(CELLAR)
+            .args(["--url", dead, "--url", &fleet.urls[2], "--identity"])
+            .arg(&fleet.identity)
+            .args(args)
+            .env("HOME", fleet.dir.join("home"))
+            .output()
+            .expect("run cellar");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(two(&["call", &id, "increment()"]), "2");
+    let submitted = two(&["call", &id, "increment()", "--no-wait"]);
+    assert_eq!(two(&["request", &submitted, "--wait"]), "3");
+    // And through the fleet's urls.txt with its first replica gone.
+    drop(restarted);
+    let out = Command::new(CELLAR)
+        .arg("--fleet")
+        .arg(&fleet.dir)
+        .arg("--identity")
+        .arg(&fleet.identity)
+        .args(["call", &id, "increment()"])
+        .env("HOME", fleet.dir.join("home"))
+        .output()
+        .expect("run cellar");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4");
+}

@@ -15,6 +15,7 @@ mod checkpoint_writer;
 pub mod composite;
 mod cycles;
 mod dashboard;
+pub mod history;
 pub mod http;
 mod journal;
 mod messages;

@@ -416,6 +416,10 @@ pub enum RequestState {
     Replied,
     /// Done: the message was rejected (by the canister or the system).
     Rejected,
+    /// Done, and its result dropped: the request's ingress expiry passed
+    /// (the id is still remembered for a while, so it is not executed
+    /// again).
+    Done,
     /// Never seen, or forgotten after its expiry.
     Unknown,
 }
