@@ -552,11 +552,10 @@ fn replays_are_refused_after_a_restart() {
         let after = alice.canister_status(&kv).unwrap();
         assert_eq!(after.updates, before.updates, "restart {restart}");
         assert_eq!(after.cycles, before.cycles, "restart {restart}");
-        // The result is gone with the restart: the status reads unknown.
-        assert_eq!(
-            alice.request_status(submitted.request_id()).unwrap().status,
-            RequestState::Unknown
-        );
+        // The result survives the restart (the ingress history).
+        let status = alice.request_status(submitted.request_id()).unwrap();
+        assert_eq!(status.status, RequestState::Replied);
+        assert_eq!(status.response, Some(answer.clone()));
     }
     // New requests still go through.
     let alice = node.agent(&alice_id);

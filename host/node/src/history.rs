@@ -294,6 +294,12 @@ impl IngressHistory {
         }
     }
 
+    /// Whether a round at `time` would drop a result or an entry.
+    pub fn prune_due(&self, time: u64) -> bool {
+        self.expiring.first().is_some_and(|(t, _)| *t <= time)
+            || self.removing.first().is_some_and(|(t, _)| *t <= time)
+    }
+
     /// Whether new requests are refused now.
     pub fn is_full(&self) -> bool {
         self.entries.len() >= self.limits.entries || self.reply_bytes >= self.limits.reply_bytes
@@ -595,6 +601,8 @@ mod tests {
             "the ingress history is full; retry later"
         );
         assert!(h.contains(&id(0)) && h.contains(&id(1)) && !h.contains(&id(9)));
+        // Processing entries at their expiry: a round would look at them.
+        assert!(!h.prune_due(t + 10 * S - 1) && h.prune_due(t + 10 * S));
         // A replay of a recorded id is refused as such.
         assert!(matches!(
             h.induct(

@@ -972,6 +972,14 @@ impl Node {
             return true;
         }
         let now = now_nanos().max(registry.time_nanos + 1);
+        // A full ingress history refuses new requests, so a node with
+        // nothing else to do runs a round once the history can make room.
+        {
+            let history = self.history.lock().expect("history lock");
+            if history.is_full() && history.prune_due(now) {
+                return true;
+            }
+        }
         registry.timed.iter().any(|id| {
             registry
                 .canisters

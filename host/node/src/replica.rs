@@ -71,9 +71,10 @@ pub(crate) struct ReplicaLink {
 /// the item (whatever id the sending replica claims): a verified signed
 /// request's id (`verified`); for an unsigned request that carries the
 /// HTTP request it came from (method, path, body, expiry, nonce), the id
-/// the HTTP layer computed from them, which must ask for exactly this
-/// operation and not have expired at `time_nanos`; none for anything else
-/// (not recorded). An error skips the item alike everywhere.
+/// the HTTP layer computed from them, when it asks for exactly this
+/// operation (else none), and it must not have expired at `time_nanos`;
+/// none for anything else (not recorded). An error skips the item alike
+/// everywhere.
 pub(crate) fn request_tag(
     d: &Decoded,
     verified: Option<&crate::auth::Authenticated>,
@@ -110,7 +111,12 @@ pub(crate) fn request_tag(
                 Some(e) if e >= time_nanos => {}
                 _ => return Err("the request's ingress expiry has passed".into()),
             }
-            binds(env, &body, &d.ingress.caller, &d.ingress.op)?;
+            // What it sent asks for something else: it executes as the
+            // anonymous request it is, under no id.
+            if let Err(reason) = binds(env, &body, &d.ingress.caller, &d.ingress.op) {
+                tracing::debug!("an unsigned request is recorded under no id: {reason}");
+                return Ok(None);
+            }
             auth
         }
         None => return Ok(None),
