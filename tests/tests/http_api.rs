@@ -715,6 +715,93 @@ fn request_statuses_survive_a_crash() {
     }
 }
 
+/// A full ingress history refuses new requests deterministically in the
+/// round ("the ingress history is full; retry later"), never by dropping
+/// live entries, and makes room once results expire.
+#[test]
+fn a_full_ingress_history_refuses_new_requests() {
+    use cellar_node::history::HistoryLimits;
+    use cellar_node::{Node, NodeError, NodeOptions, RequestTag};
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = NodeOptions::new(dir.path());
+    options.ingress_history = HistoryLimits {
+        entries: 2,
+        reply_bytes: 1 << 20,
+        margin_nanos: 1,
+    };
+    let node = Node::open(options).unwrap();
+    let alice = Principal::self_authenticating(&[1; 32]);
+    let tag = |n: u8, expiry: u64| RequestTag {
+        id: format!("{n:02x}").repeat(32),
+        expiry,
+        encoding: Default::default(),
+    };
+    let later = now_nanos() + 60_000_000_000;
+    let id = Node::tagged(Some(tag(1, later)), || node.create(&alice, vec![])).unwrap();
+    // Expires soon: its entry goes at the first round after that.
+    let soon = now_nanos() + 300_000_000;
+    Node::tagged(Some(tag(2, soon)), || node.stop(&alice, &id)).unwrap();
+    assert!(node.ingress_history_full());
+    let refused = Node::tagged(Some(tag(3, later)), || node.start(&alice, &id));
+    assert!(
+        matches!(&refused, Err(NodeError::Overloaded(m)) if m == "the ingress history is full; retry later"),
+        "{refused:?}"
+    );
+    assert!(node.request_status(&tag(3, later).id, &alice).is_none());
+    assert_eq!(
+        node.request_status(&tag(1, later).id, &alice)
+            .unwrap()
+            .status,
+        RequestState::Replied,
+        "live entries stay"
+    );
+    // Once the short-lived request is past its expiry (and margin), an idle
+    // node runs a round that makes room.
+    assert_eq!(node.run_until_idle(10).unwrap(), 0, "nothing to prune yet");
+    std::thread::sleep(std::time::Duration::from_nanos(
+        soon.saturating_sub(now_nanos()) + 1_000_000,
+    ));
+    assert_eq!(node.run_until_idle(10).unwrap(), 1);
+    assert!(!node.ingress_history_full());
+    Node::tagged(Some(tag(3, later)), || node.start(&alice, &id)).unwrap();
+}
+
+/// An agent given several URLs, the first dead, submits, waits and
+/// queries through the next.
+#[test]
+fn an_agent_falls_back_to_the_next_url() {
+    let alice_id = Identity::from_seed([1; 32]);
+    let node = Fixture::start(&alice_id);
+    let kv = node.example("kv");
+    let agent = Agent::with_urls(
+        &["http://127.0.0.1:1".to_string(), node.base.clone()],
+        alice_id.clone(),
+        Default::default(),
+    );
+    agent
+        .call_and_wait(&kv, &CallRequest::wave("add", "\"urls\", 7"))
+        .unwrap();
+    assert_eq!(
+        agent.base_url(),
+        node.base,
+        "it stays with the one that answered"
+    );
+    let answer = agent
+        .query(&kv, &CallRequest::wave("get", "\"urls\""))
+        .unwrap();
+    assert!(matches!(answer, CallResponse::Replied { .. }), "{answer:?}");
+    // Nothing answers at all: the error names the last URL tried.
+    let dead = Agent::with_urls(
+        &[
+            "http://127.0.0.1:1".to_string(),
+            "http://127.0.0.1:2".to_string(),
+        ],
+        alice_id,
+        Default::default(),
+    );
+    assert!(matches!(dead.status(), Err(AgentError::Unreachable { .. })));
+}
+
 /// Read-state answers carry the node's signature over round, state hash and
 /// the canister's readable state; the agent verifies it against the key in
 /// `/api/v1/status`, any change of the answer fails verification, and the
