@@ -719,4 +719,55 @@ mod tests {
         );
         assert!(!h.contains("nope"));
     }
+
+    /// The cost per request of recording its fate (induct, finish with a
+    /// small reply, prune at expiry, removal) and of the hash, on a history
+    /// of `N` live entries: `cargo test -p cellar-node history_cost --
+    /// --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn history_cost() {
+        const N: u64 = 200_000;
+        let alice = Principal::self_authenticating(&[1; 32]);
+        let mut h = IngressHistory::new(HistoryLimits::default());
+        let t = 1_000 * S;
+        let started = std::time::Instant::now();
+        for n in 0..N {
+            let id = HEXLOWER.encode(&Sha256::digest(n.to_le_bytes()));
+            let at = at(n / 1000 + 1, (n % 1000) as u32);
+            h.prune(t + n, at.round);
+            h.induct(
+                &id,
+                &alice,
+                t + 240 * S + n,
+                ReplyEncoding::Wave,
+                at,
+                at.round,
+                t + n,
+            )
+            .unwrap();
+            h.finish(at, replied("42"), at.round, t + n);
+        }
+        let recorded = started.elapsed();
+        let started = std::time::Instant::now();
+        let hash = h.hash();
+        let hashed = started.elapsed();
+        let started = std::time::Instant::now();
+        let entries = h.shared_entries();
+        let shared = started.elapsed();
+        let started = std::time::Instant::now();
+        let json = serde_json::to_vec(&entries.iter().map(|e| &**e).collect::<Vec<_>>()).unwrap();
+        let serialized = started.elapsed();
+        let started = std::time::Instant::now();
+        h.prune(t + 400 * S, u64::MAX);
+        let pruned = started.elapsed();
+        assert!(hash.is_some() && h.is_empty());
+        eprintln!(
+            "{N} requests: record {:.2} µs each; hash {hashed:?}; checkpoint handles {shared:?}, \
+             JSON {serialized:?} ({} bytes, {} per entry); prune all {pruned:?}",
+            recorded.as_secs_f64() * 1e6 / N as f64,
+            json.len(),
+            json.len() as u64 / N,
+        );
+    }
 }
