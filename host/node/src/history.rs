@@ -113,6 +113,10 @@ pub struct HistoryEntry {
     /// How its reply is encoded.
     #[serde(default)]
     pub encoding: ReplyEncoding,
+    /// The digest and result bytes, computed once when the entry is put
+    /// into the history.
+    #[serde(skip)]
+    sealed: ([u8; 32], u64),
 }
 
 impl HistoryEntry {
@@ -227,9 +231,10 @@ impl IngressHistory {
 
     /// Inserts or replaces the entry at `key`, keeping the indexes, the
     /// byte count and the sum.
-    fn put(&mut self, key: [u8; 32], entry: HistoryEntry) {
+    fn put(&mut self, key: [u8; 32], mut entry: HistoryEntry) {
         self.take(&key);
-        let (digest, bytes) = entry.digest();
+        entry.sealed = entry.digest();
+        let (digest, bytes) = entry.sealed;
         add(&mut self.sum, &digest, false);
         self.reply_bytes += bytes;
         match entry.fate {
@@ -250,7 +255,7 @@ impl IngressHistory {
     /// Removes the entry at `key` with its index entries.
     fn take(&mut self, key: &[u8; 32]) -> Option<HistoryEntry> {
         let entry = self.entries.remove(key)?;
-        let (digest, bytes) = entry.digest();
+        let (digest, bytes) = entry.sealed;
         add(&mut self.sum, &digest, true);
         self.reply_bytes -= bytes;
         self.expiring.remove(&(entry.expiry, *key));
@@ -340,6 +345,7 @@ impl IngressHistory {
                 time_nanos: time,
                 ingress: Some(at),
                 encoding,
+                sealed: ([0; 32], 0),
             },
         );
         Ok(())
