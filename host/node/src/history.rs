@@ -391,6 +391,8 @@ impl IngressHistory {
             request_id: id.to_string(),
             status: entry.fate.state(),
             response: entry.response.clone(),
+            round: Some(entry.round),
+            time_nanos: Some(entry.time_nanos),
         })
     }
 

@@ -162,11 +162,15 @@ impl Requests {
                 request_id: id.to_string(),
                 status: entry.state,
                 response: entry.response.clone(),
+                round: None,
+                time_nanos: None,
             },
             _ => RequestStatus {
                 request_id: id.to_string(),
                 status: RequestState::Unknown,
                 response: None,
+                round: None,
+                time_nanos: None,
             },
         }
     }
