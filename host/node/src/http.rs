@@ -342,10 +342,13 @@ async fn node_status(State(api): State<Api>) -> impl IntoResponse {
 }
 
 fn gauges(api: &Api) -> Gauges {
+    let (history_entries, history_reply_bytes) = api.node.ingress_history_size();
     Gauges {
         round: api.node.round(),
         queued: api.ingress.queued(),
         tracked_requests: api.requests.len() as u64,
+        history_entries: history_entries as u64,
+        history_reply_bytes,
         canisters: api.node.list(),
     }
 }
