@@ -552,11 +552,10 @@ fn replays_are_refused_after_a_restart() {
         let after = alice.canister_status(&kv).unwrap();
         assert_eq!(after.updates, before.updates, "restart {restart}");
         assert_eq!(after.cycles, before.cycles, "restart {restart}");
-        // The result is gone with the restart: the status reads unknown.
-        assert_eq!(
-            alice.request_status(submitted.request_id()).unwrap().status,
-            RequestState::Unknown
-        );
+        // The result survives the restart (the ingress history).
+        let status = alice.request_status(submitted.request_id()).unwrap();
+        assert_eq!(status.status, RequestState::Replied);
+        assert_eq!(status.response, Some(answer.clone()));
     }
     // New requests still go through.
     let alice = node.agent(&alice_id);
@@ -581,10 +580,12 @@ fn journaled_request_ids_survive_a_crash() {
     let tag = RequestTag {
         id: "ab".repeat(32),
         expiry,
+        encoding: Default::default(),
     };
     let expired = RequestTag {
         id: "cd".repeat(32),
         expiry: 1,
+        encoding: Default::default(),
     };
     {
         let node = Node::open(NodeOptions::new(dir.path())).unwrap();
@@ -601,6 +602,204 @@ fn journaled_request_ids_survive_a_crash() {
         );
         assert_eq!(node.list().len(), 1);
     }
+}
+
+/// A request's fate is in the replicated ingress history: after a restart
+/// (a shutdown with a checkpoint, then a crash that leaves only the
+/// journal) the node still answers `replied` with the same reply, to the
+/// sender only (anonymous requests to anonymous callers), and still
+/// refuses a replay of the signed request.
+#[test]
+fn request_statuses_survive_restarts() {
+    let alice_id = Identity::from_seed([1; 32]);
+    let mut node = Fixture::start(&alice_id);
+    let kv = node.example("kv");
+    let alice = node.agent(&alice_id);
+    let anonymous = node.agent(&Identity::anonymous());
+    let body = serde_json::to_vec(&CallRequest::wave("add", "\"fate\", 2")).unwrap();
+    let signed = alice
+        .sign(
+            "POST",
+            &format!("/api/v1/canisters/{}/submit", kv.to_text()),
+            body,
+        )
+        .unwrap();
+    let submitted = alice.send_raw(&signed).unwrap();
+    assert_eq!(submitted.status, 202);
+    let signed_id = submitted.json()["request_id"].as_str().unwrap().to_string();
+    let reply = alice.wait(&signed_id).unwrap();
+    let anonymous_id = anonymous
+        .submit(&kv, &CallRequest::json("add", json!(["fate", 3])))
+        .unwrap();
+    let anonymous_reply = anonymous.wait(&anonymous_id).unwrap();
+    let check = |node: &Fixture| {
+        let (alice, anonymous) = (node.agent(&alice_id), node.agent(&Identity::anonymous()));
+        let status = alice.request_status(&signed_id).unwrap();
+        assert_eq!(status.status, RequestState::Replied);
+        assert_eq!(status.response.as_ref(), Some(&reply));
+        let status = anonymous.request_status(&anonymous_id).unwrap();
+        assert_eq!(status.status, RequestState::Replied);
+        assert_eq!(status.response.as_ref(), Some(&anonymous_reply));
+        // Only to their senders.
+        assert_eq!(
+            anonymous.request_status(&signed_id).unwrap().status,
+            RequestState::Unknown
+        );
+        assert_eq!(
+            alice.request_status(&anonymous_id).unwrap().status,
+            RequestState::Unknown
+        );
+        // The signed request is not executed again.
+        assert_eq!(alice.send_raw(&signed).unwrap().status, 409);
+    };
+    check(&node);
+    node.restart();
+    check(&node);
+}
+
+/// After a crash (the node dropped without a checkpoint), replaying the
+/// journal rebuilds the ingress history: the same status and reply, and
+/// the checkpoint written after the replay keeps them.
+#[test]
+fn request_statuses_survive_a_crash() {
+    use cellar_node::{Node, NodeOptions, RequestTag};
+    let dir = tempfile::tempdir().unwrap();
+    let alice = Principal::self_authenticating(&[1; 32]);
+    let tag = |n: u8| RequestTag {
+        id: format!("{n:02x}").repeat(32),
+        expiry: now_nanos() + 60_000_000_000,
+        encoding: Default::default(),
+    };
+    let counter = cellar_examples::get("counter").unwrap();
+    let (id, reply) = {
+        let node = Node::open(NodeOptions::new(dir.path())).unwrap();
+        let id = Node::tagged(Some(tag(1)), || {
+            node.create_with_module(
+                &alice,
+                vec![],
+                counter.wasm,
+                counter.init_arg.map(String::from),
+            )
+        })
+        .unwrap()
+        .canister_id;
+        Node::tagged(Some(tag(2)), || {
+            node.update(
+                &alice,
+                &id,
+                "increment",
+                cellar_types::api::Args::Wave(String::new()),
+            )
+        })
+        .unwrap();
+        let status = node.request_status(&tag(2).id, &alice).unwrap();
+        assert_eq!(status.status, RequestState::Replied);
+        (id, status.response)
+        // Dropped without a checkpoint: only the journal has them.
+    };
+    for open in 0..2 {
+        let node = Node::open(NodeOptions::new(dir.path())).unwrap();
+        let status = node.request_status(&tag(2).id, &alice).unwrap();
+        assert_eq!(status.status, RequestState::Replied, "open {open}");
+        assert_eq!(status.response, reply, "open {open}");
+        assert!(
+            node.request_status(&tag(2).id, &Principal::anonymous())
+                .is_none()
+        );
+        assert_eq!(
+            node.request_status(&tag(1).id, &alice).unwrap().status,
+            RequestState::Replied
+        );
+        assert_eq!(node.list()[0].canister_id, id);
+        node.checkpoint().unwrap();
+    }
+}
+
+/// A full ingress history refuses new requests deterministically in the
+/// round ("the ingress history is full; retry later"), never by dropping
+/// live entries, and makes room once results expire.
+#[test]
+fn a_full_ingress_history_refuses_new_requests() {
+    use cellar_node::history::HistoryLimits;
+    use cellar_node::{Node, NodeError, NodeOptions, RequestTag};
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = NodeOptions::new(dir.path());
+    options.ingress_history = HistoryLimits {
+        entries: 2,
+        reply_bytes: 1 << 20,
+        margin_nanos: 1,
+    };
+    let node = Node::open(options).unwrap();
+    let alice = Principal::self_authenticating(&[1; 32]);
+    let tag = |n: u8, expiry: u64| RequestTag {
+        id: format!("{n:02x}").repeat(32),
+        expiry,
+        encoding: Default::default(),
+    };
+    let later = now_nanos() + 60_000_000_000;
+    let id = Node::tagged(Some(tag(1, later)), || node.create(&alice, vec![])).unwrap();
+    // Expires soon: its entry goes at the first round after that.
+    let soon = now_nanos() + 300_000_000;
+    Node::tagged(Some(tag(2, soon)), || node.stop(&alice, &id)).unwrap();
+    assert!(node.ingress_history_full());
+    let refused = Node::tagged(Some(tag(3, later)), || node.start(&alice, &id));
+    assert!(
+        matches!(&refused, Err(NodeError::Overloaded(m)) if m == "the ingress history is full; retry later"),
+        "{refused:?}"
+    );
+    assert!(node.request_status(&tag(3, later).id, &alice).is_none());
+    assert_eq!(
+        node.request_status(&tag(1, later).id, &alice)
+            .unwrap()
+            .status,
+        RequestState::Replied,
+        "live entries stay"
+    );
+    // Once the short-lived request is past its expiry (and margin), an idle
+    // node runs a round that makes room.
+    assert_eq!(node.run_until_idle(10).unwrap(), 0, "nothing to prune yet");
+    std::thread::sleep(std::time::Duration::from_nanos(
+        soon.saturating_sub(now_nanos()) + 1_000_000,
+    ));
+    assert_eq!(node.run_until_idle(10).unwrap(), 1);
+    assert!(!node.ingress_history_full());
+    Node::tagged(Some(tag(3, later)), || node.start(&alice, &id)).unwrap();
+}
+
+/// An agent given several URLs, the first dead, submits, waits and
+/// queries through the next.
+#[test]
+fn an_agent_falls_back_to_the_next_url() {
+    let alice_id = Identity::from_seed([1; 32]);
+    let node = Fixture::start(&alice_id);
+    let kv = node.example("kv");
+    let agent = Agent::with_urls(
+        &["http://127.0.0.1:1".to_string(), node.base.clone()],
+        alice_id.clone(),
+        Default::default(),
+    );
+    agent
+        .call_and_wait(&kv, &CallRequest::wave("add", "\"urls\", 7"))
+        .unwrap();
+    assert_eq!(
+        agent.base_url(),
+        node.base,
+        "it stays with the one that answered"
+    );
+    let answer = agent
+        .query(&kv, &CallRequest::wave("get", "\"urls\""))
+        .unwrap();
+    assert!(matches!(answer, CallResponse::Replied { .. }), "{answer:?}");
+    // Nothing answers at all: the error names the last URL tried.
+    let dead = Agent::with_urls(
+        &[
+            "http://127.0.0.1:1".to_string(),
+            "http://127.0.0.1:2".to_string(),
+        ],
+        alice_id,
+        Default::default(),
+    );
+    assert!(matches!(dead.status(), Err(AgentError::Unreachable { .. })));
 }
 
 /// Read-state answers carry the node's signature over round, state hash and

@@ -21,7 +21,10 @@
 mod chunked;
 mod identity;
 
+use std::collections::BTreeMap;
 use std::io::ErrorKind;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cellar_types::api::{
@@ -38,12 +41,6 @@ use ureq::http::{Method, Request, Uri};
 
 pub use chunked::{INLINE_MODULE_BYTES, sha256_hex};
 pub use identity::{Identity, Signature};
-
-/// How long [`Agent::wait`] keeps polling a request the node answers
-/// "unknown" for: a subnet replica learns of a request another replica
-/// received once consensus has ordered it (well under a second on a
-/// healthy subnet).
-pub const UNKNOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// What can go wrong talking to a node.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +59,15 @@ pub enum AgentError {
         /// The HTTP status.
         status: u16,
         /// The node's explanation.
+        message: String,
+    },
+    /// The node at the address did not answer in time, or cut the
+    /// connection.
+    #[error("the node at {url} did not answer ({message})")]
+    NoAnswer {
+        /// The node's URL.
+        url: String,
+        /// The transport's message.
         message: String,
     },
     /// Another transport failure.
@@ -85,12 +91,16 @@ pub enum AgentError {
     /// A submitted request did not finish before the agent gave up.
     #[error("request {0} did not finish in time")]
     Timeout(String),
-    /// The node kept answering "unknown" for a request being waited for.
+    /// The request's ingress expiry passed and the node still did not
+    /// know it.
     #[error(
-        "the node does not know request {0} (a wrong id, a request that expired, \
-         or one another identity sent)"
+        "request {0} expired and no node executed it (or it is a wrong id, or one another \
+         identity sent)"
     )]
     UnknownRequest(String),
+    /// The request finished, but its result was dropped at its expiry.
+    #[error("request {0} finished, but its result was dropped after its expiry")]
+    ResultDropped(String),
 }
 
 /// Extension to print reject codes as the API spells them.
@@ -153,7 +163,8 @@ impl RawResponse {
 pub struct AgentOptions {
     /// Ingress expiry of requests, from now (at most 5 minutes).
     pub ingress_expiry: Duration,
-    /// The longest [`Agent::wait`] polls a request.
+    /// The longest [`Agent::wait`] polls a request (it stops earlier once
+    /// the request's expiry has passed).
     pub max_wait: Duration,
     /// Timeout of one HTTP exchange.
     pub timeout: Duration,
@@ -163,18 +174,23 @@ impl Default for AgentOptions {
     fn default() -> Self {
         AgentOptions {
             ingress_expiry: Duration::from_secs(240),
-            max_wait: Duration::from_secs(120),
+            max_wait: Duration::from_secs(330),
             timeout: Duration::from_secs(300),
         }
     }
 }
 
-/// A client of one node, acting as one identity.
+/// A client of a node (or of any of several replicas of a subnet, tried in
+/// turn: see [`Agent::with_urls`]), acting as one identity.
 pub struct Agent {
-    base_url: String,
+    urls: Vec<String>,
+    /// The URL in use: an index into `urls`.
+    current: AtomicUsize,
     identity: Identity,
     options: AgentOptions,
     http: ureq::Agent,
+    /// Expiries of the requests submitted, for [`Agent::wait`].
+    submitted: Mutex<BTreeMap<String, u64>>,
 }
 
 /// Nanoseconds since the Unix epoch.
@@ -198,17 +214,38 @@ impl Agent {
 
     /// A client with explicit options.
     pub fn with_options(base_url: &str, identity: Identity, options: AgentOptions) -> Self {
+        Self::with_urls(&[base_url.to_string()], identity, options)
+    }
+
+    /// A client of several replicas of one subnet (or nodes serving the
+    /// same state): requests go to the first; when it does not answer
+    /// (connection refused or reset, timeout) the agent tries the next,
+    /// and stays with the one that answered. Resending is safe: a request
+    /// keeps its id, so it executes at most once. `urls` must not be
+    /// empty.
+    pub fn with_urls(urls: &[String], identity: Identity, options: AgentOptions) -> Self {
+        assert!(!urls.is_empty(), "an agent needs a URL");
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_connect(Some(Duration::from_secs(5)))
             .timeout_global(Some(options.timeout))
             .build();
         Agent {
-            base_url: base_url.trim_end_matches('/').to_string(),
+            urls: urls
+                .iter()
+                .map(|u| u.trim_end_matches('/').to_string())
+                .collect(),
+            current: AtomicUsize::new(0),
             identity,
             options,
             http: ureq::Agent::new_with_config(config),
+            submitted: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The URLs the agent may use, in order.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
     }
 
     /// The identity requests come from.
@@ -216,9 +253,9 @@ impl Agent {
         &self.identity
     }
 
-    /// The node's base URL.
+    /// The base URL in use.
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        &self.urls[self.current.load(Ordering::Relaxed) % self.urls.len()]
     }
 
     /// `GET /api/v1/status`.
@@ -347,8 +384,15 @@ impl Agent {
     /// `POST /api/v1/canisters/{id}/submit`: queues an update and returns
     /// its request id at once.
     pub fn submit(&self, id: &Principal, request: &CallRequest) -> Result<String, AgentError> {
-        let answer: SubmitResponse =
-            self.send_json("POST", &canister_path(id, "/submit"), Some(request))?;
+        let body = serde_json::to_vec(request).map_err(|e| AgentError::Decode(e.to_string()))?;
+        let path = canister_path(id, "/submit");
+        let signed = self.sign("POST", &path, body)?;
+        let response = self.send_raw(&signed)?;
+        let answer: SubmitResponse = self.decode(&format!("POST {path}"), response)?;
+        let mut submitted = self.submitted.lock().expect("submitted lock");
+        let now = now_nanos();
+        submitted.retain(|_, expiry| *expiry > now);
+        submitted.insert(answer.request_id.clone(), signed.ingress_expiry);
         Ok(answer.request_id)
     }
 
@@ -358,14 +402,24 @@ impl Agent {
     }
 
     /// Polls a submitted request until it is replied or rejected (backing
-    /// off from 1 ms to 100 ms), for at most the agent's `max_wait`.
+    /// off from 1 ms to 100 ms), until its ingress expiry has passed (the
+    /// one this agent submitted it with, else the agent's own expiry from
+    /// now) or for at most the agent's `max_wait`.
     ///
-    /// A replica of a subnet that did not receive the request learns of it
-    /// only when consensus orders it, so "unknown" is taken as "not yet"
-    /// for [`UNKNOWN_GRACE`] before it counts as an answer.
+    /// Every replica of a subnet answers from the replicated ingress
+    /// history, so "unknown" means "not executed here yet" (a replica that
+    /// did not receive the request learns of it when consensus orders it):
+    /// it is an answer only once the request has expired.
     pub fn wait(&self, request_id: &str) -> Result<CallResponse, AgentError> {
         let started = Instant::now();
         let deadline = started + self.options.max_wait;
+        let expiry = self
+            .submitted
+            .lock()
+            .expect("submitted lock")
+            .get(request_id)
+            .copied()
+            .unwrap_or_else(|| now_nanos() + self.options.ingress_expiry.as_nanos() as u64);
         let mut pause = Duration::from_millis(1);
         loop {
             let status = self.request_status(request_id)?;
@@ -374,7 +428,10 @@ impl Agent {
                     .response
                     .ok_or_else(|| AgentError::Decode("a finished request without result".into()));
             }
-            if status.status == RequestState::Unknown && started.elapsed() >= UNKNOWN_GRACE {
+            if status.status == RequestState::Done {
+                return Err(AgentError::ResultDropped(request_id.to_string()));
+            }
+            if status.status == RequestState::Unknown && now_nanos() > expiry {
                 return Err(AgentError::UnknownRequest(request_id.to_string()));
             }
             if Instant::now() >= deadline {
@@ -444,14 +501,34 @@ impl Agent {
         }
     }
 
-    /// Sends a signed request as it is and returns the raw answer.
+    /// Sends a signed request as it is and returns the raw answer: to the
+    /// URL in use, and when it does not answer to the next ones in turn.
     pub fn send_raw(&self, request: &SignedRequest) -> Result<RawResponse, AgentError> {
-        let url = format!("{}{}", self.base_url, request.path);
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for attempt in 0..self.urls.len() {
+            let index = (first + attempt) % self.urls.len();
+            match self.send_to(&self.urls[index], request) {
+                Err(e) if no_answer(&e) => last = Some(e),
+                answer => {
+                    if attempt > 0 {
+                        self.current.store(index, Ordering::Relaxed);
+                    }
+                    return answer;
+                }
+            }
+        }
+        Err(last.expect("at least one URL"))
+    }
+
+    /// Sends a signed request to the node at `base_url`.
+    fn send_to(&self, base_url: &str, request: &SignedRequest) -> Result<RawResponse, AgentError> {
+        let url = format!("{}{}", base_url, request.path);
         let uri: Uri = url
             .parse()
-            .map_err(|_| AgentError::Url(self.base_url.clone()))?;
+            .map_err(|_| AgentError::Url(base_url.to_string()))?;
         if uri.scheme().is_none() || uri.host().is_none() {
-            return Err(AgentError::Url(self.base_url.clone()));
+            return Err(AgentError::Url(base_url.to_string()));
         }
         let method: Method = request
             .method
@@ -483,14 +560,14 @@ impl Agent {
                     .map_err(|e| AgentError::Transport(e.to_string()))?,
             )
         };
-        let mut response = sent.map_err(|e| self.transport_error(e))?;
+        let mut response = sent.map_err(|e| transport_error(base_url, e))?;
         let status = response.status().as_u16();
         let body = response
             .body_mut()
             .with_config()
             .limit(256 << 20)
             .read_to_vec()
-            .map_err(|e| self.transport_error(e))?;
+            .map_err(|e| transport_error(base_url, e))?;
         Ok(RawResponse { status, body })
     }
 
@@ -524,29 +601,53 @@ impl Agent {
         let bytes = check(response)?;
         serde_json::from_slice(&bytes).map_err(|e| AgentError::Decode(format!("{what}: {e}")))
     }
+}
 
-    /// Explains a transport failure, pointing at `cellar start` when
-    /// nothing listens.
-    fn transport_error(&self, error: ureq::Error) -> AgentError {
-        let unreachable = match &error {
-            ureq::Error::Io(io) => matches!(
-                io.kind(),
-                ErrorKind::ConnectionRefused
-                    | ErrorKind::ConnectionReset
-                    | ErrorKind::NotFound
-                    | ErrorKind::AddrNotAvailable
-            ),
-            ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
-            _ => false,
-        };
-        if unreachable {
-            AgentError::Unreachable {
-                url: self.base_url.clone(),
-                message: error.to_string(),
-            }
-        } else {
-            AgentError::Transport(error.to_string())
+/// Whether an error means the node did not answer (so another may).
+fn no_answer(e: &AgentError) -> bool {
+    matches!(
+        e,
+        AgentError::Unreachable { .. } | AgentError::NoAnswer { .. }
+    )
+}
+
+/// Explains a transport failure, pointing at `cellar start` when nothing
+/// listens.
+fn transport_error(base_url: &str, error: ureq::Error) -> AgentError {
+    let unreachable = match &error {
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionRefused
+                | ErrorKind::ConnectionReset
+                | ErrorKind::NotFound
+                | ErrorKind::AddrNotAvailable
+        ),
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
+        _ => false,
+    };
+    let silent = match &error {
+        ureq::Error::Timeout(_) => true,
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::TimedOut
+                | ErrorKind::UnexpectedEof
+                | ErrorKind::BrokenPipe
+                | ErrorKind::ConnectionAborted
+        ),
+        _ => false,
+    };
+    if unreachable {
+        AgentError::Unreachable {
+            url: base_url.to_string(),
+            message: error.to_string(),
         }
+    } else if silent {
+        AgentError::NoAnswer {
+            url: base_url.to_string(),
+            message: error.to_string(),
+        }
+    } else {
+        AgentError::Transport(error.to_string())
     }
 }
 

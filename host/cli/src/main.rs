@@ -39,7 +39,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use cellar_agent::{Agent, Identity};
 use cellar_node::engine::MemoryTracker;
 use cellar_types::Principal;
@@ -57,9 +57,21 @@ use crate::output::Output;
     about = "Run a Cellar node, deploy canisters and call them."
 )]
 struct Cli {
-    /// The node to talk to.
-    #[arg(long, global = true, env = "CELLAR_URL", default_value_t = default_url())]
-    url: String,
+    /// The node to talk to; give it several times (or `CELLAR_URL`
+    /// comma-separated) for replicas of a subnet: when one does not answer
+    /// the next is tried.
+    #[arg(
+        long,
+        global = true,
+        env = "CELLAR_URL",
+        value_delimiter = ',',
+        default_values_t = [default_url()]
+    )]
+    url: Vec<String>,
+    /// A fleet directory (`cellar fleet up --dir`): talk to its replicas,
+    /// from its `urls.txt`, before any `--url`.
+    #[arg(long, global = true, value_name = "DIR")]
+    fleet: Option<PathBuf>,
     /// An identity file (an Ed25519 seed, hex; created on first use) instead
     /// of the current identity.
     #[arg(long, global = true, value_name = "FILE")]
@@ -325,6 +337,34 @@ fn default_url() -> String {
     format!("http://{DEFAULT_LISTEN}")
 }
 
+/// The URLs to try, in order: a fleet's (its `urls.txt`), then `urls`
+/// (the default one only when there is no fleet).
+fn node_urls(urls: &[String], fleet: Option<&std::path::Path>) -> Result<Vec<String>> {
+    let mut all = Vec::new();
+    if let Some(dir) = fleet {
+        let path = dir.join("urls.txt");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {} (is the fleet up?)", path.display()))?;
+        all.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from),
+        );
+        if urls != [default_url()] {
+            all.extend(urls.iter().cloned());
+        }
+    } else {
+        all.extend(
+            urls.iter()
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty()),
+        );
+    }
+    anyhow::ensure!(!all.is_empty(), "no node URL given");
+    Ok(all)
+}
+
 fn main() -> ExitCode {
     // Output piped into a command that stops reading (`cellar status |
     // head`) ends the process quietly, as for other command-line tools,
@@ -458,7 +498,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Build { project } => project::build(&project, out).map(|_| ()),
         Command::Identity(command) => identity_command(command, cli.identity.as_ref(), out),
         command => {
-            let agent = Agent::new(&cli.url, load_identity(cli.identity.as_ref())?);
+            let urls = node_urls(&cli.url, cli.fleet.as_deref())?;
+            let agent = Agent::with_urls(
+                &urls,
+                load_identity(cli.identity.as_ref())?,
+                cellar_agent::AgentOptions::default(),
+            );
             client_command(&agent, command, out)
         }
     }
@@ -585,7 +630,28 @@ mod tests {
             "--json",
         ])
         .unwrap();
-        assert_eq!(cli.url, "http://127.0.0.1:7171");
+        assert_eq!(cli.url, ["http://127.0.0.1:7171"]);
+        let two = Cli::try_parse_from([
+            "cellar",
+            "--url",
+            "http://127.0.0.1:1",
+            "--url",
+            "http://127.0.0.1:2,http://127.0.0.1:3",
+            "status",
+        ])
+        .unwrap();
+        assert_eq!(
+            node_urls(&two.url, None).unwrap(),
+            [
+                "http://127.0.0.1:1",
+                "http://127.0.0.1:2",
+                "http://127.0.0.1:3"
+            ]
+        );
+        assert_eq!(
+            Cli::try_parse_from(["cellar", "status"]).unwrap().url,
+            [default_url()]
+        );
         assert!(cli.json);
         assert!(matches!(cli.command, Command::Call(_)));
         for args in [

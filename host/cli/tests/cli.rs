@@ -5,7 +5,11 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-const CELLAR: &str = env!("CARGO_BIN_EXE_cellar");
+/// The binary under test: `CELLAR_TEST_BIN` when set (a copy of the build
+/// that a shared target directory cannot replace mid-run), else cargo's.
+static CELLAR: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("CELLAR_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cellar").to_string())
+});
 
 /// Kills the node when the test ends, however it ends.
 struct NodeProcess(Child);
@@ -28,7 +32,7 @@ fn free_port() -> u16 {
 /// Starts a node and returns it with its example canisters (name, id).
 fn start(dir: &Path, identity: &Path) -> (NodeProcess, String, Vec<(String, String)>) {
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(CELLAR)
+    let mut child = Command::new(&*CELLAR)
         .args(["--identity"])
         .arg(identity)
         .args(["start", "--data-dir"])
@@ -64,7 +68,7 @@ fn start(dir: &Path, identity: &Path) -> (NodeProcess, String, Vec<(String, Stri
 }
 
 fn cellar(url: &str, identity: &Path, args: &[&str]) -> Output {
-    Command::new(CELLAR)
+    Command::new(&*CELLAR)
         .args(["--url", url, "--identity"])
         .arg(identity)
         .args(args)
@@ -180,7 +184,7 @@ fn the_documented_commands_work_against_a_running_node() {
 
 /// `cellar` with identities from the store in `config` (no `--identity`).
 fn cellar_in(url: &str, config: &Path, args: &[&str]) -> Output {
-    Command::new(CELLAR)
+    Command::new(&*CELLAR)
         .env("CELLAR_CONFIG_DIR", config)
         .env("CELLAR_URL", url)
         .args(args)

@@ -30,7 +30,11 @@ use std::time::{Duration, Instant};
 use cellar_agent::{Agent, AgentError, AgentOptions, Identity};
 use serde_json::{Value, json};
 
-const CELLAR: &str = env!("CARGO_BIN_EXE_cellar");
+/// The binary under test: `CELLAR_TEST_BIN` when set (a copy of the build
+/// that a shared target directory cannot replace mid-run), else cargo's.
+static CELLAR: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("CELLAR_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cellar").to_string())
+});
 
 /// How long a node may take to start (it replays its journal and writes a
 /// checkpoint) before the test gives up.
@@ -104,7 +108,7 @@ impl NodeProcess {
     fn spawn(data_dir: &Path, identity: &Path, port: u16, log: &NodeLog) -> Self {
         log.mark(&format!("start on port {port}"));
         let stderr = OpenOptions::new().append(true).open(&log.0).unwrap();
-        let mut child = Command::new(CELLAR)
+        let mut child = Command::new(&*CELLAR)
             .arg("--identity")
             .arg(identity)
             .args(["start", "--data-dir"])

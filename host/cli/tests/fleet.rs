@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 
 use cellar_agent::{Agent, Identity};
 
-const CELLAR: &str = env!("CARGO_BIN_EXE_cellar");
+/// The binary under test: `CELLAR_TEST_BIN` when set (a copy of the build
+/// that a shared target directory cannot replace mid-run), else cargo's.
+static CELLAR: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("CELLAR_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cellar").to_string())
+});
 
 /// Stops the fleet however the test ends.
 struct Fleet {
@@ -40,7 +44,7 @@ fn pids(dir: &Path) -> Vec<i32> {
 }
 
 fn cellar(fleet: &Fleet, url: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(CELLAR)
+    let out = Command::new(&*CELLAR)
         .arg("--url")
         .arg(url)
         .arg("--identity")
@@ -65,7 +69,7 @@ fn up_with_delay(dir: &Path, delay_ms: u64) -> Fleet {
 }
 
 fn up_with(dir: &Path, delay_ms: u64, byzantine: Option<&str>) -> Fleet {
-    let mut command = Command::new(CELLAR);
+    let mut command = Command::new(&*CELLAR);
     command.args(["fleet", "up"]);
     if let Some(fault) = byzantine {
         command.args(["--byzantine", fault]);
@@ -198,7 +202,7 @@ fn four_replicas_agree_and_survive_a_kill() {
         .expect("wait on another replica");
     assert_eq!(reply.trim(), expected.to_string());
     // Nobody else reads the result.
-    let other = Command::new(CELLAR)
+    let other = Command::new(&*CELLAR)
         .args(["--url", &fleet.urls[2], "--identity"])
         .arg(fleet.dir.join("other-identity"))
         .args(["request", &request_id])
@@ -224,7 +228,7 @@ fn four_replicas_agree_and_survive_a_kill() {
     // Restart replica 3 on its data directory: it catches up.
     let listen = fleet.urls[3].trim_start_matches("http://").to_string();
     let dir = &fleet.dir;
-    let child = Command::new(CELLAR)
+    let child = Command::new(&*CELLAR)
         .args(["node", "start", "--config"])
         .arg(dir.join("genesis.json"))
         .arg("--key")
@@ -286,7 +290,7 @@ fn live_with_50ms_injected_delay() {
 fn subnet_new_writes_genesis_and_private_key_files() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(CELLAR)
+    let out = Command::new(&*CELLAR)
         .args([
             "subnet",
             "new",
@@ -317,7 +321,7 @@ fn subnet_new_writes_genesis_and_private_key_files() {
     // The checkpoint interval is the subnet's: in the genesis, a multiple
     // of the catch-up interval (10).
     let subnet = |interval: &str| {
-        Command::new(CELLAR)
+        Command::new(&*CELLAR)
             .args(["subnet", "new", "--nodes", "127.0.0.1:7101,127.0.0.1:7102"])
             .args(["--checkpoint-interval", interval, "--out"])
             .arg(tmp.path().join(interval))
@@ -337,7 +341,7 @@ fn subnet_new_writes_genesis_and_private_key_files() {
             .unwrap();
     assert_eq!(genesis["checkpoint_interval"], 50);
     // A replica told otherwise refuses to start.
-    let wrong = Command::new(CELLAR)
+    let wrong = Command::new(&*CELLAR)
         .args(["node", "start", "--config"])
         .arg(tmp.path().join("50").join("genesis.json"))
         .arg("--key")
@@ -364,7 +368,7 @@ fn restart(fleet: &Fleet, i: usize) -> KillOnDrop {
 fn restart_with(fleet: &Fleet, i: usize, args: &[&str]) -> KillOnDrop {
     let listen = fleet.urls[i].trim_start_matches("http://").to_string();
     let dir = &fleet.dir;
-    let child = Command::new(CELLAR)
+    let child = Command::new(&*CELLAR)
         .args(["node", "start", "--config"])
         .arg(dir.join("genesis.json"))
         .arg("--key")
@@ -506,7 +510,7 @@ fn one_byzantine_replica_of_four_breaks_neither_safety_nor_liveness() {
 #[test]
 fn replicas_run_the_consensus_policy_component() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut command = Command::new(CELLAR);
+    let mut command = Command::new(&*CELLAR);
     command.args(["fleet", "up", "--consensus-policy", "round-robin"]);
     let fleet = up_command(tmp.path(), 0, command);
     let id = cellar(&fleet, &fleet.urls[1], &["deploy", "counter"]).expect("deploy");
@@ -587,7 +591,7 @@ const SMALL_SYNC: [&str; 4] = ["--recent-batches", "30", "--checkpoint-interval"
 #[test]
 fn a_replica_far_behind_state_syncs_a_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut command = Command::new(CELLAR);
+    let mut command = Command::new(&*CELLAR);
     command.args(["fleet", "up"]).args(SMALL_SYNC);
     let fleet = up_command(tmp.path(), 0, command);
     let id = cellar(&fleet, &fleet.urls[0], &["deploy", "kv"]).expect("deploy");
@@ -723,4 +727,92 @@ fn wait_for_answer(fleet: &Fleet, i: usize, id: &str, query: &str, want: &str) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Every request's fate is in the replicated ingress history: an anonymous
+/// update submitted to replica 0 reads `replied`, with the same reply, on
+/// every replica once executed; SIGKILLed and restarted, replica 0 still
+/// answers `replied`; and the command line given two URLs, the first
+/// dead, still submits, waits and queries through the second.
+#[test]
+fn request_fates_are_replicated_and_survive_a_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = up(tmp.path());
+    let id = cellar(&fleet, &fleet.urls[0], &["deploy", "counter"]).expect("deploy");
+    let canister: cellar_types::Principal = id.parse().expect("a canister id");
+    let anonymous = Agent::new(&fleet.urls[0], Identity::anonymous());
+    let request = cellar_types::api::CallRequest::wave("increment", "");
+    let request_id = anonymous.submit(&canister, &request).expect("submit");
+    let status_on = |url: &str| {
+        let agent = Agent::new(url, Identity::anonymous());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match agent.request_status(&request_id) {
+                Ok(status) if status.status == cellar_types::api::RequestState::Replied => {
+                    return status;
+                }
+                Ok(status) => assert!(
+                    matches!(
+                        status.status,
+                        cellar_types::api::RequestState::Unknown
+                            | cellar_types::api::RequestState::Received
+                            | cellar_types::api::RequestState::Processing
+                    ),
+                    "{url}: {status:?}"
+                ),
+                Err(e) => assert!(Instant::now() < deadline, "{url}: {e}"),
+            }
+            assert!(Instant::now() < deadline, "{url} never answers replied");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let replied = status_on(&fleet.urls[0]);
+    for url in &fleet.urls[1..] {
+        assert_eq!(status_on(url), replied, "{url}");
+    }
+    // Replica 0, SIGKILLed and restarted, answers from its journal.
+    let victim = pids(&fleet.dir)[0];
+    // SAFETY: a plain signal to a replica this test started.
+    assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+    let restarted = restart(&fleet, 0);
+    assert_eq!(status_on(&fleet.urls[0]), replied, "after the restart");
+
+    // Two URLs, the first dead: the second takes the update, the wait and
+    // the query.
+    let dead = "http://127.0.0.1:1";
+    let two = |args: &[&str]| {
+        let out = Command::new(&*CELLAR)
+            .args(["--url", dead, "--url", &fleet.urls[2], "--identity"])
+            .arg(&fleet.identity)
+            .args(args)
+            .env("HOME", fleet.dir.join("home"))
+            .output()
+            .expect("run cellar");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(two(&["call", &id, "increment()"]), "2");
+    let submitted = two(&["call", &id, "increment()", "--no-wait"]);
+    assert_eq!(two(&["request", &submitted, "--wait"]), "3");
+    // And through the fleet's urls.txt with its first replica gone.
+    drop(restarted);
+    let out = Command::new(&*CELLAR)
+        .arg("--fleet")
+        .arg(&fleet.dir)
+        .arg("--identity")
+        .arg(&fleet.identity)
+        .args(["call", &id, "increment()"])
+        .env("HOME", fleet.dir.join("home"))
+        .output()
+        .expect("run cellar");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4");
 }

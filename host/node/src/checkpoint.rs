@@ -26,7 +26,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
 
 use crate::canister::Canister;
-use crate::journal::RequestTag;
+use crate::history::HistoryEntry;
 use crate::messages::Messaging;
 
 mod parts;
@@ -46,10 +46,9 @@ struct Meta {
     /// Module hash of the scheduler policy in force (none: the built-in).
     #[serde(default)]
     scheduler_policy: Option<String>,
-    /// Signed requests journaled and unexpired when the checkpoint was
-    /// written (the journal before it is deleted).
+    /// The ingress history's entries, in id order.
     #[serde(default)]
-    requests: Vec<RequestTag>,
+    history: Vec<HistoryEntry>,
     /// Replica mode: the last consensus-policy change (from height, module
     /// hash).
     #[serde(default)]
@@ -93,9 +92,8 @@ pub struct Loaded {
     pub canisters: Vec<(Canister, Option<String>)>,
     /// Module hash of the scheduler policy in force (none: the built-in).
     pub scheduler_policy: Option<String>,
-    /// Signed requests journaled before the checkpoint and unexpired when
-    /// it was written.
-    pub requests: Vec<RequestTag>,
+    /// The ingress history's entries.
+    pub history: Vec<HistoryEntry>,
     /// Replica mode: the last consensus-policy change (from height, module
     /// hash).
     pub consensus_policy: Option<(u64, String)>,
@@ -225,7 +223,7 @@ impl Checkpointer {
         next_index: u64,
         canisters: &BTreeMap<Principal, Canister>,
         policies: Policies<'_>,
-        requests: &[RequestTag],
+        history: &[Arc<HistoryEntry>],
     ) -> anyhow::Result<CheckpointStats> {
         let Policies {
             scheduler: scheduler_policy,
@@ -281,7 +279,7 @@ impl Checkpointer {
             next_index,
             canisters: canisters.values().map(canister_meta).collect(),
             scheduler_policy: scheduler_policy.map(str::to_string),
-            requests: requests.to_vec(),
+            history: history.iter().map(|e| (**e).clone()).collect(),
             consensus_policy: consensus_policy.cloned(),
         };
         batch.insert(&self.meta, META_KEY, serde_json::to_vec(&meta)?);
@@ -383,7 +381,7 @@ fn loaded(meta: Meta, canisters: Vec<(Canister, Option<String>)>) -> Loaded {
         next_index: meta.next_index,
         canisters,
         scheduler_policy: meta.scheduler_policy,
-        requests: meta.requests,
+        history: meta.history,
         consensus_policy: meta.consensus_policy,
     }
 }

@@ -20,7 +20,7 @@ use cellar_types::Principal;
 
 use crate::canister::Canister;
 use crate::checkpoint::{CheckpointStats, Checkpointer, Loaded, Policies};
-use crate::journal::{Durability, RequestTag};
+use crate::journal::Durability;
 
 /// The replicated state at a round boundary, as a checkpoint writes it.
 pub(crate) struct Snapshot {
@@ -37,8 +37,8 @@ pub(crate) struct Snapshot {
     /// Replica mode: the last consensus-policy change (from height, module
     /// hash).
     pub consensus_policy: Option<(u64, String)>,
-    /// Signed requests journaled and unexpired.
-    pub requests: Vec<RequestTag>,
+    /// The ingress history's entries (shared with the live history).
+    pub history: Vec<std::sync::Arc<crate::history::HistoryEntry>>,
     /// Journal files holding only rounds the snapshot includes: deleted
     /// once the checkpoint is durable.
     pub covered_journals: Vec<PathBuf>,
@@ -260,7 +260,7 @@ fn write(checkpointer: &Mutex<Checkpointer>, s: &Snapshot) -> anyhow::Result<Che
             scheduler: s.scheduler_policy.as_deref(),
             consensus: s.consensus_policy.as_ref(),
         },
-        &s.requests,
+        &s.history,
     )
 }
 

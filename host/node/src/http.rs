@@ -50,6 +50,7 @@ impl From<NodeError> for HttpError {
             NodeError::BadRequest(_) | NodeError::Install(_) => StatusCode::BAD_REQUEST,
             NodeError::HookFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             NodeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            NodeError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!("{e}");
@@ -62,7 +63,7 @@ impl From<Refusal> for HttpError {
     fn from(r: Refusal) -> Self {
         let status = match r {
             Refusal::Replay(_) => StatusCode::CONFLICT,
-            Refusal::Full => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Full | Refusal::HistoryFull => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         HttpError(status, r.to_string())
@@ -138,6 +139,14 @@ impl FromRequest<Api> for Signed {
         })?;
         let mut tag = None;
         if method != "GET" && !is_query {
+            // Executed (or at least inducted) before, here or on another
+            // replica, and not forgotten: never again.
+            if api.node.knows_request(&auth.request_id) {
+                return Err(Refusal::Replay(auth.request_id).into());
+            }
+            if api.node.ingress_history_full() {
+                return Err(Refusal::HistoryFull.into());
+            }
             api.requests.admit(
                 &auth.request_id,
                 &auth.caller,
@@ -147,10 +156,13 @@ impl FromRequest<Api> for Signed {
             tag = auth.ingress_expiry.map(|expiry| RequestTag {
                 id: auth.request_id.clone(),
                 expiry,
+                encoding: Default::default(),
             });
         } else if auth.ingress_expiry.is_some() {
             check_expiry(auth.ingress_expiry, now_nanos())?;
         }
+        // An unsigned request with an expiry travels as sent too (no key,
+        // no signature), so every replica derives its id alike.
         let envelope = match (public_key, signature) {
             (Some(public_key), Some(signature)) => Some(Envelope {
                 method,
@@ -161,6 +173,17 @@ impl FromRequest<Api> for Signed {
                 public_key,
                 signature,
             }),
+            (None, None) if auth.ingress_expiry.is_some() && auth.caller.is_anonymous() => {
+                Some(Envelope {
+                    method,
+                    path,
+                    body: BASE64.encode(&body),
+                    ingress_expiry: auth.ingress_expiry,
+                    nonce,
+                    public_key: String::new(),
+                    signature: String::new(),
+                })
+            }
             _ => None,
         };
         Ok(Signed {
@@ -226,9 +249,8 @@ fn module_bytes(source: &ModuleSource) -> Result<(Vec<u8>, Option<&'static str>)
 pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
     let metrics = Arc::new(Metrics::new());
     let requests = Arc::new(Requests::new(DEFAULT_CAPACITY));
-    // Requests executed before a restart stay refused until they expire.
-    requests.restore(node.journaled_requests(now_nanos()));
-    node.share_request_statuses(requests.clone());
+    // Requests executed before a restart are in the node's ingress
+    // history: refused until they are forgotten after their expiry.
     let ingress = Arc::new(Ingress::start(
         node.clone(),
         requests.clone(),
@@ -320,10 +342,13 @@ async fn node_status(State(api): State<Api>) -> impl IntoResponse {
 }
 
 fn gauges(api: &Api) -> Gauges {
+    let (history_entries, history_reply_bytes) = api.node.ingress_history_size();
     Gauges {
         round: api.node.round(),
         queued: api.ingress.queued(),
         tracked_requests: api.requests.len() as u64,
+        history_entries: history_entries as u64,
+        history_reply_bytes,
         canisters: api.node.list(),
     }
 }
@@ -398,9 +423,16 @@ async fn request_status(
     Path(request_id): Path<String>,
     signed: Signed,
 ) -> impl IntoResponse {
+    // The replicated history first (the same answer on every replica,
+    // before and after a restart), then what this node admitted and has
+    // not seen inducted yet.
     Json(
-        api.requests
-            .status(&request_id, &signed.caller, now_nanos()),
+        api.node
+            .request_status(&request_id, &signed.caller)
+            .unwrap_or_else(|| {
+                api.requests
+                    .status(&request_id, &signed.caller, now_nanos())
+            }),
     )
 }
 

@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use cellar_types::Principal;
-use cellar_types::api::{Args, InstallMode};
+use cellar_types::api::{Args, InstallMode, ReplyEncoding};
 use serde::{Deserialize, Serialize};
 
 /// A state-changing request.
@@ -137,12 +137,19 @@ pub enum Op {
 
 /// The signed request a journaled request came from: enough to refuse a
 /// replay of it after a restart, until its ingress expiry.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestTag {
     /// The request id ([`cellar_types::api::request_id`]).
     pub id: String,
     /// Its ingress expiry (nanoseconds since the Unix epoch).
     pub expiry: u64,
+    /// How a call's reply is encoded in the ingress history.
+    #[serde(default, skip_serializing_if = "is_wave")]
+    pub encoding: ReplyEncoding,
+}
+
+fn is_wave(encoding: &ReplyEncoding) -> bool {
+    *encoding == ReplyEncoding::Wave
 }
 
 /// A request as it arrived: who sent it and what it asks.
@@ -152,9 +159,11 @@ pub struct Ingress {
     pub caller: Principal,
     /// The request.
     pub op: Op,
-    /// The signed HTTP request it came from, when it came through the API
-    /// with an ingress expiry. Not part of execution: replay ignores it,
-    /// except to rebuild the replay cache.
+    /// The HTTP request it came from (signed or not), when it came through
+    /// the API with an ingress expiry: the round records the request's fate
+    /// under this id in the ingress history (a replica sets it from the
+    /// signed request every replica checks, never from what the sending
+    /// replica claims).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<RequestTag>,
 }

@@ -16,6 +16,7 @@ pub mod composite;
 mod consensus_log;
 mod cycles;
 mod dashboard;
+pub mod history;
 pub mod http;
 mod journal;
 mod messages;

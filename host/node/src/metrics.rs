@@ -100,6 +100,10 @@ pub struct Gauges {
     pub queued: u64,
     /// Requests in the replay cache.
     pub tracked_requests: u64,
+    /// Entries of the ingress history.
+    pub history_entries: u64,
+    /// Bytes of the results the ingress history holds.
+    pub history_reply_bytes: u64,
     /// Every canister's status.
     pub canisters: Vec<CanisterStatus>,
 }
@@ -344,6 +348,28 @@ impl Metrics {
             "Requests remembered for replay protection and polling.",
         );
         let _ = writeln!(out, "cellar_tracked_requests {}", gauges.tracked_requests);
+        header(
+            &mut out,
+            "cellar_ingress_history_entries",
+            "gauge",
+            "Requests in the replicated ingress history.",
+        );
+        let _ = writeln!(
+            out,
+            "cellar_ingress_history_entries {}",
+            gauges.history_entries
+        );
+        header(
+            &mut out,
+            "cellar_ingress_history_reply_bytes",
+            "gauge",
+            "Bytes of the results the ingress history holds.",
+        );
+        let _ = writeln!(
+            out,
+            "cellar_ingress_history_reply_bytes {}",
+            gauges.history_reply_bytes
+        );
         header(
             &mut out,
             "cellar_uptime_seconds",

@@ -21,7 +21,7 @@ use cellar_engine::{
 };
 use cellar_types::api::{
     Args, CanisterStatus, InstallMode, InterfaceInfo, LogEntry, MethodInfo, NodeStatus, PolicyInfo,
-    ReadState, RunStatus,
+    ReadState, RequestStatus, RunStatus,
 };
 use cellar_types::{Principal, Reject, RejectCode};
 use data_encoding::HEXLOWER;
@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 use crate::canister::Canister;
 use crate::checkpoint::{CheckpointStats, Checkpointer};
 use crate::checkpoint_writer::{CheckpointWriter, Snapshot};
+use crate::history::{HistoryLimits, IngressHistory};
 use crate::journal::{Durability, Ingress, Journal, Op, Record, RequestTag, read_records};
 use crate::messages::IngressId;
 use crate::state_hash;
@@ -71,6 +72,10 @@ pub enum NodeError {
         /// Why.
         reject: Reject,
     },
+    /// The node cannot take the request now (the ingress history is
+    /// full); the same request may succeed later.
+    #[error("{0}")]
+    Overloaded(String),
     /// Something went wrong inside the node.
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
@@ -122,6 +127,9 @@ pub struct NodeOptions {
     /// How long [`Node::update`] waits for an answer before it gives up
     /// waiting (the message still executes).
     pub reply_timeout: Duration,
+    /// Bounds of the ingress history (replicated state: the same on every
+    /// replica of a subnet).
+    pub ingress_history: crate::history::HistoryLimits,
 }
 
 impl NodeOptions {
@@ -144,6 +152,7 @@ impl NodeOptions {
             max_batch: 1_000,
             initial_cycles: crate::canister::INITIAL_CYCLES,
             reply_timeout: Duration::from_secs(120),
+            ingress_history: crate::history::HistoryLimits::default(),
         }
     }
 }
@@ -278,10 +287,10 @@ pub struct Node {
     /// Replica mode (see `replica.rs`): where requests go instead of the
     /// local pool, and who waits for which ingress message id.
     replica: crate::replica::ReplicaLink,
-    /// Ids and expiries of the signed requests journaled (or carried over
-    /// by a checkpoint) and not known to be expired: the replay cache is
-    /// rebuilt from them when the node restarts.
-    journaled_requests: Mutex<BTreeMap<String, u64>>,
+    /// The ingress history: the fate of every request a round inducted
+    /// with an id (replicated state, in checkpoints and the state hash,
+    /// rebuilt by replay).
+    pub(crate) history: Mutex<IngressHistory>,
 }
 
 thread_local! {
@@ -466,8 +475,10 @@ impl Node {
             waiters: Mutex::new(BTreeMap::new()),
             fresh: true,
             replica: crate::replica::ReplicaLink::default(),
-            journaled_requests: Mutex::new(BTreeMap::new()),
+            history: Mutex::new(IngressHistory::new(HistoryLimits::default())),
         };
+        *node.history.lock().expect("history lock") =
+            IngressHistory::new(node.options.ingress_history);
         node.recover()?;
         tracing::debug!(
             store_ms = store_opened.as_millis() as u64,
@@ -498,10 +509,8 @@ impl Node {
                 let policy = self.load_policy(hash)?;
                 *self.scheduler_policy.write().expect("policy lock") = Some((hash.clone(), policy));
             }
-            self.journaled_requests
-                .lock()
-                .expect("requests lock")
-                .extend(loaded.requests.into_iter().map(|t| (t.id, t.expiry)));
+            *self.history.lock().expect("history lock") =
+                IngressHistory::from_entries(self.options.ingress_history, loaded.history);
             self.add_loaded_canisters(&mut registry, loaded.canisters)?;
         }
         tracing::debug!(
@@ -535,7 +544,6 @@ impl Node {
                     path.display(),
                     record.round
                 );
-                self.remember_requests(&record);
                 // Request errors were answered before the crash and recur
                 // on replay; an internal error (a stored module that is
                 // missing or no longer loads) means replay cannot reproduce
@@ -615,22 +623,45 @@ impl Node {
         Ok(())
     }
 
-    /// Remembers the signed requests of a journaled record.
-    fn remember_requests(&self, record: &Record) {
-        let mut journaled = self.journaled_requests.lock().expect("requests lock");
-        for tag in record.ingress.iter().filter_map(|i| i.request.as_ref()) {
-            journaled.insert(tag.id.clone(), tag.expiry);
-        }
-    }
-
-    /// The signed requests this node journaled whose ingress expiry has not
+    /// The requests in the ingress history whose ingress expiry has not
     /// passed at `now` (nanoseconds since the Unix epoch), as `(id,
     /// expiry)`. They survive restarts (journal and checkpoints carry
-    /// them), so the HTTP layer refuses their replay after a restart too.
+    /// them), so their replay is refused after a restart too.
     pub fn journaled_requests(&self, now: u64) -> Vec<(String, u64)> {
-        let mut journaled = self.journaled_requests.lock().expect("requests lock");
-        journaled.retain(|_, expiry| *expiry > now);
-        journaled.iter().map(|(id, e)| (id.clone(), *e)).collect()
+        let history = self.history.lock().expect("history lock");
+        history
+            .shared_entries()
+            .iter()
+            .filter(|e| e.expiry > now)
+            .map(|e| (e.id.clone(), e.expiry))
+            .collect()
+    }
+
+    /// Request `id`'s status in the ingress history as `caller` may see it
+    /// (only its sender reads it); none when the history does not hold it
+    /// (not inducted yet, never seen, or forgotten after its expiry).
+    pub fn request_status(&self, id: &str, caller: &Principal) -> Option<RequestStatus> {
+        self.history
+            .lock()
+            .expect("history lock")
+            .status(id, caller)
+    }
+
+    /// Whether request `id` is in the ingress history (inducted, and not
+    /// yet forgotten): it is never executed again.
+    pub fn knows_request(&self, id: &str) -> bool {
+        self.history.lock().expect("history lock").contains(id)
+    }
+
+    /// Whether the ingress history is full: new requests are refused.
+    pub fn ingress_history_full(&self) -> bool {
+        self.history.lock().expect("history lock").is_full()
+    }
+
+    /// Entries and result bytes of the ingress history.
+    pub fn ingress_history_size(&self) -> (usize, u64) {
+        let history = self.history.lock().expect("history lock");
+        (history.len(), history.reply_bytes())
     }
 
     /// Runs `f` on this thread with `tag` as the signed request it submits:
@@ -652,11 +683,7 @@ impl Node {
     /// The replicated state now, for a checkpoint that covers
     /// `covered_journals`.
     fn checkpoint_snapshot(&self, covered_journals: Vec<PathBuf>) -> Snapshot {
-        let requests: Vec<RequestTag> = self
-            .journaled_requests(now_nanos())
-            .into_iter()
-            .map(|(id, expiry)| RequestTag { id, expiry })
-            .collect();
+        let history = self.history.lock().expect("history lock").shared_entries();
         let registry = self.registry.read().expect("registry lock");
         let scheduler = self.scheduler_policy.read().expect("policy lock");
         let consensus = self.consensus_change.lock().expect("consensus lock");
@@ -667,7 +694,7 @@ impl Node {
             canisters: registry.canisters.clone(),
             scheduler_policy: scheduler.as_ref().map(|(hash, _)| hash.clone()),
             consensus_policy: consensus.clone(),
-            requests,
+            history,
             covered_journals,
         }
     }
@@ -945,6 +972,14 @@ impl Node {
             return true;
         }
         let now = now_nanos().max(registry.time_nanos + 1);
+        // A full ingress history refuses new requests, so a node with
+        // nothing else to do runs a round once the history can make room.
+        {
+            let history = self.history.lock().expect("history lock");
+            if history.is_full() && history.prune_due(now) {
+                return true;
+            }
+        }
         registry.timed.iter().any(|id| {
             registry
                 .canisters
@@ -1065,9 +1100,18 @@ impl Node {
                     continue;
                 }
             };
-            let tracked = crate::replica::TrackedCall::of(&decoded, verified.as_ref());
+            // The id its fate is recorded under: derived here, from what
+            // the item carries, never taken from the sending replica.
+            let tag = match crate::replica::request_tag(&decoded, verified.as_ref(), time) {
+                Ok(tag) => tag,
+                Err(reason) => {
+                    tracing::warn!(height, "skipped a request: {reason}");
+                    self.replica.refuse(id, reason);
+                    continue;
+                }
+            };
             let crate::replica::Decoded {
-                ingress: request,
+                ingress: mut request,
                 attachment,
                 ..
             } = decoded;
@@ -1089,9 +1133,7 @@ impl Node {
                 index: ingress.len() as u32,
             };
             self.replica.expect(index, id);
-            if let Some(call) = tracked {
-                self.replica.track(index, call);
-            }
+            request.request = tag;
             ingress.push(request);
         }
         let record = Record {
@@ -1101,7 +1143,6 @@ impl Node {
         };
         let w = writer.as_mut().expect("journal open");
         w.journal.append(&record).map_err(NodeError::Internal)?;
-        self.remember_requests(&record);
         let answered = self.execute_round(&record);
         for (index, result) in answered {
             self.replica.answer(index, result);
@@ -1117,13 +1158,6 @@ impl Node {
     /// rounds run only through [`Node::apply_finalized`].
     pub fn set_replica_sink(&self, sink: crate::replica::IngressSink) {
         self.replica.turn_on(sink);
-    }
-
-    /// Replica mode: the HTTP layer's request statuses, where this replica
-    /// records every signed call it executes (whichever replica received
-    /// it), so that its sender can poll any replica.
-    pub fn share_request_statuses(&self, requests: Arc<crate::requests::Requests>) {
-        self.replica.share_statuses(requests);
     }
 
     /// How long a caller waits for an update's answer before it gives up
@@ -1162,7 +1196,6 @@ impl Node {
             }
             return Err(NodeError::Internal(e));
         }
-        self.remember_requests(&record);
         {
             let mut waiters = self.waiters.lock().expect("waiters lock");
             for (index, p) in taken.into_iter().enumerate() {
@@ -1596,6 +1629,7 @@ impl Node {
                 .as_ref()
                 .map(|(hash, _)| hash.clone()),
             consensus: self.consensus_change(),
+            history: self.history.lock().expect("history lock").hash(),
         }
     }
 
@@ -2050,6 +2084,8 @@ pub(crate) struct StateSnapshot {
     /// Replica mode: the last consensus-policy change (from height, module
     /// hash); none: the genesis's policy.
     pub(crate) consensus: Option<(u64, String)>,
+    /// The ingress history's hash; none when it is empty.
+    pub(crate) history: Option<[u8; 32]>,
 }
 
 impl StateSnapshot {
@@ -2073,6 +2109,13 @@ impl StateSnapshot {
             hasher.update(policy.as_bytes());
             hash = hasher.finalize().into();
         }
+        if let Some(history) = &self.history {
+            let mut hasher = Sha256::new();
+            hasher.update(hash);
+            hasher.update(b"ingress-history\0");
+            hasher.update(history);
+            hash = hasher.finalize().into();
+        }
         hash
     }
 }
@@ -2087,6 +2130,7 @@ pub fn genesis_state_hash() -> [u8; 32] {
         canisters: BTreeMap::new(),
         policy: None,
         consensus: None,
+        history: None,
     }
     .hash()
 }

@@ -65,37 +65,70 @@ pub(crate) struct ReplicaLink {
     waiters: Mutex<HashMap<[u8; 32], Waiter>>,
     /// Waited-for messages inducted into a round, by their place in it.
     inducted: Mutex<HashMap<IngressId, [u8; 32]>>,
-    /// The HTTP layer's request statuses, which every replica keeps for
-    /// every signed call it executes, so the sender can poll any replica.
-    statuses: OnceLock<Arc<crate::requests::Requests>>,
-    /// Signed calls executing, by their place in their round.
-    tracked: Mutex<HashMap<IngressId, TrackedCall>>,
 }
 
-/// A signed call whose status this replica keeps until it is answered.
-pub(crate) struct TrackedCall {
-    request_id: String,
-    caller: cellar_types::Principal,
-    expiry: u64,
-    encoding: cellar_types::api::ReplyEncoding,
-}
-
-impl TrackedCall {
-    /// The status entry of a verified signed call (none for anything else).
-    pub(crate) fn of(d: &Decoded, verified: Option<&crate::auth::Authenticated>) -> Option<Self> {
-        let (Op::Call { .. }, Some(auth), Some(env)) = (&d.ingress.op, verified, &d.envelope)
-        else {
-            return None;
-        };
-        let body = data_encoding::BASE64.decode(env.body.as_bytes()).ok()?;
-        let request: cellar_types::api::CallRequest = serde_json::from_slice(&body).ok()?;
-        Some(TrackedCall {
-            request_id: auth.request_id.clone(),
-            caller: auth.caller.clone(),
-            expiry: auth.ingress_expiry?,
-            encoding: request.reply_encoding,
-        })
-    }
+/// The id under which the round records a payload item's fate in the
+/// ingress history, derived alike by every replica from what travels in
+/// the item (whatever id the sending replica claims): a verified signed
+/// request's id (`verified`); for an unsigned request that carries the
+/// HTTP request it came from (method, path, body, expiry, nonce), the id
+/// the HTTP layer computed from them, when it asks for exactly this
+/// operation (else none), and it must not have expired at `time_nanos`;
+/// none for anything else (not recorded). An error skips the item alike
+/// everywhere.
+pub(crate) fn request_tag(
+    d: &Decoded,
+    verified: Option<&crate::auth::Authenticated>,
+    time_nanos: u64,
+) -> Result<Option<crate::journal::RequestTag>, String> {
+    let Some(env) = &d.envelope else {
+        return Ok(None);
+    };
+    let body = data_encoding::BASE64
+        .decode(env.body.as_bytes())
+        .map_err(|_| "the request's body is not base64")?;
+    let encoding = match &d.ingress.op {
+        Op::Call { .. } => serde_json::from_slice::<cellar_types::api::CallRequest>(&body)
+            .map(|r| r.reply_encoding)
+            .unwrap_or_default(),
+        _ => Default::default(),
+    };
+    let auth = match verified {
+        Some(auth) => auth.clone(),
+        None if d.ingress.caller.is_anonymous() => {
+            let auth = crate::auth::authenticate(
+                &env.method,
+                &env.path,
+                &body,
+                crate::auth::Credentials {
+                    public_key: None,
+                    signature: None,
+                    ingress_expiry: env.ingress_expiry.map(|e| e.to_string()).as_deref(),
+                    nonce: env.nonce.as_deref(),
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            match env.ingress_expiry {
+                Some(e) if e >= time_nanos => {}
+                _ => return Err("the request's ingress expiry has passed".into()),
+            }
+            // What it sent asks for something else: it executes as the
+            // anonymous request it is, under no id.
+            if let Err(reason) = binds(env, &body, &d.ingress.caller, &d.ingress.op) {
+                tracing::debug!("an unsigned request is recorded under no id: {reason}");
+                return Ok(None);
+            }
+            auth
+        }
+        None => return Ok(None),
+    };
+    Ok(auth
+        .ingress_expiry
+        .map(|expiry| crate::journal::RequestTag {
+            id: auth.request_id,
+            expiry,
+            encoding,
+        }))
 }
 
 /// What travels in an ingress message's content: the request, the user's
@@ -532,15 +565,16 @@ impl ReplicaLink {
         module: Option<Vec<u8>>,
         done: Waiter,
     ) -> Result<(), (NodeError, Waiter)> {
-        let envelope = ENVELOPE
-            .with(|e| e.borrow().clone())
-            .filter(|_| ingress.caller != cellar_types::Principal::anonymous());
-        let nonce = match envelope {
-            Some(_) => 0,
-            None => now_nanos() ^ (NONCE.fetch_add(1, Ordering::Relaxed) << 40),
+        // An unsigned request's envelope carries no signature; it travels
+        // so that every replica derives its request id (`request_tag`).
+        let envelope = ENVELOPE.with(|e| e.borrow().clone());
+        let signed = envelope.is_some() && !ingress.caller.is_anonymous();
+        let nonce = match signed {
+            true => 0,
+            false => now_nanos() ^ (NONCE.fetch_add(1, Ordering::Relaxed) << 40),
         };
         let expiry_ms = envelope.as_ref().map(message_expiry_ms);
-        // A signed request's bytes are in its signed body already.
+        // A request's bytes are in its (signed) body already.
         let attachment = match envelope {
             Some(_) => None,
             None => module.map(|m| data_encoding::BASE64.encode(&m)),
@@ -566,30 +600,6 @@ impl ReplicaLink {
         }
     }
 
-    /// Shares the HTTP layer's request statuses: from now on this replica
-    /// records the status of every signed call it executes.
-    pub(crate) fn share_statuses(&self, requests: Arc<crate::requests::Requests>) {
-        let _ = self.statuses.set(requests);
-    }
-
-    /// The signed call at `index` is executing: its sender may poll it here.
-    pub(crate) fn track(&self, index: IngressId, call: TrackedCall) {
-        let Some(statuses) = self.statuses.get() else {
-            return;
-        };
-        statuses.record(
-            &call.request_id,
-            &call.caller,
-            call.expiry,
-            cellar_types::api::RequestState::Processing,
-            None,
-        );
-        self.tracked
-            .lock()
-            .expect("tracked lock")
-            .insert(index, call);
-    }
-
     /// Message `id` was inducted at `index`: remember it if someone waits.
     pub(crate) fn expect(&self, index: IngressId, id: &[u8; 32]) {
         if self.waiters.lock().expect("waiters lock").contains_key(id) {
@@ -611,26 +621,6 @@ impl ReplicaLink {
 
     /// The message at `index` finished: answer its caller if it is here.
     pub(crate) fn answer(&self, index: IngressId, result: Result<Applied, NodeError>) {
-        let tracked = self.tracked.lock().expect("tracked lock").remove(&index);
-        if let (Some(call), Some(statuses)) = (tracked, self.statuses.get()) {
-            let response = match &result {
-                Ok(Applied::Call(outcome)) => {
-                    crate::requests::call_response(outcome.clone(), call.encoding)
-                }
-                Ok(_) => crate::requests::refused_response(&NodeError::Internal(anyhow::anyhow!(
-                    "a call answered with something else than a call's result"
-                ))),
-                Err(e) => crate::requests::refused_response(e),
-            };
-            let state = crate::requests::state_of(&response);
-            statuses.record(
-                &call.request_id,
-                &call.caller,
-                call.expiry,
-                state,
-                Some(response),
-            );
-        }
         let Some(id) = self.inducted.lock().expect("inducted lock").remove(&index) else {
             return;
         };
@@ -2300,7 +2290,9 @@ mod tests {
         assert!(twice.try_recv().is_err());
     }
 
-    use cellar_types::api::{CallRequest, INGRESS_EXPIRY_SKEW_NANOS, signing_payload};
+    use cellar_types::api::{
+        CallRequest, INGRESS_EXPIRY_SKEW_NANOS, RequestState, signing_payload,
+    };
     use ed25519_dalek::{Signer, SigningKey};
 
     const T: u64 = 1_700_000_000_000_000_000;
@@ -2474,6 +2466,164 @@ mod tests {
             arg: counter.init_arg.map(str::to_string),
         });
         assert!(check(&item(other_module, 0, Some(env)), T).is_err());
+    }
+
+    /// An unsigned request as the HTTP layer hands it on: its envelope
+    /// carries no key and no signature.
+    fn unsigned(path: &str, body: &[u8], expiry: u64, nonce: u8) -> Envelope {
+        Envelope {
+            method: "POST".into(),
+            path: path.into(),
+            body: data_encoding::BASE64.encode(body),
+            ingress_expiry: Some(expiry),
+            nonce: Some(HEXLOWER.encode(&[nonce; 8])),
+            public_key: String::new(),
+            signature: String::new(),
+        }
+    }
+
+    /// The id the HTTP layer gives a request.
+    fn http_id(env: &Envelope, key: Option<&SigningKey>) -> String {
+        let body = data_encoding::BASE64.decode(env.body.as_bytes()).unwrap();
+        let nonce = HEXLOWER
+            .decode(env.nonce.as_ref().unwrap().as_bytes())
+            .unwrap();
+        let payload = signing_payload(
+            &env.method,
+            &env.path,
+            env.ingress_expiry.unwrap(),
+            &nonce,
+            &body,
+        );
+        let key = key.map(|k| k.verifying_key().to_bytes());
+        cellar_types::api::request_id(key.as_ref(), &payload)
+    }
+
+    /// Two replicas fed the same finalized batches record the same ingress
+    /// history: a signed and an unsigned call answer the same status and
+    /// reply on both (under the ids the HTTP layer gave them, whatever tag
+    /// the sending replica claimed), to their senders only; the same
+    /// unsigned request sent again (through another replica: another
+    /// nonce) is not executed again; and a node reopened from its
+    /// checkpoint has the history.
+    #[test]
+    fn replicas_fed_the_same_batches_answer_the_same_statuses() {
+        let counter = cellar_examples::get("counter").expect("the counter example");
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let caller = Principal::self_authenticating(key.verifying_key().as_bytes());
+        let anonymous = Principal::anonymous();
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let open = |d: &tempfile::TempDir| {
+            let node = Node::open(NodeOptions::new(d.path())).unwrap();
+            node.set_replica_sink(Box::new(|_, _| Err("no consensus here".into())));
+            node
+        };
+        let nodes: Vec<Node> = dirs.iter().map(open).collect();
+        let create = item(
+            Ingress {
+                request: None,
+                caller: anonymous.clone(),
+                op: Op::CreateWithModule {
+                    controllers: vec![anonymous.clone()],
+                    module_hash: HEXLOWER
+                        .encode(&<sha2::Sha256 as sha2::Digest>::digest(counter.wasm)),
+                    arg: counter.init_arg.map(str::to_string),
+                },
+            },
+            1,
+            None,
+        );
+        let create = {
+            let mut r: ReplicatedRequest = serde_json::from_slice(&create.1).unwrap();
+            r.attachment = Some(data_encoding::BASE64.encode(counter.wasm));
+            ([1; 32], serde_json::to_vec(&r).unwrap())
+        };
+        for node in &nodes {
+            node.apply_finalized(1, T, std::slice::from_ref(&create))
+                .unwrap();
+        }
+        let canister = nodes[0].list()[0].canister_id.clone();
+        let path = format!("/api/v1/canisters/{}/submit", canister.to_text());
+        let expiry = T + 60 * 1_000_000_000;
+        let wave = serde_json::to_vec(&CallRequest::wave("increment", "")).unwrap();
+        let json =
+            serde_json::to_vec(&CallRequest::json("increment", serde_json::json!([]))).unwrap();
+        let signed_env = envelope(&key, &path, &wave, expiry);
+        let unsigned_env = unsigned(&path, &json, expiry, 3);
+        let (signed_id, unsigned_id) = (
+            http_id(&signed_env, Some(&key)),
+            http_id(&unsigned_env, None),
+        );
+        // The sending replica claims another id: it is not believed.
+        let json_call = || {
+            let mut c = call(&anonymous, &canister, "increment");
+            if let Op::Call { args, .. } = &mut c.op {
+                *args = cellar_types::api::Args::Json(serde_json::json!([]));
+            }
+            c
+        };
+        let mut lying = json_call();
+        lying.request = Some(crate::journal::RequestTag {
+            id: signed_id.clone(),
+            expiry,
+            encoding: Default::default(),
+        });
+        let batch = vec![
+            item(call(&caller, &canister, "increment"), 0, Some(signed_env)),
+            item(lying, 4, Some(unsigned_env.clone())),
+        ];
+        for node in &nodes {
+            node.apply_finalized(2, T + 1, &batch).unwrap();
+        }
+        // The unsigned request again, under another nonce.
+        let again = vec![item(json_call(), 5, Some(unsigned_env))];
+        for node in &nodes {
+            node.apply_finalized(3, T + 2, &again).unwrap();
+        }
+        let statuses = |node: &Node| {
+            let signed = node.request_status(&signed_id, &caller).expect("signed");
+            let unsigned = node
+                .request_status(&unsigned_id, &anonymous)
+                .expect("unsigned");
+            assert!(node.request_status(&signed_id, &anonymous).is_none());
+            assert!(node.request_status(&unsigned_id, &caller).is_none());
+            (signed, unsigned)
+        };
+        let (signed, unsigned) = statuses(&nodes[0]);
+        assert_eq!(signed.status, RequestState::Replied);
+        assert!(matches!(
+            &signed.response,
+            Some(cellar_types::api::CallResponse::Replied { reply, .. }) if reply == "1"
+        ));
+        assert!(
+            matches!(
+                &unsigned.response,
+                Some(cellar_types::api::CallResponse::Replied { reply, .. }) if *reply == serde_json::json!(2)
+            ),
+            "{unsigned:?}"
+        );
+        assert_eq!(statuses(&nodes[1]), (signed.clone(), unsigned.clone()));
+        assert_eq!(nodes[0].state_hash(), nodes[1].state_hash());
+        let counted = nodes[0]
+            .query(
+                &anonymous,
+                &canister,
+                "get",
+                cellar_types::api::Args::Wave(String::new()),
+            )
+            .unwrap();
+        assert_eq!(
+            format!("{:?}", counted.result),
+            "Ok([U64(2)])",
+            "executed once each"
+        );
+        // Reopened from a checkpoint (its journal holds nothing after it).
+        nodes[1].checkpoint().unwrap();
+        let hash = nodes[1].state_hash();
+        drop(nodes);
+        let reopened = open(&dirs[1]);
+        assert_eq!(reopened.state_hash(), hash);
+        assert_eq!(statuses(&reopened), (signed, unsigned));
     }
 
     /// Two replicas fed the same finalized batches, one of them carrying a

@@ -3,10 +3,15 @@
 //!
 //! Every request that changes anything carries an ingress expiry and has an
 //! id derived from its signed content ([`cellar_types::api::request_id`]).
-//! [`Requests`] remembers each admitted id until its expiry, so the same
-//! signed request is refused as a replay for as long as it would otherwise
-//! be accepted; once it has expired it is refused as expired. The same table
-//! holds the status and result of each update for polling.
+//! [`Requests`] is the node-local part: it remembers each id admitted here
+//! until its expiry (with [`Node::knows_request`], the replicated ingress
+//! history of executed requests, the HTTP layer refuses a replay for as
+//! long as the request would otherwise be accepted; once it has expired it
+//! is refused as expired), and the status of requests admitted here and
+//! not yet in the history (received, processing before their round, or
+//! refused before reaching one). Once a round inducts a request its status
+//! comes from the history (`history.rs`), the same on every replica and
+//! across restarts.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +61,9 @@ pub enum Refusal {
     /// The table is full.
     #[error("the node tracks too many requests; retry later")]
     Full,
+    /// The ingress history is full.
+    #[error("the ingress history is full; retry later")]
+    HistoryFull,
 }
 
 /// Checks an ingress expiry against the time `now` (both nanoseconds).
@@ -95,25 +103,6 @@ impl Requests {
         Requests {
             table: Mutex::new(Table::default()),
             capacity,
-        }
-    }
-
-    /// Remembers requests admitted before a restart (see
-    /// [`Node::journaled_requests`]) so that their replay is refused until
-    /// they expire. Their results are gone: their status reads unknown.
-    pub fn restore(&self, requests: impl IntoIterator<Item = (String, u64)>) {
-        let mut table = self.table.lock().expect("request table");
-        for (id, expiry) in requests {
-            table.by_expiry.insert((expiry, id.clone()));
-            table.entries.insert(
-                id,
-                Entry {
-                    expiry,
-                    caller: Principal::anonymous(),
-                    state: RequestState::Unknown,
-                    response: None,
-                },
-            );
         }
     }
 
@@ -164,42 +153,6 @@ impl Requests {
         }
     }
 
-    /// Records the progress of a request that may not have been admitted
-    /// here: a replica learns of requests other replicas received when
-    /// consensus orders them, and keeps their statuses so the sender can
-    /// poll any replica. Past the capacity nothing new is recorded.
-    pub fn record(
-        &self,
-        id: &str,
-        caller: &Principal,
-        expiry: u64,
-        state: RequestState,
-        response: Option<CallResponse>,
-    ) {
-        let mut table = self.table.lock().expect("request table");
-        if let Some(entry) = table.entries.get_mut(id) {
-            // Never go back from an answer to "processing".
-            if !entry.state.is_done() || state.is_done() {
-                entry.state = state;
-                entry.response = response;
-            }
-            return;
-        }
-        if table.entries.len() >= self.capacity {
-            return;
-        }
-        table.entries.insert(
-            id.to_string(),
-            Entry {
-                expiry,
-                caller: caller.clone(),
-                state,
-                response,
-            },
-        );
-        table.by_expiry.insert((expiry, id.to_string()));
-    }
-
     /// A request's status as `caller` may see it: only the sender reads a
     /// request's result; to anyone else (and after expiry) it is unknown.
     pub fn status(&self, id: &str, caller: &Principal, now: u64) -> RequestStatus {
@@ -209,11 +162,15 @@ impl Requests {
                 request_id: id.to_string(),
                 status: entry.state,
                 response: entry.response.clone(),
+                round: None,
+                time_nanos: None,
             },
             _ => RequestStatus {
                 request_id: id.to_string(),
                 status: RequestState::Unknown,
                 response: None,
+                round: None,
+                time_nanos: None,
             },
         }
     }
@@ -260,7 +217,7 @@ pub fn call_response(outcome: CallOutcome, encoding: ReplyEncoding) -> CallRespo
 pub(crate) fn refused_response(e: &NodeError) -> CallResponse {
     let code = match e {
         NodeError::NotFound(_) | NodeError::NotController { .. } => RejectCode::DestinationInvalid,
-        NodeError::Internal(_) => RejectCode::SystemTransient,
+        NodeError::Internal(_) | NodeError::Overloaded(_) => RejectCode::SystemTransient,
         _ => RejectCode::SystemFatal,
     };
     CallResponse::Rejected {
@@ -378,7 +335,7 @@ fn run_job(node: &Node, requests: &Arc<Requests>, metrics: &Arc<Metrics>, job: J
     let started = Instant::now();
     let Job {
         request_id,
-        tag,
+        mut tag,
         envelope,
         caller,
         canister,
@@ -392,6 +349,9 @@ fn run_job(node: &Node, requests: &Arc<Requests>, metrics: &Arc<Metrics>, job: J
         reply_encoding,
         ..
     } = request;
+    if let Some(tag) = &mut tag {
+        tag.encoding = reply_encoding;
+    }
     let recorded_method = method.clone();
     let recorded_canister = canister.clone();
     // In replica mode this runs when a finalized batch answered the
@@ -489,54 +449,6 @@ mod tests {
         );
         assert_eq!(
             requests.status("zz", &alice, later).status,
-            RequestState::Unknown
-        );
-    }
-
-    #[test]
-    fn statuses_recorded_from_consensus_never_go_back_and_stay_bounded() {
-        let requests = Requests::new(2);
-        let alice = Principal::self_authenticating(&[1; 32]);
-        let now = 1_000 * S;
-        let replied = CallResponse::Replied {
-            reply: serde_json::json!("1"),
-            instructions: 5,
-        };
-        // Received elsewhere: recorded as processing, then replied.
-        requests.record("x", &alice, now + 10 * S, RequestState::Processing, None);
-        assert_eq!(
-            requests.status("x", &alice, now).status,
-            RequestState::Processing
-        );
-        requests.record(
-            "x",
-            &alice,
-            now + 10 * S,
-            RequestState::Replied,
-            Some(replied.clone()),
-        );
-        // A late "processing" does not hide the answer.
-        requests.record("x", &alice, now + 10 * S, RequestState::Processing, None);
-        let status = requests.status("x", &alice, now);
-        assert_eq!(status.status, RequestState::Replied);
-        assert_eq!(status.response, Some(replied));
-        // Only the sender reads it.
-        let bob = Principal::self_authenticating(&[2; 32]);
-        assert_eq!(
-            requests.status("x", &bob, now).status,
-            RequestState::Unknown
-        );
-        // A recorded request is a replay here too.
-        assert_eq!(
-            requests.admit("x", &alice, Some(now + 10 * S), now),
-            Err(Refusal::Replay("x".into()))
-        );
-        // Bounded: past the capacity nothing new is recorded.
-        requests.record("y", &alice, now + 10 * S, RequestState::Processing, None);
-        requests.record("z", &alice, now + 10 * S, RequestState::Processing, None);
-        assert_eq!(requests.len(), 2);
-        assert_eq!(
-            requests.status("z", &alice, now).status,
             RequestState::Unknown
         );
     }

@@ -26,17 +26,19 @@ use cellar_engine::{
     CallArgs, MessageKind, MessageOutcome, PausedExecution, Progress, Val, decode_results_wave,
     execute, execute_sliced, results_to_wave,
 };
-use cellar_types::api::{Args, RunStatus};
+use cellar_types::api::{Args, CallResponse, RunStatus};
 use cellar_types::{Principal, Reject, RejectCode};
 
 use crate::canister::Canister;
 use crate::cycles;
+use crate::history::HistoryRefusal;
 use crate::journal::{Op, Record};
 use crate::messages::{Answer, IngressId, InputMessage, OpenContext, Origin, OutstandingCall};
 use crate::node::{
     Applied, CallOutcome, Node, NodeError, Registry, Step, message_context, random_seed,
     to_call_args,
 };
+use crate::requests::{call_response, refused_response};
 use crate::scheduler::{self, Summary};
 
 /// What a round answers: the ingress messages it finished.
@@ -101,11 +103,39 @@ impl Node {
     pub(crate) fn execute_round(&self, record: &Record) -> Answered {
         let (round, time) = (record.round, record.time_nanos);
         let mut answered = Answered::new();
+        self.history
+            .lock()
+            .expect("history lock")
+            .prune(time, round);
         for (index, ingress) in record.ingress.iter().enumerate() {
             let id = IngressId {
                 round,
                 index: index as u32,
             };
+            if let Some(tag) = &ingress.request {
+                let inducted = self.history.lock().expect("history lock").induct(
+                    &tag.id,
+                    &ingress.caller,
+                    tag.expiry,
+                    tag.encoding,
+                    id,
+                    round,
+                    time,
+                );
+                // Refused alike on every replica: a full history, or a
+                // request executed before.
+                match inducted {
+                    Ok(()) => {}
+                    Err(e @ HistoryRefusal::Full) => {
+                        answered.push((id, Err(NodeError::Overloaded(e.to_string()))));
+                        continue;
+                    }
+                    Err(e @ HistoryRefusal::Duplicate(_)) => {
+                        answered.push((id, Err(NodeError::BadRequest(e.to_string()))));
+                        continue;
+                    }
+                }
+            }
             match &ingress.op {
                 Op::Call {
                     id: canister,
@@ -250,7 +280,33 @@ impl Node {
         }
         registry.round = round;
         registry.time_nanos = time;
+        drop(registry);
+        self.record_fates(&answered, round, time);
         answered
+    }
+
+    /// Records in the ingress history the result of every request the
+    /// round answered (those inducted with an id).
+    fn record_fates(&self, answered: &Answered, round: u64, time: u64) {
+        let mut history = self.history.lock().expect("history lock");
+        for (at, result) in answered {
+            let Some(encoding) = history.processing_at(*at) else {
+                continue;
+            };
+            let response = match result {
+                Ok(Applied::Call(outcome)) => call_response(outcome.clone(), encoding),
+                Ok(Applied::Created(id)) => CallResponse::Replied {
+                    reply: serde_json::Value::String(id.to_text()),
+                    instructions: 0,
+                },
+                Ok(_) => CallResponse::Replied {
+                    reply: serde_json::Value::Null,
+                    instructions: 0,
+                },
+                Err(e) => refused_response(e),
+            };
+            history.finish(*at, response, round, time);
+        }
     }
 
     /// Puts an ingress call into its canister's input queue, or answers it

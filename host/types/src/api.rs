@@ -416,6 +416,10 @@ pub enum RequestState {
     Replied,
     /// Done: the message was rejected (by the canister or the system).
     Rejected,
+    /// Done, and its result dropped: the request's ingress expiry passed
+    /// (the id is still remembered for a while, so it is not executed
+    /// again).
+    Done,
     /// Never seen, or forgotten after its expiry.
     Unknown,
 }
@@ -437,6 +441,13 @@ pub struct RequestStatus {
     /// The result once replied or rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<CallResponse>,
+    /// The round of the last change, once a round inducted the request
+    /// (from the replicated ingress history: the same on every replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u64>,
+    /// That round's time (ns since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_nanos: Option<u64>,
 }
 
 /// The replicated state of one canister a client may read.

@@ -740,7 +740,7 @@ mod tests {
                 chunks: BTreeSet::new(),
             }],
             scheduler_policy: None,
-            requests: vec![],
+            history: vec![],
             consensus_policy: None,
         };
         store

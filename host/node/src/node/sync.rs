@@ -42,7 +42,7 @@ struct Adopted {
     registry: Registry,
     scheduler_policy: Option<(String, SchedulerPolicy)>,
     consensus_change: Option<(u64, String)>,
-    requests: Vec<RequestTag>,
+    history: IngressHistory,
 }
 
 impl Adopted {
@@ -53,6 +53,7 @@ impl Adopted {
             canisters: self.registry.canisters.clone(),
             policy: self.scheduler_policy.as_ref().map(|(h, _)| h.clone()),
             consensus: self.consensus_change.clone(),
+            history: self.history.hash(),
         }
         .hash()
     }
@@ -414,10 +415,7 @@ impl Node {
         *self.registry.write().expect("registry lock") = checked.registry;
         *self.scheduler_policy.write().expect("policy lock") = checked.scheduler_policy;
         *self.consensus_change.lock().expect("consensus lock") = checked.consensus_change;
-        self.journaled_requests
-            .lock()
-            .expect("requests lock")
-            .extend(checked.requests.into_iter().map(|t| (t.id, t.expiry)));
+        *self.history.lock().expect("history lock") = checked.history;
         // The journal restarts after the installed checkpoint.
         let new_path = journal_path(&self.state_dir, round + 1);
         drop(writer.take());
@@ -502,7 +500,7 @@ impl Node {
             registry,
             scheduler_policy,
             consensus_change: loaded.consensus_policy,
-            requests: loaded.requests,
+            history: IngressHistory::from_entries(self.options.ingress_history, loaded.history),
         })
     }
 }
