@@ -356,8 +356,7 @@ impl ConsensusNode {
         let mut out = Vec::new();
         match artifact {
             Artifact::Ingress(msg) => {
-                if self.known_executed(&msg) || self.ingress.insert(msg, self.now_ms).is_err()
-                {
+                if self.known_executed(&msg) || self.ingress.insert(msg, self.now_ms).is_err() {
                     self.stats.ignored += 1;
                 }
             }

@@ -466,16 +466,24 @@ fn parse_option(reply: &str) -> Result<Option<u64>, String> {
         .ok_or_else(|| format!("not an option<u64>: {reply:?}"))
 }
 
+/// An agent of every replica, `first` first, then the others in order.
+fn fallback_agent(urls: &[String], first: usize, identity: &Identity) -> Agent {
+    let rotated: Vec<String> = (0..urls.len())
+        .map(|k| urls[(first + k) % urls.len()].clone())
+        .collect();
+    Agent::with_urls(&rotated, identity.clone(), agent_options())
+}
+
+fn agent_options() -> AgentOptions {
+    AgentOptions {
+        ingress_expiry: Duration::from_secs(240),
+        max_wait: Duration::from_secs(10),
+        timeout: Duration::from_secs(5),
+    }
+}
+
 fn agent_for(url: &str, identity: &Identity) -> Agent {
-    Agent::with_options(
-        url,
-        identity.clone(),
-        AgentOptions {
-            ingress_expiry: Duration::from_secs(240),
-            max_wait: Duration::from_secs(10),
-            timeout: Duration::from_secs(5),
-        },
-    )
+    Agent::with_options(url, identity.clone(), agent_options())
 }
 
 /// `CELLAR_HISTORY_READS=query`: the clients read by query instead of
@@ -490,7 +498,7 @@ fn reads_as_queries() -> bool {
 #[allow(clippy::too_many_arguments)]
 fn run_op(
     client: usize,
-    agents: &[Agent],
+    agent: &Agent,
     replica: usize,
     id: &Principal,
     key: &str,
@@ -505,7 +513,7 @@ fn run_op(
     let invoke = since(start);
     let (request_id, outcome) = if put.is_none() && reads_as_queries() {
         // The control: a query answers from the replica's own state.
-        let outcome = match agents[replica].query(id, &request) {
+        let outcome = match agent.query(id, &request) {
             Ok(CallResponse::Replied { reply, .. }) => Outcome::Replied {
                 reply: reply.as_str().unwrap_or_default().to_string(),
                 at: since(start),
@@ -515,7 +523,7 @@ fn run_op(
         };
         (None, outcome)
     } else {
-        update(&agents[replica], id, &request, start, timeout)
+        update(agent, id, &request, start, timeout)
     };
     let op = match (&outcome, put) {
         (Outcome::Replied { at, .. }, Some(v)) => Op::put(client, key, v, invoke, Some(*at)),
@@ -548,7 +556,6 @@ fn client_loop(
     stop_at: Instant,
     timeout: Duration,
 ) -> Vec<Record> {
-    let agents: Vec<Agent> = urls.iter().map(|u| agent_for(u, &identity)).collect();
     let mut rng = SplitMix64(seed ^ (client as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
     let mut records = Vec::new();
     let max_ops = 100_000;
@@ -561,9 +568,13 @@ fn client_loop(
             (client as u64 + 1) * 1_000_000_000 + seq
         });
         let remaining = stop_at.saturating_duration_since(Instant::now());
+        // As a user's agent does: this replica first, the others when it
+        // does not answer (the request's fate is replicated, so polling
+        // another replica finds it).
+        let agent = fallback_agent(&urls, replica, &identity);
         let record = run_op(
             client,
-            &agents,
+            &agent,
             replica,
             &id,
             key,
@@ -759,12 +770,13 @@ fn run(config: Config) {
             let identity = identities[0].clone();
             let client = config.clients + replica;
             std::thread::spawn(move || {
-                let agents: Vec<Agent> = urls.iter().map(|u| agent_for(u, &identity)).collect();
+                // This replica only: every replica must answer.
+                let agent = agent_for(&urls[replica], &identity);
                 let mut out = Vec::new();
                 for _ in 0..2 {
                     let record = run_op(
                         client,
-                        &agents,
+                        &agent,
                         replica,
                         &id,
                         key,

@@ -314,6 +314,19 @@ pub(crate) fn verify_request(
     settle_request(claim, holds, d, time_nanos)
 }
 
+/// The request id an ingress item claims (a signed request's, or an
+/// unsigned one's from the HTTP request it carries), without checking its
+/// signature: enough to ask the ingress history whether it was executed
+/// (a forged claim only keeps the forgery out of this node's pool).
+pub(crate) fn claimed_request_id(id: &[u8; 32], content: &[u8]) -> Option<String> {
+    let decoded = decode_request(content)?;
+    match claim_request(id, content, &decoded) {
+        Ok(Some(signed)) => Some(signed.claim.authenticated.request_id),
+        Ok(None) => request_tag(&decoded, None, 0).ok().flatten().map(|t| t.id),
+        Err(_) => None,
+    }
+}
+
 /// A signed request's claim ([`claim_request`]) with its decoded body,
 /// which [`settle_request`] checks against the operation.
 pub(crate) struct SignedClaim {
@@ -932,6 +945,11 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
         "consensus log restored"
     );
     consensus.restore(signed);
+    // Messages the state executed are not pooled again (late gossip).
+    let history = node.clone();
+    consensus.set_executed_ingress(Box::new(move |msg: &IngressMessage| {
+        claimed_request_id(&msg.id().0, &msg.content).is_some_and(|id| history.knows_request(&id))
+    }));
     // Policy changes the replicated state holds (checkpoint and journal).
     let mut changes = node.take_consensus_changes();
     changes.extend(node.consensus_change());
