@@ -3,6 +3,7 @@
 //! tests record.
 
 pub mod linearizability;
+pub mod rng;
 
 use std::path::Path;
 

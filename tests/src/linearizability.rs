@@ -995,20 +995,7 @@ mod tests {
         assert!(check(&ok).linearizable());
     }
 
-    /// splitmix64: the tests' own seeded generator.
-    struct SplitMix(u64);
-    impl SplitMix {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::rng::SplitMix64 as SplitMix;
 
     /// Random histories of a real linearizable register: each op takes
     /// effect at a random point inside its interval; some puts lose their

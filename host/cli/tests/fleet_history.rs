@@ -83,23 +83,8 @@ fn cellar_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(CELLAR))
 }
 
-/// splitmix64: the fault schedule's and the clients' seeded generator.
-#[derive(Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+// The fault schedule's and the clients' seeded generator.
+use cellar_tests::rng::SplitMix64;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
