@@ -183,6 +183,9 @@ pub struct ConsensusNode {
     /// The highest height whose notarization or finalization this node's
     /// share is part of (its shares count again after a restart).
     counted: Option<Height>,
+    /// Nodes the environment currently hears nothing from (crashed,
+    /// restarting, cut off): see [`ConsensusNode::set_absent`].
+    absent: BTreeSet<NodeIndex>,
     /// Last delivered height, its block and time.
     delivered: (Height, BlockHash, u64),
     awaiting_state: BTreeMap<Height, (BlockHash, u64, RandomBeacon)>,
@@ -227,6 +230,7 @@ impl ConsensusNode {
             ranks: BTreeMap::new(),
             commitments: Commitments::default(),
             counted: None,
+            absent: BTreeSet::new(),
             delivered,
             awaiting_state: BTreeMap::new(),
             reported: BTreeSet::new(),
@@ -283,6 +287,33 @@ impl ConsensusNode {
     fn known_executed(&self, msg: &IngressMessage) -> bool {
         self.finalized_ingress.contains_key(&msg.id())
             || self.executed_ingress.as_ref().is_some_and(|f| f(msg))
+    }
+
+    /// The nodes this node currently hears nothing from. A block maker
+    /// ranked below an absent one does not wait for it: its block maker
+    /// and notary delays are those of its rank among the makers that are
+    /// present (rank r with k absent makers ranked before it waits as rank
+    /// r − k). Delays matter for liveness only (agreement never depends on
+    /// them), so a wrong guess costs at most a block that loses to a
+    /// better-ranked one; a right one saves the rank delay at every height
+    /// whose best-ranked maker is down.
+    pub fn set_absent(&mut self, absent: impl IntoIterator<Item = NodeIndex>) {
+        let me = self.secret.index;
+        self.absent = absent.into_iter().filter(|&i| i != me).collect();
+    }
+
+    /// The rank whose delays apply to a block of rank `rank` at `h`: its
+    /// rank among the makers that are not absent.
+    fn rank_for_delay(&self, h: Height, rank: u32) -> u32 {
+        let Some(ranks) = self.ranks.get(&h) else {
+            return rank;
+        };
+        let before = self
+            .absent
+            .iter()
+            .filter(|&&i| ranks.get(i as usize).is_some_and(|&r| r < rank))
+            .count() as u32;
+        rank.saturating_sub(before)
     }
 
     /// The highest height at which a notarization or finalization this

@@ -88,6 +88,9 @@ pub struct SimConfig {
     pub delays: IccDelays,
     /// Submit one ingress message to a random node this often (ms); 0 for none.
     pub ingress_every_ms: u64,
+    /// Tell every node which nodes are down at each tick
+    /// ([`ConsensusNode::set_absent`]), as a replica's transport does.
+    pub detect_absent: bool,
 }
 
 impl Default for SimConfig {
@@ -107,6 +110,7 @@ impl Default for SimConfig {
             policy_factory: None,
             delays: IccDelays::default(),
             ingress_every_ms: 50,
+            detect_absent: false,
         }
     }
 }
@@ -544,6 +548,13 @@ impl Simulation {
                 if !n.up {
                     return;
                 }
+                if self.cfg.detect_absent {
+                    let down: Vec<NodeIndex> = (0..self.cfg.n)
+                        .filter(|&j| !self.nodes[j as usize].up)
+                        .collect();
+                    self.nodes[i as usize].node.set_absent(down);
+                }
+                let n = &mut self.nodes[i as usize];
                 let actions = n.node.on_tick(self.now);
                 self.apply(i, actions);
                 if self.nodes[i as usize].behavior == Behavior::Garbage {

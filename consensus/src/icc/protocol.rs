@@ -164,7 +164,9 @@ impl ConsensusNode {
         let Some(rank) = self.rank_of(h, me, out) else {
             return false;
         };
-        let (delay, err) = self.policy.block_maker_delay_ms(rank);
+        let (delay, err) = self
+            .policy
+            .block_maker_delay_ms(self.rank_for_delay(h, rank));
         self.report(err, out);
         if self.now_ms < start.saturating_add(delay) {
             return false;
@@ -275,7 +277,7 @@ impl ConsensusNode {
         if self.notarized_time(h - 1, &proposal.block.parent).is_none() {
             return false;
         }
-        let (delay, err) = self.policy.notary_delay_ms(rank);
+        let (delay, err) = self.policy.notary_delay_ms(self.rank_for_delay(h, rank));
         self.report(err, out);
         if self.now_ms < start.saturating_add(delay) {
             return false;

@@ -998,6 +998,7 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
         chain_requests: 0,
         last_chain_request_ms: 0,
         chain_served: BTreeMap::new(),
+        last_heard: BTreeMap::new(),
         stalled: false,
         recent: VecDeque::new(),
         recent_batches: config.recent_batches.max(1),
@@ -1069,6 +1070,9 @@ struct Replica {
     last_chain_request_ms: u64,
     /// When each peer's chain request was last answered (ms).
     chain_served: BTreeMap<u32, u64>,
+    /// When this replica last heard from each peer (ms): consensus does
+    /// not wait for the rank of a peer it has not heard from lately.
+    last_heard: BTreeMap<u32, u64>,
     /// Execution cannot continue (it would need state sync).
     stalled: bool,
     /// The last batches executed, served to replicas catching up.
@@ -1131,6 +1135,10 @@ pub const RECENT_BATCHES: usize = 8192;
 /// The consensus log is rewritten without the entries below the saved
 /// catch-up package once it holds more than this many.
 const LOG_COMPACT_ENTRIES: usize = 4096;
+
+/// A peer not heard from for this long is absent (its rank not waited
+/// for); live peers send shares at every height, several times a second.
+const ABSENT_AFTER_MS: u64 = 1_000;
 
 /// How many times a restarted replica asks for the recent chain, and how
 /// often (its peers may not be connected yet at the first ask).
@@ -1249,6 +1257,7 @@ impl Replica {
         loop {
             let actions = tokio::select! {
                 Some(r) = inbound.recv() => {
+                    self.last_heard.insert(r.from, now_ms());
                     if r.artifact.kind() == SYNC_KIND {
                         self.on_sync(r).await;
                         continue;
@@ -1279,6 +1288,7 @@ impl Replica {
                     }
                 },
                 _ = tick.tick() => {
+                    self.note_absent();
                     self.maybe_request_chain();
                     self.maybe_request_sync();
                     self.maybe_request_state();
@@ -1290,6 +1300,25 @@ impl Replica {
             self.act(actions).await;
             self.note_rejoin();
         }
+    }
+
+    /// Tells consensus which peers it has heard nothing from for
+    /// [`ABSENT_AFTER_MS`] while it hears from others (every live replica
+    /// sends shares at every height): their ranks are not waited for.
+    fn note_absent(&mut self) {
+        let now = now_ms();
+        let me = self.consensus.index();
+        let heard = |at: Option<&u64>| at.is_some_and(|&t| now < t + ABSENT_AFTER_MS);
+        if !self.last_heard.values().any(|t| heard(Some(t))) {
+            // Hearing from nobody: this replica is the one cut off.
+            self.consensus.set_absent([]);
+            return;
+        }
+        let peers = (self.subnet_peers + 1) as u32;
+        let absent: Vec<u32> = (0..peers)
+            .filter(|&p| p != me && !heard(self.last_heard.get(&p)))
+            .collect();
+        self.consensus.set_absent(absent);
     }
 
     /// Until its shares count again, a replica asks its peers for the
