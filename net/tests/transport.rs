@@ -537,9 +537,8 @@ async fn a_killed_peer_is_reconnected_after_it_restarts() {
         "node 0 redialed {:?} after the restart",
         restarted.elapsed()
     );
-    assert_eq!(
-        nodes[0].net.stats().returns,
-        1,
+    assert!(
+        nodes[0].net.stats().returns >= 1,
         "redialed because node 2 came back, not after its connection failed"
     );
     child.kill().unwrap();
