@@ -188,12 +188,19 @@ impl SimNode {
     /// node executed at that height.
     fn check_executed(&mut self, cup: &CatchUpPackage) {
         let c = &cup.content;
-        if c.height <= self.executed
-            && let Some(mine) = self.delivered.iter().rev().find(|b| b.height == c.height)
-            && mine.block != c.block
+        if c.height <= self.executed && self.executed_block(c.height).is_some_and(|b| b != c.block)
         {
             self.forks += 1;
         }
+    }
+
+    /// The block it delivered (executed) at `height`, if it did.
+    fn executed_block(&self, height: Height) -> Option<Hash32> {
+        self.delivered
+            .iter()
+            .rev()
+            .find(|b| b.height == height)
+            .map(|b| b.block)
     }
 }
 
@@ -631,8 +638,9 @@ impl Simulation {
                     Action::Deliver(batch) if batch.height <= self.nodes[i as usize].executed => {
                         // Executed before a reboot: the same block, or a fork.
                         let n = &mut self.nodes[i as usize];
-                        let mine = n.delivered.iter().rev().find(|b| b.height == batch.height);
-                        if mine.is_some_and(|b| b.block != batch.block) {
+                        if n.executed_block(batch.height)
+                            .is_some_and(|b| b != batch.block)
+                        {
                             n.forks += 1;
                         } else if batch.needs_state_hash
                             && let Some(s) = n.reported.get(&batch.height).copied()

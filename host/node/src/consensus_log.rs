@@ -23,7 +23,7 @@
 //! (write, sync, rename, sync the directory).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use cellar_consensus::signed::Signed;
@@ -100,7 +100,6 @@ impl ConsensusLog {
             file.set_len(good as u64)?;
             file.sync_data()?;
         }
-        use std::io::Seek;
         file.seek(io::SeekFrom::End(0))?;
         Ok(ConsensusLog {
             file,
@@ -162,14 +161,7 @@ impl ConsensusLog {
         for e in &kept {
             encode(e, &mut buf);
         }
-        let tmp = self.path.with_extension("log.tmp");
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
-        sync_dir(&self.path)?;
+        write_durably(&self.path, &buf)?;
         self.file = OpenOptions::new().append(true).open(&self.path)?;
         self.entries = kept;
         self.dirty = false;
