@@ -38,8 +38,8 @@ use cellar_engine::{
 };
 use cellar_types::{Principal, Reject, RejectCode};
 
-use crate::canister::Canister;
-use crate::messages::Answer;
+use cellar_state::canister::Canister;
+use cellar_state::messages::Answer;
 use crate::node::{Node, ResolvedCall, message_context, random_seed};
 use crate::round::{call_result_val, request_args};
 

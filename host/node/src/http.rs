@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use crate::auth::{AuthError, Credentials, authenticate};
 use crate::certify::{NODE_KEY_FILE, NodeKey};
 use crate::dashboard;
-use crate::journal::RequestTag;
+use cellar_state::journal::RequestTag;
 use crate::metrics::{Gauges, Kind, Metrics};
 use crate::node::{Node, NodeError};
 use crate::replica::{Envelope, with_envelope};

@@ -8,37 +8,31 @@
 //!   rounds are the batches ICC consensus finalizes.
 
 mod auth;
-mod canister;
 pub mod certify;
-mod checkpoint;
-mod checkpoint_writer;
 pub mod composite;
 mod consensus_log;
 mod cycles;
 mod dashboard;
-pub mod history;
 pub mod http;
-mod journal;
-mod messages;
 pub mod metrics;
 mod node;
 pub mod replica;
 pub mod requests;
 mod round;
 mod scheduler;
-mod state_hash;
 pub mod state_sync;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use canister::{Canister, INITIAL_CYCLES, MAX_LOG_ENTRIES};
+pub use cellar_state::{Canister, INITIAL_CYCLES, MAX_LOG_ENTRIES};
 pub use cellar_engine as engine;
-pub use checkpoint::{CheckpointStats, CheckpointView, Part, PartInfo};
-pub use journal::{Durability, RequestTag};
+pub use cellar_state::{CheckpointStats, CheckpointView, Durability, Part, PartInfo, RequestTag};
+pub use cellar_state::{genesis_state_hash, history};
+pub use cellar_state as state;
 pub use node::{
-    CallOutcome, Certified, Node, NodeError, NodeOptions, Staging, SyncSource, genesis_state_hash,
+    CallOutcome, Certified, Node, NodeError, NodeOptions, Staging, SyncSource,
 };
 
 use cellar_types::Principal;

@@ -27,13 +27,14 @@ use cellar_types::{Principal, Reject, RejectCode};
 use data_encoding::HEXLOWER;
 use sha2::{Digest, Sha256};
 
-use crate::canister::Canister;
-use crate::checkpoint::{CheckpointStats, Checkpointer};
-use crate::checkpoint_writer::{CheckpointWriter, Snapshot};
-use crate::history::{HistoryLimits, IngressHistory};
-use crate::journal::{Durability, Ingress, Journal, Op, Record, RequestTag, read_records};
-use crate::messages::IngressId;
-use crate::state_hash;
+use cellar_state::canister::Canister;
+use cellar_state::checkpoint::{CheckpointStats, Checkpointer};
+use cellar_state::checkpoint_writer::{CheckpointWriter, Snapshot};
+use cellar_state::history::{HistoryLimits, IngressHistory};
+use cellar_state::journal::{Durability, Ingress, Journal, Op, Record, RequestTag, read_records};
+use cellar_state::messages::IngressId;
+use cellar_state::registry::Registry;
+use cellar_state::state_hash::StateSnapshot;
 
 mod chunks;
 mod sync;
@@ -129,7 +130,7 @@ pub struct NodeOptions {
     pub reply_timeout: Duration,
     /// Bounds of the ingress history (replicated state: the same on every
     /// replica of a subnet).
-    pub ingress_history: crate::history::HistoryLimits,
+    pub ingress_history: cellar_state::history::HistoryLimits,
 }
 
 impl NodeOptions {
@@ -150,43 +151,13 @@ impl NodeOptions {
             round_dirty_pages: 1 << 20,
             canister_round_dirty_pages: 1 << 19,
             max_batch: 1_000,
-            initial_cycles: crate::canister::INITIAL_CYCLES,
+            initial_cycles: cellar_state::canister::INITIAL_CYCLES,
             reply_timeout: Duration::from_secs(120),
-            ingress_history: crate::history::HistoryLimits::default(),
+            ingress_history: cellar_state::history::HistoryLimits::default(),
         }
     }
 }
 
-pub(crate) struct Registry {
-    pub(crate) canisters: BTreeMap<Principal, Canister>,
-    pub(crate) next_index: u64,
-    pub(crate) round: u64,
-    pub(crate) time_nanos: u64,
-    /// Canisters with messages in their input queue.
-    pub(crate) active: BTreeSet<Principal>,
-    /// Canisters with timers set.
-    pub(crate) timed: BTreeSet<Principal>,
-}
-
-impl Registry {
-    /// Recomputes whether `id` is active or timed after it changed.
-    pub(crate) fn reindex(&mut self, id: &Principal) {
-        let (active, timed) = match self.canisters.get(id) {
-            Some(c) => (c.messaging.has_work(), !c.state.timers.is_empty()),
-            None => (false, false),
-        };
-        if active {
-            self.active.insert(id.clone());
-        } else {
-            self.active.remove(id);
-        }
-        if timed {
-            self.timed.insert(id.clone());
-        } else {
-            self.timed.remove(id);
-        }
-    }
-}
 
 pub(crate) struct Writer {
     journal: Journal,
@@ -2074,63 +2045,3 @@ impl Node {
     }
 }
 
-/// The replicated state between two rounds (see [`Node::snapshot`]).
-pub(crate) struct StateSnapshot {
-    pub(crate) round: u64,
-    pub(crate) next_index: u64,
-    pub(crate) canisters: BTreeMap<Principal, Canister>,
-    /// Module hash of the scheduler policy in force; none: the built-in.
-    pub(crate) policy: Option<String>,
-    /// Replica mode: the last consensus-policy change (from height, module
-    /// hash); none: the genesis's policy.
-    pub(crate) consensus: Option<(u64, String)>,
-    /// The ingress history's hash; none when it is empty.
-    pub(crate) history: Option<[u8; 32]>,
-}
-
-impl StateSnapshot {
-    /// The state hash; the policies in force are folded in (a node on the
-    /// built-in scheduler policy and the genesis's consensus policy keeps
-    /// the plain hash).
-    pub(crate) fn hash(&self) -> [u8; 32] {
-        let mut hash = state_hash::hash(self.round, self.next_index, &self.canisters);
-        if let Some(policy) = &self.policy {
-            let mut hasher = Sha256::new();
-            hasher.update(hash);
-            hasher.update(b"scheduler-policy\0");
-            hasher.update(policy.as_bytes());
-            hash = hasher.finalize().into();
-        }
-        if let Some((from, policy)) = &self.consensus {
-            let mut hasher = Sha256::new();
-            hasher.update(hash);
-            hasher.update(b"consensus-policy\0");
-            hasher.update(from.to_le_bytes());
-            hasher.update(policy.as_bytes());
-            hash = hasher.finalize().into();
-        }
-        if let Some(history) = &self.history {
-            let mut hasher = Sha256::new();
-            hasher.update(hash);
-            hasher.update(b"ingress-history\0");
-            hasher.update(history);
-            hash = hasher.finalize().into();
-        }
-        hash
-    }
-}
-
-/// The state hash of the empty state every subnet starts from (round 0,
-/// no canisters, the built-in and genesis policies): the state hash of the
-/// genesis catch-up package.
-pub fn genesis_state_hash() -> [u8; 32] {
-    StateSnapshot {
-        round: 0,
-        next_index: 0,
-        canisters: BTreeMap::new(),
-        policy: None,
-        consensus: None,
-        history: None,
-    }
-    .hash()
-}

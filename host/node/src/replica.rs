@@ -42,8 +42,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc as tokio_mpsc;
 
 use crate::consensus_log::{ConsensusLog, Entry};
-use crate::journal::{Ingress, Op};
-use crate::messages::IngressId;
+use cellar_state::journal::{Ingress, Op};
+use cellar_state::messages::IngressId;
 use crate::node::{Applied, Node, NodeError, NodeOptions};
 use crate::node::{Staging, SyncSource};
 use crate::state_sync::{Fetch, Manifest, Progress};
@@ -80,7 +80,7 @@ pub(crate) fn request_tag(
     d: &Decoded,
     verified: Option<&crate::auth::Authenticated>,
     time_nanos: u64,
-) -> Result<Option<crate::journal::RequestTag>, String> {
+) -> Result<Option<cellar_state::journal::RequestTag>, String> {
     let Some(env) = &d.envelope else {
         return Ok(None);
     };
@@ -124,7 +124,7 @@ pub(crate) fn request_tag(
     };
     Ok(auth
         .ingress_expiry
-        .map(|expiry| crate::journal::RequestTag {
+        .map(|expiry| cellar_state::journal::RequestTag {
             id: auth.request_id,
             expiry,
             encoding,
@@ -694,9 +694,7 @@ impl Genesis {
     }
 }
 
-/// Heights between the finalized batch that changes the consensus policy
-/// and the height from which every replica runs the new one.
-pub const CONSENSUS_POLICY_LAG: u64 = 20;
+pub use cellar_state::journal::CONSENSUS_POLICY_LAG;
 
 /// The component a `PUT /api/v1/policy/consensus` body names: a shipped
 /// policy (`icc`, `round-robin`) or a module (base64).
@@ -786,7 +784,7 @@ pub fn new_subnet(addresses: &[SocketAddr]) -> anyhow::Result<(Genesis, Vec<Node
     let catch_up = cellar_consensus::catch_up::genesis(
         &dealing,
         now_ms(),
-        Hash32(crate::node::genesis_state_hash()),
+        Hash32(cellar_state::genesis_state_hash()),
     )?;
     let mut consensus = ConsensusConfig {
         catch_up_interval: 10,
@@ -2610,7 +2608,7 @@ mod tests {
             c
         };
         let mut lying = json_call();
-        lying.request = Some(crate::journal::RequestTag {
+        lying.request = Some(cellar_state::journal::RequestTag {
             id: signed_id.clone(),
             expiry,
             encoding: Default::default(),

@@ -29,13 +29,14 @@ use cellar_engine::{
 use cellar_types::api::{Args, CallResponse, RunStatus};
 use cellar_types::{Principal, Reject, RejectCode};
 
-use crate::canister::Canister;
+use cellar_state::canister::Canister;
 use crate::cycles;
-use crate::history::HistoryRefusal;
-use crate::journal::{Op, Record};
-use crate::messages::{Answer, IngressId, InputMessage, OpenContext, Origin, OutstandingCall};
+use cellar_state::registry::Registry;
+use cellar_state::history::HistoryRefusal;
+use cellar_state::journal::{Op, Record};
+use cellar_state::messages::{Answer, IngressId, InputMessage, OpenContext, Origin, OutstandingCall};
 use crate::node::{
-    Applied, CallOutcome, Node, NodeError, Registry, Step, message_context, random_seed,
+    Applied, CallOutcome, Node, NodeError, Step, message_context, random_seed,
     to_call_args,
 };
 use crate::requests::{call_response, refused_response};

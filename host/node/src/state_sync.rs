@@ -4,7 +4,7 @@
 //! [`Manifest`]: the height, the catch-up package certifying the state
 //! there, and the chunks that make it. Each chunk is a piece of at most
 //! [`PIECE_BYTES`] of an [`Item`]: a part of the checkpoint (its metadata,
-//! or a group of pages of one memory, see [`crate::checkpoint::Part`]) or a
+//! or a group of pages of one memory, see [`cellar_state::checkpoint::Part`]) or a
 //! module it names. The manifest gives every chunk's SHA-256; the serving
 //! replica reads chunks from an LSM snapshot of the checkpoint when they
 //! are asked for, so nothing is held in memory but the chunk being sent.
@@ -30,7 +30,7 @@ use cellar_consensus::keys::SubnetPublicKeys;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::Part;
+use cellar_state::checkpoint::Part;
 use crate::node::Certified;
 
 /// Bytes per chunk at most: a part of pages (256 pages and their indices)

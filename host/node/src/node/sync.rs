@@ -16,7 +16,7 @@
 use std::io::{Read, Seek, SeekFrom};
 
 use super::*;
-use crate::checkpoint::{CheckpointView, Listed, Loaded, Part, PartInfo, Plan};
+use cellar_state::checkpoint::{CheckpointView, Listed, Loaded, Part, PartInfo, Plan};
 use crate::state_sync::{ChunkInfo, Item, Sink, piece_of, pieces};
 
 /// The staging store's directory, under the state directory.
@@ -508,7 +508,7 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::Part;
+    use cellar_state::checkpoint::Part;
 
     fn wave(text: &str) -> Args {
         Args::Wave(text.to_string())
@@ -890,7 +890,7 @@ mod tests {
     fn the_genesis_state_hash_is_the_empty_nodes() {
         let dir = tempfile::tempdir().unwrap();
         let node = Node::open(options(dir.path())).unwrap();
-        assert_eq!(node.state_hash(), genesis_state_hash());
-        assert_ne!(genesis_state_hash(), [0; 32]);
+        assert_eq!(node.state_hash(), cellar_state::genesis_state_hash());
+        assert_ne!(cellar_state::genesis_state_hash(), [0; 32]);
     }
 }

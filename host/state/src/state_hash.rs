@@ -71,7 +71,7 @@ impl Encoder {
 /// zeros are never stored, so they do not change the hash).
 ///
 /// [`StableMemory::hash`]: cellar_engine::StableMemory::hash
-pub(crate) fn hash(
+pub fn hash(
     round: u64,
     next_index: u64,
     canisters: &BTreeMap<Principal, Canister>,
@@ -119,6 +119,67 @@ pub(crate) fn hash(
         }
     }
     e.0.finalize().into()
+}
+
+/// The replicated state between two rounds (see `Node::snapshot`).
+pub struct StateSnapshot {
+    pub round: u64,
+    pub next_index: u64,
+    pub canisters: BTreeMap<Principal, Canister>,
+    /// Module hash of the scheduler policy in force; none: the built-in.
+    pub policy: Option<String>,
+    /// Replica mode: the last consensus-policy change (from height, module
+    /// hash); none: the genesis's policy.
+    pub consensus: Option<(u64, String)>,
+    /// The ingress history's hash; none when it is empty.
+    pub history: Option<[u8; 32]>,
+}
+
+impl StateSnapshot {
+    /// The state hash; the policies in force are folded in (a node on the
+    /// built-in scheduler policy and the genesis's consensus policy keeps
+    /// the plain hash).
+    pub fn hash(&self) -> [u8; 32] {
+        let mut hash = hash(self.round, self.next_index, &self.canisters);
+        if let Some(policy) = &self.policy {
+            let mut hasher = Sha256::new();
+            hasher.update(hash);
+            hasher.update(b"scheduler-policy\0");
+            hasher.update(policy.as_bytes());
+            hash = hasher.finalize().into();
+        }
+        if let Some((from, policy)) = &self.consensus {
+            let mut hasher = Sha256::new();
+            hasher.update(hash);
+            hasher.update(b"consensus-policy\0");
+            hasher.update(from.to_le_bytes());
+            hasher.update(policy.as_bytes());
+            hash = hasher.finalize().into();
+        }
+        if let Some(history) = &self.history {
+            let mut hasher = Sha256::new();
+            hasher.update(hash);
+            hasher.update(b"ingress-history\0");
+            hasher.update(history);
+            hash = hasher.finalize().into();
+        }
+        hash
+    }
+}
+
+/// The state hash of the empty state every subnet starts from (round 0,
+/// no canisters, the built-in and genesis policies): the state hash of the
+/// genesis catch-up package.
+pub fn genesis_state_hash() -> [u8; 32] {
+    StateSnapshot {
+        round: 0,
+        next_index: 0,
+        canisters: BTreeMap::new(),
+        policy: None,
+        consensus: None,
+        history: None,
+    }
+    .hash()
 }
 
 #[cfg(test)]

@@ -15,6 +15,10 @@ use cellar_types::Principal;
 use cellar_types::api::{Args, InstallMode, ReplyEncoding};
 use serde::{Deserialize, Serialize};
 
+/// Heights between the finalized batch that changes the consensus policy
+/// and the height from which every replica runs the new one.
+pub const CONSENSUS_POLICY_LAG: u64 = 20;
+
 /// A state-changing request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
@@ -120,7 +124,7 @@ pub enum Op {
     },
     /// Replica mode: replace the subnet's consensus policy with the
     /// component stored under `modules/`, from the height this request
-    /// executes at plus [`crate::replica::CONSENSUS_POLICY_LAG`].
+    /// executes at plus [`CONSENSUS_POLICY_LAG`].
     SetConsensusPolicy {
         /// SHA-256 (hex) of the consensus-policy component.
         module_hash: String,

@@ -23,7 +23,7 @@ use crate::checkpoint::{CheckpointStats, Checkpointer, Loaded, Policies};
 use crate::journal::Durability;
 
 /// The replicated state at a round boundary, as a checkpoint writes it.
-pub(crate) struct Snapshot {
+pub struct Snapshot {
     /// Last round included.
     pub round: u64,
     /// That round's time.
@@ -74,7 +74,7 @@ impl InFlight {
 }
 
 /// Writes checkpoints on a background thread, one at a time.
-pub(crate) struct CheckpointWriter {
+pub struct CheckpointWriter {
     checkpointer: Arc<Mutex<Checkpointer>>,
     in_flight: Mutex<Option<InFlight>>,
     last: Arc<Mutex<CheckpointStats>>,
