@@ -24,13 +24,13 @@ use serde::de::DeserializeOwned;
 use crate::auth::{AuthError, Credentials, authenticate};
 use crate::certify::{NODE_KEY_FILE, NodeKey};
 use crate::dashboard;
-use cellar_state::journal::RequestTag;
 use crate::metrics::{Gauges, Kind, Metrics};
 use crate::node::{Node, NodeError};
 use crate::replica::{Envelope, with_envelope};
 use crate::requests::{
     DEFAULT_CAPACITY, Ingress, Job, Refusal, Requests, call_response, check_expiry, now_nanos,
 };
+use cellar_state::journal::RequestTag;
 
 /// An error answer.
 struct HttpError(StatusCode, String);

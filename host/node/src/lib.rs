@@ -9,31 +9,27 @@
 
 mod auth;
 pub mod certify;
-pub mod composite;
 mod consensus_log;
-mod cycles;
 mod dashboard;
 pub mod http;
 pub mod metrics;
 mod node;
 pub mod replica;
 pub mod requests;
-mod round;
-mod scheduler;
 pub mod state_sync;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use cellar_state::{Canister, INITIAL_CYCLES, MAX_LOG_ENTRIES};
 pub use cellar_engine as engine;
+pub use cellar_execution as execution;
+pub use cellar_execution::composite;
+pub use cellar_state as state;
+pub use cellar_state::{Canister, INITIAL_CYCLES, MAX_LOG_ENTRIES};
 pub use cellar_state::{CheckpointStats, CheckpointView, Durability, Part, PartInfo, RequestTag};
 pub use cellar_state::{genesis_state_hash, history};
-pub use cellar_state as state;
-pub use node::{
-    CallOutcome, Certified, Node, NodeError, NodeOptions, Staging, SyncSource,
-};
+pub use node::{CallOutcome, Certified, Node, NodeError, NodeOptions, Staging, SyncSource};
 
 use cellar_types::Principal;
 use cellar_types::api::InstallMode;

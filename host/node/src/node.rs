@@ -12,25 +12,28 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cellar_engine::{
-    CallArgs, CanisterCode, CodeCache, ExecutionState, Hook, InstallError, Limits, MessageContext,
-    MessageKind, MethodKind, SchedulerPolicy, Val, decode_args, execute,
+    CanisterCode, CodeCache, ExecutionState, Limits, MessageKind, MethodKind, SchedulerPolicy,
+    execute,
 };
+use cellar_types::Principal;
 use cellar_types::api::{
     Args, CanisterStatus, InstallMode, InterfaceInfo, LogEntry, MethodInfo, NodeStatus, PolicyInfo,
-    ReadState, RequestStatus, RunStatus,
+    ReadState, RequestStatus,
 };
-use cellar_types::{Principal, Reject, RejectCode};
 use data_encoding::HEXLOWER;
 use sha2::{Digest, Sha256};
 
+use cellar_execution::context::*;
+pub use cellar_execution::{Applied, CallOutcome, ExecutionConfig, Executor, NodeError};
+use cellar_state::ModuleStore;
 use cellar_state::canister::Canister;
 use cellar_state::checkpoint::{CheckpointStats, Checkpointer};
 use cellar_state::checkpoint_writer::{CheckpointWriter, Snapshot};
-use cellar_state::history::{HistoryLimits, IngressHistory};
+use cellar_state::history::IngressHistory;
 use cellar_state::journal::{Durability, Ingress, Journal, Op, Record, RequestTag, read_records};
 use cellar_state::messages::IngressId;
 use cellar_state::registry::Registry;
@@ -40,56 +43,6 @@ mod chunks;
 mod sync;
 pub(crate) use chunks::check_chunk_size;
 pub use sync::{Certified, Staging, SyncSource};
-
-/// Why a request could not be carried out (as opposed to a message that ran
-/// and was rejected, which is a [`CallOutcome`]).
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    /// No such canister.
-    #[error("canister {0} does not exist")]
-    NotFound(String),
-    /// The caller does not control the canister.
-    #[error("{caller} is not a controller of canister {canister}")]
-    NotController {
-        /// Who asked.
-        caller: String,
-        /// The canister.
-        canister: String,
-    },
-    /// The request is malformed or not possible in the canister's state.
-    #[error("{0}")]
-    BadRequest(String),
-    /// The request's signature does not hold (checked by every replica).
-    #[error("the request was refused: {0}")]
-    Unauthorized(String),
-    /// The module cannot be installed.
-    #[error("{0}")]
-    Install(#[from] InstallError),
-    /// A lifecycle hook failed; nothing changed.
-    #[error("{hook} failed, nothing was changed: {reject}")]
-    HookFailed {
-        /// The hook's name.
-        hook: &'static str,
-        /// Why.
-        reject: Reject,
-    },
-    /// The node cannot take the request now (the ingress history is
-    /// full); the same request may succeed later.
-    #[error("{0}")]
-    Overloaded(String),
-    /// Something went wrong inside the node.
-    #[error("internal error: {0:#}")]
-    Internal(#[from] anyhow::Error),
-}
-
-/// The result of a call that reached a canister.
-#[derive(Clone, Debug)]
-pub struct CallOutcome {
-    /// The reply values or the reject.
-    pub result: Result<Vec<Val>, Reject>,
-    /// Instructions executed.
-    pub instructions: u64,
-}
 
 /// How a node is set up.
 #[derive(Clone, Debug)]
@@ -158,7 +111,6 @@ impl NodeOptions {
     }
 }
 
-
 pub(crate) struct Writer {
     journal: Journal,
 }
@@ -169,86 +121,16 @@ struct Pending {
     reply: mpsc::Sender<Result<Applied, NodeError>>,
 }
 
-/// What a request answers with.
-pub(crate) enum Applied {
-    Policy,
-    Created(Principal),
-    Status(CanisterStatus),
-    Call(CallOutcome),
-    /// A chunk store's hashes after an upload or a clear.
-    Chunks(Vec<String>),
-}
-
-impl Applied {
-    /// The chunk store's hashes of an upload's or clear's answer.
-    pub(crate) fn into_chunks(self) -> Result<Vec<String>, NodeError> {
-        match self {
-            Applied::Chunks(hashes) => Ok(hashes),
-            _ => Err(NodeError::Internal(anyhow::anyhow!(
-                "a chunk request answered with something else than the chunk store"
-            ))),
-        }
-    }
-
-    /// The outcome of a call's answer (anything else is a bug, reported
-    /// as an internal error).
-    pub(crate) fn into_call(self) -> Result<CallOutcome, NodeError> {
-        match self {
-            Applied::Call(outcome) => Ok(outcome),
-            _ => Err(NodeError::Internal(anyhow::anyhow!(
-                "a call answered with something else than a call's result"
-            ))),
-        }
-    }
-}
-
-/// Where a management request executes: its round, the round's time, its
-/// sender and its position in the batch.
-pub(crate) struct Step<'a> {
-    pub(crate) round: u64,
-    pub(crate) time_nanos: u64,
-    pub(crate) caller: &'a Principal,
-    pub(crate) sequence: u64,
-}
-
-/// A method resolved for a message, with its decoded arguments.
-pub(crate) struct ResolvedCall {
-    pub(crate) code: Arc<CanisterCode>,
-    pub(crate) method: cellar_engine::Method,
-    pub(crate) params: Vec<Val>,
-    pub(crate) kind: MessageKind,
-}
-
 /// A single node with its canisters.
 pub struct Node {
     pub(crate) options: NodeOptions,
-    cache: CodeCache,
+    /// The replicated state and what executes on it.
+    pub(crate) exec: Executor,
     modules_dir: PathBuf,
     state_dir: PathBuf,
     writer: Mutex<Option<Writer>>,
-    pub(crate) registry: RwLock<Registry>,
-    /// The scheduler policy in force (module hash and component); none:
-    /// the built-in default. Replicated state.
-    pub(crate) scheduler_policy: RwLock<Option<(String, SchedulerPolicy)>>,
-    /// The last round in which the policy failed, and why.
-    pub(crate) last_policy_fallback: Mutex<Option<(u64, String)>>,
     /// Replica mode: the consensus policy in force, for `policy_info`.
     pub(crate) consensus_policy: Mutex<Option<String>>,
-    /// Replica mode: the last consensus-policy change executed (from
-    /// height, module hash), replicated state kept in checkpoints.
-    pub(crate) consensus_change: Mutex<Option<(u64, String)>>,
-    /// Consensus-policy changes executed and not yet taken by the replica
-    /// task.
-    pub(crate) consensus_changes: Mutex<Vec<(u64, String)>>,
-    /// Long executions paused between rounds, by canister (not persisted:
-    /// see `round.rs`).
-    pub(crate) paused: Mutex<BTreeMap<Principal, crate::round::PausedMessage>>,
-    /// Paused executions aborted since the node opened.
-    pub(crate) aborted_executions: std::sync::atomic::AtomicU64,
-    /// Ingress messages answered by a management request of the round
-    /// being executed (the queue of a deleted canister), for the round to
-    /// hand to their waiters.
-    pub(crate) orphans: Mutex<crate::round::Answered>,
     /// Requests waiting for the next round.
     pending: Mutex<Vec<Pending>>,
     /// Requests inducted into a round and not answered yet.
@@ -258,10 +140,6 @@ pub struct Node {
     /// Replica mode (see `replica.rs`): where requests go instead of the
     /// local pool, and who waits for which ingress message id.
     replica: crate::replica::ReplicaLink,
-    /// The ingress history: the fate of every request a round inducted
-    /// with an id (replicated state, in checkpoints and the state hash,
-    /// rebuilt by replay).
-    pub(crate) history: Mutex<IngressHistory>,
 }
 
 thread_local! {
@@ -282,26 +160,6 @@ fn journal_path(state_dir: &Path, first_round: u64) -> PathBuf {
     state_dir.join(format!("journal-{first_round:012}.log"))
 }
 
-/// Stores a module as `<module_hash>.wasm` in `modules_dir`, durably (file
-/// and name), unless it is there.
-fn store_module_file(modules_dir: &Path, module_hash: &str, wasm: &[u8]) -> anyhow::Result<()> {
-    let path = modules_dir.join(format!("{module_hash}.wasm"));
-    if path.exists() {
-        return Ok(());
-    }
-    // Concurrent stores of one module each write their own file.
-    static NEXT_TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT_TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("wasm.{n}.tmp"));
-    std::fs::write(&tmp, wasm)?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all())?;
-    std::fs::rename(&tmp, &path)?;
-    // The journal record naming the module follows: the module's name
-    // must be as durable as the record.
-    std::fs::File::open(modules_dir).and_then(|d| d.sync_all())?;
-    Ok(())
-}
-
 /// The journal files in `state_dir`, oldest first.
 fn journal_files(state_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut journals: Vec<PathBuf> = std::fs::read_dir(state_dir)?
@@ -314,70 +172,6 @@ fn journal_files(state_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .collect();
     journals.sort();
     Ok(journals)
-}
-
-/// The seed of a message's random tape: a function of the round, the
-/// canister and the message's sequence number in it.
-pub(crate) fn random_seed(
-    domain: &str,
-    round: u64,
-    canister: &Principal,
-    sequence: u64,
-) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(b"cellar-random-tape\0");
-    hasher.update(domain.as_bytes());
-    hasher.update(round.to_le_bytes());
-    hasher.update(canister.as_bytes());
-    hasher.update(sequence.to_le_bytes());
-    hasher.finalize().into()
-}
-
-/// Decodes a hook argument list; `(a, b)` is accepted for `a, b`.
-fn decode_hook_arg(arg: &str, method: &cellar_engine::Method) -> Result<Vec<Val>, String> {
-    let arg = arg.trim();
-    decode_args(&CallArgs::Wave(arg.to_string()), method).or_else(|first| {
-        match arg.strip_prefix('(').and_then(|a| a.strip_suffix(')')) {
-            Some(inner) => decode_args(&CallArgs::Wave(inner.to_string()), method),
-            None => Err(first),
-        }
-    })
-}
-
-/// The context of a message to `canister` in the round `(round, time,
-/// seed)`, seeing the certified data of `state`. Ingress carries no cycles;
-/// the caller of this sets `cycles_attached` and the reply token for
-/// messages that have them.
-pub(crate) fn message_context(
-    canister: &Canister,
-    caller: &Principal,
-    method: &str,
-    kind: MessageKind,
-    (round, time_nanos, random_seed): (u64, u64, [u8; 32]),
-    state: &ExecutionState,
-) -> MessageContext {
-    MessageContext {
-        canister_id: canister.id.clone(),
-        caller: caller.clone(),
-        method: method.to_string(),
-        kind,
-        cycles_attached: 0,
-        cycle_balance: canister.cycles,
-        time_nanos,
-        round,
-        controllers: canister.controllers.clone(),
-        certified_data: state.certified_data.clone(),
-        random_seed,
-        context_id: canister.messaging.next_context_id,
-        open_contexts: canister.messaging.open_contexts.keys().copied().collect(),
-    }
-}
-
-pub(crate) fn to_call_args(args: &Args) -> CallArgs {
-    match args {
-        Args::Wave(text) => CallArgs::Wave(text.clone()),
-        Args::Json(json) => CallArgs::Json(json.clone()),
-    }
 }
 
 impl Node {
@@ -419,37 +213,29 @@ impl Node {
         sync::finish_interrupted_install(&state_dir, &mut store)?;
         let store_opened = opened.elapsed();
         let checkpoints = CheckpointWriter::new(store, &state_dir, options.durability);
+        let config = ExecutionConfig {
+            limits: options.limits.clone(),
+            execution_threads: options.execution_threads,
+            round_instructions: options.round_instructions,
+            round_dirty_pages: options.round_dirty_pages,
+            canister_round_dirty_pages: options.canister_round_dirty_pages,
+            initial_cycles: options.initial_cycles,
+            ingress_history: options.ingress_history,
+        };
+        let exec = Executor::new(config, cache, ModuleStore::open(&modules_dir)?);
         let mut node = Node {
             options,
-            cache,
+            exec,
             modules_dir,
             state_dir,
             checkpoints,
             writer: Mutex::new(None),
-            registry: RwLock::new(Registry {
-                canisters: BTreeMap::new(),
-                next_index: 0,
-                round: 0,
-                time_nanos: 0,
-                active: BTreeSet::new(),
-                timed: BTreeSet::new(),
-            }),
-            scheduler_policy: RwLock::new(None),
-            last_policy_fallback: Mutex::new(None),
             consensus_policy: Mutex::new(None),
-            consensus_change: Mutex::new(None),
-            consensus_changes: Mutex::new(Vec::new()),
-            paused: Mutex::new(BTreeMap::new()),
-            aborted_executions: std::sync::atomic::AtomicU64::new(0),
-            orphans: Mutex::new(Vec::new()),
             pending: Mutex::new(Vec::new()),
             waiters: Mutex::new(BTreeMap::new()),
             fresh: true,
             replica: crate::replica::ReplicaLink::default(),
-            history: Mutex::new(IngressHistory::new(HistoryLimits::default())),
         };
-        *node.history.lock().expect("history lock") =
-            IngressHistory::new(node.options.ingress_history);
         node.recover()?;
         tracing::debug!(
             store_ms = store_opened.as_millis() as u64,
@@ -457,6 +243,21 @@ impl Node {
             "node opened"
         );
         Ok(node)
+    }
+
+    /// Paused executions aborted since the node opened.
+    pub fn aborted_executions(&self) -> u64 {
+        self.exec.aborted_executions()
+    }
+
+    /// Long executions paused between rounds.
+    pub fn paused_executions(&self) -> usize {
+        self.exec.paused_executions()
+    }
+
+    /// Messages waiting in the canisters' input queues.
+    pub fn queued_messages(&self) -> usize {
+        self.exec.queued_messages()
     }
 
     /// Whether the node started from an empty data directory.
@@ -470,17 +271,18 @@ impl Node {
         let load_ms = started.elapsed().as_millis() as u64;
         if let Some(loaded) = loaded {
             self.fresh = false;
-            let mut registry = self.registry.write().expect("registry lock");
+            let mut registry = self.exec.registry.write().expect("registry lock");
             registry.round = loaded.round;
             registry.time_nanos = loaded.time_nanos;
             registry.next_index = loaded.next_index;
-            *self.consensus_change.lock().expect("consensus lock") =
+            *self.exec.consensus_change.lock().expect("consensus lock") =
                 loaded.consensus_policy.clone();
             if let Some(hash) = &loaded.scheduler_policy {
-                let policy = self.load_policy(hash)?;
-                *self.scheduler_policy.write().expect("policy lock") = Some((hash.clone(), policy));
+                let policy = self.exec.load_policy(hash)?;
+                *self.exec.scheduler_policy.write().expect("policy lock") =
+                    Some((hash.clone(), policy));
             }
-            *self.history.lock().expect("history lock") =
+            *self.exec.history.lock().expect("history lock") =
                 IngressHistory::from_entries(self.options.ingress_history, loaded.history);
             self.add_loaded_canisters(&mut registry, loaded.canisters)?;
         }
@@ -505,7 +307,7 @@ impl Node {
         for path in &journals {
             for record in read_records(path)? {
                 self.fresh = false;
-                let round = self.registry.read().expect("registry lock").round;
+                let round = self.exec.registry.read().expect("registry lock").round;
                 if record.round <= round {
                     continue;
                 }
@@ -519,7 +321,7 @@ impl Node {
                 // on replay; an internal error (a stored module that is
                 // missing or no longer loads) means replay cannot reproduce
                 // what was acknowledged, and going on would diverge.
-                for (_, result) in self.execute_round(&record) {
+                for (_, result) in self.exec.execute_round(&record) {
                     if let Err(NodeError::Internal(e)) = result {
                         return Err(e.context(format!(
                             "cannot replay round {} of journal {}",
@@ -530,7 +332,7 @@ impl Node {
                 }
                 replayed += 1;
                 if record.round.is_multiple_of(interval) {
-                    self.abort_paused(None);
+                    self.exec.abort_paused(None);
                     self.checkpoints.start(self.checkpoint_snapshot(Vec::new()));
                     self.checkpoints.wait()?;
                     checkpointed = Some(record.round);
@@ -540,7 +342,7 @@ impl Node {
                 }
             }
         }
-        let round = self.registry.read().expect("registry lock").round;
+        let round = self.exec.registry.read().expect("registry lock").round;
         if replayed > 0 {
             tracing::info!(replayed, round, "replayed the journal after the checkpoint");
         }
@@ -585,7 +387,7 @@ impl Node {
     ) -> anyhow::Result<()> {
         for (mut canister, hash) in canisters {
             if let Some(hash) = hash {
-                canister.code = Some(self.load_module(&hash)?);
+                canister.code = Some(self.exec.load_module(&hash)?);
             }
             let id = canister.id.clone();
             registry.canisters.insert(id.clone(), canister);
@@ -599,7 +401,7 @@ impl Node {
     /// expiry)`. They survive restarts (journal and checkpoints carry
     /// them), so their replay is refused after a restart too.
     pub fn journaled_requests(&self, now: u64) -> Vec<(String, u64)> {
-        let history = self.history.lock().expect("history lock");
+        let history = self.exec.history.lock().expect("history lock");
         history
             .shared_entries()
             .iter()
@@ -612,7 +414,8 @@ impl Node {
     /// (only its sender reads it); none when the history does not hold it
     /// (not inducted yet, never seen, or forgotten after its expiry).
     pub fn request_status(&self, id: &str, caller: &Principal) -> Option<RequestStatus> {
-        self.history
+        self.exec
+            .history
             .lock()
             .expect("history lock")
             .status(id, caller)
@@ -621,17 +424,17 @@ impl Node {
     /// Whether request `id` is in the ingress history (inducted, and not
     /// yet forgotten): it is never executed again.
     pub fn knows_request(&self, id: &str) -> bool {
-        self.history.lock().expect("history lock").contains(id)
+        self.exec.history.lock().expect("history lock").contains(id)
     }
 
     /// Whether the ingress history is full: new requests are refused.
     pub fn ingress_history_full(&self) -> bool {
-        self.history.lock().expect("history lock").is_full()
+        self.exec.history.lock().expect("history lock").is_full()
     }
 
     /// Entries and result bytes of the ingress history.
     pub fn ingress_history_size(&self) -> (usize, u64) {
-        let history = self.history.lock().expect("history lock");
+        let history = self.exec.history.lock().expect("history lock");
         (history.len(), history.reply_bytes())
     }
 
@@ -654,10 +457,15 @@ impl Node {
     /// The replicated state now, for a checkpoint that covers
     /// `covered_journals`.
     fn checkpoint_snapshot(&self, covered_journals: Vec<PathBuf>) -> Snapshot {
-        let history = self.history.lock().expect("history lock").shared_entries();
-        let registry = self.registry.read().expect("registry lock");
-        let scheduler = self.scheduler_policy.read().expect("policy lock");
-        let consensus = self.consensus_change.lock().expect("consensus lock");
+        let history = self
+            .exec
+            .history
+            .lock()
+            .expect("history lock")
+            .shared_entries();
+        let registry = self.exec.registry.read().expect("registry lock");
+        let scheduler = self.exec.scheduler_policy.read().expect("policy lock");
+        let consensus = self.exec.consensus_change.lock().expect("consensus lock");
         Snapshot {
             round: registry.round,
             time_nanos: registry.time_nanos,
@@ -683,7 +491,7 @@ impl Node {
     /// it wrote one.
     pub fn checkpoint_if_settled(&self) -> anyhow::Result<bool> {
         let mut writer = self.writer.lock().expect("writer lock");
-        if !self.paused.lock().expect("paused lock").is_empty() {
+        if !self.exec.paused.lock().expect("paused lock").is_empty() {
             return Ok(false);
         }
         self.checkpoint_locked(&mut writer)?;
@@ -734,8 +542,8 @@ impl Node {
     /// written in the background and starts the next journal; the journals
     /// before it are deleted once the checkpoint is durable.
     fn checkpoint_locked(&self, writer: &mut Option<Writer>) -> anyhow::Result<()> {
-        self.abort_paused(None);
-        let round = self.registry.read().expect("registry lock").round;
+        self.exec.abort_paused(None);
+        let round = self.exec.registry.read().expect("registry lock").round;
         let new_path = journal_path(&self.state_dir, round + 1);
         let covered = journal_files(&self.state_dir)?
             .into_iter()
@@ -748,18 +556,10 @@ impl Node {
         Ok(())
     }
 
-    fn load_policy(&self, hash: &str) -> anyhow::Result<SchedulerPolicy> {
-        let path = self.modules_dir.join(format!("{hash}.wasm"));
-        let wasm = std::fs::read(&path)
-            .map_err(|e| anyhow::anyhow!("cannot read policy {}: {e}", path.display()))?;
-        SchedulerPolicy::from_component(self.cache.engine(), &wasm)
-            .map_err(|e| anyhow::anyhow!("stored policy {hash} no longer loads: {e}"))
-    }
-
     /// Stores a module under `modules/` by its hash, durably, before a
     /// journal record names it.
     fn store_module(&self, module_hash: &str, wasm: &[u8]) -> anyhow::Result<()> {
-        store_module_file(&self.modules_dir, module_hash, wasm)
+        self.exec.modules.store(module_hash, wasm)
     }
 
     /// Replica mode: replaces the subnet's consensus policy with the
@@ -782,7 +582,7 @@ impl Node {
                     .into(),
             ));
         }
-        cellar_engine::WasmConsensusPolicy::from_component(self.cache.engine(), wasm)
+        cellar_engine::WasmConsensusPolicy::from_component(self.exec.cache.engine(), wasm)
             .map_err(|e| NodeError::BadRequest(format!("not a consensus policy: {e}")))?;
         let hash = HEXLOWER.encode(&Sha256::digest(wasm));
         self.store_module(&hash, wasm)?;
@@ -798,13 +598,14 @@ impl Node {
     /// Replica mode: the consensus-policy changes executed since the last
     /// call (from height, module hash), for the replica task.
     pub(crate) fn take_consensus_changes(&self) -> Vec<(u64, String)> {
-        std::mem::take(&mut *self.consensus_changes.lock().expect("consensus lock"))
+        std::mem::take(&mut *self.exec.consensus_changes.lock().expect("consensus lock"))
     }
 
     /// Replica mode: the last consensus-policy change in the replicated
     /// state (from height, module hash).
     pub(crate) fn consensus_change(&self) -> Option<(u64, String)> {
-        self.consensus_change
+        self.exec
+            .consensus_change
             .lock()
             .expect("consensus lock")
             .clone()
@@ -812,7 +613,7 @@ impl Node {
 
     /// Reads a stored module (a consensus-policy component).
     pub(crate) fn read_module(&self, hash: &str) -> std::io::Result<Vec<u8>> {
-        std::fs::read(self.modules_dir.join(format!("{hash}.wasm")))
+        self.exec.modules.read(hash)
     }
 
     /// Replaces the scheduler policy with the component `wasm` (or the
@@ -832,7 +633,7 @@ impl Node {
         }
         let module_hash = match wasm {
             Some(wasm) => {
-                let policy = SchedulerPolicy::from_component(self.cache.engine(), wasm)
+                let policy = SchedulerPolicy::from_component(self.exec.cache.engine(), wasm)
                     .map_err(|e| NodeError::BadRequest(format!("not a scheduler policy: {e}")))?;
                 let hash = policy.hash_hex();
                 self.store_module(&hash, wasm)?;
@@ -847,12 +648,14 @@ impl Node {
     /// Which scheduler policy runs, and when it last failed.
     pub fn policy_info(&self) -> PolicyInfo {
         let scheduler = self
+            .exec
             .scheduler_policy
             .read()
             .expect("policy lock")
             .as_ref()
             .map(|(hash, _)| hash.clone());
         let last_fallback = self
+            .exec
             .last_policy_fallback
             .lock()
             .expect("fallback lock")
@@ -863,15 +666,6 @@ impl Node {
             last_fallback_reason: last_fallback.map(|(_, why)| why),
             consensus: self.consensus_policy.lock().expect("policy lock").clone(),
         }
-    }
-
-    fn load_module(&self, hash: &str) -> anyhow::Result<Arc<CanisterCode>> {
-        let path = self.modules_dir.join(format!("{hash}.wasm"));
-        let wasm = std::fs::read(&path)
-            .map_err(|e| anyhow::anyhow!("cannot read module {}: {e}", path.display()))?;
-        self.cache
-            .load(&wasm)
-            .map_err(|e| anyhow::anyhow!("stored module {hash} no longer loads: {e}"))
     }
 
     /// Puts `op` into the ingress pool and waits for its answer, driving
@@ -934,11 +728,11 @@ impl Node {
     /// messages in input queues, or timers due.
     fn has_work(&self) -> bool {
         if !self.pending.lock().expect("pending lock").is_empty()
-            || !self.paused.lock().expect("paused lock").is_empty()
+            || !self.exec.paused.lock().expect("paused lock").is_empty()
         {
             return true;
         }
-        let registry = self.registry.read().expect("registry lock");
+        let registry = self.exec.registry.read().expect("registry lock");
         if !registry.active.is_empty() {
             return true;
         }
@@ -946,7 +740,7 @@ impl Node {
         // A full ingress history refuses new requests, so a node with
         // nothing else to do runs a round once the history can make room.
         {
-            let history = self.history.lock().expect("history lock");
+            let history = self.exec.history.lock().expect("history lock");
             if history.is_full() && history.prune_due(now) {
                 return true;
             }
@@ -986,7 +780,7 @@ impl Node {
 
     /// The number of the last executed round.
     pub fn round(&self) -> u64 {
-        self.registry.read().expect("registry lock").round
+        self.exec.registry.read().expect("registry lock").round
     }
 
     /// Replica mode: sends `op` to consensus (with the module for an
@@ -1027,7 +821,7 @@ impl Node {
     ) -> Result<bool, NodeError> {
         let mut writer = self.writer.lock().expect("writer lock");
         let (round, last_time) = {
-            let registry = self.registry.read().expect("registry lock");
+            let registry = self.exec.registry.read().expect("registry lock");
             (registry.round, registry.time_nanos)
         };
         if height <= round {
@@ -1114,7 +908,7 @@ impl Node {
         };
         let w = writer.as_mut().expect("journal open");
         w.journal.append(&record).map_err(NodeError::Internal)?;
-        let answered = self.execute_round(&record);
+        let answered = self.exec.execute_round(&record);
         for (index, result) in answered {
             self.replica.answer(index, result);
         }
@@ -1151,7 +945,7 @@ impl Node {
             pending.drain(..n).collect()
         };
         let record = {
-            let registry = self.registry.read().expect("registry lock");
+            let registry = self.exec.registry.read().expect("registry lock");
             Record {
                 round: registry.round + 1,
                 time_nanos: now_nanos().max(registry.time_nanos + 1),
@@ -1177,7 +971,7 @@ impl Node {
                 waiters.insert(id, p.reply);
             }
         }
-        let answered = self.execute_round(&record);
+        let answered = self.exec.execute_round(&record);
         {
             let mut waiters = self.waiters.lock().expect("waiters lock");
             for (id, result) in answered {
@@ -1200,7 +994,7 @@ impl Node {
         if self.replica.is_on() {
             return Ok(());
         }
-        let registry = self.registry.read().expect("registry lock");
+        let registry = self.exec.registry.read().expect("registry lock");
         let canister = registry
             .canisters
             .get(id)
@@ -1219,6 +1013,7 @@ impl Node {
     fn check_exists(&self, id: &Principal) -> Result<(), NodeError> {
         if self.replica.is_on()
             || self
+                .exec
                 .registry
                 .read()
                 .expect("registry lock")
@@ -1277,7 +1072,7 @@ impl Node {
     /// Loads the component `wasm` (refusing what does not load) and stores
     /// it under its hash, which it returns.
     fn check_and_store_module(&self, wasm: &[u8]) -> Result<String, NodeError> {
-        let module_hash = self.cache.load(wasm)?.hash_hex();
+        let module_hash = self.exec.cache.load(wasm)?.hash_hex();
         self.store_module(&module_hash, wasm)?;
         Ok(module_hash)
     }
@@ -1376,7 +1171,7 @@ impl Node {
         args: Args,
     ) -> Result<CallOutcome, NodeError> {
         let (canister, round, time_nanos) = {
-            let registry = self.registry.read().expect("registry lock");
+            let registry = self.exec.registry.read().expect("registry lock");
             let canister = registry
                 .canisters
                 .get(id)
@@ -1384,19 +1179,24 @@ impl Node {
             (canister.clone(), registry.round, registry.time_nanos)
         };
         let seed = random_seed("query", round, id, 0);
-        let resolved =
-            match self.resolve_call(&canister, method, &to_call_args(&args), MessageKind::Query) {
-                Ok(r) => r,
-                Err(reject) => {
-                    return Ok(CallOutcome {
-                        result: Err(reject),
-                        instructions: 0,
-                    });
-                }
-            };
+        let resolved = match self.exec.resolve_call(
+            &canister,
+            method,
+            &to_call_args(&args),
+            MessageKind::Query,
+        ) {
+            Ok(r) => r,
+            Err(reject) => {
+                return Ok(CallOutcome {
+                    result: Err(reject),
+                    instructions: 0,
+                });
+            }
+        };
         if resolved.kind == MessageKind::CompositeQuery {
             let (result, instructions) =
-                self.composite_query(caller, id, method, &to_call_args(&args));
+                self.exec
+                    .composite_query(caller, id, method, &to_call_args(&args));
             return Ok(CallOutcome {
                 result,
                 instructions,
@@ -1510,7 +1310,7 @@ impl Node {
 
     /// A canister's status.
     pub fn status(&self, id: &Principal) -> Result<CanisterStatus, NodeError> {
-        let registry = self.registry.read().expect("registry lock");
+        let registry = self.exec.registry.read().expect("registry lock");
         registry
             .canisters
             .get(id)
@@ -1520,7 +1320,7 @@ impl Node {
 
     /// Every canister's status, by id.
     pub fn list(&self) -> Vec<CanisterStatus> {
-        let registry = self.registry.read().expect("registry lock");
+        let registry = self.exec.registry.read().expect("registry lock");
         registry.canisters.values().map(Canister::status).collect()
     }
 
@@ -1588,19 +1388,20 @@ impl Node {
     /// cheap.
     fn snapshot(&self) -> StateSnapshot {
         let _between_rounds = self.writer.lock().expect("writer lock");
-        let registry = self.registry.read().expect("registry lock");
+        let registry = self.exec.registry.read().expect("registry lock");
         StateSnapshot {
             round: registry.round,
             next_index: registry.next_index,
             canisters: registry.canisters.clone(),
             policy: self
+                .exec
                 .scheduler_policy
                 .read()
                 .expect("policy lock")
                 .as_ref()
                 .map(|(hash, _)| hash.clone()),
             consensus: self.consensus_change(),
-            history: self.history.lock().expect("history lock").hash(),
+            history: self.exec.history.lock().expect("history lock").hash(),
         }
     }
 
@@ -1629,7 +1430,7 @@ impl Node {
 
     /// The code installed on a canister.
     pub fn code_of(&self, id: &Principal) -> Result<Arc<CanisterCode>, NodeError> {
-        let registry = self.registry.read().expect("registry lock");
+        let registry = self.exec.registry.read().expect("registry lock");
         let canister = registry
             .canisters
             .get(id)
@@ -1641,7 +1442,7 @@ impl Node {
 
     /// A canister's recent log lines.
     pub fn logs(&self, id: &Principal) -> Result<Vec<LogEntry>, NodeError> {
-        let registry = self.registry.read().expect("registry lock");
+        let registry = self.exec.registry.read().expect("registry lock");
         registry
             .canisters
             .get(id)
@@ -1651,397 +1452,11 @@ impl Node {
 
     /// The committed execution state of a canister (for tests and tools).
     pub fn execution_state(&self, id: &Principal) -> Result<ExecutionState, NodeError> {
-        let registry = self.registry.read().expect("registry lock");
+        let registry = self.exec.registry.read().expect("registry lock");
         registry
             .canisters
             .get(id)
             .map(|c| c.state.clone())
             .ok_or_else(|| NodeError::NotFound(id.to_text()))
     }
-
-    /// Creates an empty canister at the next free index (at the request's
-    /// place in the round: concurrent creations get distinct ids, and
-    /// replay assigns the same ones).
-    fn create_now(&self, controllers: &[Principal]) -> Principal {
-        let mut registry = self.registry.write().expect("registry lock");
-        let id = Principal::canister(registry.next_index);
-        registry.next_index += 1;
-        let mut canister = Canister::new(id.clone(), controllers.to_vec());
-        canister.cycles = self.options.initial_cycles;
-        registry.canisters.insert(id.clone(), canister);
-        id
-    }
-
-    /// Executes a management request (everything but calls, which go
-    /// through input queues) at its place in the round.
-    pub(crate) fn apply_management(&self, step: &Step<'_>, op: &Op) -> Result<Applied, NodeError> {
-        let caller = step.caller;
-        let existing = |id: &Principal| -> Result<Canister, NodeError> {
-            self.registry
-                .read()
-                .expect("registry lock")
-                .canisters
-                .get(id)
-                .cloned()
-                .ok_or_else(|| NodeError::NotFound(id.to_text()))
-        };
-        let controlled = |id: &Principal| -> Result<Canister, NodeError> {
-            let canister = existing(id)?;
-            if !canister.is_controller(caller) {
-                return Err(NodeError::NotController {
-                    caller: caller.to_text(),
-                    canister: id.to_text(),
-                });
-            }
-            Ok(canister)
-        };
-        match op {
-            Op::Create { controllers } => Ok(Applied::Created(self.create_now(controllers))),
-            Op::CreateWithModule {
-                controllers,
-                module_hash,
-                arg,
-            } => {
-                let id = self.create_now(controllers);
-                let installed = (|| {
-                    let canister = existing(&id)?;
-                    let code = self.load_module(module_hash)?;
-                    self.install_code(canister, code, InstallMode::Install, arg.as_deref(), step)
-                })();
-                match installed {
-                    Ok(updated) => Ok(Applied::Status(self.commit(updated))),
-                    Err(e) => {
-                        let mut registry = self.registry.write().expect("registry lock");
-                        registry.canisters.remove(&id);
-                        registry.reindex(&id);
-                        Err(e)
-                    }
-                }
-            }
-            Op::Install {
-                id,
-                mode,
-                module_hash,
-                arg,
-            } => {
-                self.abort_paused(Some(id));
-                let canister = controlled(id)?;
-                let code = self.load_module(module_hash)?;
-                let updated = self.install_code(canister, code, *mode, arg.as_deref(), step)?;
-                Ok(Applied::Status(self.commit(updated)))
-            }
-            Op::InstallChunked {
-                id,
-                mode,
-                chunk_hashes,
-                module_hash,
-                arg,
-            } => {
-                self.abort_paused(Some(id));
-                let install = chunks::ChunkedInstall {
-                    mode: *mode,
-                    chunk_hashes,
-                    module_hash,
-                    arg: arg.as_deref(),
-                };
-                self.apply_install_chunked(controlled(id)?, install, step)
-            }
-            Op::UploadChunk { id, hash } => self.apply_upload_chunk(controlled(id)?, hash),
-            Op::ClearChunks { id } => Ok(self.apply_clear_chunks(controlled(id)?)),
-            Op::Call { .. } => Err(NodeError::Internal(anyhow::anyhow!(
-                "calls go through input queues"
-            ))),
-            Op::Stop { id } | Op::Start { id } => {
-                self.abort_paused(Some(id));
-                let mut canister = controlled(id)?;
-                canister.status = if matches!(op, Op::Stop { .. }) {
-                    RunStatus::Stopped
-                } else {
-                    RunStatus::Running
-                };
-                Ok(Applied::Status(self.commit(canister)))
-            }
-            Op::Delete { id } => {
-                self.abort_paused(Some(id));
-                let canister = controlled(id)?;
-                let status = canister.status();
-                let mut registry = self.registry.write().expect("registry lock");
-                if let Some(deleted) = registry.canisters.remove(id) {
-                    let orphans = crate::round::reject_orphans(&mut registry, deleted);
-                    self.orphans.lock().expect("orphans lock").extend(orphans);
-                }
-                registry.reindex(id);
-                Ok(Applied::Status(status))
-            }
-            Op::SetControllers { id, controllers } => {
-                let mut canister = controlled(id)?;
-                canister.controllers = controllers.clone();
-                Ok(Applied::Status(self.commit(canister)))
-            }
-            Op::SetConsensusPolicy { module_hash } => {
-                // (Replica mode is checked at submission: a restart replays
-                // this before it turns replica mode on.)
-                if step.caller.is_anonymous() {
-                    return Err(NodeError::BadRequest(
-                        "the anonymous principal cannot change the consensus policy".into(),
-                    ));
-                }
-                let change = (
-                    step.round + crate::replica::CONSENSUS_POLICY_LAG,
-                    module_hash.clone(),
-                );
-                *self.consensus_change.lock().expect("consensus lock") = Some(change.clone());
-                self.consensus_changes
-                    .lock()
-                    .expect("consensus lock")
-                    .push(change);
-                Ok(Applied::Policy)
-            }
-            Op::SetSchedulerPolicy { module_hash } => {
-                let policy = match module_hash {
-                    Some(hash) => Some((hash.clone(), self.load_policy(hash)?)),
-                    None => None,
-                };
-                *self.scheduler_policy.write().expect("policy lock") = policy;
-                Ok(Applied::Policy)
-            }
-            Op::TopUp { id, amount } => {
-                let mut canister = existing(id)?;
-                canister.cycles = canister.cycles.saturating_add(*amount);
-                Ok(Applied::Status(self.commit(canister)))
-            }
-            Op::SetComputeAllocation { id, percent } => {
-                let mut canister = controlled(id)?;
-                if *percent > 100 {
-                    return Err(NodeError::BadRequest(format!(
-                        "a compute allocation is a percentage (0 to 100), got {percent}"
-                    )));
-                }
-                let others: u64 = self
-                    .registry
-                    .read()
-                    .expect("registry lock")
-                    .canisters
-                    .values()
-                    .filter(|c| c.id != *id)
-                    .map(|c| u64::from(c.messaging.compute_allocation))
-                    .sum();
-                if others + u64::from(*percent) > 100 {
-                    return Err(NodeError::BadRequest(format!(
-                        "other canisters hold {others}% of compute; {percent}% more would exceed 100%"
-                    )));
-                }
-                canister.messaging.compute_allocation = *percent;
-                Ok(Applied::Status(self.commit(canister)))
-            }
-        }
-    }
-
-    pub(crate) fn commit(&self, canister: Canister) -> CanisterStatus {
-        let status = canister.status();
-        let id = canister.id.clone();
-        let mut registry = self.registry.write().expect("registry lock");
-        registry.canisters.insert(id.clone(), canister);
-        registry.reindex(&id);
-        status
-    }
-
-    /// Resolves a method for a message of `kind` and decodes its arguments;
-    /// a query method called as an update runs as a query (its changes are
-    /// discarded).
-    pub(crate) fn resolve_call(
-        &self,
-        canister: &Canister,
-        method_name: &str,
-        args: &CallArgs,
-        kind: MessageKind,
-    ) -> Result<ResolvedCall, Reject> {
-        if canister.status == RunStatus::Stopped {
-            return Err(Reject::new(
-                RejectCode::CanisterError,
-                format!("canister {} is stopped", canister.id.to_text()),
-            ));
-        }
-        let Some(code) = canister.code.clone() else {
-            return Err(Reject::new(
-                RejectCode::DestinationInvalid,
-                format!("canister {} has no code installed", canister.id.to_text()),
-            ));
-        };
-        let method = code
-            .interface
-            .resolve(method_name)
-            .map_err(|e| Reject::new(RejectCode::DestinationInvalid, e.to_string()))?
-            .clone();
-        let kind = match (kind, method.kind) {
-            (MessageKind::Query, MethodKind::Update) => {
-                return Err(Reject::new(
-                    RejectCode::DestinationInvalid,
-                    format!(
-                        "{} is an update method; send it as a call, not a query",
-                        method.qualified_name()
-                    ),
-                ));
-            }
-            (_, MethodKind::Query) => MessageKind::Query,
-            (MessageKind::Query, MethodKind::CompositeQuery) => MessageKind::CompositeQuery,
-            (_, MethodKind::CompositeQuery) => {
-                // As on the IC: a composite query never runs replicated.
-                return Err(Reject::new(
-                    RejectCode::DestinationInvalid,
-                    format!(
-                        "{} is a composite query; it can only be sent as a query, not as an \
-                         update (replicated) call",
-                        method.qualified_name()
-                    ),
-                ));
-            }
-            (kind, MethodKind::Update) => kind,
-        };
-        if args.encoded_len() > self.options.limits.max_argument_bytes {
-            return Err(Reject::new(
-                RejectCode::DestinationInvalid,
-                format!(
-                    "the argument is {} bytes; the limit is {} bytes",
-                    args.encoded_len(),
-                    self.options.limits.max_argument_bytes
-                ),
-            ));
-        }
-        let params = decode_args(args, &method)
-            .map_err(|e| Reject::new(RejectCode::DestinationInvalid, e))?;
-        Ok(ResolvedCall {
-            code,
-            method,
-            params,
-            kind,
-        })
-    }
-
-    /// Runs a lifecycle hook (when exported) and returns the state after it.
-    #[allow(clippy::too_many_arguments)]
-    fn run_hook(
-        &self,
-        canister: &mut Canister,
-        code: &CanisterCode,
-        state: ExecutionState,
-        hook: Hook,
-        arg: Option<&str>,
-        step: &Step<'_>,
-    ) -> Result<ExecutionState, NodeError> {
-        let Some(method) = code.interface.hook(hook) else {
-            if arg.is_some_and(|a| !a.trim().is_empty()) {
-                return Err(NodeError::BadRequest(format!(
-                    "an argument was given but the canister exports no {} hook",
-                    hook.wit_name()
-                )));
-            }
-            return Ok(state);
-        };
-        let params = decode_hook_arg(arg.unwrap_or(""), method).map_err(NodeError::BadRequest)?;
-        let kind = match hook {
-            Hook::Init => MessageKind::Init,
-            Hook::PreUpgrade => MessageKind::PreUpgrade,
-            Hook::PostUpgrade => MessageKind::PostUpgrade,
-        };
-        let seed = random_seed(hook.wit_name(), step.round, &canister.id, step.sequence);
-        let ctx = message_context(
-            canister,
-            step.caller,
-            &method.function,
-            kind,
-            (step.round, step.time_nanos, seed),
-            &state,
-        );
-        let outcome = execute(code, &state, method, &params, ctx, &self.options.limits);
-        canister.append_logs(&outcome.logs);
-        if let Err(reject) = outcome.result {
-            return Err(NodeError::HookFailed {
-                hook: hook.wit_name(),
-                reject,
-            });
-        }
-        let mut state = state;
-        if let Some(changes) = outcome.changes {
-            state.apply(changes);
-        }
-        Ok(state)
-    }
-
-    fn install_code(
-        &self,
-        canister: Canister,
-        code: Arc<CanisterCode>,
-        mode: InstallMode,
-        arg: Option<&str>,
-        step: &Step<'_>,
-    ) -> Result<Canister, NodeError> {
-        let mut updated = canister.clone();
-        let result = match mode {
-            InstallMode::Install | InstallMode::Reinstall => {
-                if mode == InstallMode::Install && canister.code.is_some() {
-                    return Err(NodeError::BadRequest(format!(
-                        "canister {} already has code; use reinstall or upgrade",
-                        canister.id.to_text()
-                    )));
-                }
-                self.run_hook(
-                    &mut updated,
-                    &code,
-                    ExecutionState::default(),
-                    Hook::Init,
-                    arg,
-                    step,
-                )
-            }
-            InstallMode::Upgrade => {
-                let Some(old_code) = canister.code.clone() else {
-                    return Err(NodeError::BadRequest(format!(
-                        "canister {} has no code to upgrade; install it first",
-                        canister.id.to_text()
-                    )));
-                };
-                let after_pre = match self.run_hook(
-                    &mut updated,
-                    &old_code,
-                    canister.state.clone(),
-                    Hook::PreUpgrade,
-                    None,
-                    step,
-                ) {
-                    Ok(state) => state,
-                    Err(e) => return Err(self.keep_logs_only(canister, updated, e)),
-                };
-                // The heap and timers go; stable memory and certified data stay.
-                let carried = ExecutionState {
-                    stable: after_pre.stable,
-                    certified_data: after_pre.certified_data,
-                    next_timer_id: after_pre.next_timer_id,
-                    next_call_id: after_pre.next_call_id,
-                    ..ExecutionState::default()
-                };
-                self.run_hook(&mut updated, &code, carried, Hook::PostUpgrade, arg, step)
-            }
-        };
-        match result {
-            Ok(state) => {
-                updated.state = state;
-                updated.code = Some(code);
-                updated.updates += 1;
-                Ok(updated)
-            }
-            Err(e) => Err(self.keep_logs_only(canister, updated, e)),
-        }
-    }
-
-    /// A failed install changes nothing but the log: the hook's lines
-    /// explain the failure.
-    fn keep_logs_only(&self, before: Canister, attempted: Canister, error: NodeError) -> NodeError {
-        let mut kept = before;
-        kept.logs = attempted.logs;
-        kept.next_log_index = attempted.next_log_index;
-        self.commit(kept);
-        error
-    }
 }
-

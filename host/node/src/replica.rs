@@ -42,11 +42,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc as tokio_mpsc;
 
 use crate::consensus_log::{ConsensusLog, Entry};
-use cellar_state::journal::{Ingress, Op};
-use cellar_state::messages::IngressId;
 use crate::node::{Applied, Node, NodeError, NodeOptions};
 use crate::node::{Staging, SyncSource};
 use crate::state_sync::{Fetch, Manifest, Progress};
+use cellar_state::journal::{Ingress, Op};
+use cellar_state::messages::IngressId;
 
 /// Hands the encoded request to consensus (with the expiry in ms a signed
 /// request fixes, else the sink's own) and returns its ingress message id.

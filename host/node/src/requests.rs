@@ -18,15 +18,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use cellar_engine::{Encoding, encode_results};
 use cellar_types::api::{
-    CallRequest, CallResponse, INGRESS_EXPIRY_SKEW_NANOS, MAX_INGRESS_EXPIRY_NANOS, ReplyEncoding,
-    RequestState, RequestStatus,
+    CallRequest, CallResponse, INGRESS_EXPIRY_SKEW_NANOS, MAX_INGRESS_EXPIRY_NANOS, RequestState,
+    RequestStatus,
 };
 use cellar_types::{Principal, Reject, RejectCode};
 
 use crate::metrics::{Kind, Metrics};
 use crate::node::{CallOutcome, Node, NodeError};
+pub use cellar_execution::{call_response, refused_response};
 
 /// Requests the table remembers at most; past this new requests are
 /// refused until old ones expire.
@@ -183,46 +183,6 @@ impl Requests {
     /// Whether no request is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// The answer to a call, in the requested encoding.
-pub fn call_response(outcome: CallOutcome, encoding: ReplyEncoding) -> CallResponse {
-    let encoding = match encoding {
-        ReplyEncoding::Wave => Encoding::Wave,
-        ReplyEncoding::Json => Encoding::Json,
-    };
-    match outcome.result {
-        Ok(values) => match encode_results(&values, encoding) {
-            Ok(reply) => CallResponse::Replied {
-                reply,
-                instructions: outcome.instructions,
-            },
-            Err(e) => CallResponse::Rejected {
-                reject: Reject::new(
-                    RejectCode::CanisterError,
-                    format!("the reply cannot be encoded: {e}"),
-                ),
-                instructions: outcome.instructions,
-            },
-        },
-        Err(reject) => CallResponse::Rejected {
-            reject,
-            instructions: outcome.instructions,
-        },
-    }
-}
-
-/// The answer to an update the node could not carry out.
-pub(crate) fn refused_response(e: &NodeError) -> CallResponse {
-    let code = match e {
-        NodeError::NotFound(_) | NodeError::NotController { .. } => RejectCode::DestinationInvalid,
-        NodeError::Internal(_) | NodeError::Overloaded(_) => RejectCode::SystemTransient,
-        _ => RejectCode::SystemFatal,
-    };
-    CallResponse::Rejected {
-        reject: Reject::new(code, e.to_string()),
-        instructions: 0,
     }
 }
 

@@ -30,8 +30,8 @@ use cellar_consensus::keys::SubnetPublicKeys;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use cellar_state::checkpoint::Part;
 use crate::node::Certified;
+use cellar_state::checkpoint::Part;
 
 /// Bytes per chunk at most: a part of pages (256 pages and their indices)
 /// fits in one (the transport's messages are at most 8 MiB).

@@ -71,11 +71,7 @@ impl Encoder {
 /// zeros are never stored, so they do not change the hash).
 ///
 /// [`StableMemory::hash`]: cellar_engine::StableMemory::hash
-pub fn hash(
-    round: u64,
-    next_index: u64,
-    canisters: &BTreeMap<Principal, Canister>,
-) -> [u8; 32] {
+pub fn hash(round: u64, next_index: u64, canisters: &BTreeMap<Principal, Canister>) -> [u8; 32] {
     let mut e = Encoder(Sha256::new());
     e.0.update(DOMAIN);
     e.u64(round);

@@ -16,8 +16,8 @@
 use std::io::{Read, Seek, SeekFrom};
 
 use super::*;
-use cellar_state::checkpoint::{CheckpointView, Listed, Loaded, Part, PartInfo, Plan};
 use crate::state_sync::{ChunkInfo, Item, Sink, piece_of, pieces};
+use cellar_state::checkpoint::{CheckpointView, Listed, Loaded, Part, PartInfo, Plan};
 
 /// The staging store's directory, under the state directory.
 const STAGING: &str = "sync-staging";
@@ -188,7 +188,7 @@ impl Sink for Staging {
                     HEXLOWER.encode(&Sha256::digest(bytes)) == *hash,
                     "module {hash} does not match its hash"
                 );
-                store_module_file(&self.modules_dir, hash, bytes)
+                cellar_state::modules::store_module_file(&self.modules_dir, hash, bytes)
             }
         }
     }
@@ -228,7 +228,7 @@ impl Node {
     /// the round, its time and the state hash.
     pub fn certified(&self) -> Certified {
         let (height, time_nanos) = {
-            let registry = self.registry.read().expect("registry lock");
+            let registry = self.exec.registry.read().expect("registry lock");
             (registry.round, registry.time_nanos)
         };
         Certified {
@@ -407,15 +407,16 @@ impl Node {
                 "installing the synced checkpoint failed midway (a restart completes it): {e:#}"
             );
         }
-        self.paused.lock().expect("paused lock").clear();
-        self.consensus_changes
+        self.exec.paused.lock().expect("paused lock").clear();
+        self.exec
+            .consensus_changes
             .lock()
             .expect("consensus lock")
             .clear();
-        *self.registry.write().expect("registry lock") = checked.registry;
-        *self.scheduler_policy.write().expect("policy lock") = checked.scheduler_policy;
-        *self.consensus_change.lock().expect("consensus lock") = checked.consensus_change;
-        *self.history.lock().expect("history lock") = checked.history;
+        *self.exec.registry.write().expect("registry lock") = checked.registry;
+        *self.exec.scheduler_policy.write().expect("policy lock") = checked.scheduler_policy;
+        *self.exec.consensus_change.lock().expect("consensus lock") = checked.consensus_change;
+        *self.exec.history.lock().expect("history lock") = checked.history;
         // The journal restarts after the installed checkpoint.
         let new_path = journal_path(&self.state_dir, round + 1);
         drop(writer.take());
@@ -458,7 +459,7 @@ impl Node {
             loaded.round,
             certified.height
         );
-        let current = self.registry.read().expect("registry lock").round;
+        let current = self.exec.registry.read().expect("registry lock").round;
         anyhow::ensure!(
             loaded.round > current,
             "the state (round {}) is not ahead of this node's round {current}",
@@ -493,7 +494,7 @@ impl Node {
         };
         self.add_loaded_canisters(&mut registry, loaded.canisters)?;
         let scheduler_policy = match loaded.scheduler_policy {
-            Some(hash) => Some((hash.clone(), self.load_policy(&hash)?)),
+            Some(hash) => Some((hash.clone(), self.exec.load_policy(&hash)?)),
             None => None,
         };
         Ok(Adopted {
@@ -865,12 +866,12 @@ mod tests {
         let wasm = cellar_examples::ROUND_ROBIN_CONSENSUS_POLICY;
         let hash = HEXLOWER.encode(&Sha256::digest(wasm));
         a.store_module(&hash, wasm).unwrap();
-        *a.consensus_change.lock().unwrap() = Some((40, hash.clone()));
+        *a.exec.consensus_change.lock().unwrap() = Some((40, hash.clone()));
         let with_policy = a.state_hash();
         assert_ne!(with_policy, before);
-        *a.consensus_change.lock().unwrap() = Some((41, hash.clone()));
+        *a.exec.consensus_change.lock().unwrap() = Some((41, hash.clone()));
         assert_ne!(a.state_hash(), with_policy, "the height counts");
-        *a.consensus_change.lock().unwrap() = Some((40, hash.clone()));
+        *a.exec.consensus_change.lock().unwrap() = Some((40, hash.clone()));
         a.checkpoint().unwrap();
         let source = a.sync_source().unwrap().unwrap();
         let modules = source

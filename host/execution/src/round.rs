@@ -29,27 +29,27 @@ use cellar_engine::{
 use cellar_types::api::{Args, CallResponse, RunStatus};
 use cellar_types::{Principal, Reject, RejectCode};
 
-use cellar_state::canister::Canister;
+use crate::context::{message_context, random_seed, to_call_args};
 use crate::cycles;
-use cellar_state::registry::Registry;
+use crate::error::{CallOutcome, NodeError, call_response, refused_response};
+use crate::executor::{Applied, Executor, Step};
+use crate::scheduler::{self, Summary};
+use cellar_state::canister::Canister;
 use cellar_state::history::HistoryRefusal;
 use cellar_state::journal::{Op, Record};
-use cellar_state::messages::{Answer, IngressId, InputMessage, OpenContext, Origin, OutstandingCall};
-use crate::node::{
-    Applied, CallOutcome, Node, NodeError, Step, message_context, random_seed,
-    to_call_args,
+use cellar_state::messages::{
+    Answer, IngressId, InputMessage, OpenContext, Origin, OutstandingCall,
 };
-use crate::requests::{call_response, refused_response};
-use crate::scheduler::{self, Summary};
+use cellar_state::registry::Registry;
 
 /// What a round answers: the ingress messages it finished.
-pub(crate) type Answered = Vec<(IngressId, Result<Applied, NodeError>)>;
+pub type Answered = Vec<(IngressId, Result<Applied, NodeError>)>;
 
 /// An update that used up its slice and continues in a later round. It
 /// lives in the node's memory only: a checkpoint puts its message back at
 /// the front of the queue (every replica at the same round), and a restart
 /// re-creates it by replaying the rounds after the checkpoint.
-pub(crate) struct PausedMessage {
+pub struct PausedMessage {
     execution: PausedExecution,
     /// The message, to queue again when the execution is aborted.
     message: InputMessage,
@@ -98,10 +98,10 @@ struct CanisterRun {
     delta_pages: u64,
 }
 
-impl Node {
+impl Executor {
     /// Executes the round of `record` (live or during replay) and returns
     /// the ingress messages it answered.
-    pub(crate) fn execute_round(&self, record: &Record) -> Answered {
+    pub fn execute_round(&self, record: &Record) -> Answered {
         let (round, time) = (record.round, record.time_nanos);
         let mut answered = Answered::new();
         self.history
@@ -686,7 +686,7 @@ impl Node {
                     return 0;
                 };
                 let params = vec![Val::U64(call_id), call_result_val(&result)];
-                let resolved = Ok(crate::node::ResolvedCall {
+                let resolved = Ok(crate::executor::ResolvedCall {
                     code,
                     method,
                     params,
@@ -708,7 +708,7 @@ impl Node {
                 else {
                     return 0;
                 };
-                let resolved = Ok(crate::node::ResolvedCall {
+                let resolved = Ok(crate::executor::ResolvedCall {
                     code,
                     method,
                     params: vec![Val::U64(timer_id)],
@@ -726,7 +726,7 @@ impl Node {
     fn execute_resolved(
         &self,
         run: &mut CanisterRun,
-        resolved: Result<crate::node::ResolvedCall, Reject>,
+        resolved: Result<crate::executor::ResolvedCall, Reject>,
         source: Source<'_>,
         (round, time, seed): (u64, u64, [u8; 32]),
     ) -> (u64, Option<Reject>) {
@@ -888,7 +888,7 @@ impl Node {
     fn execute_callback(
         &self,
         run: &mut CanisterRun,
-        resolved: Result<crate::node::ResolvedCall, Reject>,
+        resolved: Result<crate::executor::ResolvedCall, Reject>,
         caller: &Principal,
         owner: Option<u64>,
         round_context: (u64, u64, [u8; 32]),
@@ -946,7 +946,7 @@ fn settle_owner(run: &mut CanisterRun, owner: Option<u64>, failure: Option<Rejec
 /// and deferred calls from other canisters get a reject response in their
 /// caller's queue (whose callback then runs), with the attached cycles
 /// refunded. Queued responses and timers need no answer.
-pub(crate) fn reject_orphans(registry: &mut Registry, deleted: Canister) -> Answered {
+pub fn reject_orphans(registry: &mut Registry, deleted: Canister) -> Answered {
     let id = deleted.id.clone();
     let reason = || {
         Reject::new(
@@ -1083,7 +1083,7 @@ fn late_answer(
 }
 
 /// The arguments of an inter-canister call: a parenthesized WAVE list.
-pub(crate) fn request_args(text: &str) -> Result<CallArgs, String> {
+pub fn request_args(text: &str) -> Result<CallArgs, String> {
     let text = text.trim();
     let inner = text
         .strip_prefix('(')
@@ -1093,7 +1093,7 @@ pub(crate) fn request_args(text: &str) -> Result<CallArgs, String> {
 }
 
 /// The `call-result` value passed to `callbacks.on-reply`.
-pub(crate) fn call_result_val(answer: &Answer) -> Val {
+pub fn call_result_val(answer: &Answer) -> Val {
     match answer {
         Answer::Reply(text) => {
             Val::Variant("reply".into(), Some(Box::new(Val::String(text.clone()))))
@@ -1114,9 +1114,9 @@ pub(crate) fn call_result_val(answer: &Answer) -> Val {
     }
 }
 
-impl Node {
+impl Executor {
     /// Whether `id` has an execution paused between rounds.
-    pub(crate) fn is_paused(&self, id: &Principal) -> bool {
+    pub fn is_paused(&self, id: &Principal) -> bool {
         self.paused.lock().expect("paused lock").contains_key(id)
     }
 
@@ -1125,7 +1125,7 @@ impl Node {
     /// Called before every checkpoint (so a checkpoint never holds an
     /// execution half done, on every replica at the same round) and before
     /// management requests that change the canister.
-    pub(crate) fn abort_paused(&self, id: Option<&Principal>) {
+    pub fn abort_paused(&self, id: Option<&Principal>) {
         let aborted: Vec<(Principal, PausedMessage)> = {
             let mut paused = self.paused.lock().expect("paused lock");
             match id {

@@ -38,10 +38,11 @@ use cellar_engine::{
 };
 use cellar_types::{Principal, Reject, RejectCode};
 
+use crate::context::{message_context, random_seed};
+use crate::executor::{Executor, ResolvedCall};
+use crate::round::{call_result_val, request_args};
 use cellar_state::canister::Canister;
 use cellar_state::messages::Answer;
-use crate::node::{Node, ResolvedCall, message_context, random_seed};
-use crate::round::{call_result_val, request_args};
 
 /// How deep composite query calls nest: a call made by a message that is
 /// itself this many calls below the client's query is rejected.
@@ -55,7 +56,7 @@ pub const MAX_ATTEMPTS: u32 = 4;
 
 /// One composite query in progress: its view of the node and its budgets.
 struct Graph<'a> {
-    node: &'a Node,
+    node: &'a Executor,
     /// The round whose state the query sees.
     round: u64,
     time_nanos: u64,
@@ -71,11 +72,11 @@ struct Graph<'a> {
     stale: bool,
 }
 
-impl Node {
+impl Executor {
     /// Runs the composite query method `method` of `id` for `caller`;
     /// returns its reply or reject and the instructions spent over the whole
     /// call graph.
-    pub(crate) fn composite_query(
+    pub fn composite_query(
         &self,
         caller: &Principal,
         id: &Principal,

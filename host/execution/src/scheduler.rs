@@ -14,33 +14,33 @@ use cellar_types::Principal;
 
 /// What the scheduler knows about a canister with work.
 #[derive(Clone, Debug)]
-pub(crate) struct Summary {
+pub struct Summary {
     /// The canister.
-    pub(crate) id: Principal,
+    pub id: Principal,
     /// Messages in its input queue.
-    pub(crate) queue_length: u32,
+    pub queue_length: u32,
     /// Guaranteed percentage of a round.
-    pub(crate) compute_allocation: u8,
+    pub compute_allocation: u8,
     /// Priority accumulated over the rounds it waited.
-    pub(crate) accumulated_priority: i64,
+    pub accumulated_priority: i64,
     /// Whether a long execution of it is paused between rounds.
-    pub(crate) paused: bool,
+    pub paused: bool,
     /// Rounds since it last executed.
-    pub(crate) rounds_since_executed: u64,
+    pub rounds_since_executed: u64,
 }
 
 /// A round's plan: `(index into the summaries, instruction allowance)` in
 /// execution order, and every summary's new accumulated priority.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Plan {
-    pub(crate) schedule: Vec<(usize, u64)>,
-    pub(crate) priorities: Vec<i64>,
+pub struct Plan {
+    pub schedule: Vec<(usize, u64)>,
+    pub priorities: Vec<i64>,
     /// Why the built-in default planned the round instead of the policy.
-    pub(crate) fallback: Option<String>,
+    pub fallback: Option<String>,
 }
 
 /// Asks `policy` (or the built-in default) for the round's plan.
-pub(crate) fn plan(
+pub fn plan(
     policy: Option<&SchedulerPolicy>,
     round: u64,
     budget: u64,
