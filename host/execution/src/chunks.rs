@@ -2,12 +2,13 @@
 //! from it (the node's API side is `cellar_node`'s `node/chunks.rs`).
 
 use cellar_state::canister::Canister;
-use cellar_types::api::{InstallMode, MAX_STORED_CHUNKS};
+use cellar_types::api::{InstallMode, MAX_CHUNK_BYTES, MAX_STORED_CHUNKS};
 use data_encoding::HEXLOWER;
 use sha2::{Digest, Sha256};
 
+use crate::answer::{Applied, Step};
 use crate::error::NodeError;
-use crate::executor::{Applied, Executor, Step};
+use crate::executor::Executor;
 
 impl Executor {
     /// Executes [`Op::UploadChunk`]: the chunk joins the store unless the
@@ -105,4 +106,14 @@ pub struct ChunkedInstall<'a> {
     pub chunk_hashes: &'a [String],
     pub module_hash: &'a str,
     pub arg: Option<&'a str>,
+}
+
+/// Refuses empty chunks and chunks over [`MAX_CHUNK_BYTES`].
+pub fn check_chunk_size(len: usize) -> Result<(), NodeError> {
+    if len == 0 || len > MAX_CHUNK_BYTES {
+        return Err(NodeError::BadRequest(format!(
+            "a chunk is 1 byte to {MAX_CHUNK_BYTES} bytes, not {len}"
+        )));
+    }
+    Ok(())
 }

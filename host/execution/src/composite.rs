@@ -38,8 +38,9 @@ use cellar_engine::{
 };
 use cellar_types::{Principal, Reject, RejectCode};
 
+use crate::answer::ResolvedCall;
 use crate::context::{message_context, random_seed};
-use crate::executor::{Executor, ResolvedCall};
+use crate::executor::Executor;
 use crate::round::{call_result_val, request_args};
 use cellar_state::canister::Canister;
 use cellar_state::messages::Answer;

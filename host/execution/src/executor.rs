@@ -8,17 +8,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Mutex, RwLock};
 
-use cellar_engine::{CanisterCode, CodeCache, Limits, MessageKind, SchedulerPolicy, Val};
+use cellar_engine::{CodeCache, Limits, SchedulerPolicy};
 use cellar_state::ModuleStore;
 use cellar_state::history::{HistoryLimits, IngressHistory};
 use cellar_state::registry::Registry;
 use cellar_types::Principal;
-use cellar_types::api::CanisterStatus;
 
-use crate::error::{CallOutcome, NodeError};
-use crate::round::{Answered, PausedMessage};
+use crate::answer::Answered;
+use crate::paused::PausedMessage;
 
 /// What execution is configured with (the same on every replica).
 #[derive(Clone, Debug)]
@@ -102,54 +101,4 @@ impl Executor {
             history: Mutex::new(history),
         }
     }
-}
-
-/// What a request answers with.
-pub enum Applied {
-    Policy,
-    Created(Principal),
-    Status(CanisterStatus),
-    Call(CallOutcome),
-    /// A chunk store's hashes after an upload or a clear.
-    Chunks(Vec<String>),
-}
-
-impl Applied {
-    /// The chunk store's hashes of an upload's or clear's answer.
-    pub fn into_chunks(self) -> Result<Vec<String>, NodeError> {
-        match self {
-            Applied::Chunks(hashes) => Ok(hashes),
-            _ => Err(NodeError::Internal(anyhow::anyhow!(
-                "a chunk request answered with something else than the chunk store"
-            ))),
-        }
-    }
-
-    /// The outcome of a call's answer (anything else is a bug, reported
-    /// as an internal error).
-    pub fn into_call(self) -> Result<CallOutcome, NodeError> {
-        match self {
-            Applied::Call(outcome) => Ok(outcome),
-            _ => Err(NodeError::Internal(anyhow::anyhow!(
-                "a call answered with something else than a call's result"
-            ))),
-        }
-    }
-}
-
-/// Where a management request executes: its round, the round's time, its
-/// sender and its position in the batch.
-pub struct Step<'a> {
-    pub round: u64,
-    pub time_nanos: u64,
-    pub caller: &'a Principal,
-    pub sequence: u64,
-}
-
-/// A method resolved for a message, with its decoded arguments.
-pub struct ResolvedCall {
-    pub code: Arc<CanisterCode>,
-    pub method: cellar_engine::Method,
-    pub params: Vec<Val>,
-    pub kind: MessageKind,
 }

@@ -14,6 +14,7 @@
 //! `execution_threads` it is configured with; the only files it reads are
 //! content-addressed modules.
 
+pub mod answer;
 mod chunks;
 pub mod composite;
 pub mod context;
@@ -21,9 +22,11 @@ pub mod cycles;
 pub mod error;
 pub mod executor;
 mod management;
+pub mod paused;
 pub mod round;
 pub mod scheduler;
 
-pub use chunks::ChunkedInstall;
+pub use answer::{Answered, Applied, ResolvedCall, Step};
+pub use chunks::{ChunkedInstall, check_chunk_size};
 pub use error::{CallOutcome, NodeError, call_response, refused_response};
-pub use executor::{Applied, ExecutionConfig, Executor, ResolvedCall, Step};
+pub use executor::{ExecutionConfig, Executor};

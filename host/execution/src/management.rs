@@ -12,10 +12,11 @@ use cellar_state::journal::{CONSENSUS_POLICY_LAG, Op};
 use cellar_types::api::{CanisterStatus, InstallMode, RunStatus};
 use cellar_types::{Principal, Reject, RejectCode};
 
+use crate::answer::{Applied, ResolvedCall, Step};
 use crate::chunks;
 use crate::context::*;
 use crate::error::NodeError;
-use crate::executor::{Applied, Executor, ResolvedCall, Step};
+use crate::executor::Executor;
 
 impl Executor {
     /// The scheduler policy stored under `hash`.

@@ -23,16 +23,18 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cellar_engine::{
-    CallArgs, MessageKind, MessageOutcome, PausedExecution, Progress, Val, decode_results_wave,
-    execute, execute_sliced, results_to_wave,
+    CallArgs, MessageKind, MessageOutcome, Progress, Val, decode_results_wave, execute,
+    execute_sliced, results_to_wave,
 };
 use cellar_types::api::{Args, CallResponse, RunStatus};
 use cellar_types::{Principal, Reject, RejectCode};
 
+use crate::answer::{Answered, Applied, Step};
 use crate::context::{message_context, random_seed, to_call_args};
 use crate::cycles;
 use crate::error::{CallOutcome, NodeError, call_response, refused_response};
-use crate::executor::{Applied, Executor, Step};
+use crate::executor::Executor;
+use crate::paused::{PausedMessage, Settle};
 use crate::scheduler::{self, Summary};
 use cellar_state::canister::Canister;
 use cellar_state::history::HistoryRefusal;
@@ -41,32 +43,6 @@ use cellar_state::messages::{
     Answer, IngressId, InputMessage, OpenContext, Origin, OutstandingCall,
 };
 use cellar_state::registry::Registry;
-
-/// What a round answers: the ingress messages it finished.
-pub type Answered = Vec<(IngressId, Result<Applied, NodeError>)>;
-
-/// An update that used up its slice and continues in a later round. It
-/// lives in the node's memory only: a checkpoint puts its message back at
-/// the front of the queue (every replica at the same round), and a restart
-/// re-creates it by replaying the rounds after the checkpoint.
-pub struct PausedMessage {
-    execution: PausedExecution,
-    /// The message, to queue again when the execution is aborted.
-    message: InputMessage,
-    settle: Settle,
-}
-
-/// Who a message came from and who waits for it: what settling its
-/// outcome needs.
-#[derive(Clone)]
-struct Settle {
-    cycles_attached: u64,
-    origin: Option<Origin>,
-    owner: Option<u64>,
-    method: String,
-    kind: MessageKind,
-    context_id: u64,
-}
 
 /// Where a message comes from.
 struct Source<'a> {
@@ -686,7 +662,7 @@ impl Executor {
                     return 0;
                 };
                 let params = vec![Val::U64(call_id), call_result_val(&result)];
-                let resolved = Ok(crate::executor::ResolvedCall {
+                let resolved = Ok(crate::answer::ResolvedCall {
                     code,
                     method,
                     params,
@@ -708,7 +684,7 @@ impl Executor {
                 else {
                     return 0;
                 };
-                let resolved = Ok(crate::executor::ResolvedCall {
+                let resolved = Ok(crate::answer::ResolvedCall {
                     code,
                     method,
                     params: vec![Val::U64(timer_id)],
@@ -726,7 +702,7 @@ impl Executor {
     fn execute_resolved(
         &self,
         run: &mut CanisterRun,
-        resolved: Result<crate::executor::ResolvedCall, Reject>,
+        resolved: Result<crate::answer::ResolvedCall, Reject>,
         source: Source<'_>,
         (round, time, seed): (u64, u64, [u8; 32]),
     ) -> (u64, Option<Reject>) {
@@ -888,7 +864,7 @@ impl Executor {
     fn execute_callback(
         &self,
         run: &mut CanisterRun,
-        resolved: Result<crate::executor::ResolvedCall, Reject>,
+        resolved: Result<crate::answer::ResolvedCall, Reject>,
         caller: &Principal,
         owner: Option<u64>,
         round_context: (u64, u64, [u8; 32]),

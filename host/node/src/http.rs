@@ -26,7 +26,7 @@ use crate::certify::{NODE_KEY_FILE, NodeKey};
 use crate::dashboard;
 use crate::metrics::{Gauges, Kind, Metrics};
 use crate::node::{Node, NodeError};
-use crate::replica::{Envelope, with_envelope};
+use crate::replica_link::{Envelope, with_envelope};
 use crate::requests::{
     DEFAULT_CAPACITY, Ingress, Job, Refusal, Requests, call_response, check_expiry, now_nanos,
 };

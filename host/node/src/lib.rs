@@ -15,6 +15,7 @@ pub mod http;
 pub mod metrics;
 mod node;
 pub mod replica;
+mod replica_link;
 pub mod requests;
 pub mod state_sync;
 

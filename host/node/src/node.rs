@@ -41,8 +41,9 @@ use cellar_state::state_hash::StateSnapshot;
 
 mod chunks;
 mod sync;
-pub(crate) use chunks::check_chunk_size;
-pub use sync::{Certified, Staging, SyncSource};
+pub use crate::state_sync::Certified;
+pub(crate) use cellar_execution::check_chunk_size;
+pub use sync::{Staging, SyncSource};
 
 /// How a node is set up.
 #[derive(Clone, Debug)]
@@ -139,7 +140,7 @@ pub struct Node {
     fresh: bool,
     /// Replica mode (see `replica.rs`): where requests go instead of the
     /// local pool, and who waits for which ingress message id.
-    replica: crate::replica::ReplicaLink,
+    replica: crate::replica_link::ReplicaLink,
 }
 
 thread_local! {
@@ -234,7 +235,7 @@ impl Node {
             pending: Mutex::new(Vec::new()),
             waiters: Mutex::new(BTreeMap::new()),
             fresh: true,
-            replica: crate::replica::ReplicaLink::default(),
+            replica: crate::replica_link::ReplicaLink::default(),
         };
         node.recover()?;
         tracing::debug!(
@@ -565,7 +566,7 @@ impl Node {
     /// Replica mode: replaces the subnet's consensus policy with the
     /// component `wasm` (checked first), through consensus: every replica
     /// switches at the height the request executes at plus
-    /// [`crate::replica::CONSENSUS_POLICY_LAG`]. Signed callers only.
+    /// [`cellar_state::journal::CONSENSUS_POLICY_LAG`]. Signed callers only.
     pub fn set_consensus_policy(
         &self,
         caller: &Principal,
@@ -786,7 +787,7 @@ impl Node {
     /// Replica mode: sends `op` to consensus (with the module for an
     /// install) and waits for the finalized batch that answers it.
     fn submit_replicated(&self, caller: &Principal, op: Op) -> Result<Applied, NodeError> {
-        let module = match crate::replica::attached_hash(&op) {
+        let module = match crate::replica_link::attached_hash(&op) {
             Some(hash) => Some(
                 self.read_module(hash)
                     .map_err(|e| NodeError::Internal(e.into()))?,
@@ -840,8 +841,8 @@ impl Node {
         let claimed: Vec<_> = items
             .iter()
             .filter_map(|(id, content)| {
-                let decoded = crate::replica::decode_request(content)?;
-                let claim = crate::replica::claim_request(id, content, &decoded);
+                let decoded = crate::replica_link::decode_request(content)?;
+                let claim = crate::replica_link::claim_request(id, content, &decoded);
                 Some((id, decoded, claim))
             })
             .collect();
@@ -855,7 +856,7 @@ impl Node {
             let checked = claim.and_then(|claim| {
                 let signed = claim.as_ref().is_some_and(|c| c.signature().is_some());
                 let holds = !signed || holds.next().expect("one result per signature");
-                crate::replica::settle_request(claim, holds, &decoded, time)
+                crate::replica_link::settle_request(claim, holds, &decoded, time)
             });
             let verified = match checked {
                 Ok(verified) => verified,
@@ -867,7 +868,7 @@ impl Node {
             };
             // The id its fate is recorded under: derived here, from what
             // the item carries, never taken from the sending replica.
-            let tag = match crate::replica::request_tag(&decoded, verified.as_ref(), time) {
+            let tag = match crate::replica_link::request_tag(&decoded, verified.as_ref(), time) {
                 Ok(tag) => tag,
                 Err(reason) => {
                     tracing::warn!(height, "skipped a request: {reason}");
@@ -875,7 +876,7 @@ impl Node {
                     continue;
                 }
             };
-            let crate::replica::Decoded {
+            let crate::replica_link::Decoded {
                 ingress: mut request,
                 attachment,
                 ..
@@ -883,8 +884,8 @@ impl Node {
             // The module or chunk a request names comes with it; one that
             // does not is skipped on every replica alike (whatever this
             // replica happens to have stored).
-            if let Some(hash) = crate::replica::attached_hash(&request.op) {
-                match crate::replica::check_attachment(&request.op, hash, attachment) {
+            if let Some(hash) = crate::replica_link::attached_hash(&request.op) {
+                match crate::replica_link::check_attachment(&request.op, hash, attachment) {
                     Ok(bytes) => self.store_module(hash, &bytes)?,
                     Err(reason) => {
                         tracing::warn!(height, "skipped a request: {reason}");
@@ -921,7 +922,7 @@ impl Node {
     /// Switches the node to replica mode: requests go to `sink` (which
     /// hands them to consensus and returns the ingress message id) and
     /// rounds run only through [`Node::apply_finalized`].
-    pub fn set_replica_sink(&self, sink: crate::replica::IngressSink) {
+    pub fn set_replica_sink(&self, sink: crate::replica_link::IngressSink) {
         self.replica.turn_on(sink);
     }
 
@@ -1153,7 +1154,7 @@ impl Node {
             },
             request: CURRENT_REQUEST.with(|c| c.borrow().clone()),
         };
-        let waiter: crate::replica::Waiter =
+        let waiter: crate::replica_link::Waiter =
             Box::new(move |result| done(result.and_then(Applied::into_call)));
         if let Err((e, waiter)) = self.replica.submit_then(&ingress, None, waiter) {
             waiter(Err(e));

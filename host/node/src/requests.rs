@@ -201,7 +201,7 @@ pub struct Job {
     /// The id and expiry to journal with it (see [`Node::tagged`]).
     pub tag: Option<crate::RequestTag>,
     /// The signed request as sent (replica mode checks it everywhere).
-    pub envelope: Option<crate::replica::Envelope>,
+    pub envelope: Option<crate::replica_link::Envelope>,
     /// The sender.
     pub caller: Principal,
     /// The canister.
@@ -341,7 +341,7 @@ fn run_job(node: &Node, requests: &Arc<Requests>, metrics: &Arc<Metrics>, job: J
         }
     };
     Node::tagged(tag, || {
-        crate::replica::with_envelope(envelope, || {
+        crate::replica_link::with_envelope(envelope, || {
             node.submit_update(&caller, &canister, &method, args, finish)
         })
     });

@@ -30,8 +30,18 @@ use cellar_consensus::keys::SubnetPublicKeys;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::node::Certified;
 use cellar_state::checkpoint::Part;
+
+/// What a catch-up package certifies about the state at its height.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Certified {
+    /// The height (the round of the state).
+    pub height: u64,
+    /// The round's time: the block's time (ns).
+    pub time_nanos: u64,
+    /// The state hash (`Node::state_hash`).
+    pub state_hash: [u8; 32],
+}
 
 /// Bytes per chunk at most: a part of pages (256 pages and their indices)
 /// fits in one (the transport's messages are at most 8 MiB).

@@ -10,8 +10,6 @@
 //! state sync). Assembling checks the concatenation against the module
 //! hash; a successful install empties the store.
 
-use cellar_types::api::MAX_CHUNK_BYTES;
-
 use super::*;
 
 impl Node {
@@ -93,14 +91,4 @@ impl Node {
             _ => unreachable!("install answers with a status"),
         }
     }
-}
-
-/// Refuses empty chunks and chunks over [`MAX_CHUNK_BYTES`].
-pub(crate) fn check_chunk_size(len: usize) -> Result<(), NodeError> {
-    if len == 0 || len > MAX_CHUNK_BYTES {
-        return Err(NodeError::BadRequest(format!(
-            "a chunk is 1 byte to {MAX_CHUNK_BYTES} bytes, not {len}"
-        )));
-    }
-    Ok(())
 }

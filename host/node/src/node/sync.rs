@@ -26,17 +26,6 @@ const STAGING: &str = "sync-staging";
 /// (the file holds the plan, postcard).
 const CHECKED: &str = "CHECKED";
 
-/// What a catch-up package certifies about the state at its height.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Certified {
-    /// The height (the round of the state).
-    pub height: u64,
-    /// The round's time: the block's time (ns).
-    pub time_nanos: u64,
-    /// The state hash ([`Node::state_hash`]).
-    pub state_hash: [u8; 32],
-}
-
 /// A checkpoint loaded and given its code, ready to become the registry.
 struct Adopted {
     registry: Registry,
