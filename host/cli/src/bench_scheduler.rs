@@ -9,15 +9,22 @@
 //!   components (round robin, accumulated priority). The flood runs on a
 //!   node in replica mode whose batches the benchmark finalizes itself, one
 //!   round at a time, so the figures are counted in rounds and never depend
-//!   on timing.
+//!   on timing. Its requests come through the node's HTTP API, signed by an
+//!   agent, as a replica executes only signed requests from non-anonymous
+//!   callers.
 //! * Inter-canister call round trips per second.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use cellar_agent::{Agent, Identity};
+use cellar_consensus::ingress::IngressMessage;
 use cellar_node::{Durability, Node, NodeOptions};
 use cellar_types::Principal;
-use cellar_types::api::{Args, InstallMode};
+use cellar_types::api::{
+    Args, CallRequest, CallResponse, CreateRequest, InstallMode, ModuleSource,
+};
 use serde::Serialize;
 
 /// Options of `cellar bench scheduler`.
@@ -279,10 +286,20 @@ pub fn scheduler(args: &SchedulerBenchArgs, json: bool) -> Result<()> {
 
 /// A node in replica mode whose batches the benchmark finalizes itself:
 /// requests are captured by the sink and executed in the batch and round
-/// the benchmark chooses.
+/// the benchmark chooses. The node serves its HTTP API on loopback and the
+/// benchmark's requests go through it from an [`Agent`] with an identity of
+/// its own, signed as every `cellar` command signs them: a replica executes
+/// a request from a non-anonymous caller only with the signed request it
+/// came from, and the sink names each message with the id consensus gives
+/// it, so the batches pass the checks every replica makes.
 struct Driven {
-    node: Node,
+    node: Arc<Node>,
+    agent: Agent,
     requests: std::sync::Mutex<std::sync::mpsc::Receiver<([u8; 32], Vec<u8>)>>,
+    /// The API server: dropping it stops the server, then the runtime
+    /// (fields drop in order).
+    _server: cellar_node::RunningNode,
+    _runtime: tokio::runtime::Runtime,
 }
 
 impl Driven {
@@ -291,23 +308,39 @@ impl Driven {
         options.durability = Durability::Process;
         options.checkpoint_interval = u64::MAX;
         options.round_instructions = round_instructions;
-        let node = Node::open(options)?;
+        let node = Arc::new(Node::open(options)?);
         let (tx, requests) = std::sync::mpsc::channel();
         let tx = std::sync::Mutex::new(tx);
-        let next = std::sync::atomic::AtomicU64::new(1);
-        node.set_replica_sink(Box::new(move |content, _expiry_ms| {
-            let mut id = [0u8; 32];
-            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            id[..8].copy_from_slice(&n.to_le_bytes());
+        node.set_replica_sink(Box::new(move |content, expiry_ms| {
+            // As a replica's sink: the id is the hash of the message and
+            // its expiry (a signed request fixes the expiry).
+            let message = IngressMessage {
+                expiry_ms: expiry_ms.unwrap_or_else(|| now_nanos() / 1_000_000 + 4 * 60 * 1000),
+                content,
+            };
+            let id = message.id().0;
             tx.lock()
                 .map_err(|_| "sink lock".to_string())?
-                .send((id, content))
+                .send((id, message.content))
                 .map_err(|e| e.to_string())?;
             Ok(id)
         }));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let running = runtime.block_on(cellar_node::serve(
+            node.clone(),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        ))?;
+        let agent = Agent::new(&format!("http://{}", running.addr), Identity::generate()?);
         Ok(Driven {
             node,
+            agent,
             requests: std::sync::Mutex::new(requests),
+            _server: running,
+            _runtime: runtime,
         })
     }
 
@@ -323,8 +356,7 @@ impl Driven {
     /// Executes the next round with `items`.
     fn finalize(&self, items: &[([u8; 32], Vec<u8>)]) -> Result<()> {
         let height = self.node.round() + 1;
-        let time = 1_700_000_000_000_000_000 + height * 1_000_000_000;
-        self.node.apply_finalized(height, time, items)?;
+        self.node.apply_finalized(height, now_nanos(), items)?;
         Ok(())
     }
 
@@ -339,11 +371,12 @@ impl Driven {
         anyhow::bail!("the node never ran out of work")
     }
 
-    /// Runs `request` in a round of its own and the rounds it causes.
-    fn run<T: Send>(&self, request: impl FnOnce(&Node) -> T + Send) -> Result<T> {
+    /// Runs `request` (one request through the agent) in a round of its
+    /// own and the rounds it causes.
+    fn run<T: Send>(&self, request: impl FnOnce(&Agent) -> T + Send) -> Result<T> {
         std::thread::scope(|s| {
-            let node = &self.node;
-            let handle = s.spawn(move || request(node));
+            let agent = &self.agent;
+            let handle = s.spawn(move || request(agent));
             let item = self.next_request()?;
             self.finalize(&[item])?;
             self.settle()?;
@@ -353,25 +386,36 @@ impl Driven {
         })
     }
 
+    /// Creates a canister with example `name` installed (as `cellar
+    /// deploy NAME` does: one request).
     fn deploy(&self, name: &str) -> Result<Principal> {
-        let e = cellar_examples::get(name).context("no such example")?;
-        let id = self.run(|n| n.create(&me(), vec![]))??;
-        self.run(|n| {
-            n.install(
-                &me(),
-                &id,
-                InstallMode::Install,
-                e.wasm,
-                e.init_arg.map(str::to_string),
-            )
-        })??;
-        Ok(id)
+        let request = CreateRequest {
+            module: Some(ModuleSource::Example(name.to_string())),
+            ..CreateRequest::default()
+        };
+        let status = self
+            .run(|agent| agent.create(&request))?
+            .with_context(|| format!("deploying {name}"))?;
+        Ok(status.canister_id)
     }
 
     /// The light canister's counter.
     fn count(&self, id: &Principal) -> Result<String> {
         ok(self.node.query(&me(), id, "get", wave(""))?)
     }
+}
+
+/// Nanoseconds since the Unix epoch.
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// An update's answer through the agent: its reply, or an error.
+fn replied(answer: Result<CallResponse, cellar_agent::AgentError>) -> Result<()> {
+    cellar_agent::replied(answer?)?;
+    Ok(())
 }
 
 /// One flood under `policy`: `--flooders` relays each send
@@ -382,8 +426,12 @@ fn flood(args: &SchedulerBenchArgs, policy: &str) -> Result<FloodFigures> {
     let dir = tempfile::tempdir()?;
     let driven = Driven::open(dir.path(), args.flood_round_instructions)?;
     if policy != "builtin" {
-        let wasm = cellar_examples::scheduler_policy(policy).context("no such policy")?;
-        driven.run(|n| n.set_scheduler_policy(&me(), Some(wasm)))??;
+        anyhow::ensure!(
+            cellar_examples::scheduler_policy(policy).is_some(),
+            "no such policy"
+        );
+        let source = ModuleSource::Example(policy.to_string());
+        driven.run(|agent| agent.set_scheduler_policy(Some(source)))??;
     }
     let light = driven.deploy("counter")?;
     let mut pairs = Vec::with_capacity(args.flooders);
@@ -397,17 +445,18 @@ fn flood(args: &SchedulerBenchArgs, policy: &str) -> Result<FloodFigures> {
     let start = driven.node.round();
     let light = &light;
     std::thread::scope(|s| -> Result<()> {
-        let node = &driven.node;
+        let agent = &driven.agent;
         let mut floods = Vec::new();
         let mut items = Vec::new();
         for (relay, target) in &pairs {
             let calls = args.flood_calls;
             floods.push(s.spawn(move || {
-                node.update(
-                    &me(),
+                agent.call(
                     relay,
-                    "fan-out",
-                    wave(&format!("\"{}\", \"increment\", {calls}", target.to_text())),
+                    &CallRequest::wave(
+                        "fan-out",
+                        &format!("\"{}\", \"increment\", {calls}", target.to_text()),
+                    ),
                 )
             }));
             items.push(driven.next_request()?);
@@ -419,7 +468,7 @@ fn flood(args: &SchedulerBenchArgs, policy: &str) -> Result<FloodFigures> {
         }
         let mut lights = Vec::new();
         for sample in 1..=args.light_samples {
-            lights.push(s.spawn(move || node.update(&me(), light, "increment", wave(""))));
+            lights.push(s.spawn(move || agent.call(light, &CallRequest::wave("increment", ""))));
             let item = driven.next_request()?;
             driven.finalize(&[item])?;
             let inducted = driven.node.round();
@@ -436,8 +485,10 @@ fn flood(args: &SchedulerBenchArgs, policy: &str) -> Result<FloodFigures> {
         }
         driven.settle()?;
         for h in floods.into_iter().chain(lights) {
-            ok(h.join()
-                .map_err(|_| anyhow::anyhow!("flood thread panicked"))??)?;
+            replied(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("flood thread panicked"))?,
+            )?;
         }
         Ok(())
     })?;

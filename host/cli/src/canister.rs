@@ -75,7 +75,10 @@ pub fn run(agent: &Agent, command: CanisterCommand, out: Output) -> Result<()> {
             let list = agent.canisters()?;
             return out.value(&list, || {
                 if list.is_empty() {
-                    "no canisters: deploy one with `cellar deploy kv`".to_string()
+                    format!(
+                        "no canisters: deploy one with `{} deploy kv`",
+                        crate::invocation::cellar()
+                    )
                 } else {
                     canister_table(&list)
                 }

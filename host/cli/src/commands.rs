@@ -270,7 +270,10 @@ pub fn status(agent: &Agent, canister: Option<&Principal>, out: Output) -> Resul
     println!("you        {}", agent.identity().principal());
     println!();
     if canisters.is_empty() {
-        println!("no canisters: deploy one with `cellar deploy kv`");
+        println!(
+            "no canisters: deploy one with `{} deploy kv`",
+            crate::invocation::cellar()
+        );
         return Ok(());
     }
     print!("{}", canister_table(&canisters));

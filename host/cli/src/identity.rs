@@ -68,7 +68,10 @@ impl Store {
             Identity::load_or_create(&path)?
         } else {
             Identity::load(&path).with_context(|| {
-                format!("the current identity `{name}` is missing; `cellar identity use default`")
+                format!(
+                    "the current identity `{name}` is missing; `{} identity use default`",
+                    crate::invocation::cellar()
+                )
             })?
         };
         Ok((name, identity))
@@ -111,7 +114,10 @@ impl Store {
     pub fn set_current(&self, name: &str) -> Result<()> {
         check_name(name)?;
         if name != DEFAULT && !self.path(name).exists() {
-            bail!("there is no identity `{name}`; create it with `cellar identity new {name}`");
+            bail!(
+                "there is no identity `{name}`; create it with `{} identity new {name}`",
+                crate::invocation::cellar()
+            );
         }
         fs::create_dir_all(&self.dir)?;
         fs::write(self.dir.join("current-identity"), format!("{name}\n"))

@@ -29,6 +29,7 @@ mod canister;
 mod commands;
 mod fleet;
 mod identity;
+mod invocation;
 mod output;
 mod progress;
 mod project;

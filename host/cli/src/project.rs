@@ -237,8 +237,9 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join("cellar.toml");
     let text = fs::read_to_string(&path).with_context(|| {
         format!(
-            "no cellar.toml in {}: create a project with `cellar new <name>`",
-            dir.display()
+            "no cellar.toml in {}: create a project with `{} new <name>`",
+            dir.display(),
+            crate::invocation::cellar()
         )
     })?;
     let mut values = BTreeMap::new();

@@ -70,12 +70,10 @@ async fn serve(settings: Settings, identity: Identity) -> Result<()> {
         .await
         .with_context(|| format!("cannot start the node on {}", data_dir.display()))?;
     let url = format!("http://{}", node.addr);
-    // Client commands need `--url` unless the node is on the default address.
-    let cellar = if node.addr.to_string() == DEFAULT_LISTEN {
-        "cellar".to_string()
-    } else {
-        format!("cellar --url {url}")
-    };
+    // Client commands need `--url` unless the node is on the default
+    // address; they start the way this one was started (`cargo run -p
+    // cellar --` from a checkout, `cellar` once installed).
+    let cellar = hint_command(crate::invocation::cellar(), &node.addr.to_string());
 
     println!("Cellar node running at {url}");
     println!("  data dir: {}", data_dir.display());
@@ -97,6 +95,16 @@ async fn serve(settings: Settings, identity: Identity) -> Result<()> {
         println!("\nPress Ctrl-C to stop.");
     }
     node.wait().await
+}
+
+/// The start of the client commands `start` prints for a node listening on
+/// `listen`, run by `invocation`.
+fn hint_command(invocation: &str, listen: &str) -> String {
+    if listen == DEFAULT_LISTEN {
+        invocation.to_string()
+    } else {
+        format!("{invocation} --url http://{listen}")
+    }
 }
 
 /// Ready-to-paste commands for one deployed example.
@@ -144,4 +152,24 @@ fn list_existing(url: &str, identity: Identity, cellar: &str) {
         Err(e) => tracing::warn!("cannot list the canisters: {e:#}"),
     }
     println!("\nPress Ctrl-C to stop.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_start_as_the_user_started_cellar() {
+        let id = Principal::canister(1);
+        let me = Principal::anonymous();
+        let cellar = hint_command("cargo run -p cellar --", DEFAULT_LISTEN);
+        assert_eq!(
+            example_lines(&cellar, "kv", &id, &me)[0],
+            format!(r#"cargo run -p cellar -- call {id} 'add("apple", 5)'"#)
+        );
+        assert_eq!(
+            hint_command("cellar", "127.0.0.1:7171"),
+            "cellar --url http://127.0.0.1:7171"
+        );
+    }
 }

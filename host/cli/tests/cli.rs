@@ -3,31 +3,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
-/// The binary under test: `CELLAR_TEST_BIN` when set (a copy of the build
-/// that a shared target directory cannot replace mid-run), else cargo's.
-static CELLAR: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    std::env::var("CELLAR_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cellar").to_string())
-});
-
-/// Kills the node when the test ends, however it ends.
-struct NodeProcess(Child);
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::{CELLAR, NodeProcess, failed, free_port, ok};
 
 /// Starts a node and returns it with its example canisters (name, id).
 fn start(dir: &Path, identity: &Path) -> (NodeProcess, String, Vec<(String, String)>) {
@@ -74,20 +53,6 @@ fn cellar(url: &str, identity: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
-}
-
-fn failed(output: Output) -> String {
-    assert!(!output.status.success(), "unexpectedly succeeded");
-    String::from_utf8(output.stderr).unwrap()
 }
 
 #[test]
