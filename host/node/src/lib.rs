@@ -77,12 +77,15 @@ pub struct RunningNode {
     pub node: Arc<Node>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     shutdown: tokio::sync::oneshot::Sender<()>,
+    /// SIGINT, listened to from before the API serves: a Ctrl-C that comes
+    /// as soon as the node answers still shuts it down cleanly.
+    interrupt: tokio::signal::unix::Signal,
 }
 
 impl RunningNode {
     /// Serves until Ctrl-C, then writes a checkpoint.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        tokio::signal::ctrl_c().await?;
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        self.interrupt.recv().await;
         tracing::info!("shutting down");
         self.shutdown().await
     }
@@ -143,6 +146,7 @@ fn serve_listener(
     ticker: bool,
 ) -> anyhow::Result<RunningNode> {
     let addr = listener.local_addr()?;
+    let interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     if ticker {
         spawn_round_ticker(&node);
     }
@@ -162,6 +166,7 @@ fn serve_listener(
         node,
         server,
         shutdown,
+        interrupt,
     })
 }
 
