@@ -80,6 +80,14 @@ pub struct RunningNode {
     /// SIGINT, listened to from before the API serves: a Ctrl-C that comes
     /// as soon as the node answers still shuts it down cleanly.
     interrupt: tokio::signal::unix::Signal,
+    /// The round ticker (none on a replica), stopped at shutdown.
+    ticker: Option<Ticker>,
+}
+
+/// The background thread that runs rounds when no request drives them.
+struct Ticker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl RunningNode {
@@ -92,11 +100,29 @@ impl RunningNode {
 
     /// Stops serving and writes a checkpoint (unless an execution is
     /// paused: replay brings it back instead).
+    ///
+    /// On a local node (`start`, `serve`), when it returns nothing but this
+    /// handle holds the node (the round ticker has stopped, the ingress
+    /// workers are gone, waited for up to 10 s), so dropping it closes the
+    /// node's stores and another node may open the same data directory.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(());
         self.server.await??;
+        let local = self.ticker.is_some();
+        if let Some(ticker) = self.ticker {
+            ticker
+                .stop
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            tokio::task::spawn_blocking(move || ticker.thread.join())
+                .await?
+                .map_err(|_| anyhow::anyhow!("the round ticker panicked"))?;
+        }
         let node = self.node.clone();
         tokio::task::spawn_blocking(move || node.checkpoint_if_settled()).await??;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while local && Arc::strong_count(&self.node) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         Ok(())
     }
 }
@@ -147,9 +173,7 @@ fn serve_listener(
 ) -> anyhow::Result<RunningNode> {
     let addr = listener.local_addr()?;
     let interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    if ticker {
-        spawn_round_ticker(&node);
-    }
+    let ticker = ticker.then(|| spawn_round_ticker(&node));
     let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
     let app = http::router(node.clone(), max_body);
     let server = tokio::spawn(async move {
@@ -167,6 +191,7 @@ fn serve_listener(
         server,
         shutdown,
         interrupt,
+        ticker,
     })
 }
 
@@ -175,13 +200,18 @@ fn serve_listener(
 const TICK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Runs rounds in the background whenever there is work and no request
-/// drives them, until the node is dropped.
-fn spawn_round_ticker(node: &Arc<Node>) {
+/// drives them, until the node is dropped or the ticker is stopped.
+fn spawn_round_ticker(node: &Arc<Node>) -> Ticker {
     let weak = Arc::downgrade(node);
-    std::thread::Builder::new()
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let thread = std::thread::Builder::new()
         .name("cellar-rounds".into())
         .spawn(move || {
             while let Some(node) = weak.upgrade() {
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
                 let ran = match node.tick() {
                     Ok(ran) => ran,
                     Err(e) => {
@@ -196,6 +226,7 @@ fn spawn_round_ticker(node: &Arc<Node>) {
             }
         })
         .expect("spawn the round ticker");
+    Ticker { stop, thread }
 }
 
 fn deploy_examples(
