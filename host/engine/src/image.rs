@@ -36,7 +36,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::memory::MemoryView;
-use crate::paging::{PAGE_SIZE, PageMap};
+use crate::page::PAGE_SIZE;
+use crate::paging::PageMap;
 use crate::version_cache::{self, Lent, Lineage, Resident, VersionCache};
 
 /// Memories with fewer stored pages are armed lazily (building and keeping
@@ -335,7 +336,7 @@ impl ImageMemory {
         let (next, changed) = unsafe {
             self.committed.with_written(
                 self.written(),
-                |page| (base + page * PAGE_SIZE) as *const crate::paging::Page,
+                |page| (base + page * PAGE_SIZE) as *const crate::page::Page,
                 write_into_image,
             )
         };

@@ -20,6 +20,7 @@ mod image;
 mod interface;
 mod mapped;
 mod memory;
+mod page;
 mod page_slab;
 mod paging;
 mod policy;
@@ -50,8 +51,9 @@ pub use exec::{
 pub use globals::{Instrumented, RESTORE_EXPORT, SAVE_EXPORT, instrument};
 pub use image::set_memory_images;
 pub use interface::{CanisterInterface, Hook, Method, MethodKind, MethodLookupError, render_type};
+pub use page::{PAGE_SIZE, Page};
 pub use page_slab::{SlabStats, stats as slab_stats};
-pub use paging::{MAX_PAGES, MemoryImage, PAGE_SIZE, Page, PageMap, PageRef, page_from_slice};
+pub use paging::{MAX_PAGES, MemoryImage, PageMap, PageRef, page_from_slice};
 pub use policy::{
     Allowance, CanisterSummary, DEFAULT_POLICY_INSTRUCTIONS,
     DEFAULT_POLICY_INSTRUCTIONS_PER_CANISTER, MAX_POLICY_BYTES, MAX_PRIORITY, POLICY_MEMORY_BYTES,

@@ -36,7 +36,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use crate::memory::{KeptMemory, MemoryView};
-use crate::paging::{PAGE_SIZE, PageMap};
+use crate::page::PAGE_SIZE;
+use crate::paging::PageMap;
 use crate::tracker::Armed;
 use crate::uffd::UffdMemory;
 use crate::version_cache::{self, Lent, Lineage, Resident, VersionCache};

@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use cellar_types::Principal;
 
 use crate::memory::MemoryView;
-use crate::paging::{MAX_PAGES, PAGE_SIZE, Page, PageMap, PageRef};
+use crate::page::{PAGE_SIZE, Page};
+use crate::paging::{MAX_PAGES, PageMap, PageRef};
 
 /// Pages mapped together on a read fault. Measured with random reads of a
 /// 256 MiB heap (`fault_cost_probe`): prefetching 8 pages cost more than it

@@ -37,7 +37,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::memory::MemoryView;
-use crate::paging::{PAGE_SIZE, PageMap};
+use crate::page::PAGE_SIZE;
+use crate::paging::PageMap;
 use crate::tracker::{self, Armed};
 
 // ---- Kernel interface -------------------------------------------------
@@ -959,7 +960,7 @@ impl UffdMemory {
         unsafe {
             self.committed.with_written(
                 self.written(),
-                |page| (base + page * PAGE_SIZE) as *const crate::paging::Page,
+                |page| (base + page * PAGE_SIZE) as *const crate::page::Page,
                 |_, _| {},
             )
         }
