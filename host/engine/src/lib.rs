@@ -20,6 +20,7 @@ mod image;
 mod interface;
 mod mapped;
 mod memory;
+mod message_context;
 mod page;
 mod page_slab;
 mod paging;
@@ -44,13 +45,11 @@ pub use consensus_policy::{
     DEFAULT_CONSENSUS_POLICY_INSTRUCTIONS_PER_NODE, MAX_CONSENSUS_POLICY_BYTES,
     MAX_CONSENSUS_POLICY_NAME, WasmConsensusPolicy,
 };
-pub use exec::{
-    LogLevel, LogRecord, MessageContext, MessageKind, MessageOutcome, PausedExecution, Progress,
-    WarmInstance, execute, execute_sliced,
-};
+pub use exec::{MessageOutcome, PausedExecution, Progress, WarmInstance, execute, execute_sliced};
 pub use globals::{Instrumented, RESTORE_EXPORT, SAVE_EXPORT, instrument};
 pub use image::set_memory_images;
 pub use interface::{CanisterInterface, Hook, Method, MethodKind, MethodLookupError, render_type};
+pub use message_context::{LogLevel, LogRecord, MessageContext, MessageKind};
 pub use page::{PAGE_SIZE, Page};
 pub use page_slab::{SlabStats, stats as slab_stats};
 pub use paging::{MAX_PAGES, MemoryImage, PageMap, PageRef, page_from_slice};
