@@ -22,7 +22,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use crate::cache::CanisterCode;
 use crate::config::Limits;
 use crate::interface::Method;
-use crate::mapped::Lending;
+use crate::lending::Lending;
 use crate::memory::{with_kept_memories, with_memory_plan};
 use crate::message_context::{LogLevel, LogRecord, MessageContext, MessageKind};
 use crate::page::PAGE_SIZE;

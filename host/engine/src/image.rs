@@ -369,22 +369,19 @@ impl Drop for ImageMemory {
 
 static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Turns memory images off (or back on) for this process: the userfaultfd
-/// tracker then maps every memory lazily. For benchmarks that compare both.
-/// Turning them off frees the cached images, and the memories the
-/// `uffd-mapped` tracker keeps (not lent right now).
-pub fn set_memory_images(enabled: bool) {
+/// Turns memory images off (or back on) for this process (see
+/// `tracker::set_memory_images`, which also frees the kept memories).
+pub(crate) fn set_enabled(enabled: bool) {
     DISABLED.store(!enabled, Ordering::Relaxed);
-    if !enabled {
-        crate::mapped::clear();
-    }
-    if !enabled {
-        let resting = CACHE
-            .lock()
-            .map(|mut c| c.drain_resting())
-            .unwrap_or_default();
-        drop(resting);
-    }
+}
+
+/// Frees every cached image not lent right now.
+pub(crate) fn clear() {
+    let resting = CACHE
+        .lock()
+        .map(|mut c| c.drain_resting())
+        .unwrap_or_default();
+    drop(resting);
 }
 
 /// Whether images are enabled and work here: a private mapping of a

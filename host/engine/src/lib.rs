@@ -19,6 +19,7 @@ mod exec;
 mod globals;
 mod image;
 mod interface;
+mod lending;
 mod mapped;
 mod memory;
 mod message_context;
@@ -50,7 +51,6 @@ pub use consensus_policy::{
 };
 pub use exec::{MessageOutcome, PausedExecution, Progress, WarmInstance, execute, execute_sliced};
 pub use globals::{Instrumented, RESTORE_EXPORT, SAVE_EXPORT, instrument};
-pub use image::set_memory_images;
 pub use interface::{CanisterInterface, Hook, Method, MethodKind, MethodLookupError, render_type};
 pub use message_context::{LogLevel, LogRecord, MessageContext, MessageKind};
 pub use page::{PAGE_SIZE, Page};
@@ -64,7 +64,7 @@ pub use policy::{
 };
 pub use stable::{MAX_STABLE_BYTES, STABLE_PAGE_SIZE, StableMemory};
 pub use state::{ExecutionState, HeapSnapshot, LateReply, OutgoingCall, StateChanges, Timer};
-pub use tracker::{KEPT_MAX_PAGES, MemoryTracker, TrackingStats};
+pub use tracker::{KEPT_MAX_PAGES, MemoryTracker, TrackingStats, set_memory_images};
 pub use values::{
     CallArgs, CallText, Encoding, decode_args, decode_results_wave, encode_results, json_to_val,
     parse_call_text, results_to_json, results_to_wave, val_to_json,

@@ -188,6 +188,18 @@ impl Drop for ArmGuard<'_> {
     }
 }
 
+/// Turns memory images off (or back on) for this process: the userfaultfd
+/// tracker then maps every memory lazily. For benchmarks that compare both.
+/// Turning them off frees the cached images, and the memories the
+/// `uffd-mapped` tracker keeps (not lent right now).
+pub fn set_memory_images(enabled: bool) {
+    crate::image::set_enabled(enabled);
+    if !enabled {
+        crate::mapped::clear();
+        crate::image::clear();
+    }
+}
+
 /// Counts of the tracking work a message did (for benchmarks and limits).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrackingStats {
