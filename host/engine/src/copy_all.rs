@@ -1,6 +1,6 @@
 //! The `copy-all` baseline tracker: the whole committed heap is copied into
-//! the instance and the whole heap compared with it afterwards; and that
-//! comparison, which the signal tracker's whole mode also commits with.
+//! the instance and the whole heap compared with it afterwards (the
+//! comparison the signal tracker's whole mode also commits with).
 
 use std::cell::Cell;
 use std::sync::Arc;
