@@ -2,12 +2,10 @@
 //! signature covers. Every artifact serializes with postcard; the transport
 //! sends `Artifact::to_bytes` and hands `Artifact::from_bytes` to the node.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::bls::{NodeIndex, SignatureBytes};
+pub use crate::hash::Hash32;
 use crate::ingress::IngressMessage;
 
 /// A height (round) of the chain; the genesis is height 0.
@@ -15,32 +13,6 @@ pub type Height = u64;
 
 /// Largest encoded artifact accepted from the network.
 pub const MAX_ARTIFACT_BYTES: usize = 8 << 20;
-
-/// A SHA-256 hash.
-#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Hash32(pub [u8; 32]);
-
-impl Hash32 {
-    /// SHA-256 of `domain` followed by each part.
-    pub fn digest(domain: &[u8], parts: &[&[u8]]) -> Hash32 {
-        let mut h = Sha256::new();
-        h.update((domain.len() as u32).to_be_bytes());
-        h.update(domain);
-        for p in parts {
-            h.update(p);
-        }
-        Hash32(h.finalize().into())
-    }
-}
-
-impl fmt::Debug for Hash32 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0[..6] {
-            write!(f, "{b:02x}")?;
-        }
-        f.write_str("…")
-    }
-}
 
 /// Hash of a block.
 pub type BlockHash = Hash32;

@@ -1,5 +1,5 @@
 //! Byzantine behaviours for fault tests: what a malicious node sends
-//! instead of its honest artifacts. The simulation ([`crate::sim`]) and the
+//! instead of its honest artifacts. The subnet simulation and the
 //! replica's hidden test-only option (`cellar node start --byzantine`) use
 //! the same transformations, so a fault tested in the simulation is the
 //! fault played by a real process.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::artifacts::Hash32;
+use crate::hash::Hash32;
 
 /// Longest time to live of an ingress message.
 pub const MAX_INGRESS_TTL_MS: u64 = 5 * 60 * 1000;

@@ -21,6 +21,7 @@ pub mod artifacts;
 pub mod bls;
 pub mod byzantine;
 pub mod catch_up;
+mod hash;
 pub mod icc;
 pub mod ingress;
 pub mod keys;
@@ -29,6 +30,7 @@ mod pool;
 pub mod signed;
 pub mod sim;
 
-pub use artifacts::{Artifact, CatchUpPackage, Hash32, Height};
+pub use artifacts::{Artifact, CatchUpPackage, Height};
+pub use hash::Hash32;
 pub use icc::{Action, ConsensusConfig, ConsensusError, ConsensusNode, FinalizedBatch};
 pub use policy::{ConsensusPolicy, IccPolicy, RoundRobinPolicy};

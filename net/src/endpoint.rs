@@ -13,7 +13,8 @@ use tracing::warn;
 use crate::config::TransportConfig;
 use crate::error::NetError;
 use crate::identity::NodeKeyPair;
-use crate::membership::{Membership, NodeIndex, PeerInfo};
+use crate::membership::{Membership, PeerInfo};
+use crate::node_index::NodeIndex;
 use crate::tls;
 
 /// Creates the endpoint: listening with member-only client authentication,

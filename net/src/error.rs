@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::membership::NodeIndex;
+use crate::node_index::NodeIndex;
 
 /// Errors of setting up identities, memberships and the transport.
 #[derive(Debug, thiserror::Error)]

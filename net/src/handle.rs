@@ -12,7 +12,8 @@ use tokio::task::JoinHandle;
 
 use crate::artifact::{Artifact, ArtifactId};
 use crate::error::SendError;
-use crate::membership::{Membership, NodeIndex};
+use crate::membership::Membership;
+use crate::node_index::NodeIndex;
 use crate::shared::{CLOSE_SHUTDOWN, Shared, delay_nanos, lock};
 use crate::stats::TransportStats;
 use crate::wire::Message;

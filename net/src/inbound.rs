@@ -7,7 +7,7 @@ use quinn::{Connection, Endpoint, Incoming};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::membership::NodeIndex;
+use crate::node_index::NodeIndex;
 use crate::shared::{CLOSE_BANNED, CLOSE_PROTOCOL, CLOSE_SUPERSEDED, Shared, lock};
 use crate::stats::Counters;
 use crate::tls;

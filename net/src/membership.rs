@@ -12,9 +12,7 @@ use data_encoding::HEXLOWER;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::NetError;
-
-/// The index of a node in its subnet's membership.
-pub type NodeIndex = u32;
+use crate::node_index::NodeIndex;
 
 /// One member of a subnet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

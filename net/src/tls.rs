@@ -21,7 +21,8 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::error::NetError;
 use crate::identity::{NodeKeyPair, public_key_of_spki};
-use crate::membership::{Membership, NodeIndex};
+use crate::membership::Membership;
+use crate::node_index::NodeIndex;
 
 /// The ALPN protocol of this transport; peers speaking another are refused.
 pub(crate) const ALPN: &[u8] = b"cellar-net/1";

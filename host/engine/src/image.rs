@@ -36,7 +36,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::memory::MemoryView;
-use crate::paging::{PAGE_SIZE, PageMap};
+use crate::page::PAGE_SIZE;
+use crate::paging::PageMap;
 use crate::version_cache::{self, Lent, Lineage, Resident, VersionCache};
 
 /// Memories with fewer stored pages are armed lazily (building and keeping
@@ -335,7 +336,7 @@ impl ImageMemory {
         let (next, changed) = unsafe {
             self.committed.with_written(
                 self.written(),
-                |page| (base + page * PAGE_SIZE) as *const crate::paging::Page,
+                |page| (base + page * PAGE_SIZE) as *const crate::page::Page,
                 write_into_image,
             )
         };
@@ -368,22 +369,19 @@ impl Drop for ImageMemory {
 
 static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Turns memory images off (or back on) for this process: the userfaultfd
-/// tracker then maps every memory lazily. For benchmarks that compare both.
-/// Turning them off frees the cached images, and the memories the
-/// `uffd-mapped` tracker keeps (not lent right now).
-pub fn set_memory_images(enabled: bool) {
+/// Turns memory images off (or back on) for this process (see
+/// `tracker::set_memory_images`, which also frees the kept memories).
+pub(crate) fn set_enabled(enabled: bool) {
     DISABLED.store(!enabled, Ordering::Relaxed);
-    if !enabled {
-        crate::mapped::clear();
-    }
-    if !enabled {
-        let resting = CACHE
-            .lock()
-            .map(|mut c| c.drain_resting())
-            .unwrap_or_default();
-        drop(resting);
-    }
+}
+
+/// Frees every cached image not lent right now.
+pub(crate) fn clear() {
+    let resting = CACHE
+        .lock()
+        .map(|mut c| c.drain_resting())
+        .unwrap_or_default();
+    drop(resting);
 }
 
 /// Whether images are enabled and work here: a private mapping of a

@@ -14,16 +14,22 @@
 mod cache;
 mod config;
 mod consensus_policy;
+mod copy_all;
 mod exec;
 mod globals;
 mod image;
 mod interface;
+mod lending;
 mod mapped;
 mod memory;
+mod message_context;
+mod mprotect;
+mod page;
 mod page_slab;
 mod paging;
 mod policy;
 mod rng;
+mod signals;
 mod stable;
 mod stacks;
 mod state;
@@ -43,15 +49,13 @@ pub use consensus_policy::{
     DEFAULT_CONSENSUS_POLICY_INSTRUCTIONS_PER_NODE, MAX_CONSENSUS_POLICY_BYTES,
     MAX_CONSENSUS_POLICY_NAME, WasmConsensusPolicy,
 };
-pub use exec::{
-    LogLevel, LogRecord, MessageContext, MessageKind, MessageOutcome, PausedExecution, Progress,
-    WarmInstance, execute, execute_sliced,
-};
+pub use exec::{MessageOutcome, PausedExecution, Progress, WarmInstance, execute, execute_sliced};
 pub use globals::{Instrumented, RESTORE_EXPORT, SAVE_EXPORT, instrument};
-pub use image::set_memory_images;
 pub use interface::{CanisterInterface, Hook, Method, MethodKind, MethodLookupError, render_type};
+pub use message_context::{LogLevel, LogRecord, MessageContext, MessageKind};
+pub use page::{PAGE_SIZE, Page};
 pub use page_slab::{SlabStats, stats as slab_stats};
-pub use paging::{MAX_PAGES, MemoryImage, PAGE_SIZE, Page, PageMap, PageRef, page_from_slice};
+pub use paging::{MAX_PAGES, MemoryImage, PageMap, PageRef, page_from_slice};
 pub use policy::{
     Allowance, CanisterSummary, DEFAULT_POLICY_INSTRUCTIONS,
     DEFAULT_POLICY_INSTRUCTIONS_PER_CANISTER, MAX_POLICY_BYTES, MAX_PRIORITY, POLICY_MEMORY_BYTES,
@@ -60,7 +64,7 @@ pub use policy::{
 };
 pub use stable::{MAX_STABLE_BYTES, STABLE_PAGE_SIZE, StableMemory};
 pub use state::{ExecutionState, HeapSnapshot, LateReply, OutgoingCall, StateChanges, Timer};
-pub use tracker::{KEPT_MAX_PAGES, MemoryTracker, TrackingStats};
+pub use tracker::{KEPT_MAX_PAGES, MemoryTracker, TrackingStats, set_memory_images};
 pub use values::{
     CallArgs, CallText, Encoding, decode_args, decode_results_wave, encode_results, json_to_val,
     parse_call_text, results_to_json, results_to_wave, val_to_json,

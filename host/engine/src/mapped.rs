@@ -35,9 +35,9 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use crate::memory::{KeptMemory, MemoryView};
-use crate::paging::{PAGE_SIZE, PageMap};
-use crate::tracker::Armed;
+use crate::memory::KeptMemory;
+use crate::page::PAGE_SIZE;
+use crate::paging::PageMap;
 use crate::uffd::UffdMemory;
 use crate::version_cache::{self, Lent, Lineage, Resident, VersionCache};
 
@@ -55,13 +55,14 @@ const MAX_FORWARD_SHARE: u64 = 4;
 const MAX_PROTECT_RUNS: usize = 64;
 
 /// A memory at rest in the cache, holding exactly `version`.
-struct Kept {
-    memory: KeptMemory,
+pub(crate) struct Kept {
+    /// The kept reservation and its accessible size.
+    pub(crate) memory: KeptMemory,
     /// Bytes registered with the userfaultfd (and accessible) from the base.
-    registered: usize,
+    pub(crate) registered: usize,
     /// The pages instantiating `code` writes (its data segments), when that
     /// code has no start function: the same every time.
-    init_pages: Option<(CodeId, Arc<Vec<usize>>)>,
+    pub(crate) init_pages: Option<(CodeId, Arc<Vec<usize>>)>,
 }
 
 /// What identifies the code whose instantiation wrote `init_pages`.
@@ -75,7 +76,9 @@ impl Resident for Kept {
 
 static CACHE: Mutex<VersionCache<Kept>> = Mutex::new(VersionCache::new(CACHE_ENTRIES, CACHE_BYTES));
 
-fn lend(version: &PageMap, lineage: &Lineage) -> Lent<Kept> {
+/// Lends the kept memory of `version` (or of another version of
+/// `lineage`), if one rests in the cache.
+pub(crate) fn lend(version: &PageMap, lineage: &Lineage) -> Lent<Kept> {
     match CACHE.lock() {
         Ok(mut cache) => cache.lend(version, lineage),
         Err(_) => Lent::Busy,
@@ -89,8 +92,17 @@ pub(crate) fn evict(version: &PageMap) {
 }
 
 /// Drops the lent marker of `version`.
-fn forget(version: &PageMap) {
+pub(crate) fn forget(version: &PageMap) {
     version_cache::forget(&CACHE, version);
+}
+
+/// Drops the lent markers of `versions` (under one lock).
+pub(crate) fn forget_all(versions: &[PageMap]) {
+    if let Ok(mut cache) = CACHE.lock() {
+        for version in versions {
+            cache.forget(version);
+        }
+    }
 }
 
 /// Puts `kept`, lent for `lent` and now holding `version`, back (another
@@ -112,7 +124,7 @@ pub(crate) fn clear() {
 /// Sets `memory`'s accessible size to `size` bytes: pages beyond it are
 /// dropped and made inaccessible again (they are zero in the version it
 /// holds), pages below it beyond `registered` are opened on first touch.
-fn resize(kept: &mut Kept, size: usize) -> io::Result<()> {
+pub(crate) fn resize(kept: &mut Kept, size: usize) -> io::Result<()> {
     if kept.registered > size {
         let base = kept.memory.reservation.base();
         let (start, len) = (base + size, kept.registered - size);
@@ -135,7 +147,11 @@ fn resize(kept: &mut Kept, size: usize) -> io::Result<()> {
 /// canister memory, committed without it): the pages that differ are
 /// dropped, so they load from `version` on first touch. `false` when too
 /// many differ for that to beat populating a new memory.
-fn bring_forward(kept: &mut Kept, older: &PageMap, version: &PageMap) -> io::Result<bool> {
+pub(crate) fn bring_forward(
+    kept: &mut Kept,
+    older: &PageMap,
+    version: &PageMap,
+) -> io::Result<bool> {
     let limit = (kept.registered / PAGE_SIZE) as u64;
     let pages: Vec<u64> = version
         .diff(older)
@@ -196,213 +212,6 @@ unsafe fn restore(uffd: &UffdMemory, pages: &[usize]) -> io::Result<()> {
     }
 }
 
-/// The memories of one message under the `uffd-mapped` tracker, between
-/// lending (before instantiation) and arming (after it).
-pub(crate) struct Lending {
-    slots: Vec<Slot>,
-    /// Versions of the misses (whose markers are in the cache) not armed
-    /// yet: their markers go when the lending is dropped unarmed.
-    misses: Vec<PageMap>,
-    /// Kept memories lent, armed during instantiation (which writes the
-    /// data segments into them, loading missing pages on the way).
-    hits: Vec<Armed>,
-}
-
-enum Slot {
-    Hit,
-    Miss,
-    Busy,
-}
-
-impl Lending {
-    /// Lends the kept memories of `heap` (by version); a memory without
-    /// one gets a fresh reservation, to be kept after the message.
-    /// `persists`: the message is an update (its writes are likely to be
-    /// committed).
-    pub(crate) fn lend(
-        heap: &crate::state::HeapSnapshot,
-        canister: &cellar_types::Principal,
-        persists: bool,
-    ) -> Self {
-        let mut slots = Vec::with_capacity(heap.memories.len());
-        let mut hits = Vec::new();
-        let mut misses = Vec::new();
-        for (index, memory) in heap.memories.iter().enumerate() {
-            let lineage = Lineage {
-                canister: canister.clone(),
-                memory: index,
-            };
-            let lent = if memory.pages.is_empty() {
-                // An empty map is not a distinct version (all of them are
-                // equal): nothing to key a kept memory by.
-                Lent::Busy
-            } else {
-                lend(&memory.pages, &lineage)
-            };
-            // A kept memory of another version of this memory (committed
-            // while a query had borrowed it) is brought forward, or
-            // dropped when too much differs (then built afresh).
-            let lent = match lent {
-                Lent::Older(mut kept, older) => {
-                    let forward = resize(&mut kept, memory.size as usize)
-                        .and_then(|()| bring_forward(&mut kept, &older, &memory.pages));
-                    match forward {
-                        Ok(true) => Lent::Hit(kept),
-                        _ => Lent::Miss,
-                    }
-                }
-                lent => lent,
-            };
-            match lent {
-                Lent::Hit(mut kept) => {
-                    let armed = resize(&mut kept, memory.size as usize).and_then(|()| {
-                        UffdMemory::adopt(
-                            &kept.memory,
-                            kept.registered,
-                            memory.pages.clone(),
-                            false,
-                        )
-                    });
-                    match armed {
-                        Ok(uffd) => {
-                            hits.push(Armed::Mapped(MappedMemory::new(
-                                uffd,
-                                kept,
-                                memory.size as usize,
-                                persists,
-                            )));
-                            slots.push(Slot::Hit);
-                        }
-                        Err(_) => {
-                            // Unusable: dropped (unmapped), built afresh.
-                            forget(&memory.pages);
-                            slots.push(Slot::Busy);
-                        }
-                    }
-                }
-                // (`Older` was turned into a hit or a miss above.)
-                Lent::Miss | Lent::Older(..) => {
-                    misses.push(memory.pages.clone());
-                    slots.push(Slot::Miss);
-                }
-                Lent::Busy => slots.push(Slot::Busy),
-            }
-        }
-        Lending {
-            slots,
-            misses,
-            hits,
-        }
-    }
-
-    /// The kept memory to create each memory in, by creation order.
-    pub(crate) fn kept_memories(&self) -> Vec<Option<KeptMemory>> {
-        let mut hits = self.hits.iter();
-        self.slots
-            .iter()
-            .map(|slot| match slot {
-                Slot::Hit => match hits.next() {
-                    Some(Armed::Mapped(m)) => Some(m.kept_memory().clone()),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// The memories armed during instantiation.
-    pub(crate) fn armed_mut(&mut self) -> &mut [Armed] {
-        &mut self.hits
-    }
-
-    /// Arms the instance's memories (`views`, in creation order, with the
-    /// committed maps `committed`) after instantiation.
-    ///
-    /// # Safety
-    /// The store owning the memories must be alive and no wasm may run.
-    pub(crate) unsafe fn arm(
-        mut self,
-        views: &[MemoryView],
-        committed: &[PageMap],
-        code: CodeId,
-        has_start: bool,
-        persists: bool,
-    ) -> io::Result<Vec<Armed>> {
-        let slots = std::mem::take(&mut self.slots);
-        let mut hits = std::mem::take(&mut self.hits).into_iter();
-        let mut armed = Vec::with_capacity(views.len());
-        for ((slot, view), committed) in slots.iter().zip(views).zip(committed) {
-            let memory = match slot {
-                Slot::Hit => {
-                    let Some(Armed::Mapped(mut memory)) = hits.next() else {
-                        unreachable!("one lent memory per hit");
-                    };
-                    if memory.uffd.base() == view.base() {
-                        // SAFETY: forwarded contract.
-                        unsafe { memory.undo_instantiation(code, has_start) }?;
-                        Armed::Mapped(memory)
-                    } else {
-                        // The kept reservation did not fit what wasmtime
-                        // asked for: it goes back unchanged.
-                        drop(memory);
-                        // SAFETY: forwarded contract.
-                        Armed::Userfaultfd(unsafe { UffdMemory::arm(view, committed.clone()) }?)
-                    }
-                }
-                Slot::Miss => {
-                    self.misses.retain(|v| !v.same_version(committed));
-                    // A fresh reservation: what instantiation wrote is the
-                    // data segments, remembered to be undone next time.
-                    let init = if has_start {
-                        Ok(None)
-                    } else {
-                        crate::uffd::scan_present(view.base(), view.len())
-                            .map(|pages| Some((code, Arc::new(pages))))
-                    };
-                    // SAFETY: forwarded contract.
-                    let uffd = init.and_then(|init| {
-                        Ok((init, unsafe { UffdMemory::arm(view, committed.clone()) }?))
-                    });
-                    let (init, uffd) = match uffd {
-                        Ok(armed) => armed,
-                        Err(e) => {
-                            forget(committed);
-                            return Err(e);
-                        }
-                    };
-                    // Populated now, once: later messages find every page.
-                    uffd.populate();
-                    let kept = Kept {
-                        memory: view.kept(),
-                        registered: uffd.registered(),
-                        init_pages: init,
-                    };
-                    Armed::Mapped(MappedMemory::new(uffd, kept, view.len(), persists))
-                }
-                // SAFETY: forwarded contract.
-                Slot::Busy => {
-                    Armed::Userfaultfd(unsafe { UffdMemory::arm(view, committed.clone()) }?)
-                }
-            };
-            armed.push(memory);
-        }
-        Ok(armed)
-    }
-}
-
-impl Drop for Lending {
-    fn drop(&mut self) {
-        if self.misses.is_empty() {
-            return;
-        }
-        if let Ok(mut cache) = CACHE.lock() {
-            for version in &self.misses {
-                cache.forget(version);
-            }
-        }
-    }
-}
-
 /// A kept memory armed for one message.
 pub(crate) struct MappedMemory {
     uffd: UffdMemory,
@@ -419,7 +228,10 @@ pub(crate) struct MappedMemory {
 }
 
 impl MappedMemory {
-    fn new(mut uffd: UffdMemory, kept: Kept, lent_size: usize, persists: bool) -> Self {
+    /// Arms `kept` for one message through `uffd` (registered over it);
+    /// `lent_size` is the accessible size of the version it was lent for,
+    /// `persists` whether the message is an update.
+    pub(crate) fn new(mut uffd: UffdMemory, kept: Kept, lent_size: usize, persists: bool) -> Self {
         uffd.set_protect_on_scan(persists);
         MappedMemory {
             uffd,
@@ -431,8 +243,14 @@ impl MappedMemory {
         }
     }
 
-    fn kept_memory(&self) -> &KeptMemory {
+    /// The kept reservation, for the instance to be created in.
+    pub(crate) fn kept_memory(&self) -> &KeptMemory {
         &self.kept.as_ref().expect("kept until dropped").memory
+    }
+
+    /// The base address of the memory.
+    pub(crate) fn base(&self) -> usize {
+        self.uffd.base()
     }
 
     /// The userfaultfd side, for the fault handlers.
@@ -445,7 +263,11 @@ impl MappedMemory {
     ///
     /// # Safety
     /// The store must be alive and no wasm may run.
-    unsafe fn undo_instantiation(&mut self, code: CodeId, has_start: bool) -> io::Result<()> {
+    pub(crate) unsafe fn undo_instantiation(
+        &mut self,
+        code: CodeId,
+        has_start: bool,
+    ) -> io::Result<()> {
         let kept = self.kept.as_mut().expect("kept until dropped");
         let known = match &kept.init_pages {
             Some((id, pages)) if *id == code && !has_start => Some(pages.clone()),

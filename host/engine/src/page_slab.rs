@@ -30,7 +30,7 @@ use std::ptr::NonNull;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering, fence};
 
-use crate::paging::{PAGE_SIZE, Page};
+use crate::page::{PAGE_SIZE, Page};
 
 /// Pages per chunk (2 MiB).
 const CHUNK_PAGES: usize = 512;

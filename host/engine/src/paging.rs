@@ -13,19 +13,14 @@ use std::sync::{Arc, OnceLock};
 
 use sha2::{Digest, Sha256};
 
+use crate::page::{PAGE_SIZE, Page};
 pub use crate::page_slab::PageRef;
-
-/// Bytes per page.
-pub const PAGE_SIZE: usize = 4096;
 
 const BITS: u32 = 5;
 const FANOUT: usize = 1 << BITS;
 const LEVELS: u32 = 4;
 /// Pages a map can address (2^20: 4 GiB).
 pub const MAX_PAGES: u64 = 1 << (BITS * LEVELS);
-
-/// The contents of one page.
-pub type Page = [u8; PAGE_SIZE];
 
 /// A shared page holding a copy of `bytes` (one copy into the page slab,
 /// see [`PageRef`]).

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::paging::{MAX_PAGES, PAGE_SIZE, PageMap, PageRef};
+use crate::page::PAGE_SIZE;
+use crate::paging::{MAX_PAGES, PageMap, PageRef};
 
 /// Stable memory is sized in pages of 64 KiB.
 pub const STABLE_PAGE_SIZE: u64 = 64 << 10;

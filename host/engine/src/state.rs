@@ -28,7 +28,7 @@ impl HeapSnapshot {
     pub fn resident_bytes(&self) -> u64 {
         self.memories
             .iter()
-            .map(|m| m.pages.len() * crate::paging::PAGE_SIZE as u64)
+            .map(|m| m.pages.len() * crate::page::PAGE_SIZE as u64)
             .sum()
     }
 }

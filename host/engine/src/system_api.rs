@@ -12,7 +12,7 @@ use wasmtime::AsContext;
 use wasmtime::component::{Access, HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::exec::{LogLevel, LogRecord, MessageContext, MessageKind};
+use crate::message_context::{LogLevel, LogRecord, MessageContext, MessageKind};
 use crate::rng::TapeRng;
 use crate::stable::StableOverlay;
 use crate::state::{LateReply, OutgoingCall, Timer};

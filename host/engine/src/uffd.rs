@@ -20,9 +20,11 @@
 //! one signal, a write after a read costs a kernel-only fault.
 //!
 //! Pages grown during the message stay inaccessible (the view is tracked);
-//! the first access to them raises SIGSEGV, which the signal tracker's
+//! the first access to them raises SIGSEGV, which the process-wide SIGSEGV
 //! handler passes here to register the grown range. Host-side accesses
 //! (argument lowering, result lifting) fault and are handled like wasm ones.
+//! Both handlers are `tracker`'s: it passes each fault to the armed memory
+//! it falls in ([`UffdMemory::fault_at`], [`UffdMemory::register_growth`]).
 //!
 //! Registrations end when the memory is unmapped (the store is dropped
 //! right after the message): unregistering or closing the userfaultfd first
@@ -37,8 +39,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::memory::MemoryView;
-use crate::paging::{PAGE_SIZE, PageMap};
-use crate::tracker::{self, Armed};
+use crate::page::PAGE_SIZE;
+use crate::paging::PageMap;
 
 // ---- Kernel interface -------------------------------------------------
 // The libc crate lacks most of these; they are spelled out from the
@@ -603,50 +605,6 @@ fn scan(
     }
 }
 
-// ---- SIGBUS -------------------------------------------------------------
-
-static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
-
-/// Installs the SIGBUS handler once per process (with the SIGSEGV one,
-/// after wasmtime's, which it chains to).
-pub(crate) fn install_handler() {
-    PREVIOUS.get_or_init(|| crate::tracker::install_signal_handler(libc::SIGBUS, on_sigbus));
-}
-
-unsafe extern "C" fn on_sigbus(
-    signal: libc::c_int,
-    info: *mut libc::siginfo_t,
-    context: *mut libc::c_void,
-) {
-    // SAFETY: the kernel passes a valid siginfo for SIGBUS.
-    let address = unsafe { (*info).si_addr() } as usize;
-    if handle(address, tracker::is_write(context)) {
-        return;
-    }
-    if let Some(previous) = PREVIOUS.get() {
-        // SAFETY: we are the signal handler and pass on what we were given.
-        unsafe { tracker::chain(previous, signal, info, context) }
-    }
-}
-
-fn handle(address: usize, write: Option<bool>) -> bool {
-    // SAFETY: we are the fault handler on the faulting thread.
-    let Some(memories) = (unsafe { tracker::armed_on_this_thread() }) else {
-        return false;
-    };
-    for memory in memories {
-        let memory = match memory {
-            Armed::Userfaultfd(memory) => memory,
-            Armed::Mapped(memory) => memory.uffd_mut(),
-            _ => continue,
-        };
-        if address >= memory.base && address < memory.base + memory.registered {
-            return memory.fault((address - memory.base) / PAGE_SIZE, write == Some(true));
-        }
-    }
-    false
-}
-
 // ---- Armed memories ---------------------------------------------------
 
 /// Page-aligned staging for committed pages (`UFFDIO_COPY` requires a
@@ -853,6 +811,18 @@ impl UffdMemory {
         true
     }
 
+    /// Whether `address` lies in the registered part of the memory, where
+    /// a missing page raises SIGBUS.
+    pub(crate) fn covers_registered(&self, address: usize) -> bool {
+        address >= self.base && address < self.base + self.registered
+    }
+
+    /// Resolves a missing-page fault at `address`, which the memory
+    /// [covers](UffdMemory::covers_registered). Async-signal-safe.
+    pub(crate) fn fault_at(&mut self, address: usize, write: bool) -> bool {
+        self.fault((address - self.base) / PAGE_SIZE, write)
+    }
+
     /// Resolves a missing-page fault at `page`. Async-signal-safe: no
     /// allocation, only ioctls and copies into preallocated memory.
     fn fault(&mut self, page: usize, write: bool) -> bool {
@@ -959,7 +929,7 @@ impl UffdMemory {
         unsafe {
             self.committed.with_written(
                 self.written(),
-                |page| (base + page * PAGE_SIZE) as *const crate::paging::Page,
+                |page| (base + page * PAGE_SIZE) as *const crate::page::Page,
                 |_, _| {},
             )
         }
@@ -981,7 +951,7 @@ impl UffdMemory {
 mod tests {
     use super::*;
     use crate::memory::{HostMemoryCreator, with_memory_plan};
-    use crate::tracker::ArmGuard;
+    use crate::tracker::{self, ArmGuard, Armed};
     use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
 
     fn page_of(byte: u8) -> Option<crate::paging::PageRef> {

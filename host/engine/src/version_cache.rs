@@ -243,7 +243,7 @@ mod tests {
     fn version(i: u8) -> PageMap {
         PageMap::default().with_updates([(
             0,
-            Some(crate::paging::PageRef::new(&[i; crate::paging::PAGE_SIZE])),
+            Some(crate::paging::PageRef::new(&[i; crate::page::PAGE_SIZE])),
         )])
     }
 
