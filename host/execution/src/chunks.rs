@@ -1,5 +1,10 @@
 //! Chunked installs: uploads into a canister's chunk store, and installs
 //! from it (the node's API side is `cellar_node`'s `node/chunks.rs`).
+//!
+//! An upload adds a chunk's hash to the store unless it is full
+//! (`MAX_STORED_CHUNKS`, 100); an install from the store assembles the
+//! named chunks in that order, checks the whole against the module hash it
+//! names, installs it and empties the store; clearing empties it.
 
 use cellar_state::canister::Canister;
 use cellar_types::api::{InstallMode, MAX_CHUNK_BYTES, MAX_STORED_CHUNKS};
