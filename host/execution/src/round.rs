@@ -49,10 +49,10 @@
 //! Dirty-page budget: every message reports `delta_pages` (heap pages whose
 //! contents changed plus stable chunks written: the same on every replica
 //! and memory tracker); a canister's messages in a round stop once they
-//! changed its share of `ExecutionConfig::round_dirty_pages`
-//! (`NodeOptions::round_dirty_pages` on a node: equal shares of the
-//! canisters scheduled, capped by `canister_round_dirty_pages`; at least
-//! one message runs), and the rest wait for the next round.
+//! changed its share of `ExecutionConfig::round_dirty_pages` (set from
+//! `NodeOptions::round_dirty_pages`): equal shares of the canisters
+//! scheduled, capped by `canister_round_dirty_pages`; at least one message
+//! runs, and the rest wait for the next round.
 //!
 //! A long update that uses up its slice is paused (`paused.rs`) and
 //! continues in a later round. A checkpoint aborts paused executions

@@ -26,6 +26,8 @@
 //! into the store: only those parts' entries, in batches of 4,096, the
 //! metadata last, then synced. Running it again gives the same store, so a
 //! crash midway is redone.
+//!
+//! Tested here: the cut, malformed parts and the replacement.
 
 use std::collections::{BTreeMap, BTreeSet};
 
