@@ -12,7 +12,7 @@
 //! [`crate::Action::Persist`] *before* the broadcast that carries the
 //! signature; the environment makes it durable before it sends anything
 //! that follows, and gives the records back through
-//! [`crate::ConsensusNode::restore`] after a restart. [`Commitments`] is
+//! [`crate::ConsensusNode::restore`] after a restart. `Commitments` is
 //! what they restore: no second proposal at a height, one block per rank,
 //! no notarization share after a finalization share at a height.
 //!
