@@ -16,7 +16,8 @@ use crate::error::NodeError;
 use crate::executor::Executor;
 
 impl Executor {
-    /// Executes [`Op::UploadChunk`]: the chunk joins the store unless the
+    /// Executes [`Op::UploadChunk`](cellar_state::journal::Op::UploadChunk):
+    /// the chunk joins the store unless the
     /// store is full.
     pub fn apply_upload_chunk(
         &self,
@@ -43,14 +44,15 @@ impl Executor {
         Ok(Applied::Chunks(hashes))
     }
 
-    /// Executes [`Op::ClearChunks`].
+    /// Executes [`Op::ClearChunks`](cellar_state::journal::Op::ClearChunks).
     pub fn apply_clear_chunks(&self, mut canister: Canister) -> Applied {
         canister.chunks.clear();
         self.commit(canister);
         Applied::Chunks(Vec::new())
     }
 
-    /// Executes [`Op::InstallChunked`]: assembles the module, stores it
+    /// Executes [`Op::InstallChunked`](cellar_state::journal::Op::InstallChunked):
+    /// assembles the module, stores it
     /// under its hash and installs it; success empties the chunk store.
     pub fn apply_install_chunked(
         &self,
@@ -105,7 +107,8 @@ impl Executor {
         Ok(wasm)
     }
 }
-/// What an [`Op::InstallChunked`] asks, borrowed from the op.
+/// What an [`Op::InstallChunked`](cellar_state::journal::Op::InstallChunked)
+/// asks, borrowed from the op.
 pub struct ChunkedInstall<'a> {
     pub mode: InstallMode,
     pub chunk_hashes: &'a [String],

@@ -315,7 +315,7 @@ pub struct Listing {
     epoch: u64,
 }
 
-/// A checkpoint's parts, listed ([`Listing::hash`]).
+/// A checkpoint's parts, listed (`Listing::hash`).
 pub struct Listed {
     /// The view the parts were listed from.
     pub view: CheckpointView,
@@ -391,7 +391,7 @@ impl Checkpointer {
     }
 
     /// Starts listing the stored checkpoint's parts: a view of it, and
-    /// what is known of their hashes. The hashing ([`Listing::hash`]) needs
+    /// what is known of their hashes. The hashing (`Listing::hash`) needs
     /// no access to the checkpointer, so checkpoints go on meanwhile;
     /// [`Checkpointer::keep_listing`] then keeps its result for the next
     /// listing. `None` when there is no checkpoint.
