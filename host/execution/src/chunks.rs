@@ -17,8 +17,7 @@ use crate::executor::Executor;
 
 impl Executor {
     /// Executes [`Op::UploadChunk`](cellar_state::journal::Op::UploadChunk):
-    /// the chunk joins the store unless the
-    /// store is full.
+    /// the chunk joins the store unless the store is full.
     pub fn apply_upload_chunk(
         &self,
         mut canister: Canister,
@@ -52,8 +51,8 @@ impl Executor {
     }
 
     /// Executes [`Op::InstallChunked`](cellar_state::journal::Op::InstallChunked):
-    /// assembles the module, stores it
-    /// under its hash and installs it; success empties the chunk store.
+    /// assembles the module, stores it under its hash and installs it;
+    /// success empties the chunk store.
     pub fn apply_install_chunked(
         &self,
         canister: Canister,
