@@ -1,6 +1,13 @@
 //! The artifacts nodes exchange, their hashes and the exact bytes each
-//! signature covers. Every artifact serializes with postcard; the transport
-//! sends `Artifact::to_bytes` and hands `Artifact::from_bytes` to the node.
+//! signature covers.
+//!
+//! Artifacts: blocks and their proposals, the random beacon and its
+//! shares, notarization and finalization shares and certificates
+//! (multi-signatures of n−f signers), catch-up shares and packages. Each
+//! signature covers a domain-tagged message. Every artifact serializes with
+//! postcard; the transport sends `Artifact::to_bytes` and hands
+//! `Artifact::from_bytes` to the node (at most [`MAX_ARTIFACT_BYTES`],
+//! 8 MiB).
 
 use serde::{Deserialize, Serialize};
 

@@ -13,9 +13,11 @@
 //!   public keys. Rogue-key attacks are excluded because every key comes from
 //!   the trusted dealing (a DKG would add proofs of possession),
 //! - threshold signatures (`deal`, `ThresholdPublicKey::verify_share`,
-//!   `ThresholdPublicKey::combine`): a degree t−1 polynomial shares the
-//!   secret, node i holds p(i+1); any t valid shares interpolate to the one
-//!   signature p(0)·H(m), whichever t are used.
+//!   `ThresholdPublicKey::combine`): `deal` shares a random degree t−1
+//!   polynomial, node i holds p(i+1); each share is verified against the
+//!   node's public share, and `combine` interpolates any t verified shares
+//!   (Lagrange at 0) into the one signature p(0)·H(m) the subnet key
+//!   verifies, whichever t are used.
 
 use std::fmt;
 

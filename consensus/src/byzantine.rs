@@ -3,6 +3,11 @@
 //! replica's hidden test-only option (`cellar node start --byzantine`) use
 //! the same transformations, so a fault tested in the simulation is the
 //! fault played by a real process.
+//!
+//! The misbehaviours ([`Fault`]): equivocate (as block maker, two
+//! different blocks at each height it proposes, both notarization-shared:
+//! [`equivocate`]), bad shares (signed over the wrong message:
+//! [`corrupt_share`]) and garbage.
 
 use crate::artifacts::{
     Artifact, BlockProposal, BlockShare, notarization_message, proposal_message,

@@ -1,5 +1,5 @@
 //! The ICC protocol (Camenisch et al., PODC'22, ICC0/ICC1 shape) as a
-//! deterministic state machine.
+//! deterministic state machine: [`ConsensusNode`].
 //!
 //! Round h starts once a notarized block at h−1 and the random beacon of h
 //! are known. The beacon (threshold f+1 on the previous beacon) ranks the block
@@ -8,13 +8,36 @@
 //! the best-ranked valid block whose Δntry(r) has passed, at most one block
 //! per rank, skipping ranks whose maker equivocated. n−f shares make a
 //! notarization; with a notarized block at h the node moves to h+1 and, if it
-//! supported no other block at h, sends a finalization share. n−f of those
-//! finalize the block and its ancestors, which are delivered in order. Every
-//! K heights the nodes threshold-sign a catch-up package.
+//! supported no other block at h, sends a finalization share. n−f
+//! of those finalize the block and its ancestors, which are delivered in
+//! order with their payload and beacon. Every K heights the nodes
+//! threshold-sign a catch-up package.
+//!
+//! Stalled nodes rebroadcast the recent chain
+//! ([`ConsensusNode::recent_chain`]: the catch-up package and the heights
+//! above it), which a restarted replica also asks its peers for. A jump to a
+//! catch-up package empties the ingress pool (its messages may have been
+//! finalized below the package). [`ConsensusNode::set_absent`] names the
+//! nodes the replica has not heard from for 1 s: a maker ranked behind
+//! absent ones gets the delays of its rank among the present ones (liveness
+//! only), so a dead rank-0 maker does not cost every fourth height
+//! Δbm(1)/Δntry(1).
 //!
 //! Inputs: [`ConsensusNode::on_artifact`], [`ConsensusNode::on_tick`] (the only
-//! source of time), [`ConsensusNode::submit_ingress`] and
-//! [`ConsensusNode::on_execution_state`]. Outputs: [`Action`]s.
+//! source of time), [`ConsensusNode::submit_ingress`] and, every K heights,
+//! [`ConsensusNode::on_execution_state`] (the execution state hash).
+//! Outputs: [`Action`]s: `Persist(Signed)` (a choice it signed, to make
+//! durable before any broadcast that follows), `Broadcast(artifact)`,
+//! `Deliver(FinalizedBatch)` in height order, `CatchUpPackage`, `StateSync`
+//! (jumped to a package above what was executed), `PolicyError`. After a
+//! restart the node takes back its `Signed` records
+//! ([`ConsensusNode::restore`]) and the ingress its state executed
+//! ([`ConsensusNode::note_finalized_ingress`]); see `docs/consensus.md` for
+//! the crash-restart safety argument.
+//!
+//! This file holds the API, the configuration and the actions;
+//! `icc/validate.rs` checks received artifacts, `icc/protocol.rs` takes the
+//! steps.
 
 use std::collections::{BTreeMap, BTreeSet};
 

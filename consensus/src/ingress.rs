@@ -2,7 +2,8 @@
 //!
 //! A message is opaque bytes with an expiry; its id is the hash of both, so a
 //! node never trusts an id it is sent. Messages older than their expiry are
-//! dropped, and a block may only carry a message whose expiry lies in
+//! dropped. Blocks carry messages valid at their time and not in an
+//! ancestor: a block may only carry a message whose expiry lies in
 //! `(block time, block time + MAX_INGRESS_TTL_MS]`: that window bounds how far
 //! back a block maker must look for duplicates.
 

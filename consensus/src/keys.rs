@@ -5,7 +5,8 @@
 //! notarization and finalization shares, aggregated into multi-signatures),
 //! a share of the **low-threshold** key (t = f+1: the random beacon, so no
 //! f nodes can predict it and any f+1 can make it), and a share of the
-//! **high-threshold** key (t = n−f: catch-up packages).
+//! **high-threshold** key (t = n−f: catch-up packages). [`deal_subnet`]`(seed,
+//! n)` makes them for every node, with the [`SubnetPublicKeys`].
 
 use serde::{Deserialize, Serialize};
 

@@ -3,6 +3,14 @@
 //! machine. No networking and no clock: artifacts and time are inputs,
 //! broadcasts and finalized batches are outputs.
 //!
+//! The node feeds a [`ConsensusNode`] artifacts, time, client messages and,
+//! every K heights, its execution state hash; it answers with [`Action`]s
+//! (see [`icc`]). After a restart the node hands back what it signed
+//! ([`signed`]); `docs/consensus.md` gives the crash-restart safety
+//! argument. Artifacts are postcard bytes ([`Artifact::to_bytes`] /
+//! [`Artifact::from_bytes`], capped at [`artifacts::MAX_ARTIFACT_BYTES`],
+//! 8 MiB).
+//!
 //! - [`bls`]: min-sig BLS12-381: signatures, multi-signatures, threshold keys.
 //! - [`keys`]: the dealer and the subnet's public keys.
 //! - [`artifacts`]: what nodes exchange, hashes and signed messages.
@@ -10,7 +18,10 @@
 //! - [`policy`]: the consensus-policy trait, the ICC default, round robin,
 //!   and the host-side checks.
 //! - [`catch_up`]: catch-up packages and the genesis.
-//! - [`icc`]: the protocol state machine ([`ConsensusNode`]).
+//! - [`icc`]: the protocol state machine ([`ConsensusNode`]); `icc/validate.rs`
+//!   checks received artifacts, `icc/protocol.rs` takes the steps.
+//! - `pool.rs`: validated artifacts per height, and a bounded queue of those
+//!   waiting for their beacon, parent or block.
 //! - [`signed`]: what a node signed, kept across restarts.
 //! - [`byzantine`]: misbehaviours for fault tests.
 //! - [`sim`]: a seeded discrete-event simulation of a subnet.

@@ -8,6 +8,17 @@
 //! answer uses the ICC default and reports a [`PolicyError`]. ICC's agreement
 //! does not depend on ranks or delays, so even a bad policy cannot fork the
 //! chain; the checks keep it from stalling or bloating it.
+//!
+//! [`IccPolicy`] is the ICC default (a permutation of the makers from the
+//! beacon, Δbm = 2δr, Δntry = 2δr + ε); [`RoundRobinPolicy`] takes turns.
+//! Policies as Wasm components: `cellar_engine::WasmConsensusPolicy`.
+//!
+//! `ConsensusNode::schedule_policy(from, policy)` switches the policy at an
+//! agreed height: rankings of heights ≥ `from` use it (cached rankings
+//! above are dropped), delays and limits once the node's round reaches
+//! `from` (sim test: every node switches ICC → round robin at height 12,
+//! agreement holds and every later block is made by the round-robin
+//! leader).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -6,11 +6,15 @@
 //! share after a finalization share at the same height. To its peers that
 //! is Byzantine behaviour, and restarts of several nodes over time add up
 //! to more than f faults: two blocks finalized at one height. So every
-//! choice a signature commits to is a [`Signed`] record, handed out as
+//! choice a signature commits to is a [`Signed`] record
+//! (`Proposal{h, block}`, `Notarization{h, rank, block}`,
+//! `Finalization{h, block}`), handed out as
 //! [`crate::Action::Persist`] *before* the broadcast that carries the
 //! signature; the environment makes it durable before it sends anything
 //! that follows, and gives the records back through
-//! [`crate::ConsensusNode::restore`] after a restart.
+//! [`crate::ConsensusNode::restore`] after a restart. `Commitments` is
+//! what they restore: no second proposal at a height, one block per rank,
+//! no notarization share after a finalization share at a height.
 //!
 //! Signatures that commit to no choice are not recorded: a beacon share
 //! signs the previous beacon (unique per height), a catch-up share the

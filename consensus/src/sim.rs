@@ -1,6 +1,16 @@
 //! A seeded, in-process, discrete-event simulation of a subnet: real nodes,
 //! real crypto, artifacts sent as bytes with simulated delays, crashes,
 //! restarts and Byzantine behaviours. Same seed, same run.
+//!
+//! The simulation covers delays, crashes, restarts, equivocation, bad
+//! shares and garbage. [`Simulation::reboot`] restarts a node with only
+//! what it persisted, from its newest catch-up package at or below what it
+//! executed, and [`Simulation::crash_at`] crashes it at a chosen moment
+//! ([`CrashPoint`]: after persisting, after proposing, before executing a
+//! delivered block, when told to state-sync); re-delivered blocks are
+//! checked against the executed ones. [`SimConfig::policy_factory`] runs
+//! any boxed policy, such as a component. Used by `consensus/tests/sim.rs`;
+//! `examples/measure.rs` gives crypto and block-rate figures.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -1,5 +1,6 @@
 //! Artifacts: the units the transport disseminates (ingress messages,
-//! blocks, signature shares, ...), named by the SHA-256 of their content.
+//! blocks, signature shares, ...), named by the SHA-256 of their content:
+//! an artifact's id is SHA-256(kind, payload).
 
 use std::fmt;
 

@@ -1,6 +1,10 @@
 //! The QUIC endpoint and connection settings: TLS from [`crate::tls`],
 //! stream and datagram limits, keep-alives, and keys derived from the node
 //! key.
+//!
+//! The stateless-reset key and the connection-id key derive from the node
+//! key, so a restarted node still resets its peers' stale connections when
+//! they send to it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,5 +1,10 @@
 //! The handle the application sends with, and the owner that stops the
 //! transport when the last handle goes.
+//!
+//! A [`TransportHandle`] sends (`send`, `broadcast`), pulls artifacts by
+//! id (`request`), reports `stats` and `shutdown`s; `set_injected_delay`
+//! and `send_raw_frame` exist for fault tests. Dropping the last handle
+//! stops the tasks.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

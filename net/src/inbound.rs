@@ -1,5 +1,11 @@
 //! The incoming side: accept connections from members, read their frames,
 //! and drop (and ban for a while) any peer that breaks the protocol.
+//!
+//! Accepted connections are read frame by frame (see [`crate::wire`]: a
+//! 4-byte length, a tag, fields); an oversized, truncated or undecodable
+//! frame closes the connection, is logged with `tracing`, and bans the
+//! peer for `misbehaviour_ban`. A newer connection from a peer replaces its
+//! older one; the accept loop bounds the connections it handles.
 
 use std::sync::Arc;
 

@@ -6,8 +6,9 @@
 //! handshake with raw public keys pinned by that list, so only members
 //! talk, and a node dialing node *i* accepts only node *i*'s key.
 //!
-//! [`Transport::start`] returns a [`TransportHandle`] and a receiver of
-//! [`Received`] artifacts. An [`Artifact`] (ingress message, block,
+//! [`Transport::start`] binds one QUIC endpoint (quinn, rustls with ring)
+//! that both listens and dials, and returns a [`TransportHandle`] and an
+//! mpsc receiver of [`Received`] artifacts (`{ from, artifact }`). An [`Artifact`] (ingress message, block,
 //! signature share, ...) is named by the SHA-256 of its content
 //! ([`ArtifactId`]); the originator sends it to every peer directly (full
 //! mesh, nobody relays), and receivers deliver each id once. A node that

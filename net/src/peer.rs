@@ -1,5 +1,16 @@
 //! The outgoing side of one peer: dial it (again and again, with backoff),
 //! and write its queued frames onto one unidirectional stream.
+//!
+//! One task per peer dials it (bounded exponential backoff with jitter,
+//! `backoff.rs`, and a connect timeout) and writes that peer's queue onto
+//! one unidirectional stream; so each pair of nodes has two connections,
+//! one per direction, and no dial races. Queues are bounded and `send`
+//! never blocks: while a peer is unreachable its writer keeps draining the
+//! queue into a backlog (`backlog.rs`) that drops the oldest frames (so a
+//! returning peer gets the newest and pulls older ones by id); a connected
+//! but slow peer makes `send` refuse with `QueueFull`. Writes are batched
+//! and zero-copy. An injected delay holds each frame until its enqueue
+//! time plus the delay, pipelined.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

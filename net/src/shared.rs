@@ -1,5 +1,17 @@
 //! The state shared by the handle and the tasks: per-peer queues, the
 //! seen-set and cache, bans, and what to do with each received message.
+//!
+//! Receivers deliver each artifact id once (a bounded seen-set) and keep
+//! recent artifacts in a bounded cache (`pool.rs`), from which any peer
+//! holding one answers a pull by id. Dissemination is full mesh from the
+//! originator; nobody relays.
+//!
+//! Restarts: a new connection from a peer that replaces one still looking
+//! alive means the peer restarted: the node drops its own (as stale)
+//! connection to it and dials again at once (`Shared::peer_returned`, at
+//! most every 3 s per peer; `stats.returns`), instead of writing into it
+//! until a stateless reset arrives (1–3 s on the fleet, frames lost
+//! meanwhile).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -1,4 +1,6 @@
-//! Helpers for tests and benchmarks that run a subnet on one machine.
+//! Helpers for tests and benchmarks that run a subnet on one machine:
+//! [`loopback_subnet`]`(n)` makes the keys and the membership of `n` nodes
+//! on loopback.
 
 use std::net::{SocketAddr, UdpSocket};
 

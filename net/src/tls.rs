@@ -5,7 +5,9 @@
 //! peer. A dialing node accepts only the key of the node it meant to reach;
 //! a listening node accepts only keys of other members. There are no
 //! certificate authorities, names or expiry dates: the genesis file is the
-//! trust root.
+//! trust root. The server verifier admits any other member's key, the
+//! client verifier only the key of the node it dialed; the ALPN protocol is
+//! `cellar-net/1`. Outsiders fail the handshake.
 
 use std::fmt;
 use std::sync::Arc;

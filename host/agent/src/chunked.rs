@@ -1,5 +1,9 @@
 //! Installing modules of any size: inline when the module fits one request,
 //! through the canister's chunk store when it does not.
+//!
+//! A module up to [`INLINE_MODULE_BYTES`] (768 KiB) is sent inline; a
+//! larger one is uploaded in chunks, skipping those the store already
+//! holds, so an interrupted upload resumes.
 
 use cellar_types::Principal;
 use cellar_types::api::{

@@ -5,7 +5,18 @@
 //! and an ingress expiry, so the node can refuse replays. Updates can be
 //! sent synchronously ([`Agent::call`]) or submitted and polled
 //! ([`Agent::submit`], [`Agent::request_status`], [`Agent::wait`],
-//! [`Agent::call_and_wait`]).
+//! [`Agent::call_and_wait`]). [`Agent::wait`] polls until the request is
+//! replied or rejected; `unknown` means "not executed there yet" until the
+//! request's expiry has passed.
+//!
+//! [`Agent::with_urls`] talks to several replicas: a URL that does not
+//! answer (connection refused or reset, a timeout) passes the same signed
+//! request to the next (the CLI's repeated `--url`, comma-separated
+//! `CELLAR_URL` and `--fleet DIR`). [`Agent::sign`] and [`Agent::send_raw`]
+//! let tests resend the same signed bytes. [`Agent::read_state_certified`]
+//! and [`verify_read_state`] check read-state certificates (`cellar
+//! canister status` prints whether it verified). [`Agent::install_module`]
+//! sends a module inline or through the canister's chunk store (`chunked.rs`).
 //!
 //! ```no_run
 //! use cellar_agent::{Agent, Identity};

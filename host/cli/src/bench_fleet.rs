@@ -4,6 +4,12 @@
 //! second. Clients are threads, each with its own identity, spread over the
 //! replicas; every update is signed, ordered by consensus and executed by
 //! every replica before it is answered.
+//!
+//! Figures (4 processes, debug build of the cellar crates, shared 2-core
+//! machine, kv `add`): 64 clients 224 updates/s, p50 247 ms, p99 792 ms,
+//! 7.6 blocks/s; with 50 ms injected one-way delay 132 updates/s, p50
+//! 450 ms, p99 881 ms, 4.1 blocks/s; 256 clients 508 updates/s, p50
+//! 453 ms. Release-build figures: `docs/known-limits.md`.
 
 use std::time::{Duration, Instant};
 

@@ -13,6 +13,17 @@
 //!   agent, as a replica executes only signed requests from non-anonymous
 //!   callers.
 //! * Inter-canister call round trips per second.
+//!
+//! The flood: 16 relays each send 400 calls to their own counter in one
+//! round (one round per `apply_finalized`), then light messages go one at
+//! a time to another counter. With 10 M instructions per round (one
+//! scheduling slot, 17 busy canisters) the light messages ran after 17,
+//! 17, 13 rounds under the built-in default and the accumulated-priority
+//! component (identical, as they must be), 14, 11, 20 under round robin,
+//! and 1 once the flood drained; with 40 M (4 slots) 5, 4 (built-in,
+//! accumulated priority) and 1, 4, 4 (round robin). Debug build, 1,000
+//! idle canisters: 18–19 KiB resident per canister, round time with 1,001
+//! canisters 0.92–0.93× that with 10.
 
 use std::sync::Arc;
 use std::time::Instant;

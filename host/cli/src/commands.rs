@@ -1,5 +1,10 @@
-//! The client commands: each talks to a node through an [`Agent`] and prints
+//! The client commands (deploy, call, query, request, upgrade, status,
+//! describe, logs): each talks to a node through an [`Agent`] and prints
 //! the outcome.
+//!
+//! `cellar deploy` of a module too large for one request creates an empty
+//! canister first and installs the module through its chunk store (the
+//! empty canister is deleted again when the install fails).
 
 use std::fmt::Write as _;
 use std::path::Path;

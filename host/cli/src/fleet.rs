@@ -1,5 +1,18 @@
 //! `cellar subnet new`, `cellar node start`, `cellar fleet up|down`: a
 //! subnet of replicas (see `cellar_node::replica`).
+//!
+//! `cellar subnet new --nodes a:p,... --out D` deals the subnet into `D`: a
+//! `genesis.json` and one `node-<i>.key.json` per node (0600), with
+//! `--consensus-policy` and `--checkpoint-interval` written into the
+//! genesis. `cellar node start --config genesis.json --key node-i.key.json
+//! --data-dir D --listen A` runs one replica in the foreground.
+//! `cellar fleet up --nodes 4` does all of it on loopback: free ports, one
+//! process per replica, `fleet.pids`, `urls.txt` and the logs in the fleet
+//! directory; `cellar fleet down` sends the replicas SIGTERM. Hidden,
+//! test-only options of `fleet up`: `--byzantine
+//! equivocate|bad-shares|garbage` (the last replica misbehaves),
+//! `--recent-batches` (batches kept for replicas that catch up) and
+//! `--checkpoint-interval`, so that tests can make a replica state-sync.
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -1,5 +1,13 @@
 //! `cellar`: run a Cellar node, deploy canisters and call them.
 //!
+//! This file holds the clap command tree and dispatches each command to
+//! its module: `start.rs`, `commands.rs` (deploy, call, query, request,
+//! upgrade, status, describe, logs), `canister.rs`, `identity.rs`,
+//! `project.rs` (with `templates/`), `fleet.rs`, and the benchmarks
+//! (`bench.rs`: memory, `bench_api.rs`, `bench_scheduler.rs`,
+//! `bench_fleet.rs`, `bench_sync.rs`); `progress.rs`, `output.rs` and
+//! `render.rs` print.
+//!
 //! ```text
 //! cellar start [--data-dir DIR] [--listen ADDR]
 //! cellar new <NAME> --lang rust|python|js      cellar build      cellar deploy

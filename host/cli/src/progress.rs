@@ -1,5 +1,6 @@
 //! Progress on long steps (building, uploading, installing): a spinner with
-//! the step's name and elapsed time on stderr, shown only on a terminal.
+//! the step's name and elapsed time on stderr (indicatif), shown only on
+//! a terminal.
 
 use std::time::Duration;
 

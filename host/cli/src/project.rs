@@ -1,6 +1,7 @@
 //! Canister projects: `cellar new` scaffolds one, `cellar build` builds it
 //! into a component, `cellar deploy` (without a module) builds and deploys
-//! it, upgrading the canister it deployed before on the same node.
+//! it, upgrading the canister it deployed before on the same node. The
+//! files `cellar new` writes come from `templates/` (built into the binary).
 //!
 //! A project is a directory with `cellar.toml`:
 //!

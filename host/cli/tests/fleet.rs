@@ -4,7 +4,34 @@
 //! replica answers a query alike and reports the same state hash at the
 //! same round; after SIGKILL of one replica the others still acknowledge
 //! updates; restarted, it catches up (from peers' batches, checked against
-//! the certified state hash) and agrees again. Waits are bounded by generous deadlines; nothing is timed.
+//! the certified state hash) and agrees again. Waits are bounded by
+//! generous deadlines; nothing is timed.
+//!
+//! Also: two of four down stalls, one back resumes; live with 50 ms
+//! injected delay; an anonymous update submitted to one replica reads
+//! `replied` with the same reply on all four, and still on that one after a
+//! SIGKILL and restart, and the CLI given a dead first URL (or `--fleet`
+//! with the first replica down) still calls, waits and queries; `subnet
+//! new` files. One Byzantine replica of four (`cellar fleet up --byzantine
+//! equivocate|bad-shares|garbage`, hidden and test only: the last replica
+//! proposes two blocks per height it makes (split between peers at even
+//! heights, both to everyone at odd ones) and notarization-shares both,
+//! signs its shares over the wrong message, or sends bit-flipped artifacts,
+//! random bytes and, every second, a malformed or 64 MiB-announcing frame):
+//! the three honest replicas keep acknowledging updates in order, agree on
+//! every round observed, keep running, and log the peer (`a block maker
+//! equivocated ... peer=3`, `peer sends invalid artifacts ... peer=3`
+//! counted per peer and logged at powers of two, the transport's `dropping
+//! a peer that broke the protocol peer=3`, which bans it for 10 s). State
+//! sync (`cellar fleet up --recent-batches 30 --checkpoint-interval 20`,
+//! hidden and test only, the interval written into the genesis): replica 3
+//! is SIGKILLed while the others execute 120 heights with updates;
+//! restarted, it state-syncs a checkpoint, replays the batches above it,
+//! agrees on the state hash, answers a query with data written while it was
+//! down and takes updates, and it kept parts of its own older checkpoint.
+//! The consensus-policy component runs, and a policy switch through
+//! consensus takes effect at the same height on all four. Not yet tested:
+//! divergence and fork (the exit paths).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,10 @@
 //! Chunked installs: uploads into a canister's chunk store, and installs
 //! from it (the node's API side is `cellar_node`'s `node/chunks.rs`).
+//!
+//! An upload adds a chunk's hash to the store unless it is full
+//! (`MAX_STORED_CHUNKS`, 100); an install from the store assembles the
+//! named chunks in that order, checks the whole against the module hash it
+//! names, installs it and empties the store; clearing empties it.
 
 use cellar_state::canister::Canister;
 use cellar_types::api::{InstallMode, MAX_CHUNK_BYTES, MAX_STORED_CHUNKS};
@@ -11,8 +16,8 @@ use crate::error::NodeError;
 use crate::executor::Executor;
 
 impl Executor {
-    /// Executes [`Op::UploadChunk`]: the chunk joins the store unless the
-    /// store is full.
+    /// Executes [`Op::UploadChunk`](cellar_state::journal::Op::UploadChunk):
+    /// the chunk joins the store unless the store is full.
     pub fn apply_upload_chunk(
         &self,
         mut canister: Canister,
@@ -38,15 +43,16 @@ impl Executor {
         Ok(Applied::Chunks(hashes))
     }
 
-    /// Executes [`Op::ClearChunks`].
+    /// Executes [`Op::ClearChunks`](cellar_state::journal::Op::ClearChunks).
     pub fn apply_clear_chunks(&self, mut canister: Canister) -> Applied {
         canister.chunks.clear();
         self.commit(canister);
         Applied::Chunks(Vec::new())
     }
 
-    /// Executes [`Op::InstallChunked`]: assembles the module, stores it
-    /// under its hash and installs it; success empties the chunk store.
+    /// Executes [`Op::InstallChunked`](cellar_state::journal::Op::InstallChunked):
+    /// assembles the module, stores it under its hash and installs it;
+    /// success empties the chunk store.
     pub fn apply_install_chunked(
         &self,
         canister: Canister,
@@ -100,7 +106,8 @@ impl Executor {
         Ok(wasm)
     }
 }
-/// What an [`Op::InstallChunked`] asks, borrowed from the op.
+/// What an [`Op::InstallChunked`](cellar_state::journal::Op::InstallChunked)
+/// asks, borrowed from the op.
 pub struct ChunkedInstall<'a> {
     pub mode: InstallMode,
     pub chunk_hashes: &'a [String],

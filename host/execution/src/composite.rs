@@ -1,34 +1,51 @@
 //! Composite queries: a query that calls query methods of other canisters
 //! on the node and awaits their replies, as on the IC.
 //!
-//! A composite query method is a function of an exported interface named
-//! `composite-query`. It uses the same system API as an update that makes
-//! calls (`calls.call`, `message.defer-reply`, `reply-to`, the exported
-//! `callbacks.on-reply`), so the Rust SDK's `async` calls work unchanged.
-//!
-//! Everything runs here, on the node that answers the query, outside every
-//! lock, against the last committed state:
+//! A composite query method (`MethodKind::CompositeQuery`) is a function of
+//! an exported interface named `composite-query`. It uses the same system
+//! API as an update that makes calls (`calls.call`, `message.defer-reply`,
+//! `reply-to`, the exported `callbacks.on-reply`), so the Rust SDK's
+//! `async` calls work unchanged (example: `components/relay`, interface
+//! `composite-query`). The node's `Node::query` hands it to
+//! [`Executor::composite_query`], which runs the whole call graph at once
+//! on the node that answers the query, outside every lock, without a
+//! round, against the last committed state:
 //!
 //! * each call runs the callee's method on a copy of the callee's committed
-//!   state (a plain query, or a nested composite query);
-//! * the composite query's own changes carry over to its callbacks (its
-//!   copy is updated after each of its messages) until it replies; then the
-//!   copy is dropped. Nothing reaches the registry: every change of caller
-//!   and callees is discarded;
+//!   state, as of one round (a plain query, or a nested composite query);
+//! * the composite query's own messages run as
+//!   `MessageKind::CompositeQuery`: the engine returns their `StateChanges`
+//!   (heap, globals, stable overlay) like an update's, and they are applied
+//!   to the query's private copy only, so its changes carry over to its
+//!   callbacks (its copy is updated after each of its messages) until it
+//!   replies; then the copy is dropped. A callee's changes are dropped at
+//!   once. Nothing reaches the registry, so nothing persists and the state
+//!   hash does not move;
 //! * the calls a message makes run one after the other, depth first, in
 //!   the order they were made; each reply is delivered to the caller's
-//!   `on-reply` before the next call runs;
+//!   `on-reply` before the next call runs, until the deferred reply is
+//!   given (or no call is left: a reject);
 //! * defined rejects: a call to an update method, to a missing canister or
-//!   method, with bad arguments, to a callee that traps, or nested deeper
-//!   than [`MAX_QUERY_CALL_DEPTH`] (the caller's callback gets the reject);
-//!   and for the whole query, more than
-//!   [`MAX_QUERY_CALLS`] calls or more than
-//!   `Limits::composite_query_instructions` instructions in total.
+//!   method, with bad arguments, to a callee that traps (the caller's
+//!   callback gets the reject and may handle it), or nested deeper than
+//!   [`MAX_QUERY_CALL_DEPTH`] (6); and for the whole query, more than
+//!   [`MAX_QUERY_CALLS`] (1,000) calls or more than
+//!   `Limits::composite_query_instructions` (5 B) instructions over the
+//!   graph (each message's fuel is what is left of that budget). A plain
+//!   query's `calls.call` fails; calls from composite queries cannot attach
+//!   cycles; a composite query sent as an update, or called by an update,
+//!   is rejected as on the IC.
 //!
 //! When a round commits while a composite query runs, the callees it has
 //! not read yet could show a newer state than those it read; the query then
-//! starts again on the new state (at most [`MAX_ATTEMPTS`] times), so one
-//! composite query always sees one round's state.
+//! starts again on the new state (at most [`MAX_ATTEMPTS`] (4) times, then
+//! a transient reject), so one composite query always sees one round's
+//! state.
+//!
+//! Through the memory-image tracker a composite query's "commit" moves a
+//! large canister's cached image to its private version, so the next
+//! message of that canister rebuilds the image (a cost, never a wrong
+//! state: images are looked up by page-map version).
 
 use std::collections::VecDeque;
 

@@ -1,9 +1,13 @@
-//! What execution costs, in cycles.
+//! What execution costs, in cycles: the fee schedule and the freezing
+//! threshold.
 //!
 //! Every replica charges the same amounts: fees depend on instructions
 //! counted and bytes sent, never on time. The figures follow the IC's
 //! order of magnitude (a message costs a fixed fee plus 0.4 cycles per
-//! instruction; bytes cost per byte).
+//! instruction; bytes cost per byte). A canister whose balance is below the
+//! [`freezing_threshold`] (what a message of the full instruction limit
+//! would cost) is frozen: new messages to it are rejected until it is
+//! topped up.
 
 /// Fixed fee for executing one message.
 pub const MESSAGE_FEE: u64 = 590_000;

@@ -5,6 +5,11 @@
 //! executes the same records reaches the same state. It reads no clock and
 //! does no I/O but reading content-addressed modules from the
 //! [`ModuleStore`].
+//!
+//! A message's changes are applied to a copy of its canister that is then
+//! swapped into the registry, so queries (which clone the committed
+//! canister, cheap as its state is behind `Arc`s) see either the old or
+//! the new state, never a mix.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;

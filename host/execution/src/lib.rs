@@ -1,12 +1,23 @@
 //! Deterministic execution: `(state, batch) → (next state, answers)`.
 //!
-//! * [`executor::Executor`] holds the replicated state in memory and
-//!   executes rounds on it ([`Executor::execute_round`], `round.rs`) and
-//!   queries ([`Executor::composite_query`] and the node's plain queries).
-//! * [`scheduler`] asks the scheduler policy which canisters run;
-//!   [`cycles`] charges them.
-//! * `management.rs` executes management requests (create, install,
-//!   upgrade, controllers, policies); `chunks.rs` chunked installs.
+//! * [`executor`]: [`Executor`], the replicated state in memory and what
+//!   executes on it ([`Executor::execute_round`], [`Executor::composite_query`]).
+//! * [`round`]: one deterministic round: induction, timers, scheduling,
+//!   parallel execution, routing, the dirty-page budget.
+//! * [`scheduler`]: the round's questions to the scheduler policy (which
+//!   canisters run, in what order, with what allowance).
+//! * [`cycles`]: the fee schedule and the freezing threshold.
+//! * [`composite`]: composite queries, run at once outside every lock.
+//! * `management.rs`: management requests (create, install, upgrade, stop,
+//!   start, delete, controllers, cycles, policies) at their place in a round.
+//! * `chunks.rs`: uploads into a canister's chunk store and installs from it.
+//! * [`answer`]: what requests and rounds answer ([`Applied`], [`Answered`]).
+//! * [`paused`]: executions paused between rounds (a long update sliced
+//!   across rounds).
+//! * [`context`]: what a message sees of its round: its context and its
+//!   random tape.
+//! * [`error`]: why a request could not be carried out ([`NodeError`]), and
+//!   what a call answered ([`CallOutcome`]).
 //!
 //! Invariant: a round's result is a function of the state before it and
 //! its journal record only (round, time, ingress). Execution reads no

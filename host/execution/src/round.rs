@@ -4,9 +4,12 @@
 //! The result of a round is a function of the state before it and its
 //! journal record (round number, time, ingress batch) only:
 //!
-//! * management requests execute first, in batch order; calls go to the
-//!   end of their canister's input queue (a full queue rejects at once);
-//! * due timers queue a timer message, in canister and timer order;
+//! * management requests execute first, at once, in batch order (see
+//!   `management.rs`). An update call is checked (canister exists, running,
+//!   method known, not frozen, queue not full: otherwise an immediate
+//!   reject) and appended to the end of its canister's input queue
+//!   (bounded: 500 messages);
+//! * due timers queue an `on-timer` message, in canister and timer order;
 //! * the scheduler (see `scheduler.rs`) orders the canisters with work and
 //!   gives each an instruction allowance; a canister executes its queued
 //!   messages in order until its allowance is spent (at least one);
@@ -15,9 +18,48 @@
 //!   the round ends;
 //! * results merge in the scheduler's order, then the calls and responses
 //!   they produced are routed to input queues in that same order, for the
-//!   next round.
+//!   next round (a missing, stopped or full callee answers with a reject);
+//! * at the end of the round every answered request's result is recorded in
+//!   the ingress history (`record_fates`: calls, management requests with a
+//!   small reply, requests rejected before execution: unknown method, bad
+//!   arguments, frozen, not a controller).
 //!
-//! So the thread count and timing never change the outcome.
+//! So the thread count and timing never change the outcome: replaying a
+//! journal on 1, 2 or 4 threads gives the same state hash (tested).
+//!
+//! A message is an ingress call, a call from a canister (`Request`), a
+//! call's answer (`Response`, delivered to `callbacks.on-reply`) or a
+//! timer. Its outcome is settled on the canister: cycles charged (per
+//! message, per instruction, per call and argument byte), changes committed
+//! or dropped, its calls recorded as outstanding and sent, its origin
+//! answered — unless it deferred its reply (`message.defer-reply`), in
+//! which case a later message answers with `reply-to`/`reject-to` (the Rust
+//! SDK wraps this as `async` calls). A callback that traps, or that leaves a
+//! deferred message with no call working for it, rejects that message so
+//! nothing waits forever.
+//!
+//! Deleting a canister answers everything it owed ([`reject_orphans`]):
+//! queued and deferred ingress messages get a reject for their waiters,
+//! queued and deferred calls from canisters a reject response (attached
+//! cycles refunded) that runs the caller's callback; a paused execution is
+//! put back in the queue first, so it is answered too. Stopping a canister
+//! keeps its queue: each message is rejected ("stopped") when the scheduler
+//! reaches it, a paused one included (tested).
+//!
+//! Dirty-page budget: every message reports `delta_pages` (heap pages whose
+//! contents changed plus stable chunks written: the same on every replica
+//! and memory tracker); a canister's messages in a round stop once they
+//! changed its share of `ExecutionConfig::round_dirty_pages` (set from
+//! `NodeOptions::round_dirty_pages`): equal shares of the canisters
+//! scheduled, capped by `canister_round_dirty_pages`; at least one message
+//! runs, and the rest wait for the next round.
+//!
+//! A long update that uses up its slice is paused (`paused.rs`) and
+//! continues in a later round. A checkpoint aborts paused executions
+//! ([`Executor::abort_paused`](crate::Executor::abort_paused): their
+//! messages go back to the front of their queues), which changes the rounds
+//! after it, so every replica checkpoints, and aborts, at the same rounds
+//! (multiples of the checkpoint interval).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -8,6 +8,10 @@
 //! or answers nonsense, so a policy can never stall the node or starve a
 //! canister with a compute allocation. The policy in force is replicated
 //! state: it changes only through a journaled request, at a round boundary.
+//!
+//! `cellar bench scheduler` measures what the policies give a light
+//! canister under a flood, in rounds (figures in the benchmark's module,
+//! `host/cli/src/bench_scheduler.rs`).
 
 use cellar_engine::{CanisterSummary, RoundInput, SchedulerPolicy, plan_round};
 use cellar_types::Principal;

@@ -1,13 +1,18 @@
 //! Who sent a request: Ed25519 signatures over the request.
 //!
-//! A request signed per [`cellar_types::api::signing_payload`] comes from the
-//! self-authenticating principal of its public key; an unsigned request comes
-//! from the anonymous principal. Headers that cannot be read (a non-numeric
-//! expiry, a nonce or key or signature that is not hex of the right length)
-//! make the request malformed ([`AuthError::Malformed`], 400); a well-formed
-//! signature that does not verify makes it unauthorized
+//! A request signed per [`cellar_types::api::signing_payload`] (over its
+//! method, path, ingress expiry, nonce and body) comes from the
+//! self-authenticating principal of its public key; an unsigned request
+//! comes from the anonymous principal. Headers that cannot be read (a
+//! non-numeric expiry, a nonce or key or signature that is not hex of the
+//! right length) make the request malformed ([`AuthError::Malformed`],
+//! 400); a well-formed signature that does not verify makes it unauthorized
 //! ([`AuthError::BadSignature`], 401). Either way an accepted request gets
 //! its id ([`cellar_types::api::request_id`]).
+//!
+//! A replica checks a block's request signatures in one Ed25519 batch
+//! ([`check_all`]; its weights come from the list itself, so every replica
+//! reaches the same verdict).
 
 use cellar_types::Principal;
 use cellar_types::api::{MAX_NONCE_BYTES, request_id, signing_payload};

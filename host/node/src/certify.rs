@@ -1,9 +1,13 @@
-//! Read-state certificates: the node signs what `GET
-//! /api/v1/canisters/{id}/read-state` answers (round, state hash, canister
-//! status, module hash, certified data, controllers) with its own Ed25519
-//! key, kept in `node.key` in the data directory (hex seed, mode 0600,
-//! created on first start) and published in `/api/v1/status`. A client that
-//! knows the node's key detects any change of the answer on the way
+//! Read-state certificates: the node's Ed25519 key and its signature over
+//! every read-state answer.
+//!
+//! The node signs what `GET /api/v1/canisters/{id}/read-state` answers
+//! (round, state hash, canister status, module hash, certified data,
+//! controllers, taken from one snapshot; the signed bytes are
+//! `read_state_payload` in [`cellar_types::api`]) with its own Ed25519 key,
+//! kept in `node.key` in the data directory (hex seed, mode 0600, created
+//! on first start) and published in `/api/v1/status`. A client that knows
+//! the node's key detects any change of the answer on the way
 //! (`cellar_agent::verify_read_state`). This is one node's word, not yet a
 //! subnet's threshold signature.
 

@@ -3,21 +3,24 @@
 //!
 //! - [`Entry::Signed`]: a choice the replica's consensus signed
 //!   ([`cellar_consensus::signed::Signed`]). Written and synced *before*
-//!   anything that follows it is sent, so a restarted replica never signs a
-//!   conflicting choice (a second block at a height, another block of a
-//!   rank it supported, a notarization share after a finalization share).
+//!   anything that follows it is sent (one `fdatasync` per action list),
+//!   so a restarted replica never signs a conflicting choice (a second
+//!   block at a height, another block of a rank it supported, a
+//!   notarization share after a finalization share).
 //! - [`Entry::Executed`]: the block the replica executed at a height, and
 //!   its state hash at catch-up heights. Not synced on its own (the
 //!   journal is the durability point of execution); it rides along with
 //!   the next sync. After a restart, consensus delivers heights the replica
 //!   executed again: each must be the same block, and a catch-up package at
 //!   an executed height must certify that block and state. Anything else is
-//!   proof of a fork, and the replica stops loudly instead of adopting it.
+//!   proof of a fork, and the replica stops loudly instead of adopting it
+//!   (it logs `FORK` and exits with status 3).
 //!
-//! Records are `<u32 length LE> <u32 crc32 LE> <postcard>`. A torn last
-//! record (its length runs past the end of the file: a crash mid-append,
-//! before its sync, so nothing it covers was sent) is cut off at open;
-//! a record whose bytes are all there but do not check is damage, an error.
+//! Records are length + CRC32 + postcard: `<u32 length LE> <u32 crc32 LE>
+//! <postcard>`. A torn last record (its length runs past the end of the
+//! file: a crash mid-append, before its sync, so nothing it covers was
+//! sent) is cut off at open; a record whose bytes are all there but do not
+//! check is damage, an error, and the log is refused.
 //! Entries at or below the catch-up package the replica restarts from are
 //! useless; [`ConsensusLog::compact`] rewrites the file without them
 //! (write, sync, rename, sync the directory).

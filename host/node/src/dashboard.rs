@@ -1,5 +1,6 @@
-//! The web dashboard at `/dashboard`: one static page (HTML, CSS and
-//! JavaScript, no build step, nothing fetched from elsewhere) that polls
+//! The web dashboard at `/dashboard`: one static page
+//! (`dashboard/index.html`: HTML, CSS and inline JavaScript with SVG
+//! charts, no build step, nothing fetched from elsewhere) that polls
 //! `/api/v1/activity` and draws what it sees.
 
 use axum::http::header;

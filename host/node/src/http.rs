@@ -1,5 +1,15 @@
 //! The node's HTTP API (`/api/v1`, see [`cellar_types::api`]), `/metrics`
-//! and `/dashboard`.
+//! and `/dashboard`: an axum router.
+//!
+//! Body limits: 2 MiB for calls, a chunk (1 MiB) plus a little for chunk
+//! uploads, the component limit for installs. Every error is a 4xx/5xx
+//! with an `ApiError` body.
+//!
+//! A submitted update is authenticated (`auth.rs`: the caller is the
+//! self-authenticating principal of the key, or anonymous when unsigned),
+//! gets its request id, is admitted in the replay cache (`requests.rs`),
+//! put in the ingress queue and answered 202 with the id; the client polls
+//! `GET /api/v1/requests/{id}` until it is replied or rejected.
 
 use std::sync::Arc;
 use std::time::Instant;

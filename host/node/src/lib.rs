@@ -1,11 +1,36 @@
-//! A Cellar node: canisters, their lifecycle, message execution,
-//! durability (journal and checkpoints) and the HTTP API.
+//! A Cellar node: canisters, their lifecycle, the requests that drive
+//! rounds, durability (journal and checkpoints), the HTTP API and replica
+//! mode. The replicated state and its storage are in [`cellar_state`]
+//! ([`state`]), deterministic execution in [`cellar_execution`]
+//! ([`execution`]).
 //!
 //! * [`Node`] is the node itself, usable in-process (tests, benchmarks).
 //! * [`start`] opens a node, deploys the example canisters on a fresh data
 //!   directory and serves the HTTP API ([`http`]).
 //! * [`replica::start_replica`] runs the node as one replica of a subnet:
 //!   rounds are the batches ICC consensus finalizes.
+//!
+//! Modules, one line each:
+//!
+//! * `node.rs`: [`Node`]: the ingress pool, rounds, journal, checkpoints,
+//!   queries; `node/chunks.rs` the chunk store's API side, `node/sync.rs`
+//!   the node's side of state sync ([`SyncSource`], [`Staging`]).
+//! * [`requests`]: request statuses before their round, replay protection,
+//!   and the ingress queue's worker threads.
+//! * [`http`]: the axum router for `/api/v1`, `/metrics` and `/dashboard`.
+//! * `auth.rs`: Ed25519 request signatures; the caller and the request id.
+//! * [`certify`]: the node's key and its read-state certificates.
+//! * [`metrics`]: counters, the latency histogram, recent calls; Prometheus
+//!   text.
+//! * `dashboard.rs`: the static dashboard page.
+//! * [`replica`]: replica mode: genesis and keys, the replica task,
+//!   catch-up, state sync's protocol.
+//! * `replica_link.rs`: how a request travels as an ingress message and is
+//!   checked on every replica; the node's link to the replica task.
+//! * `consensus_log.rs`: what a replica signed and executed, kept across
+//!   restarts.
+//! * [`state_sync`]: the transfer of a checkpoint between replicas
+//!   ([`state_sync::Manifest`], [`state_sync::Fetch`]).
 
 mod auth;
 pub mod certify;

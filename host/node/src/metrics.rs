@@ -1,9 +1,11 @@
 //! The node's counters and their Prometheus text exposition (`/metrics`),
 //! and the recent calls the dashboard shows.
 //!
-//! Counters live here, outside the node's execution path: the HTTP layer and
-//! the ingress queue record each message after it ran. Gauges (rounds,
-//! canisters, memory) are read from the node when rendering.
+//! Counters, the latency histogram and the recent calls live here, outside
+//! the node's execution path; the exposition text is written by hand (no
+//! Prometheus library). The HTTP layer and the ingress queue record each
+//! message after it ran. Gauges (rounds, canisters, memory) are read from
+//! the node when rendering.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;

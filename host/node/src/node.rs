@@ -1,13 +1,55 @@
 //! The node: canisters, their lifecycle, and the requests that drive rounds.
 //!
-//! Every state-changing request waits in the ingress pool until the next
-//! round takes it into its batch. The batch becomes a journal [`Record`],
-//! appended durably before the round executes (see `round.rs`), so a crash
-//! loses nothing that was acknowledged, and restart replays the records
-//! after the last checkpoint. Rounds run one at a time, driven by whichever
-//! caller holds the writer lock (requests that arrive together share a
-//! round) or by [`Node::tick`]; queries run concurrently against the last
-//! committed state and never block rounds.
+//! [`Node`] composes an [`Executor`] (the replicated state in memory, from
+//! `cellar_execution`) with the journal, the checkpointer and the module
+//! store (from `cellar_state`). Every state-changing request (create,
+//! install, call, stop, start, delete, controllers, ...) waits in the
+//! ingress pool until the next round takes it into its batch: whichever
+//! caller gets the writer lock first takes up to `NodeOptions::max_batch`
+//! of them (requests that arrive together share a round). The batch becomes
+//! a journal [`Record`] (round, time, batch), appended durably before the
+//! round executes (see `cellar_execution`'s `round.rs`), so a crash loses
+//! nothing that was acknowledged, and restart replays the records after the
+//! last checkpoint. Rounds run one at a time, driven by whichever caller
+//! holds the writer lock or by [`Node::tick`] (every 10 ms in `cellar
+//! start`), which runs rounds when only queued messages or due timers are
+//! left. Queries clone the committed canister (cheap: state is behind
+//! `Arc`s) and run concurrently, outside every lock, against the last
+//! committed state; they never block rounds. A composite query goes to
+//! [`Executor::composite_query`].
+//!
+//! On restart, [`Node::open`] loads the checkpoint and replays the journal
+//! records after it; replay gives the same results because each record
+//! carries its round, time and caller, and randomness is derived from them.
+//!
+//! Checkpoints happen after rounds that are multiples of
+//! `NodeOptions::checkpoint_interval`, on every replica alike, whenever it
+//! started: a checkpoint aborts paused executions (their messages go back
+//! to the front of their queues), which changes the rounds after it, so
+//! replicas must abort at the same rounds. Replay does the same (a
+//! checkpoint after each such round it replays, none elsewhere) and then
+//! appends to the journal it replayed, so a node restarted in the middle of
+//! a sliced message keeps it paused and finishes it at the same round, with
+//! the same state hash, as a replica that never stopped (tested with
+//! batches finalized by hand and two restarts). [`Node::checkpoint`]
+//! (tests, `cellar start`'s example deployment) still writes one at once
+//! and waits for its durability, [`Node::start_checkpoint`] does not; a
+//! node that shuts down writes one only when nothing is paused
+//! ([`Node::checkpoint_if_settled`]).
+//!
+//! In replica mode ([`Node::set_replica_sink`]) a request is not queued for
+//! a local round: it is encoded and handed to the replica task (see
+//! `replica_link.rs`), and neither the round ticker nor [`Node::tick`] runs
+//! local rounds. Each finalized batch becomes [`Node::apply_finalized`]: a
+//! journal record with round = height, time = the block's time (at least
+//! the previous round's + 1 ns) and the payload's requests in block order
+//! (undecodable items are skipped alike everywhere), executed like a local
+//! round.
+//!
+//! [`Node::state_hash`] folds the scheduler policy and the last
+//! consensus-policy change into the state's hash (see `cellar_state`'s
+//! `state_hash.rs`). `node/chunks.rs` is the chunk store's API side;
+//! `node/sync.rs` the node's side of state sync.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -1,20 +1,101 @@
 //! Replica mode: a node that is one member of a subnet.
 //!
-//! The replica task owns an ICC [`ConsensusNode`] and a QUIC
-//! [`TransportHandle`]. It feeds the consensus node the artifacts peers send
-//! and a clock tick, broadcasts what consensus asks to broadcast, and turns
-//! every finalized batch into a journal record executed by [`Node`] with
-//! [`Node::apply_finalized`] (round = height, time = the block's time, the
-//! batch = the block's ingress, decoded). Update requests that arrive over
-//! HTTP become ingress messages submitted to consensus; the caller waits for
-//! the answer of its message, keyed by the message id. At catch-up heights
-//! the state hash goes to consensus, whose catch-up package certifies the
-//! state n−f replicas agree on: a replica whose own hash differs logs the
-//! divergence loudly and stops.
+//! Keys and genesis: [`new_subnet`] (`cellar subnet new`) deals the subnet:
+//! a [`Genesis`] (`genesis.json`: the members with index, QUIC address and
+//! Ed25519 key, pinned by the transport's TLS; the BLS public keys from
+//! `keys::deal_subnet`; the genesis catch-up package; consensus settings: a
+//! catch-up package every 10 heights, ingress up to 2 MiB; the consensus
+//! policy; the checkpoint interval every replica uses, a multiple of the
+//! catch-up interval so that every checkpoint can be served by state sync,
+//! and a replica told otherwise refuses to start) and one [`NodeKeyFile`]
+//! per node (`node-<i>.key.json`, 0600: the transport seed and the node's
+//! BLS secret shares). The genesis package's state hash is that of the
+//! empty state, `genesis_state_hash`, which a replica starting at round 0
+//! checks. **A trusted dealer makes the key shares for now; a dealer-free
+//! DKG is future work (issue 6).**
 //!
-//! Keys: [`new_subnet`] deals the threshold BLS keys with a trusted dealer
-//! and puts each node's secret shares in its key file. A dealer-free DKG is
-//! future work (issue 6).
+//! The replica task owns an ICC [`ConsensusNode`] (with the genesis's
+//! consensus policy, by default the embedded ICC component) and a QUIC
+//! [`TransportHandle`]. It feeds the consensus node the artifacts peers send
+//! (decoded from the transport's artifacts) and a 20 ms tick, broadcasts
+//! what consensus asks to broadcast, and turns every finalized batch
+//! (`Action::Deliver(FinalizedBatch)`) into a journal record executed by
+//! [`Node`] with [`Node::apply_finalized`] (round = height, time = the
+//! block's time, the batch = the block's ingress, decoded). Update requests
+//! that arrive over HTTP become ingress messages submitted to consensus
+//! (`submit_ingress`; see `replica_link.rs` for how a request travels and
+//! is checked on every replica); ingress is gossiped, the block maker of
+//! the round puts it in a block, notarization and finalization follow. The
+//! caller waits for the answer of its message, keyed by the message id.
+//! Consensus is told which peers have not been heard from for 1 s
+//! (`set_absent`). Queries are answered by any replica from its own
+//! executed state: replicas at the same height answer alike.
+//!
+//! At catch-up heights the state hash ([`Node::state_hash`]) goes to
+//! consensus (`on_execution_state`); n−f matching shares make a catch-up
+//! package certifying that hash. A replica whose own hash at that height
+//! differs logs `STATE DIVERGENCE` and exits (status 3). A block delivered
+//! again after a restart, or a catch-up package, at an executed height must
+//! be the executed block (and state), as recorded in `consensus.log`
+//! (`consensus_log.rs`): otherwise the replica logs `FORK` and exits
+//! (status 3).
+//!
+//! Restart and catch-up: a replica that restarts replays its journal,
+//! starts consensus from its last saved catch-up package (`catch-up.json`,
+//! synced, at or below its round) or the genesis with the commitments of
+//! `consensus.log`, asks its peers for the recent chain (every 250 ms until
+//! its shares count again: `rejoined ... after_ms=`), and checks each batch
+//! it already executed against the executed block instead of running it
+//! again. When consensus jumps to a package above its round
+//! (`Action::StateSync`), it asks peers for the batches after its round
+//! (transport kind 200; peers keep the last 8,192, [`RECENT_BATCHES`]),
+//! replays them, and checks its state hash at the package's height against
+//! the certified one before executing the batches consensus delivered
+//! meanwhile. The answers are untrusted; the certified hash is the check.
+//!
+//! State sync (see `state_sync.rs` and `node/sync.rs`): a peer that no
+//! longer holds the batch asked for answers `Missing`; the replica then
+//! broadcasts a `StateRequest` (every second until a peer answers). A peer
+//! answers with the manifest of its last checkpoint if a catch-up package
+//! it holds certifies that height (so checkpoints at multiples of the
+//! checkpoint interval that are catch-up heights); it lists the
+//! checkpoint's parts and modules once per checkpoint, on a blocking thread
+//! and without holding the checkpointer while it hashes, so neither its
+//! consensus loop nor its checkpoints wait, and keeps a snapshot of the
+//! last two. The replica takes the first manifest above its round whose
+//! package verifies under the subnet's key, stages the parts of its own
+//! checkpoint that did not change, and fetches the other chunks from that
+//! peer and from every peer that then announces the same manifest (it asks
+//! the others again every second while it has fewer sources than peers)
+//! (`ChunkRequest`/`Chunk`, up to 2 MiB; the peer reads each from its
+//! snapshot on a blocking thread, at most 8 at once; nonces keep repeated
+//! messages distinct for the transport's deduplication). Each item goes
+//! into the staging store as soon as its pieces are in: neither side holds
+//! more of the state in memory than a window of chunks. A peer that sends a
+//! chunk not matching its hash, or falls silent, is dropped for 30 s and
+//! the other sources take its chunks; a part of the wrong form, or a state
+//! whose hash (or time) is not the certified one, fails every peer that
+//! announced it, and the replica asks the others; nothing is installed
+//! until `Node::install_staged` has loaded the staged state, given it its
+//! code (modules by hash) and compared its state hash with the package's
+//! and its time with the block's. Then the fetched parts replace the
+//! changed ones in the replica's store (a crash midway is redone at the
+//! next open), the journal restarts after it, the package is saved as
+//! `catch-up.json`, a consensus-policy change in the state is scheduled,
+//! and the replica continues with peers' batches above that height (or
+//! executes the batches consensus delivered meanwhile). All catch-up
+//! messages are postcard.
+//!
+//! A consensus-policy change (`Op::SetConsensusPolicy`) executed at height
+//! h is scheduled from h + [`CONSENSUS_POLICY_LAG`] (20) with
+//! `ConsensusNode::schedule_policy`, and scheduled again after a restart or
+//! a state sync.
+//!
+//! Fault tests: the hidden, test-only `--byzantine` option ([`Fault`]) makes
+//! the replica equivocate, sign bad shares or send garbage; honest replicas
+//! log the peer (`a block maker equivocated ... peer=3`, `peer sends
+//! invalid artifacts ... peer=3`, counted per peer and logged at powers of
+//! two).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;

@@ -2,6 +2,60 @@
 //! (the signed HTTP request it came in), decoding and checking it on every
 //! replica, and the node's link to the replica task (the sink requests go
 //! into, the callers waiting for their message's answer).
+//!
+//! In replica mode (`Node::set_replica_sink`) `Node::submit` does not queue
+//! the request for a local round: it encodes it (`{caller, op, attachment,
+//! nonce, envelope}` as JSON) and hands it to the [`IngressSink`], which
+//! wraps it in an `IngressMessage` and sends it to the replica task; the
+//! caller waits for the answer of that message id. The **envelope** is the
+//! user's signed HTTP request as it arrived (method, path, body, expiry,
+//! nonce, public key, Ed25519 signature: [`Envelope`], handed from the HTTP
+//! layer to `Node` by [`with_envelope`]). A signed request gets nonce 0 and
+//! the consensus expiry of its signed expiry, so its message id is a
+//! function of what the user signed and consensus refuses a replay of it
+//! within its expiry; unsigned (anonymous) requests get a random nonce and
+//! 4 minutes.
+//!
+//! The bytes an op names by hash (an install's module, a chunk, a
+//! consensus-policy component) travel once: a signed request's are derived
+//! from its envelope's body (an example's from the embedded examples), an
+//! anonymous request's come in `attachment`; they are stored if they match
+//! the op's hash, and an op whose bytes are missing or do not match is
+//! refused alike everywhere (`check_attachment`).
+//!
+//! Every replica checks each item before it enters the round
+//! (`verify_request`, a pure function of the item and the block time): a
+//! request from a non-anonymous caller must carry its envelope, the
+//! signature must verify (`auth::authenticate`; a block's signatures are
+//! checked in one Ed25519 batch, `auth::check_all`) for exactly that
+//! caller, the signed expiry must not have passed, the signed request must
+//! ask for exactly this operation (`binds`: the same parsing as the HTTP
+//! handlers: path, method and body against the op; an install's module
+//! hash and argument; a signed "create with this module" request is one
+//! `Op::CreateWithModule`, created and installed in one step, so it cannot
+//! authorize an install into any other canister), and the content must be
+//! canonical with the message id the envelope implies. A failing item is
+//! skipped alike everywhere and a caller waiting for it gets
+//! `NodeError::Unauthorized` (401). So a malicious replica cannot forge a
+//! caller (tested in `replica.rs` with forged batches fed to two nodes).
+//!
+//! Each item's request id is derived here, alike on every replica, from
+//! what the item carries (`request_tag`), never from the id the sending
+//! replica claims: a signed request's from its verified signature; an
+//! unsigned one carries the HTTP request it came from (method, path, body,
+//! expiry and nonce, with no key or signature), from which every replica
+//! computes the id the HTTP layer returned to the caller (in the anonymous
+//! domain of `request_id`, so it cannot collide with a signed id), after
+//! checking it asks for exactly this operation and has not expired. The id
+//! goes into the journaled `Ingress` (`request`), and the round records the
+//! request's fate under it in the ingress history: an update submitted to
+//! one replica reads the same on every replica once executed (before that a
+//! replica answers `unknown`: not yet), also after a restart, and the same
+//! request sent again through another replica is not executed again.
+//!
+//! Messages this replica's callers wait for are mapped from their
+//! `IngressId{round, index}` to the message id and answered when they
+//! finish.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

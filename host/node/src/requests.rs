@@ -11,7 +11,16 @@
 //! not yet in the history (received, processing before their round, or
 //! refused before reaching one). Once a round inducts a request its status
 //! comes from the history (`history.rs`), the same on every replica and
-//! across restarts.
+//! across restarts. `GET /api/v1/requests/{id}` answers from the ingress
+//! history first ([`Node::request_status`], shown only to the request's
+//! sender, the anonymous principal for unsigned ones), then from this
+//! table. Admission refuses an id the history holds (409) and new requests
+//! while the table is full (503); an id admitted here is kept until its
+//! ingress expiry.
+//!
+//! [`Ingress`] is the queue whose 32 worker threads hand updates to the
+//! node: updates that arrive together share a round; synchronous calls
+//! wait on a oneshot, submissions are polled.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,25 +3,38 @@
 //! A replica that serves state announces its last checkpoint with a
 //! [`Manifest`]: the height, the catch-up package certifying the state
 //! there, and the chunks that make it. Each chunk is a piece of at most
-//! [`PIECE_BYTES`] of an [`Item`]: a part of the checkpoint (its metadata,
-//! or a group of pages of one memory, see [`cellar_state::checkpoint::Part`]) or a
-//! module it names. The manifest gives every chunk's SHA-256; the serving
-//! replica reads chunks from an LSM snapshot of the checkpoint when they
-//! are asked for, so nothing is held in memory but the chunk being sent.
+//! [`PIECE_BYTES`] (2 MiB) of an [`Item`]: a part of the checkpoint (its
+//! metadata, or a group of pages of one memory, see
+//! [`cellar_state::checkpoint::Part`]) or a module it names. The manifest
+//! gives every chunk's SHA-256; [`Manifest::check`] refuses lists out of
+//! order, with a missing or second metadata part, cut pieces, module names
+//! that are not 64 hex digits, or items over [`MAX_ITEM_BYTES`] (256 MiB).
+//! The serving replica reads chunks from an LSM snapshot of the checkpoint
+//! when they are asked for, so nothing is held in memory but the chunk
+//! being sent.
 //!
 //! A replica that fell behind takes a manifest whose package verifies under
-//! the subnet's key, keeps the items it already holds (the parts of its
-//! own checkpoint that did not change, the modules it has) and fetches the
-//! others from every peer that announced the same state, a few chunks at a
-//! time from each, so a faster peer sends more ([`Fetch`]), handing each item
-//! to a [`Sink`] as soon as its pieces are in (the node writes it into a
-//! staging store). A peer that sends a chunk not matching its hash, or
-//! stops answering, is dropped and the others take over its chunks; an item
-//! the sink refuses, or a state that does not hash to the certified hash,
-//! fails every peer that announced it, and the replica asks the others.
-//! Everything a peer sends is untrusted; the certified state hash is the
-//! check, made before anything is installed
+//! the subnet's key and fetches its state with a [`Fetch`]: one manifest
+//! from every peer that announced it, into a [`Sink`]. The items the
+//! fetching side already holds (the parts of its own checkpoint that did
+//! not change, the modules it has) are skipped. Each peer has up to
+//! [`WINDOW`] (4) chunk requests outstanding and is asked for the next
+//! chunk nobody is asked for when one of its chunks arrives, so a faster
+//! peer sends more. Each item goes to the sink as soon as its pieces are in
+//! (the node writes it into a staging store). A peer's chunks are asked
+//! again after [`RETRY_MS`] (3 s) of silence, and the peer is dropped after
+//! [`GIVE_UP_MS`] (15 s) or when it sends a chunk that does not match its
+//! hash, its chunks going to the others. An item the sink refuses fails the
+//! state, whoever sent it, and so does a state that does not hash to the
+//! certified hash: every peer that announced it fails, and the replica asks
+//! the others. Everything a peer sends is untrusted; the certified state
+//! hash ([`Certified`]) is the check, made before anything is installed
 //! ([`crate::Node::install_staged`]).
+//!
+//! Tested here: a corrupted chunk, a refused item, held items, malformed
+//! manifests, a forged or foreign catch-up package, a silent peer and a
+//! resumed fetch. How replicas ask for and serve manifests and chunks is in
+//! `replica.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 

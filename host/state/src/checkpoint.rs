@@ -4,11 +4,24 @@
 //! Three keyspaces hold a checkpoint: `pages` (key: canister, memory, page
 //! index; value: the 4 KiB page), `stable` (key: canister, chunk index;
 //! value: the 4 KiB chunk) and `meta` (every canister's metadata and the
-//! round, as JSON). A checkpoint writes only what changed since the previous
-//! one: the page maps are persistent trees, so diffing the current version
-//! against the last checkpointed one visits only changed paths. Everything
-//! of a checkpoint goes into one write batch, committed atomically and
-//! synced; the LSM tree's compaction drops the overwritten versions.
+//! round, as JSON). A checkpoint writes only the pages and chunks that
+//! changed since the previous one (page-map diffs: the page maps are
+//! persistent trees, so diffing the current version against the last
+//! checkpointed one visits only changed paths), plus all metadata.
+//! Everything of a checkpoint goes into one atomic write batch, synced: it
+//! is durable once fjall's journal is synced. After durability has been
+//! reported, the keyspaces' memtables are flushed so that fjall's own
+//! journal is deleted: fjall replays the journal file in use at every
+//! open. Hence also no journal compression, which kept a 1 GiB checkpoint
+//! in one small journal file that was never sealed. The LSM tree's
+//! compaction drops the overwritten versions.
+//!
+//! At restart each memory's pages are read by two threads
+//! (`LOAD_THREADS`) over disjoint index ranges.
+//!
+//! `checkpoint/parts.rs` cuts a checkpoint into parts for state sync and
+//! writes a fetched state back; `checkpoint_writer.rs` writes checkpoints
+//! off the round's path.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;

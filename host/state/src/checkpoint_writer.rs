@@ -1,15 +1,20 @@
 //! Checkpoints off the round's path.
 //!
-//! A round that checkpoints only takes a snapshot of the replicated state
-//! (cheap: page maps and stable memory are persistent trees behind `Arc`s)
-//! and hands it to a background thread, which diffs it against the previous
-//! checkpoint, writes the batch and syncs it. The journal files the
-//! snapshot covers are deleted only once it is durable, so a crash while a
-//! checkpoint is being written loses nothing: the node restarts from the
-//! previous checkpoint and replays every journal still there. One
-//! checkpoint is written at a time: starting the next one waits for the
-//! one in flight to be durable, and its thread for that one's memtable
-//! flush.
+//! A round that checkpoints only takes a [`Snapshot`] of the replicated
+//! state (a clone of the registry, cheap: page maps and stable memory are
+//! persistent trees behind `Arc`s), starts the next journal file and hands
+//! the snapshot to a background thread, which diffs it against the
+//! previous checkpoint, writes the batch and syncs it. The journal files
+//! the snapshot covers are deleted only once it is durable, so a crash
+//! while a checkpoint is being written loses nothing: the node restarts
+//! from the previous checkpoint and replays every journal still there. The
+//! thread reports durability before it flushes the memtables (a crash
+//! during the flush only makes the next open replay fjall's journal).
+//!
+//! One checkpoint is written at a time: starting the next one waits for
+//! the one in flight to be durable, and its thread for that one's memtable
+//! flush. `Node::checkpoint` waits for durability, `Node::start_checkpoint`
+//! does not.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

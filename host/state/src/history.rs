@@ -9,15 +9,44 @@
 //! the same history and answers a poll alike, and a restart rebuilds it
 //! from the checkpoint and the journal's records.
 //!
-//! Entries are kept by the round's time, never the wall clock: at the first
-//! round whose time is past a request's ingress expiry its result is
-//! dropped (`done`), and the entry goes once the expiry plus
-//! [`HistoryLimits::margin_nanos`] has passed; a request still processing
-//! at its expiry stays until it finishes. The history is bounded (entries
-//! and reply bytes): when full, new requests are refused, never by
-//! forgetting live entries. Its hash is maintained incrementally: the sum
-//! (mod 2^256) of the entries' SHA-256 digests, so a round pays for the
-//! entries it changed only.
+//! An entry is keyed by request id (32 bytes; a `BTreeMap`) and holds the
+//! caller, the expiry, the fate (`processing`, `replied`, `rejected`,
+//! `done`), the reply or reject (a `CallResponse`, in the reply encoding
+//! the request asked for), the round and round time of the last change,
+//! and while processing its `IngressId` (so a deferred reply finished in a
+//! later round, also after a restart, finds it).
+//!
+//! A round first prunes by its own time, never the wall clock, so every
+//! replica prunes at the same round: at the first round whose time is past
+//! a request's ingress expiry its result is dropped (`done`), and the entry
+//! goes once the expiry plus [`HistoryLimits::margin_nanos`] (60 s) has
+//! passed; a request still processing at its expiry stays until it
+//! finishes. Then each tagged ingress is inducted (`processing`), or
+//! refused alike everywhere: the id is in the history (executed before: a
+//! replay) or the history is full ([`HistoryLimits`]: 1,000,000 entries,
+//! 256 MiB of results as JSON; "the ingress history is full; retry later",
+//! 503). Live entries are never dropped to make room. At the end of the
+//! round every answered request's result is recorded (`round::record_fates`
+//! in `cellar_execution`: calls, management requests with a small reply,
+//! requests rejected before execution: unknown method, bad arguments,
+//! frozen, not a controller).
+//!
+//! Its hash is maintained incrementally: the sum (mod 2^256) of the
+//! entries' SHA-256 digests, updated per change, so a round pays for the
+//! entries it changed only. It is folded into the state hash when
+//! non-empty (the empty state's hash is unchanged). Checkpoints keep the
+//! entries in their metadata (so state sync ships them) and replay of the
+//! journal rebuilds the rest: the history is derived from executing the
+//! journal's records, with no write of its own.
+//!
+//! Cost (`history_cost`, ignored test; measured in cellar-node, before
+//! this crate was split off from it, at opt-level 2, 200,000 live
+//! entries, shared 2-core machine at load 4): 6–8 µs per request to
+//! record (induct and finish; each entry's digest is computed once per
+//! change, the reply's JSON once), 7–10 µs per entry to prune (result
+//! dropped, then entry removed), the hash 0.5 µs; a checkpoint round copies
+//! the entry handles in 16–33 ms and its writer serializes them (307 bytes
+//! per entry with a small reply) in 1.6–1.9 s, off the round's path.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -1,8 +1,12 @@
 //! Messages between rounds: what waits in a canister's input queue, who
 //! waits for a deferred reply, and the calls a canister has outstanding.
 //!
-//! All of it is replicated state: it is part of checkpoints and of the
-//! state hash, and every replica holds the same queues after each round.
+//! An input queue holds ingress messages, calls from other canisters, the
+//! responses to its own calls, and timers (bounded: [`INPUT_QUEUE_CAPACITY`]
+//! messages). Beside the queue a canister keeps the deferred messages owed
+//! an answer and its outstanding calls. All of it is replicated state: it
+//! is part of checkpoints and of the state hash, and every replica holds
+//! the same queues after each round.
 
 use std::collections::{BTreeMap, VecDeque};
 

@@ -1,10 +1,18 @@
-//! A deterministic hash of the replicated state.
+//! A deterministic hash of the replicated state, shown by `cellar status`.
 //!
 //! The hash covers what every replica that executed the same rounds must
 //! agree on, fed to SHA-256 in a canonical order with every variable-length
 //! field length-prefixed, so that no two different states hash the same
 //! input. Logs, the `updates` counter and the round's time are not part of
 //! it: they are bookkeeping, not state a canister computes with.
+//!
+//! A [`StateSnapshot`] is the replicated state between two rounds; its
+//! hash (`Node::state_hash`) folds in the scheduler policy in force, the
+//! last consensus-policy change and the ingress history's hash, each only
+//! when set, so a state with none of them keeps the plain hash.
+//! [`genesis_state_hash`] is the empty state's, the state hash of every
+//! subnet's genesis catch-up package, which a replica starting at round 0
+//! checks.
 
 use std::collections::BTreeMap;
 

@@ -1,14 +1,26 @@
-//! Chunked installs: modules larger than one request may carry.
+//! Chunked installs, the node's API side: the chunk store for modules
+//! larger than one request may carry (2 MiB of ingress).
 //!
 //! A controller uploads the module in chunks of at most
-//! [`MAX_CHUNK_BYTES`] into the canister's chunk store (each upload is an
-//! ordinary replicated request), then installs from the store naming the
-//! chunks in order and the whole module's hash. The chunk bytes live in the
-//! content-addressed `modules/` directory, stored before the record naming
-//! them is journaled, exactly as modules are; the canister's state holds
-//! only their hashes (so they are part of the state hash, checkpoints and
-//! state sync). Assembling checks the concatenation against the module
-//! hash; a successful install empties the store.
+//! [`MAX_CHUNK_BYTES`] (1 MiB; `POST /api/v1/canisters/{id}/chunks`,
+//! controllers only) into the canister's chunk store (each upload is an
+//! ordinary replicated request), then installs from the store with
+//! `{"chunked": {"chunk-hashes": [...], "module-hash": h}}`, naming the
+//! chunks in order and the whole module's hash; `DELETE` on the same path
+//! empties the store. The chunk bytes live in the content-addressed
+//! `modules/` directory (`modules/<sha256>.wasm`, the same files as
+//! modules), stored before the record naming them is journaled, exactly as
+//! modules are; the canister's state holds only their hashes (at most
+//! `MAX_STORED_CHUNKS`, 100), so they are replicated state: in the
+//! checkpoint metadata and the state hash, and state sync ships the chunk
+//! blobs too. Assembling the chunks in that order, checking the whole
+//! against `h`, installing it and emptying the store happen in the round
+//! (`cellar_execution`'s `chunks.rs`).
+//!
+//! Clients choose: `cellar_agent::Agent::install_module` sends a module up
+//! to 768 KiB inline and a larger one in chunks (skipping those already
+//! stored, so an interrupted upload resumes); `cellar deploy` creates an
+//! empty canister first for a large one.
 
 use super::*;
 

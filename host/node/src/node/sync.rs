@@ -1,17 +1,35 @@
-//! State sync, the node's side. A replica serves its last checkpoint as a
-//! [`SyncSource`]: an LSM snapshot of it and the modules it names, read a
-//! chunk at a time. A replica that fell behind stages the state it fetches
-//! in a store of its own ([`Staging`], under `state/sync-staging`): it
-//! copies in the parts of its own checkpoint that did not change, takes the
-//! others as they arrive, and installs the whole only after it loads to the
-//! state hash a catch-up package certifies (and its time is that package's
-//! block time). Nothing of a refused state is installed.
+//! State sync, the node's side.
 //!
-//! Installing replaces the node's checkpoint with the staged one, writing
-//! only the differences. A crash midway would leave a mixed store, so the
-//! staging store is marked as checked first and kept until the install is
-//! complete; opening the node completes an install that a crash
-//! interrupted ([`finish_interrupted_install`]).
+//! A replica serves its last checkpoint as a [`SyncSource`]
+//! ([`Node::sync_source`]): an LSM snapshot (view) of it, the modules it
+//! names and the chunk list; it reads a chunk when asked.
+//!
+//! A replica that fell behind stages the state it fetches in a store of its
+//! own: [`Node::stage_sync`] opens a fresh [`Staging`] store under
+//! `state/sync-staging`; the parts of its own checkpoint that the manifest
+//! lists with the same hashes are kept where they are, and the modules it
+//! has are held. [`Staging`] is the [`Sink`](crate::state_sync::Sink) the
+//! fetch writes into: parts into its store, modules, checked against their
+//! hash, into `modules/`.
+//!
+//! [`Node::install_staged`] installs the whole only after it loads the
+//! overlay of the kept and the fetched parts, gives it its code (modules
+//! by hash) and checks it against a [`Certified`] height, time and state
+//! hash (the state hash a catch-up package certifies; the time its block's
+//! time). Nothing of a refused state is installed. It then writes the plan
+//! into the staging store's `CHECKED` mark, applies it to the node's store
+//! (only the differences: the fetched parts replace the changed ones),
+//! switches the state and restarts the journal. A crash midway would leave
+//! a mixed store, so the staging store is kept until the install is
+//! complete; a crash after the mark is redone by [`Node::open`]
+//! ([`finish_interrupted_install`]), and an unmarked staging store is
+//! removed there.
+//!
+//! Tested here: refused states (a flipped page, forged or garbage metadata,
+//! another certified hash, time or height, a missing or mismatching module:
+//! nothing of the node changes and no staging store is left), an
+//! incremental sync (only changed parts move) and an install cut by a
+//! crash.
 
 use std::io::{Read, Seek, SeekFrom};
 

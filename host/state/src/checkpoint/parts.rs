@@ -2,20 +2,32 @@
 //!
 //! A part is the metadata, or the entries of one keyspace (heap pages or
 //! stable-memory chunks) under one key prefix (a canister, and for heap
-//! pages a memory) whose index falls in one group of [`PART_PAGES`]. The
-//! cut depends only on the keys, so a checkpoint that changed a few pages
-//! since another differs from it in a few parts: a replica that syncs keeps
-//! the parts it already holds and fetches the others.
+//! pages a memory) whose index falls in one group of [`PART_PAGES`] (256
+//! indices: at most 1 MiB). The cut depends only on the keys, so two
+//! checkpoints of one state differ only in the parts that changed: a
+//! replica that syncs keeps the parts it already holds and fetches the
+//! others.
 //!
 //! The serving side reads parts from a [`CheckpointView`], an LSM snapshot
 //! of the checkpoint it serves: later checkpoints do not change what it
-//! reads, and nothing is held in memory but the part being read. The
-//! fetching side stores each part as it arrives ([`Checkpointer::put_part`])
-//! into a store of its own, and loads the state they make with the parts
-//! it kept from its own last checkpoint, which are in memory
-//! ([`Checkpointer::load_overlay`]); only once that state hashes to the
-//! certified hash does it write the differences into its store
-//! ([`Checkpointer::apply_plan`]).
+//! reads, and nothing is held in memory but the part being read. The view
+//! lists the parts with their SHA-256 and reads one at a time.
+//!
+//! The fetching side stores each part as it arrives
+//! ([`Checkpointer::put_part`], after checking its form) into a store of
+//! its own; [`Checkpointer::check_parts`] refuses parts of canisters or
+//! memories the metadata does not list. A [`Plan`] says how a fetched state
+//! differs from the store's checkpoint: the round it started from, the
+//! parts that go, the parts fetched. [`Checkpointer::load_overlay`] loads
+//! the state it makes without touching the store: the last checkpoint's
+//! states in memory (`last`), with the dropped parts' pages removed and the
+//! fetched ones (from the staging store) put in. Only once that state
+//! hashes to the certified hash does [`Checkpointer::apply_plan`] write it
+//! into the store: only those parts' entries, in batches of 4,096, the
+//! metadata last, then synced. Running it again gives the same store, so a
+//! crash midway is redone.
+//!
+//! Tested here: the cut, malformed parts and the replacement.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -303,7 +315,7 @@ pub struct Listing {
     epoch: u64,
 }
 
-/// A checkpoint's parts, listed ([`Listing::hash`]).
+/// A checkpoint's parts, listed (`Listing::hash`).
 pub struct Listed {
     /// The view the parts were listed from.
     pub view: CheckpointView,
@@ -379,7 +391,7 @@ impl Checkpointer {
     }
 
     /// Starts listing the stored checkpoint's parts: a view of it, and
-    /// what is known of their hashes. The hashing ([`Listing::hash`]) needs
+    /// what is known of their hashes. The hashing (`Listing::hash`) needs
     /// no access to the checkpointer, so checkpoints go on meanwhile;
     /// [`Checkpointer::keep_listing`] then keeps its result for the next
     /// listing. `None` when there is no checkpoint.
