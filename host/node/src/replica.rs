@@ -72,7 +72,8 @@
 //! messages distinct for the transport's deduplication). Each item goes
 //! into the staging store as soon as its pieces are in: neither side holds
 //! more of the state in memory than a window of chunks. A peer that sends a
-//! chunk not matching its hash, or falls silent, is dropped for 30 s and
+//! chunk not matching its hash, or falls silent (no chunk for 15 s), is
+//! kept out for 30 s and
 //! the other sources take its chunks; a part of the wrong form, or a state
 //! whose hash (or time) is not the certified one, fails every peer that
 //! announced it, and the replica asks the others; nothing is installed
