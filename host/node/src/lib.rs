@@ -12,9 +12,13 @@
 //!
 //! Modules, one line each:
 //!
-//! * `node.rs`: [`Node`]: the ingress pool, rounds, journal, checkpoints,
-//!   queries; `node/chunks.rs` the chunk store's API side, `node/sync.rs`
-//!   the node's side of state sync ([`SyncSource`], [`Staging`]).
+//! * `node.rs`: [`Node`], the composition root: an `Executor` with the
+//!   journal writer, the checkpoint writer and the replica link around it;
+//!   `node/open.rs` opening and replay, `node/ordering.rs` requests into
+//!   rounds (local pool or finalized batches), `node/checkpoints.rs` the
+//!   checkpoint schedule, `node/canisters.rs` the canister API,
+//!   `node/chunks.rs` the chunk store's API side, `node/sync.rs` the
+//!   node's side of state sync ([`SyncSource`], [`Staging`]).
 //! * [`requests`]: request statuses before their round, replay protection,
 //!   and the ingress queue's worker threads.
 //! * [`http`]: the axum router for `/api/v1`, `/metrics` and `/dashboard`.
