@@ -1,10 +1,18 @@
 //! Compiled canister code, shared by every canister that runs the same binary.
 //!
-//! Code is keyed by the SHA-256 of the component binary. Compiling a
-//! component takes milliseconds to seconds (Python and JavaScript components
-//! are megabytes), so compiled code is also kept on disk, under a directory
-//! named after the engine's compatibility hash: a `.cwasm` compiled by a
-//! different wasmtime or with different settings is never loaded.
+//! [`CodeCache`] validates a binary (refusing what is not wasm, a core
+//! module instead of a component, an invalid component, or one that does
+//! not link against the system API: [`InstallError`]), instruments it so
+//! that its mutable globals persist (`globals`), compiles it once per
+//! SHA-256 of the original binary, and links an `InstancePre` shared by
+//! every canister running that code.
+//!
+//! Compiling a component takes milliseconds to seconds (Python and
+//! JavaScript components are megabytes), so compiled code is also kept on
+//! disk as `.cwasm` files named after the hash and the instrumentation
+//! version, under a directory named after the engine's compatibility hash: a
+//! `.cwasm` compiled by a different wasmtime or with different settings is
+//! never loaded.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};

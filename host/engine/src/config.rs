@@ -1,4 +1,10 @@
 //! The deterministic wasmtime configuration and the per-message limits.
+//!
+//! [`new_engine`] builds the engine every canister runs on: fuel metering,
+//! NaN canonicalization, no threads, deterministic relaxed SIMD, host-owned
+//! linear memories (`memory`) and pooled fiber stacks (`stacks`).
+//! [`Limits`] bounds what one message may do (instructions, argument and
+//! log sizes, stable memory, pages dirtied) and names the memory tracker.
 
 use std::sync::Arc;
 

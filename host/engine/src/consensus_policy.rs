@@ -5,12 +5,17 @@
 //! (`cellar_consensus::policy::ConsensusPolicy`). As a component it
 //! implements the world `cellar:consensus-policy/consensus-policy`
 //! (`wit/consensus/consensus-policy.wit`): five exported functions
-//! (`name`, `ranking`, `block-maker-delay-ms`, `notary-delay-ms`,
+//! (`name`, `ranking(height, beacon, n) -> list<u32>`,
+//! `block-maker-delay-ms(rank)`, `notary-delay-ms(rank)`,
 //! `payload-limits`) and no imports, so each answer is a pure function of
 //! the arguments.
 //!
-//! [`WasmConsensusPolicy`] implements the trait by running each call on a
-//! fresh instance with its own instruction limit (fuel) and memory limit.
+//! [`WasmConsensusPolicy::from_component`] rejects what is not such a
+//! component (a core module, imports, missing or mistyped functions, a
+//! failing or empty `name`). [`WasmConsensusPolicy`] implements the trait by
+//! running each call on a fresh instance with its own instruction limit
+//! (fuel: 10 M instructions, + 50 k per node for `ranking`) and memory limit
+//! (64 MiB).
 //! It never fails and never panics: when the component traps, runs out of
 //! instructions or memory, it answers with something the consensus crate's
 //! `PolicyHost` refuses (an empty ranking, a delay of `u64::MAX`, payload
@@ -30,6 +35,22 @@
 //! ([`crate::new_engine`]) and share the compiled-code cache and the store
 //! limiter; `cellar-consensus` stays free of wasmtime (it is a pure state
 //! machine), and the engine depends on it only for the trait and its types.
+//!
+//! The components `icc-consensus` and `round-robin-consensus`
+//! (`components/policies/rt/src/consensus.rs`, `no_std`, SHA-256 from
+//! `sha2`) answer bit for bit as `IccPolicy` and `RoundRobinPolicy`, and a
+//! 4-node `sim` run on the Wasm ICC policy delivers exactly the blocks of
+//! the Rust one (tested); `misbehaving-consensus` is the fixture.
+//!
+//! Cost per call (dev build, 2-core machine at load 5–10): 30–65 µs for a
+//! delay or the limits on a fresh instance (0.2 µs memoized, 0.9 µs on a
+//! live instance), ICC ranking 85–105 µs (n = 4) to 300–390 µs (n = 100),
+//! 20 µs for n = 13 on a live instance: instantiation dominates. A live
+//! instance per height would save ~0.1 ms per height per node (0.01 % of a
+//! block time) at the price of reusing an instance a trap may poison and
+//! whose bump allocator never frees, so every call gets a fresh one. Fuel
+//! per call (the same on every replica, tested): ranking 48 k instructions
+//! for 4 nodes, 1.57 M for 100; a delay ~90.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -2,12 +2,39 @@
 //! one call, and the outcome.
 //!
 //! A wasmtime trap poisons the instance it happened in, so every message
-//! gets a new instance (cheap through the cached `InstancePre`). The
-//! committed heap is copied into the new instance's memories after
-//! instantiation (which re-applied the data segments) and, when an update
-//! succeeds, copied out as the new committed heap. Nothing the message did
-//! reaches [`ExecutionState`] unless the caller applies the returned
-//! [`StateChanges`].
+//! gets a new instance, never a reused one (cheap through the cached
+//! `InstancePre`); [`WarmInstance`] exists only as a benchmark baseline.
+//! [`execute`] runs one message in these steps:
+//!
+//! 1. instantiate the component from the cached `InstancePre`, its memories
+//!    created at the committed sizes (`memory`; kept memories are lent
+//!    before instantiation, see `lending`);
+//! 2. arm each memory with the committed [`PageMap`] through the memory
+//!    tracker (`tracker`). Nothing is copied: pages are mapped when
+//!    touched, or a large memory's image is mapped privately (`image`);
+//! 3. set the fuel to the message's instruction limit (the update or the
+//!    query limit of [`Limits`]);
+//! 4. call `cellar-globals-restore` (the globals come back from the globals
+//!    page, see `globals`), call the export and, for a message whose
+//!    changes may persist, `cellar-globals-save`; the accessor runs on its
+//!    own fuel, not charged to the canister;
+//! 5. build the outcome. A trap, running out of fuel, changing more pages
+//!    than `Limits::max_dirty_pages_per_message` (counted
+//!    deterministically, as [`MessageOutcome::delta_pages`]) or a host
+//!    error returns a reject and no changes. Success returns the results and
+//!    [`StateChanges`]: the new heap is the committed page map with the
+//!    dirty pages replaced (cost proportional to the pages written), plus
+//!    the stable overlay, certified data and timers.
+//!
+//! Nothing reaches committed state unless the message succeeded: host
+//! functions write into `SystemState`, and [`StateChanges`] come back only
+//! for successful messages whose changes may persist (not for queries; a
+//! composite query's carry only to its next callback and are never
+//! committed). Nothing the message did reaches [`ExecutionState`] unless the
+//! caller applies them. [`execute_sliced`] runs the same steps for an update
+//! that may take more than one round: the call yields every
+//! `Limits::slice_instructions` and [`PausedExecution::resume`] continues
+//! it.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,6 +1,10 @@
 //! Memory images: the committed contents of a large linear memory kept in a
 //! `memfd`, mapped privately into each new instance.
 //!
+//! Images are used under the userfaultfd tracker for memories of at least
+//! [`MIN_IMAGE_PAGES`] (1024) stored pages (with `uffd-auto`, for those
+//! above `KEPT_MAX_PAGES` of canisters that write little, see `write_rate`).
+//!
 //! The lazy trackers pay a signal (and a copy ioctl) for the first touch of
 //! every page, because a fresh instance starts with nothing mapped. An
 //! image avoids that: it is a memfd holding exactly the pages of one
@@ -23,12 +27,13 @@
 //! first access faults (they are inaccessible while tracked), the handler
 //! makes them accessible, and written ones are found by the same scan.
 //!
-//! Images live in a process-wide cache of bounded size, looked up by page
-//! map version (two maps of the same version hold the same pages). An image
-//! is used by one message at a time; another message that needs the same
-//! version meanwhile (a concurrent query) uses the lazy path. A miss builds
-//! the image (a copy of every stored page, once), so only memories with at
-//! least [`MIN_IMAGE_PAGES`] stored pages get one.
+//! Images live in a process-wide least-recently-used cache (`version_cache`)
+//! of at most 64 images and 6 GiB, looked up by page-map version (two maps
+//! of the same version hold the same pages). An image is used by one message
+//! at a time; another message that needs the same version meanwhile (a
+//! concurrent query) uses the lazy path. A miss builds the image (a copy of
+//! every stored page, once), so only memories with at least
+//! [`MIN_IMAGE_PAGES`] stored pages get one.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

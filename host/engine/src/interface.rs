@@ -5,6 +5,11 @@
 //! one named `lifecycle` are hooks, the `cellar:canister/callbacks` interface
 //! belongs to the system, and every other exported function is an update.
 //! Nothing here depends on the toolchain that built the component.
+//!
+//! [`CanisterInterface::of`] reads a component's exports into a
+//! [`CanisterInterface`]; [`CanisterInterface::resolve`] resolves a method
+//! name a client gives, and [`CanisterInterface::describe`] renders the
+//! whole interface as text.
 
 use std::fmt::Write as _;
 

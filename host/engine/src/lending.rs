@@ -1,6 +1,10 @@
 //! Lending kept memories (`mapped`) to one message under the `uffd-mapped`
-//! tracker: which of its memories have a kept mapping to be created in
-//! (before instantiation), and arming every memory for the call (after it).
+//! tracker (and `uffd-auto` when it keeps a canister's memories): which of
+//! its memories have a kept mapping to be created in (before
+//! instantiation), and arming every memory for the call (after it).
+//!
+//! A kept memory is lent to one message at a time: a concurrent message on
+//! the same version arms a fresh memory lazily.
 
 use std::io;
 use std::sync::Arc;

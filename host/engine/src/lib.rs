@@ -10,6 +10,50 @@
 //! Everything that could differ between replicas is pinned: fuel counts
 //! instructions, NaNs are canonicalized, there are no threads, WASI clocks
 //! give the round's time and WASI randomness comes from the round's tape.
+//!
+//! # Modules
+//!
+//! Installing and running code:
+//!
+//! - `config`: the deterministic wasmtime configuration ([`new_engine`]) and
+//!   the per-message [`Limits`].
+//! - `cache`: validating, instrumenting and compiling a component once per
+//!   binary ([`CodeCache`]), kept on disk as `.cwasm`.
+//! - `globals`: persisting mutable wasm globals in the globals page.
+//! - `interface`: the methods a component offers ([`CanisterInterface`]).
+//! - `values`: call arguments and results as WAVE or JSON text.
+//! - `exec`: executing one message on a fresh instance ([`execute`]).
+//! - `message_context`: what a message is and observes ([`MessageContext`]).
+//! - `system_api`: the host side of the `cellar:canister` system API.
+//! - `wasi`: a WASI context with no ambient authority or nondeterminism.
+//! - `rng`: the random tape, seeded per canister and message.
+//! - `state`: a canister's replicated [`ExecutionState`] and the
+//!   [`StateChanges`] of a message.
+//! - `stable`: stable memory, sparse and kept across upgrades.
+//! - `stacks`: fiber stacks kept and reused between executions.
+//!
+//! Linear memory and its persistence:
+//!
+//! - `memory`: host-owned linear memories in `PROT_NONE` reservations.
+//! - `page`: the 4 KiB page everything below shares ([`PAGE_SIZE`]).
+//! - `paging`: immutable, versioned page maps ([`PageMap`]).
+//! - `page_slab`: the process-wide slab the pages of page maps live in.
+//! - `tracker`: choosing a memory tracker ([`MemoryTracker`]) and the
+//!   process-wide fault handlers.
+//! - `mprotect`: the signal tracker (page protection and SIGSEGV).
+//! - `uffd`: the userfaultfd tracker.
+//! - `copy_all`: the `copy-all` baseline tracker.
+//! - `signals`: installing and chaining the fault signal handlers.
+//! - `image`: memory images of large memories, mapped privately.
+//! - `mapped`: kept memories, mapped and populated between messages.
+//! - `lending`: lending kept memories to one message.
+//! - `version_cache`: the cache images and kept memories live in.
+//! - `write_rate`: `uffd-auto`'s choice between images and kept memories.
+//!
+//! Policies as components:
+//!
+//! - `policy`: scheduler policies ([`SchedulerPolicy`]).
+//! - `consensus_policy`: consensus policies ([`WasmConsensusPolicy`]).
 
 mod cache;
 mod config;

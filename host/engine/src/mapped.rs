@@ -1,13 +1,22 @@
 //! Kept mappings: a canister's memories stay mapped and populated between
-//! its messages (the `uffd-mapped` memory tracker).
+//! its messages (the `uffd-mapped` memory tracker, and `uffd-auto` for the
+//! memories it keeps).
+//!
+//! The `uffd-mapped` tracker keeps every memory; the default `uffd-auto`
+//! keeps memories of at most `KEPT_MAX_PAGES` (64 MiB) stored pages, and
+//! larger ones of canisters whose updates write many pages
+//! (`MemoryTracker::keeps`, `write_rate`). The first message of a canister
+//! (no committed heap yet) runs lazily and is not kept.
 //!
 //! The other trackers give every message a fresh mapping, so each page a
 //! message touches costs a fault that maps or copies it (a signal, a copy
 //! ioctl, or the kernel's copy-on-write of a memory image). Here a memory's
 //! reservation outlives the instance: it holds one committed [`PageMap`]
 //! version, registered with the process-wide userfaultfd in missing and
-//! asynchronous write-protect mode (`uffd`), and the next instance of the
-//! canister is created in it (`memory::with_kept_memories`). Then
+//! asynchronous write-protect mode (`uffd`) and populated with every
+//! committed page when it is first kept. The next message on that version
+//! borrows it before instantiation (`lending`: `Lending`), and its
+//! instance's memory is created in it (`memory::with_kept_memories`). Then
 //!
 //! - a page the mapping already holds is read without any fault, and its
 //!   first write is the kernel's write-protect fault (no signal, no copy);
@@ -16,19 +25,21 @@
 //! - instantiation writes the data segments over the committed contents:
 //!   the pages it wrote are put back from the committed map and protected
 //!   again before the call (found by a scan, or, for code without start
-//!   functions, remembered from the instantiation that created the
-//!   mapping: the same code writes the same pages);
-//! - after the call, `PAGEMAP_SCAN` lists the written pages and, for an
-//!   update, write-protects them in the same walk. A successful update
-//!   commits them into the page map and the mapping *is* the new version;
-//!   a trap, a rejected message or a query puts the written pages back from
-//!   the committed map.
+//!   functions, remembered, keyed by code hash, from the instantiation that
+//!   created the mapping: the same code writes the same pages; code with a
+//!   start function is scanned every time);
+//! - after the call, one `PAGEMAP_SCAN` lists the written pages and, for an
+//!   update, write-protects them in the same walk (`PM_SCAN_WP_MATCHING`).
+//!   A confirmed commit makes the mapping the new version; a trap, a
+//!   rejected message or a query puts the written pages back from the
+//!   committed map (and drops growth).
 //!
-//! Kept memories live in a process-wide cache bounded in entries and bytes
-//! (least recently used go first), looked up by page-map version as memory
-//! images are. A memory is lent to one message at a time: a concurrent
-//! message on the same version (a query while an update runs) arms a fresh
-//! memory lazily, as the userfaultfd tracker does.
+//! Kept memories live in a process-wide cache (`version_cache`) bounded in
+//! entries and bytes (256 memories, 8 GiB accessible; least recently used go
+//! first), looked up by page-map version as memory images are. A memory is
+//! lent to one message at a time: a concurrent message on the same version
+//! (a query while an update runs) arms a fresh memory lazily, as the
+//! userfaultfd tracker does.
 
 use std::cell::{Cell, RefCell};
 use std::io;

@@ -1,12 +1,14 @@
 //! Host-owned linear memories.
 //!
-//! Every linear memory a canister instance defines is created here, in a
-//! private `PROT_NONE` reservation of which only the accessible part is made
-//! readable and writable. Instantiation records the memories it creates (in
-//! creation order, which is deterministic for a given component) so that
-//! the executor can map the committed heap into them before the call and read
-//! the new heap out afterwards. A memory can be created already grown to the
-//! committed size, which keeps wasmtime's view of its length correct.
+//! Every linear memory a canister instance defines is created here, by the
+//! engine's `MemoryCreator`, in a private `PROT_NONE` reservation (one per
+//! memory) of which only the accessible part is made readable and writable.
+//! A thread-local plan, set around instantiation, sizes the memories and
+//! records the ones instantiation creates (in creation order, which is
+//! deterministic for a given component) so that the executor can map the
+//! committed heap into them before the call and read the new heap out
+//! afterwards. A memory can be created already grown to the committed size,
+//! which keeps wasmtime's view of its length correct.
 
 use std::cell::RefCell;
 use std::sync::Arc;

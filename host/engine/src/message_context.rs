@@ -1,6 +1,7 @@
-//! What a message is and what it observes: its kind, the context every
-//! replica builds for it, and the log records it writes. Execution fills
-//! them in; the system API reads and records them.
+//! What a message is and what it observes: its kind ([`MessageKind`]), the
+//! context every replica builds for it ([`MessageContext`]), and the log
+//! records it writes ([`LogRecord`]). Execution fills them in; the system
+//! API reads and records them.
 
 use cellar_types::Principal;
 

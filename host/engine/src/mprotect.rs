@@ -1,14 +1,22 @@
 //! Lazy mapping and dirty-page tracking of linear memories with page
 //! protection and a SIGSEGV handler (the mechanism of the IC paper).
 //!
-//! While a message runs, each of its memories is *armed*: its accessible
-//! range is `PROT_NONE` and backed by the committed [`PageMap`]. The first
+//! While a message runs, each of its memories is *armed*: arming drops and
+//! protects its pages, so its accessible range is `PROT_NONE` and backed by
+//! the committed [`PageMap`]. The first
 //! read of a page maps it (and a few neighbours: prefetching) read-only with
 //! the committed contents; the first write maps it read-write and records it
 //! as dirty. On x86-64 the fault's error code tells writes from reads, so a
 //! plain write costs one fault. After the message, the dirty pages are the
 //! message's delta: the new version is the committed map with those pages
 //! replaced, and nothing else is copied.
+//!
+//! A page whose protection differs from its neighbours splits a kernel
+//! mapping, and `vm.max_map_count` bounds those. After 24,000 faults
+//! ([`MAX_FAULTS_BEFORE_WHOLE`]) a memory therefore switches to *whole
+//! mode*: all of it is made read-write and the commit compares every page
+//! with the committed map (as `copy_all` does), so scattered writes cannot
+//! exhaust `vm.max_map_count`.
 //!
 //! The SIGSEGV handler is process-wide (installed once, after wasmtime's
 //! own, by `tracker`) and only handles addresses inside memories armed *on

@@ -2,21 +2,22 @@
 //!
 //! A [`PageRef`] is a 32-bit handle to one immutable page in the slab, with
 //! a reference count like an `Arc<Page>`. The difference is where things
-//! live: pages sit side by side in 2 MiB chunks, and their reference counts
-//! in a dense array per chunk instead of in a header before each page. A
-//! page map's leaf holds 32 handles (4 bytes each), so cloning or dropping
-//! a leaf touches 32 counts packed in a few cache lines instead of 32
-//! separate 4 KiB allocations (one cache and TLB miss each).
+//! live: pages sit side by side in 2 MiB chunks (anonymous mappings, up to
+//! 256 GiB in all), and their reference counts in a dense array per chunk
+//! instead of in a header before each page. A page map's leaf holds 32
+//! handles (4 bytes each), so cloning or dropping a leaf touches 32 counts
+//! packed in a few cache lines instead of 32 separate 4 KiB allocations (one
+//! cache and TLB miss each).
 //!
-//! A page whose last handle is dropped goes on a free list and is among the
-//! next ones handed out (threads take free slots in batches of 32, one
-//! lock per batch): committing a message writes into memory that is already
-//! faulted in (no page fault, no zeroing by the kernel). When more than
-//! [`RETAINED_FREE_PAGES`] pages are free, a chunk whose pages are all free
-//! is given back to the kernel lazily (`MADV_FREE`: the kernel reclaims it
-//! only under memory pressure, so a chunk reused soon after, as when a
-//! large version is dropped and loaded again, is still faulted in); its
-//! pages stay on the free list.
+//! A page whose last handle is dropped goes on a LIFO free list and is among
+//! the first ones handed out again (threads take free slots in batches of
+//! 32, one lock per batch): committing a message writes into memory that is
+//! already faulted in (no page fault, no zeroing by the kernel). When more
+//! than [`RETAINED_FREE_PAGES`] pages (128 MiB) are free, a chunk whose
+//! pages are all free is given back to the kernel lazily (`MADV_FREE`: the
+//! kernel reclaims it only under memory pressure, so a chunk reused soon
+//! after, as when a large version is dropped and loaded again, is still
+//! faulted in); its pages stay on the free list.
 //!
 //! Chunks are 2 MiB-aligned and ask for transparent huge pages, so the
 //! scattered pages a commit reads and writes cost no TLB miss each.

@@ -7,7 +7,14 @@
 //! paths, so committing a message costs in proportion to the pages it
 //! dirtied, not to the size of the heap, and every older version stays valid
 //! for whoever still holds it (queries running against it, a checkpoint
-//! being written).
+//! being written). A new version applies its updates sorted, so each node
+//! on their paths is visited and copied once.
+//!
+//! [`PageMap::diff`] between two versions skips the subtrees they share,
+//! and the Merkle hash ([`PageMap::hash`]) is cached in the shared nodes, so
+//! hashing a new version only rehashes the paths it copied. Leaves hold
+//! [`PageRef`]s (4-byte handles into the page slab, `page_slab`), not
+//! `Arc`s.
 
 use std::sync::{Arc, OnceLock};
 

@@ -4,10 +4,18 @@
 //! order and with how many instructions. A policy is a component of the world
 //! `cellar:scheduler/scheduler-policy` (`wit/scheduler/scheduler-policy.wit`):
 //! it exports `schedule: func(input: round-input) -> round-plan` and imports
-//! nothing, so it is a pure function of its input.
+//! nothing, so it is a pure function of its input: the round number, the
+//! budget and the canister summaries (queue length, compute allocation,
+//! accumulated priority, paused, rounds since executed). The plan is the
+//! execution order with per-canister allowances, plus the new priorities.
 //!
-//! [`SchedulerPolicy::schedule`] runs it on a fresh instance with its own
-//! instruction limit (fuel) and checks the plan with [`validate`]. A trap,
+//! [`SchedulerPolicy::from_component`] rejects core modules, imports, and a
+//! missing or mistyped `schedule`, and caches the compiled code by engine
+//! and SHA-256. [`SchedulerPolicy::schedule`] runs it on a fresh instance
+//! with its own instruction limit (fuel: 50 M + 2,000 per canister) and
+//! 256 MiB of memory, and checks the plan with [`validate`] (indices,
+//! duplicates, budget, length and bound of the priorities, no starvation of
+//! allocated canisters with work). A trap,
 //! running out of instructions or memory, or an invalid plan makes the
 //! built-in default ([`builtin_default`], the accumulated-priority policy)
 //! plan the round instead, and the reason comes back in
@@ -19,8 +27,21 @@
 //! built-in default and the validation use integers and `Vec`s only.
 //!
 //! The Rust types here ([`RoundInput`], [`CanisterSummary`], [`RoundPlan`],
-//! [`Allowance`]) are lowered into and lifted out of the component directly:
-//! their field names and order are those of the WIT records.
+//! [`Allowance`]) derive the component-model traits and are lowered into
+//! and lifted out of the component directly: their field names and order
+//! are those of the WIT records.
+//!
+//! The arithmetic lives in `components/policies/rt/src/algorithm.rs`,
+//! compiled both into the `accumulated-priority` / `round-robin` components
+//! and into the host, so the component and the fallback agree bit for bit
+//! (tested).
+//!
+//! Cost per call (CPU time, shared 2-core machine): ~45 µs with 10
+//! canisters (mostly the fresh instance), ~0.2–0.3 ms with 1,000, ~18–20 ms
+//! with 100,000 (round robin 27 M, accumulated priority 49 M instructions);
+//! the Rust default 0.5 µs / 30 µs / 2 ms. Idle canisters at priority 0 may
+//! be left out of the input (the plan is the same), so a node pays for busy
+//! canisters only.
 
 use std::sync::Mutex;
 

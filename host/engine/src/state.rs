@@ -1,4 +1,8 @@
 //! The replicated execution state of one canister.
+//!
+//! [`ExecutionState`] is what a message runs against (heap page maps,
+//! stable memory, certified data, timers, ...), and [`StateChanges`] what a
+//! successful message hands back for the caller to commit.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -5,10 +5,18 @@
 //! and the process-wide fault handlers that pass each SIGSEGV and SIGBUS to
 //! the armed memory it falls in.
 //!
-//! The handlers are installed once, after wasmtime's own, and only handle
-//! addresses inside memories armed *on the faulting thread*; everything
-//! else is passed on to the previous handler, so wasmtime's out-of-bounds
-//! traps keep working.
+//! [`MemoryTracker`] selects how a message's memories are tracked: the
+//! signal tracker, userfaultfd, kept memories (`uffd-mapped`), `uffd-auto`
+//! (the default where the kernel has userfaultfd), or the `copy-all`
+//! baseline. An [`Armed`] memory is one armed with one of them, and an
+//! `ArmGuard` makes a message's armed memories those of its thread for as
+//! long as it runs. [`set_memory_images`] turns memory images off (or back
+//! on) for benchmarks.
+//!
+//! The SIGSEGV and SIGBUS handlers are process-wide, installed once and
+//! chained in front of wasmtime's own, and only handle addresses inside
+//! memories armed *on the faulting thread*; everything else is passed on to
+//! the previous handler, so wasmtime's out-of-bounds traps keep working.
 
 use std::cell::Cell;
 use std::sync::OnceLock;

@@ -1,13 +1,21 @@
 //! Lazy mapping and dirty-page tracking with userfaultfd (Linux 6.7+).
 //!
+//! This is the `userfaultfd` tracker. The default where the kernel has
+//! userfaultfd, `uffd-auto`, uses it (with memory images, `image`) for
+//! memories above `KEPT_MAX_PAGES` of canisters that write little, and for
+//! a canister's first message; a kept memory (`mapped`) is registered with
+//! the same userfaultfd, and a message that finds its kept memory lent
+//! arms a fresh one here.
+//!
 //! While a message runs, each of its memories is registered with one
-//! process-wide userfaultfd in two modes at once:
+//! process-wide userfaultfd (in SIGBUS mode, with asynchronous write
+//! protection) in two modes at once:
 //!
 //! - **missing**: a page that is not mapped yet raises SIGBUS on the
 //!   faulting thread (`UFFD_FEATURE_SIGBUS`, no handler thread). The SIGBUS
 //!   handler maps it with its committed contents (`UFFDIO_COPY`) or the zero
 //!   page (`UFFDIO_ZEROPAGE`), plus a read-ahead window of following pages
-//!   that grows while faults are sequential;
+//!   that grows while faults are sequential (prefetching);
 //! - **write-protect, asynchronous** (`UFFD_FEATURE_WP_ASYNC`): pages loaded
 //!   for a read are installed write-protected; the kernel itself resolves
 //!   the first write to one (no signal) and remembers that it was written.

@@ -1,17 +1,21 @@
 //! A cache of resources that each hold the contents of one page-map version
-//! (memory images, kept memories): looked up by version, lent to one
-//! message at a time, bounded in entries and bytes, the least recently used
-//! evicted first.
+//! (memory images, kept memories): looked up by version, lent to one message
+//! at a time, bounded in entries and bytes, the least recently used evicted
+//! first. Evicted resources are dropped outside the cache's lock (unmapping
+//! can be slow).
 //!
 //! Each resource also belongs to a [`Lineage`], one memory of one canister,
 //! whose versions follow each other. A lineage rests in the cache at most
 //! once: a resource given back replaces any other of its lineage, and a
 //! version that misses is served from its lineage's resource of another
-//! version, which the caller brings forward by the pages that differ
-//! (cheaper than copying the whole heap again). So a version committed
-//! without the cache (a message armed lazily because a query had borrowed
-//! the resource) neither costs a rebuild nor leaves a stale resource behind,
-//! pinning the pages of its old version.
+//! version ([`Lent::Older`]), which the caller brings forward by the pages
+//! of `PageMap::diff` (cheaper than copying the whole heap again): an image
+//! writes them, a kept memory drops them with `MADV_DONTNEED` so that they
+//! load from the new version on first touch (beyond a quarter of its pages
+//! it is rebuilt instead). So a version committed without the cache (a
+//! message armed lazily because a query had borrowed the resource) neither
+//! costs a rebuild nor leaves a stale resource behind, pinning the pages of
+//! its old version.
 
 use std::sync::Mutex;
 

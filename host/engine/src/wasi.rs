@@ -1,4 +1,8 @@
 //! A WASI context with no ambient authority and no nondeterminism.
+//!
+//! Both clocks read the round's time, randomness comes from the round's
+//! tape (`rng`) and the insecure seed is pinned; there is no filesystem,
+//! environment or network.
 
 use std::time::Duration;
 

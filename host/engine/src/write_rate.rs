@@ -7,25 +7,29 @@
 //! walk of the whole resident heap per message (~0.6 ms per GiB here) and
 //! ~2 µs per written page; an image (`image`) pays ~0.1 ms whatever the
 //! heap and ~8–10 µs per written page (the kernel's copy-on-write fault).
-//! The break-even lies near 70–100 written pages per GiB of heap. An update
-//! is *heavy* when it changes at least [`HEAVY_PER_GIB`] pages per GiB of
-//! heap and *light* below [`LIGHT_PER_GIB`]. A canister moves to a kept
-//! memory when [`SWITCH_AFTER`] of its last [`WINDOW`] updates were heavy,
-//! and back to images when as many were light. Counting messages rather
+//! The break-even lies near 70–100 written pages per GiB of heap. The
+//! choice is made for each memory above `KEPT_MAX_PAGES`, per canister,
+//! from its last four updates. An update is *heavy* when it changes at
+//! least 256 ([`HEAVY_PER_GIB`]) pages per GiB of heap and *light* below 64
+//! ([`LIGHT_PER_GIB`]). A canister moves to a kept memory when three
+//! ([`SWITCH_AFTER`]) of its last four ([`WINDOW`]) updates were heavy, and
+//! back to images when as many were light. Counting messages rather
 //! than pages keeps one outlier (a message that grows the heap by writing
 //! all of it) from switching, and the gap between the two thresholds keeps
 //! a canister near the break-even from going back and forth: each switch
 //! copies the heap once (populating the kept memory, or building an image:
-//! 0.4–0.55 s per GiB here). After a switch the choice holds for
-//! [`FIRST_HOLD`] updates, twice as many after each further switch (up to
-//! [`MAX_HOLD`]), so a canister that alternates heavy and light updates on
-//! purpose cannot make the node copy its heap more than once per that many
-//! updates.
+//! 0.4–0.55 s per GiB here). After a switch the choice holds for 16
+//! ([`FIRST_HOLD`]) updates, twice as many after each further switch (up
+//! to 1,024, [`MAX_HOLD`]), so a canister that alternates heavy and light
+//! updates on purpose cannot make the node copy its heap often: no more
+//! than once per that many updates. At a switch, the cache entry of the way
+//! left (the kept memory or the image) is dropped.
 //!
-//! Only performance depends on this: every tracker gives the same replies,
-//! instruction counts, changed-page counts and state, so replicas that
-//! choose differently still agree. Reads are not counted: a kept memory
-//! cannot see them (it is populated, reads do not fault).
+//! The record is node-local and only performance depends on it: every
+//! tracker gives the same replies, instruction counts, changed-page counts
+//! and state, so replicas that choose differently still agree. Reads are not
+//! counted: a kept memory cannot see them (it is populated, reads do not
+//! fault).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
