@@ -27,8 +27,10 @@
 //! * [`metrics`]: counters, the latency histogram, recent calls; Prometheus
 //!   text.
 //! * `dashboard.rs`: the static dashboard page.
-//! * [`replica`]: replica mode: genesis and keys, the replica task,
-//!   catch-up, state sync's protocol.
+//! * [`replica`]: replica mode: genesis and keys, the replica task;
+//!   `replica/catch_up.rs` (recent chain and batches from peers),
+//!   `replica/state_transfer.rs` (state sync, the replica's side),
+//!   `replica/byzantine_modes.rs` (test-only misbehaviour).
 //! * `replica_link.rs`: how a request travels as an ingress message and is
 //!   checked on every replica; the node's link to the replica task.
 //! * `consensus_log.rs`: what a replica signed and executed, kept across
