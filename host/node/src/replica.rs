@@ -451,6 +451,7 @@ pub async fn start_replica(config: ReplicaConfig) -> anyhow::Result<crate::Runni
         last_chain_request_ms: 0,
         chain_served: BTreeMap::new(),
         last_heard: BTreeMap::new(),
+        stall: (0, now_ms(), 0),
         stalled: false,
         recent: VecDeque::new(),
         recent_batches: config.recent_batches.max(1),
@@ -571,6 +572,9 @@ struct Replica {
     byzantine: Option<Byzantine>,
     /// Invalid artifacts received, by sender (logged as they grow).
     misbehaving: BTreeMap<u32, u64>,
+    /// The consensus round last seen, since when (ms), and when a stall
+    /// was last reported (see `note_stall`).
+    stall: (u64, u64, u64),
 }
 
 /// A misbehaving replica's state (test only).
@@ -591,6 +595,10 @@ const LOG_COMPACT_ENTRIES: usize = 4096;
 /// A peer not heard from for this long is absent (its rank not waited
 /// for); live peers send shares at every height, several times a second.
 const ABSENT_AFTER_MS: u64 = 1_000;
+
+/// Milliseconds without a new consensus round before the replica says so
+/// (and again as often while it lasts).
+const STALL_REPORT_MS: u64 = 10_000;
 
 /// How many times a restarted replica asks for the recent chain, and how
 /// often (its peers may not be connected yet at the first ask).
@@ -745,6 +753,7 @@ impl Replica {
                     self.maybe_request_sync();
                     self.maybe_request_state();
                     self.misbehave_on_tick();
+                    self.note_stall();
                     self.consensus.on_tick(now_ms())
                 }
                 else => break,
@@ -854,6 +863,43 @@ impl Replica {
     /// Sends a catch-up message to `to`, or to every peer.
     fn send_sync(&self, to: Option<u32>, message: &SyncMessage) {
         send_sync_message(&self.transport, to, message);
+    }
+
+    /// Reports, every [`STALL_REPORT_MS`] while this replica's consensus
+    /// round does not move, what it is waiting with: the round, the
+    /// artifacts waiting for their height, what it refused or ignored, the
+    /// ingress it holds and how long ago each peer was heard from. Rounds
+    /// move every few hundred milliseconds on a live subnet, so this says
+    /// nothing unless the subnet is stuck.
+    fn note_stall(&mut self) {
+        let now = now_ms();
+        let round = self.consensus.round();
+        let (seen, since, reported) = self.stall;
+        if round != seen {
+            self.stall = (round, now, reported);
+            return;
+        }
+        if now < since + STALL_REPORT_MS || now < reported + STALL_REPORT_MS {
+            return;
+        }
+        self.stall.2 = now;
+        let stats = self.consensus.stats();
+        let heard: Vec<(u32, u64)> = self
+            .last_heard
+            .iter()
+            .map(|(&peer, &at)| (peer, now.saturating_sub(at)))
+            .collect();
+        tracing::warn!(
+            round,
+            stalled_ms = now - since,
+            pending = self.consensus.pending_len(),
+            ingress = self.consensus.ingress_len(),
+            invalid = stats.invalid,
+            ignored = stats.ignored,
+            delivered = stats.delivered,
+            ?heard,
+            "consensus makes no progress"
+        );
     }
 
     /// Records an executed height in the consensus log (durable with the
