@@ -173,7 +173,6 @@ pub struct Node {
     pub(crate) options: NodeOptions,
     /// The replicated state and what executes on it.
     pub(crate) exec: Executor,
-    modules_dir: PathBuf,
     state_dir: PathBuf,
     writer: Mutex<Option<Writer>>,
     /// Replica mode: the consensus policy in force, for `policy_info`.

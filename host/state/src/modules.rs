@@ -46,7 +46,7 @@ impl ModuleStore {
 
 /// Stores a module as `<module_hash>.wasm` in `modules_dir`, durably (file
 /// and name), unless it is there.
-pub fn store_module_file(modules_dir: &Path, module_hash: &str, wasm: &[u8]) -> anyhow::Result<()> {
+fn store_module_file(modules_dir: &Path, module_hash: &str, wasm: &[u8]) -> anyhow::Result<()> {
     let path = modules_dir.join(format!("{module_hash}.wasm"));
     if path.exists() {
         return Ok(());

@@ -28,7 +28,6 @@ impl Node {
         }
         let modules_dir = options.data_dir.join("modules");
         let state_dir = options.data_dir.join("state");
-        std::fs::create_dir_all(&modules_dir)?;
         std::fs::create_dir_all(&state_dir)?;
         let opened = Instant::now();
         let engine = cellar_engine::new_engine()?;
@@ -54,7 +53,6 @@ impl Node {
         let mut node = Node {
             options,
             exec,
-            modules_dir,
             state_dir,
             checkpoints,
             writer: Mutex::new(None),

@@ -90,7 +90,7 @@ fn state_chunks(view: &CheckpointView, parts: Vec<PartInfo>) -> anyhow::Result<V
 pub struct SyncSource {
     round: u64,
     view: CheckpointView,
-    modules_dir: PathBuf,
+    modules: ModuleStore,
     chunks: Vec<ChunkInfo>,
 }
 
@@ -119,7 +119,7 @@ impl SyncSource {
                     .to_vec()
             }
             Item::Module(hash) => {
-                let mut file = std::fs::File::open(self.modules_dir.join(format!("{hash}.wasm")))?;
+                let mut file = std::fs::File::open(self.modules.path(hash))?;
                 file.seek(SeekFrom::Start(
                     u64::from(info.piece) * crate::state_sync::PIECE_BYTES as u64,
                 ))?;
@@ -142,7 +142,7 @@ impl SyncSource {
 pub struct Staging {
     store: Option<Checkpointer>,
     dir: PathBuf,
-    modules_dir: PathBuf,
+    modules: ModuleStore,
     /// Marked checked: kept on drop.
     keep: bool,
     /// The round of the node's checkpoint when the fetch started.
@@ -195,7 +195,7 @@ impl Sink for Staging {
                     HEXLOWER.encode(&Sha256::digest(bytes)) == *hash,
                     "module {hash} does not match its hash"
                 );
-                cellar_state::modules::store_module_file(&self.modules_dir, hash, bytes)
+                self.modules.store(hash, bytes)
             }
         }
     }
@@ -264,7 +264,7 @@ impl Node {
         Ok(Some(SyncSource {
             round,
             view,
-            modules_dir: self.modules_dir.clone(),
+            modules: self.exec.modules.clone(),
             chunks,
         }))
     }
@@ -316,7 +316,7 @@ impl Node {
         let mut kept = BTreeSet::new();
         for (item, pieces) in wanted {
             let have = match item {
-                Item::Module(hash) => self.modules_dir.join(format!("{hash}.wasm")).exists(),
+                Item::Module(hash) => self.exec.modules.contains(hash),
                 Item::State(part) => match &view {
                     Some(view) if local.get(item) == Some(&pieces) => {
                         if *part == Part::Meta {
@@ -343,7 +343,7 @@ impl Node {
             Staging {
                 store: Some(store),
                 dir,
-                modules_dir: self.modules_dir.clone(),
+                modules: self.exec.modules.clone(),
                 keep: false,
                 base_round,
                 local,
